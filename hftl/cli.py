@@ -1,0 +1,112 @@
+"""The ``hftl`` command line: run, validate, plan, predict, push.
+
+Only argparse and the recipe schema are imported up front, so ``hftl --help``
+and ``hftl validate`` answer in about a second; torch and transformers load
+when a command needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Callable
+
+from hftl.errors import HftlError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hftl", description="Transfer learning with Hugging Face checkpoints, driven by YAML recipes.",
+        epilog="Multi-process: accelerate launch hftl/run.py RECIPE [key.path=value ...] (see README).")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def recipe_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("recipe", help="recipe YAML file, e.g. recipes/sentiment.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe values")
+        return p
+
+    run = recipe_command("run", "train, evaluate and save a recipe")
+    run.add_argument("--resume", action="store_true", help="continue from the run folder's last saved state")
+    recipe_command("validate", "check a recipe without loading weights or data")
+    recipe_command("plan", "print the layer groups, LRs and unfreezing schedule without training")
+    predict = sub.add_parser("predict", help="predict with a trained run folder")
+    predict.add_argument("run_dir")
+    predict.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    predict.add_argument("--image", action="append", default=[], help="an image path (repeatable)")
+    predict.add_argument("--file", help="a file with one input per line (texts, or image paths)")
+    predict.add_argument("--top-k", type=int, default=1)
+    return parser
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from hftl.recipe import load_recipe
+    from hftl.train import run
+
+    run(load_recipe(args.recipe, args.overrides), resume=args.resume or None)
+    return 0
+
+
+@command
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hftl.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok ({recipe.task}, {recipe.model.checkpoint or 'fusion'}, strategy {recipe.strategy.name}, "
+          f"data {recipe.data.source}) -> {recipe.run_dir}")
+    return 0
+
+
+@command
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hftl.planning import describe_plan
+    from hftl.recipe import load_recipe
+
+    print(describe_plan(load_recipe(args.recipe, args.overrides)))
+    return 0
+
+
+@command
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hftl.predict import predict
+
+    inputs = list(args.text) + list(args.image)
+    if args.file:
+        with open(args.file, encoding="utf-8") as fh:
+            inputs += [line.rstrip("\n") for line in fh if line.strip()]
+    if not inputs:
+        raise HftlError("hftl predict needs inputs: --text '...', --image PATH or --file FILE.")
+    for item, result in zip(inputs, predict(args.run_dir, inputs, top_k=args.top_k)):
+        shown = item if len(item) <= 60 else item[:57] + "..."
+        print(f"{shown}\t" + "  ".join(f"{r['label']} {r['score']:.3f}" for r in result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hftl`` console script; user errors exit 2 with one clear paragraph."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HftlError as exc:
+        if args.debug:
+            traceback.print_exc()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"hftl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hftl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Metrics as `evaluate` modules shipped inside hftl (``evaluate.load(name)`` would fetch them from the Hub)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str):
+    """Load one of hftl's bundled evaluate modules by folder name, offline."""
+    import evaluate
+
+    return evaluate.load(str(Path(__file__).parent / name))

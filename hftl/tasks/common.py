@@ -1,0 +1,116 @@
+"""Pieces shared by the tasks: column roles, split loading, label encoding, bad-example policy."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from hftl.errors import DataError, RecipeError
+
+if TYPE_CHECKING:
+    import datasets
+
+    from hftl.recipe import Recipe
+
+
+def check_columns_section(recipe: "Recipe", roles: dict[str, str | None]) -> None:
+    """Reject column roles the task does not read (a typo would otherwise be ignored)."""
+    from hftl.registry import did_you_mean
+
+    for role in recipe.data.columns:
+        if role not in roles:
+            raise RecipeError(recipe.source_file, f"data.columns.{role}",
+                              f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(roles))}",
+                              hint=f"Roles: {', '.join(roles)}.")
+
+
+def column(recipe: "Recipe", roles: dict[str, str | None], role: str) -> str | None:
+    """The dataset column playing ``role`` (recipe mapping first, then the task default)."""
+    return recipe.data.columns.get(role, roles[role])
+
+
+def load_splits(recipe: "Recipe", roles: dict[str, str | None], required: tuple[str, ...]) -> "datasets.DatasetDict":
+    """Load the data source, carve missing splits, subsample, and check every needed column exists."""
+    import datasets
+
+    from hftl import data
+
+    d = recipe.data
+    raw = data.load_source(d.source, config_name=d.config_name, revision=d.revision, recipe_file=recipe.source_file)
+    wanted = {"train": d.splits.train, "validation": d.splits.validation, "test": d.splits.test}
+    for role, name in wanted.items():
+        if name is not None and name not in raw and name != role:
+            raise RecipeError(recipe.source_file, f"data.splits.{role}", f"split '{name}' is not in {d.source}", name,
+                              hint=f"Available splits: {', '.join(raw)}.")
+    if d.splits.train not in raw:
+        raise RecipeError(recipe.source_file, "data.splits.train", f"split '{d.splits.train}' is not in {d.source}",
+                          hint=f"Available splits: {', '.join(raw)}.")
+    renamed = datasets.DatasetDict({role: raw[name] for role, name in wanted.items() if name is not None and name in raw})
+    if d.group_column is not None and d.group_column not in renamed["train"].column_names:
+        raise RecipeError(recipe.source_file, "data.group_column", f"column '{d.group_column}' is not in the data",
+                          hint=f"Columns: {', '.join(renamed['train'].column_names)}.")
+    splits = data.ensure_splits(renamed, validation=d.validation_size, test=d.test_size, seed=recipe.train.seed,
+                                group_column=d.group_column)
+    if d.splits.test is None and "test" in splits:
+        splits.pop("test")
+    splits["train"] = data.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
+    for name in [s for s in splits if s != "train"]:
+        splits[name] = data.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
+    present = splits["train"].column_names
+    for role in required:
+        col = column(recipe, roles, role)
+        if col not in present:
+            raise RecipeError(recipe.source_file, f"data.columns.{role}", f"column '{col}' is not in {d.source}",
+                              hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.")
+    return splits
+
+
+def classification_labels(splits: "datasets.DatasetDict", recipe: "Recipe", label_column: str) -> list[str]:
+    """Label names: recipe first, then a ClassLabel feature, then the sorted distinct values."""
+    import datasets
+
+    if recipe.data.label_names:
+        return list(recipe.data.label_names)
+    feature = splits["train"].features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    values = sorted({v for v in splits["train"][label_column] if v is not None}, key=str)
+    if len(values) < 2:
+        raise DataError(f"{recipe.source_file}: the label column '{label_column}' has {len(values)} distinct "
+                        "value(s) in the training split; classification needs at least 2.")
+    return [str(v) for v in values]
+
+
+def label_encoder(splits: "datasets.DatasetDict", label_column: str, labels: list[str]) -> Callable[[Any], int | None]:
+    """Map a raw label (ClassLabel id, name, or value) to its index in ``labels``; None if unknown."""
+    import datasets
+
+    feature = splits["train"].features[label_column]
+    index = {name: i for i, name in enumerate(labels)}
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+
+    def encode(value: Any) -> int | None:
+        if value is None:
+            return None
+        key = names[value] if names is not None and isinstance(value, int) and 0 <= value < len(names) else str(value)
+        return index.get(key)
+
+    return encode
+
+
+class BadExamples:
+    """Collects bad examples: raise at once (``on_error: raise``) or count and report (``skip``)."""
+
+    def __init__(self, recipe: "Recipe", split: str) -> None:
+        self.policy, self.split, self.file = recipe.data.on_error, split, recipe.source_file
+        self.skipped: list[tuple[int, str]] = []
+
+    def bad(self, index: int, problem: str) -> None:
+        if self.policy == "raise":
+            raise DataError(f"{self.file}: {self.split} example {index}: {problem}. Fix the data, or set "
+                            "data.on_error: skip to drop bad examples (they are counted and reported).")
+        self.skipped.append((index, problem))
+
+    def report(self) -> str | None:
+        if not self.skipped:
+            return None
+        first = "; ".join(f"#{i}: {p}" for i, p in self.skipped[:3])
+        return f"skipped {len(self.skipped)} bad {self.split} example(s) (first: {first})"

@@ -1,0 +1,111 @@
+"""Text classification (sentiment, topic, ...): one label per text, or per text pair."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hftl.errors import RecipeError
+from hftl.tasks import TASKS
+from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
+                               load_splits)
+
+if TYPE_CHECKING:
+    import datasets
+
+    from hftl.recipe import Recipe
+
+
+class TextClassification:
+    name = "text-classification"
+    roles = {"text": "text", "text_pair": None, "label": "label"}
+    required_roles = ("text", "label")
+    metric = "accuracy"
+    pipeline_tag = "text-classification"
+
+    def check(self, recipe: "Recipe") -> None:
+        if not recipe.model.checkpoint:
+            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for text-classification",
+                              hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).")
+        check_columns_section(recipe, self.roles)
+
+    def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
+        needed = self.required_roles + (("text_pair",) if column(recipe, self.roles, "text_pair") else ())
+        return load_splits(recipe, self.roles, needed)
+
+    def load_processor(self, recipe: "Recipe") -> Any:
+        from transformers import AutoTokenizer
+
+        from hftl.checkpoints import load_pretrained
+
+        return load_pretrained(AutoTokenizer, recipe.model.checkpoint, revision=recipe.model.revision,
+                               trust_remote_code=recipe.model.trust_remote_code, what="tokenizer")
+
+    def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
+        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+
+    def encode(self, splits: "datasets.DatasetDict", processor: Any, recipe: "Recipe",
+               labels: list[str]) -> tuple["datasets.DatasetDict", list[str]]:
+        """Tokenize without padding (the collator pads each batch to its own longest text)."""
+        text_col, pair_col = column(recipe, self.roles, "text"), column(recipe, self.roles, "text_pair")
+        label_col = column(recipe, self.roles, "label")
+        to_id = label_encoder(splits, label_col, labels)
+        reports = []
+        for split in list(splits):
+            ds = splits[split]
+            bad = BadExamples(recipe, split)
+            keep, ids = [], []
+            pairs = ds[pair_col] if pair_col else [None] * len(ds)
+            for i, (text, pair, raw) in enumerate(zip(ds[text_col], pairs, ds[label_col])):
+                label = to_id(raw)
+                if not isinstance(text, str) or not text.strip():
+                    bad.bad(i, f"empty or missing text in column '{text_col}' ({text!r})")
+                elif pair_col and (not isinstance(pair, str) or not pair.strip()):
+                    bad.bad(i, f"empty or missing text in column '{pair_col}' ({pair!r})")
+                elif label is None:
+                    bad.bad(i, f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)")
+                else:
+                    keep.append(i)
+                    ids.append(label)
+            if bad.report():
+                reports.append(bad.report())
+            ds = ds.select(keep) if len(keep) < len(ds) else ds
+            ds = ds.add_column("labels", ids) if "labels" not in ds.column_names else ds.remove_columns("labels").add_column("labels", ids)
+
+            def tokenize(batch: dict[str, list]) -> dict[str, list]:
+                args = (batch[text_col], batch[pair_col]) if pair_col else (batch[text_col],)
+                out = processor(*args, truncation=True, max_length=recipe.data.max_length)
+                out["length"] = [len(x) for x in out["input_ids"]]
+                return out
+
+            keep_cols = {"labels"}
+            splits[split] = ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep_cols],
+                                   desc=f"Tokenizing {split}")
+        return splits, reports
+
+    def collator(self, processor: Any, recipe: "Recipe", train: bool) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        collate = DataCollatorWithPadding(processor, pad_to_multiple_of=None)
+
+        def drop_length(features: list[dict]) -> dict:
+            return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+        return drop_length
+
+    def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        from hftl.checkpoints import load_pretrained
+
+        return load_pretrained(
+            AutoModelForSequenceClassification, recipe.model.checkpoint, revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+
+    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
+        from hftl.metrics import load_metric
+
+        return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
+                                                           references=references.tolist())
+
+
+TASKS.register("text-classification")(TextClassification())

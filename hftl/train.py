@@ -1,0 +1,322 @@
+"""The training run: recipe -> data + model -> strategy plan -> Accelerate loop -> evaluation -> saved run.
+
+:func:`run` reads top to bottom. The same code runs on CPU, one GPU, or N
+processes under ``accelerate launch`` / ``torchrun``; only the main process
+prints, writes logs and saves models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftl.checkpointing import (complete_checkpoints, load_checkpoint, publish_model, read_status, save_checkpoint,
+                                save_model_atomic, set_status, write_json_atomic)
+from hftl.errors import HftlError
+from hftl.recipe import Recipe
+from hftl.tasks import TASKS
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
+    """Train, evaluate and save one recipe; returns the final metrics."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from tqdm.auto import tqdm
+
+    from hftl import strategies
+    from hftl.planning import count_steps, make_plan
+    from hftl.loop_utils import (LengthGroupedBatchSampler, build_optimizer, default_mixed_precision, evaluate,
+                                 set_threads, wrap_lora)
+
+    resume = recipe.train.resume if resume is None else resume
+    set_threads(recipe.train.num_threads)
+    task = TASKS.get(recipe.task)
+    run_dir = recipe.run_dir
+
+    # -- accelerator. The trainable set changes mid-run for staged strategies: DDP must then tolerate
+    #    parameters without gradients (see hftl.strategies for why everything is wrapped trainable).
+    staged = strategies.changes_mid_run(recipe.strategy)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.train.grad_accum,
+        mixed_precision=default_mixed_precision(recipe.train.mixed_precision),
+        log_with=recipe.train.trackers or None,
+        project_dir=str(run_dir / "logs"),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=staged)],
+    )
+    check_process_count(accelerator)
+    say = accelerator.print
+    prepare_run_dir(recipe, run_dir, resume, accelerator)
+    set_seed(recipe.train.seed)
+
+    # -- data, processor, model (the main process fills the datasets cache first)
+    with accelerator.main_process_first():
+        splits = task.load_splits(recipe)
+        processor = task.load_processor(recipe)
+        labels = task.label_names(splits, recipe)
+        encoded, reports = task.encode(splits, processor, recipe, labels)
+    for report in reports:
+        say(f"[data] {report}")
+    if len(encoded["train"]) == 0:
+        raise HftlError(f"{recipe.source_file}: the training split is empty after filtering bad examples.")
+    model = task.build_model(recipe, labels)
+    model = wrap_lora(model, recipe)
+
+    # -- loaders: length-grouped, seeded per epoch, so a resumed run sees the same batches
+    batch_sampler = LengthGroupedBatchSampler(
+        encoded["train"]["length"] if "length" in encoded["train"].column_names else None,
+        recipe.train.batch_size, seed=recipe.train.seed, group_by_length=recipe.train.group_by_length)
+    train_dl = torch.utils.data.DataLoader(encoded["train"], batch_sampler=batch_sampler,
+                                           collate_fn=task.collator(processor, recipe, train=True))
+    eval_bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
+    eval_dls = {split: torch.utils.data.DataLoader(encoded[split], batch_size=eval_bs,
+                                                   collate_fn=task.collator(processor, recipe, train=False))
+                for split in ("validation", "test") if split in encoded}
+
+    # -- strategy plan: pure function of (groups, recipe, step)
+    steps_per_epoch, total_steps = count_steps(recipe, len(batch_sampler), accelerator.num_processes)
+    plan = make_plan(model, recipe, steps_per_epoch, total_steps)
+    for name, param in model.named_parameters():  # everything that will ever train is trainable when wrapped
+        param.requires_grad_(name in plan.ever_trainable())
+    say(strategies.format_plan(plan, model))
+
+    optimizer, group_names = build_optimizer(model, plan, recipe.optim)
+    warmup = recipe.optim.warmup_steps if recipe.optim.warmup_steps is not None else round(recipe.optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, strategies.lr_lambdas(plan, group_names, warmup, recipe.optim.scheduler))
+    # The scheduler is not prepared: it is a pure function of the optimizer step, stepped once per step.
+    model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
+    eval_dls = dict(zip(eval_dls, eval_list))
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / "plan.json", plan.to_dict())
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        (run_dir / "labels.json").write_text(json.dumps(labels), encoding="utf-8")
+    accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
+
+    # -- loop state (restored on resume)
+    metric = recipe.train.metric or task.metric
+    state = {"step": 0, "epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "done": False}
+    last = complete_checkpoints(run_dir)
+    if resume and last:
+        state = load_checkpoint(accelerator, model, optimizer, last[-1])
+        say(f"[resume] continuing from {last[-1]} (step {state['step']})")
+        _truncate_log(run_dir / "metrics.jsonl", state["step"], accelerator)
+    set_step_lrs(optimizer, scheduler, state["step"])
+
+    stop = StopFlag()
+    eval_steps = recipe.train.eval_steps or steps_per_epoch
+    save_steps = recipe.train.save_steps or eval_steps
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
+               desc=recipe.name, dynamic_ncols=True)
+    running_loss, started = 0.0, time.time()
+    while state["step"] < total_steps and not state["done"]:
+        epoch = state["step"] // steps_per_epoch
+        train_dl.set_epoch(epoch)
+        batches = train_dl
+        skip = (state["step"] - epoch * steps_per_epoch) * recipe.train.grad_accum
+        if skip:
+            batches = accelerator.skip_first_batches(train_dl, skip)
+        model.train()
+        strategies.apply_plan(accelerator.unwrap_model(model), plan, state["step"])
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and recipe.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                recipe.optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += loss.detach().float().item() / recipe.train.grad_accum
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            state["epoch"] = state["step"] / steps_per_epoch
+            scheduler.step()
+            bar.update(1)
+            if state["step"] in plan.stage_starts:
+                say(f"[strategy] step {state['step']}: now training {', '.join(g.name for g in plan.trainable_at(state['step']))}")
+            strategies.apply_plan(accelerator.unwrap_model(model), plan, state["step"])
+
+            if state["step"] % recipe.train.log_steps == 0 or state["step"] == total_steps:
+                n = recipe.train.log_steps if state["step"] % recipe.train.log_steps == 0 else state["step"] % recipe.train.log_steps
+                record = {"step": state["step"], "epoch": round(state["epoch"], 4), "loss": running_loss / max(1, n),
+                          "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)}}
+                log_record(run_dir, record, accelerator)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                running_loss = 0.0
+            if state["step"] % eval_steps == 0 or state["step"] == total_steps:
+                scores = evaluate(model, eval_dls["validation"], task, labels, accelerator)
+                log_record(run_dir, {"step": state["step"], "epoch": round(state["epoch"], 4),
+                                     "validation": scores}, accelerator)
+                improved = is_better(scores[metric], state["best_metric"], metric)
+                if improved:
+                    state.update(best_metric=scores[metric], best_step=state["step"], bad_evals=0)
+                    save_model_atomic(accelerator, model, processor, run_dir / "best")
+                else:
+                    state["bad_evals"] += 1
+                say(f"[eval] step {state['step']}/{total_steps} epoch {state['epoch']:.2f}  "
+                    + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                    + ("  (best)" if improved else f"  (best {state['best_metric']:.4f} at step {state['best_step']})"))
+                patience = recipe.train.early_stopping_patience
+                if patience and state["bad_evals"] >= patience:
+                    say(f"[early stop] no improvement in {metric} for {patience} evaluations")
+                    state["done"] = True
+                model.train()
+                strategies.apply_plan(accelerator.unwrap_model(model), plan, state["step"])
+            if state["step"] % save_steps == 0 or state["done"] or state["step"] == total_steps or stop.requested:
+                save_checkpoint(accelerator, model, optimizer, run_dir, state, recipe.train.save_total_limit)
+            if stop.requested:
+                set_status(run_dir, "interrupted", step=state["step"]) if accelerator.is_main_process else None
+                raise Interrupted(f"Interrupted at step {state['step']}; the state is saved. Resume with: "
+                                  f"hftl run {recipe.source_file or 'RECIPE'} --resume")
+            if state["step"] >= total_steps or state["done"]:
+                break
+    bar.close()
+    train_seconds = time.time() - started
+
+    # -- final: the best model becomes the run's model; test it
+    accelerator.wait_for_everyone()
+    best = run_dir / "best"
+    if best.is_dir():
+        from safetensors.torch import load_model as load_weights
+
+        weights = best / "adapter_model.safetensors" if (best / "adapter_model.safetensors").exists() else None
+        if weights is None:
+            load_weights(accelerator.unwrap_model(model), str(best / "model.safetensors"), strict=False)
+    final = {"best_step": state["best_step"], f"best_validation_{metric}": state["best_metric"],
+             "train_seconds": round(train_seconds, 1), "steps": state["step"], "num_processes": accelerator.num_processes}
+    for split, dl in eval_dls.items():
+        final[split] = evaluate(model, dl, task, labels, accelerator)
+    if accelerator.is_main_process:
+        if best.is_dir():
+            publish_model(best, run_dir)
+        write_json_atomic(run_dir / "metrics.json", final)
+        log_record(run_dir, {"step": state["step"], "final": final}, accelerator)
+        set_status(run_dir, "completed", steps=state["step"])
+    say("[done] " + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final
+                              for k, v in final[s].items()) + f"  -> {run_dir}")
+    # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
+    # after it make 2-process CPU runs abort at exit (SIGABRT) about a third of the time.
+    accelerator.end_training()
+    accelerator.free_memory()
+    del model, optimizer, train_dl, eval_dls, eval_list, scheduler
+    end_processes(accelerator)
+    return RunResult(run_dir, final)
+
+
+# --------------------------------------------------------------------------- helpers
+class Interrupted(HftlError):
+    exit_code = 130
+
+
+class StopFlag:
+    """Turns SIGTERM / Ctrl-C into a request to stop after the current step (and save)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. notebooks): keep the default handlers
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def set_step_lrs(optimizer, scheduler, step: int) -> None:
+    """Put the LambdaLR scheduler (a pure function of the step) at ``step``, e.g. after resume."""
+    scheduler.last_epoch = step
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = group["initial_lr"] * fn(step)
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    lower_is_better = metric.endswith("loss")
+    return best is None or (value < best if lower_is_better else value > best)
+
+
+def check_process_count(accelerator) -> None:
+    """Refuse to silently run fewer processes than ``accelerate launch`` was asked for."""
+    asked = os.environ.get("HFTL_EXPECT_PROCESSES") or os.environ.get("ACCELERATE_NUM_PROCESSES")
+    if asked and asked.isdigit() and int(asked) != accelerator.num_processes:
+        raise HftlError(
+            f"{asked} processes were asked for but only {accelerator.num_processes} started. On CPU, "
+            "`accelerate launch --cpu --num_processes N` runs ONE process; use `ACCELERATE_USE_CPU=true accelerate "
+            "launch --multi_gpu --num_processes N --num_machines 1 --mixed_precision no --dynamo_backend no "
+            "hftl/run.py RECIPE` or `torchrun --nproc_per_node N hftl/run.py RECIPE`.")
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, accelerator) -> None:
+    """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one."""
+    status = read_status(run_dir).get("status")
+    if accelerator.is_main_process:
+        if status == "completed" and not recipe.output.overwrite and not resume:
+            raise HftlError(f"{run_dir} holds a completed run. Set output.overwrite=true to train again into it, "
+                            "or choose another folder with output.dir=...")
+        if complete_checkpoints(run_dir) and not resume and not recipe.output.overwrite:
+            raise HftlError(f"{run_dir} holds an unfinished run with saved states. Continue it with --resume "
+                            "(or train.resume=true), or set output.overwrite=true to start again.")
+        if not resume and recipe.output.overwrite and run_dir.exists():
+            import shutil
+
+            for child in ("checkpoints", "best", "metrics.jsonl"):
+                path = run_dir / child
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        set_status(run_dir, "running")
+    accelerator.wait_for_everyone()
+
+
+def log_record(run_dir: Path, record: dict[str, Any], accelerator) -> None:
+    """Append one JSON line to metrics.jsonl and send scalars to the trackers."""
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    flat = {k: v for k, v in _flat(record).items() if isinstance(v, (int, float)) and k != "step"}
+    if flat:
+        accelerator.log(flat, step=record["step"])
+
+
+def _truncate_log(path: Path, step: int, accelerator) -> None:
+    """Drop log lines written after the state we resume from (they will be written again)."""
+    if accelerator.is_main_process and path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step and "final" not in json.loads(line)]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def end_processes(accelerator) -> None:
+    """Synchronise, collect garbage and end the process group (call after dropping DDP objects)."""
+    import gc
+
+    import torch.distributed as dist
+
+    accelerator.wait_for_everyone()
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny random models built from configs, and small learnable datasets.
+
+Each test process uses one thread (two processes that each use every core slow
+each other down badly on small machines) and never asks the Hugging Face Hub.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import csv  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "weak", "cold", "silly"]
+NEUTRAL = ["the", "movie", "plot", "actor", "scene", "film", "story", "was", "a", "very", "and", "it"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT (hidden 32) + WordPiece tokenizer saved as a local checkpoint folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.1)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_reviews(n: int, seed: int = 0) -> list[dict]:
+    """Short 'reviews' whose label is given by their sentiment word (learnable in a few dozen steps)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.random() < 0.5
+        words = rng.sample(NEUTRAL, rng.randint(2, 6)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "pos" if label else "neg", "movie": f"m{i % 40}"})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reviews") / "reviews.csv"
+    rows = make_reviews(480)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def text_recipe(tmp_path, tiny_bert_dir, reviews_csv):
+    """Write a text-classification recipe on the tiny BERT; returns a function(overrides dict) -> path."""
+
+    def write(**sections) -> Path:
+        doc = {
+            "name": "toy",
+            "task": "text-classification",
+            "model": {"checkpoint": str(tiny_bert_dir)},
+            "data": {"source": str(reviews_csv), "group_column": "movie", "max_length": 16},
+            "strategy": {"name": "full"},
+            "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
+            "train": {"epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key] = {**doc[key], **value}
+            else:
+                doc[key] = value
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    return write
