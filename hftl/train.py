@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftl.checkpointing import (complete_checkpoints, load_checkpoint, publish_model, read_status, save_checkpoint,
-                                save_model_atomic, set_status, write_json_atomic)
+from hftl.checkpointing import (complete_checkpoints, kill_point, load_checkpoint, publish_model, read_status,
+                                save_checkpoint, save_model_atomic, set_status, write_json_atomic)
 from hftl.errors import HftlError
 from hftl.recipe import Recipe
 from hftl.tasks import TASKS
@@ -34,7 +34,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
 
-    from hftl import strategies
+    from hftl import feature_cache, strategies
     from hftl.planning import count_steps, make_plan
     from hftl.loop_utils import (LengthGroupedBatchSampler, build_optimizer, default_mixed_precision, evaluate,
                                  set_threads, wrap_lora)
@@ -75,11 +75,14 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     # -- loaders: length-grouped, seeded per epoch, so a resumed run sees the same batches
     batch_sampler = LengthGroupedBatchSampler(
         encoded["train"]["length"] if "length" in encoded["train"].column_names else None,
-        recipe.train.batch_size, seed=recipe.train.seed, group_by_length=recipe.train.group_by_length)
-    train_dl = torch.utils.data.DataLoader(encoded["train"], batch_sampler=batch_sampler,
+        recipe.train.batch_size, seed=recipe.train.seed, group_by_length=recipe.train.group_by_length,
+        n=len(encoded["train"]))
+    # Each loader has its own generator: starting an iterator then draws no number from the global RNG, so
+    # dropout sees the same random stream whether a run was resumed mid-epoch or not.
+    train_dl = torch.utils.data.DataLoader(encoded["train"], batch_sampler=batch_sampler, generator=torch.Generator(),
                                            collate_fn=task.collator(processor, recipe, train=True))
     eval_bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-    eval_dls = {split: torch.utils.data.DataLoader(encoded[split], batch_size=eval_bs,
+    eval_dls = {split: torch.utils.data.DataLoader(encoded[split], batch_size=eval_bs, generator=torch.Generator(),
                                                    collate_fn=task.collator(processor, recipe, train=False))
                 for split in ("validation", "test") if split in encoded}
 
@@ -89,11 +92,14 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     for name, param in model.named_parameters():  # everything that will ever train is trainable when wrapped
         param.requires_grad_(name in plan.ever_trainable())
     say(strategies.format_plan(plan, model))
+    # -- [feature cache] body frozen for the whole run, nothing random feeding it: the loaders yield the head's
+    #    inputs, computed once and cached on disk, and model.forward runs only the head (hftl/feature_cache.py).
+    train_dl, eval_dls = feature_cache.maybe_use_cache(model, plan, recipe, task, processor, encoded, train_dl,
+                                                       eval_dls, accelerator)
 
     optimizer, group_names = build_optimizer(model, plan, recipe.optim)
-    warmup = recipe.optim.warmup_steps if recipe.optim.warmup_steps is not None else round(recipe.optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, strategies.lr_lambdas(plan, group_names, warmup, recipe.optim.scheduler))
+        optimizer, strategies.lr_lambdas(plan, group_names, plan.warmup_steps, plan.scheduler))
     # The scheduler is not prepared: it is a pure function of the optimizer step, stepped once per step.
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
@@ -105,11 +111,13 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
     # -- loop state (restored on resume)
     metric = recipe.train.metric or task.metric
-    state = {"step": 0, "epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "done": False}
+    state = {"step": 0, "epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "done": False,
+             "loss_sum": 0.0}
     last = complete_checkpoints(run_dir)
     if resume and last:
-        state = load_checkpoint(accelerator, model, optimizer, last[-1])
+        state = {**state, **load_checkpoint(accelerator, model, optimizer, last[-1])}
         say(f"[resume] continuing from {last[-1]} (step {state['step']})")
+    if resume:  # lines logged after the state we start from are written again
         _truncate_log(run_dir / "metrics.jsonl", state["step"], accelerator)
     set_step_lrs(optimizer, scheduler, state["step"])
 
@@ -118,7 +126,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     save_steps = recipe.train.save_steps or eval_steps
     bar = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
                desc=recipe.name, dynamic_ncols=True)
-    running_loss, started = 0.0, time.time()
+    started = time.time()
     while state["step"] < total_steps and not state["done"]:
         epoch = state["step"] // steps_per_epoch
         train_dl.set_epoch(epoch)
@@ -132,12 +140,13 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                kill_point("step", state["step"] + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
                 if accelerator.sync_gradients and recipe.optim.max_grad_norm:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                 recipe.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach().float().item() / recipe.train.grad_accum
+            state["loss_sum"] += loss.detach().float().item() / recipe.train.grad_accum
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
@@ -150,18 +159,19 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
             if state["step"] % recipe.train.log_steps == 0 or state["step"] == total_steps:
                 n = recipe.train.log_steps if state["step"] % recipe.train.log_steps == 0 else state["step"] % recipe.train.log_steps
-                record = {"step": state["step"], "epoch": round(state["epoch"], 4), "loss": running_loss / max(1, n),
+                record = {"step": state["step"], "epoch": round(state["epoch"], 4), "loss": state["loss_sum"] / max(1, n),
                           "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)}}
                 log_record(run_dir, record, accelerator)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                running_loss = 0.0
+                state["loss_sum"] = 0.0
             if state["step"] % eval_steps == 0 or state["step"] == total_steps:
                 scores = evaluate(model, eval_dls["validation"], task, labels, accelerator)
                 log_record(run_dir, {"step": state["step"], "epoch": round(state["epoch"], 4),
                                      "validation": scores}, accelerator)
+                kill_point("eval", state["step"])  # test hook
                 improved = is_better(scores[metric], state["best_metric"], metric)
                 if improved:
-                    state.update(best_metric=scores[metric], best_step=state["step"], bad_evals=0)
+                    state.update(best_metric=scores[metric], best_step=state["step"], best_scores=scores, bad_evals=0)
                     save_model_atomic(accelerator, model, processor, run_dir / "best")
                 else:
                     state["bad_evals"] += 1
@@ -196,8 +206,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             load_weights(accelerator.unwrap_model(model), str(best / "model.safetensors"), strict=False)
     final = {"best_step": state["best_step"], f"best_validation_{metric}": state["best_metric"],
              "train_seconds": round(train_seconds, 1), "steps": state["step"], "num_processes": accelerator.num_processes}
-    for split, dl in eval_dls.items():
-        final[split] = evaluate(model, dl, task, labels, accelerator)
+    for split, dl in eval_dls.items():  # the best model's validation scores are known already
+        known = state.get("best_scores") if split == "validation" else None
+        final[split] = known or evaluate(model, dl, task, labels, accelerator)
     if accelerator.is_main_process:
         if best.is_dir():
             publish_model(best, run_dir)
@@ -208,7 +219,6 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                               for k, v in final[s].items()) + f"  -> {run_dir}")
     # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
     # after it make 2-process CPU runs abort at exit (SIGABRT) about a third of the time.
-    accelerator.end_training()
     accelerator.free_memory()
     del model, optimizer, train_dl, eval_dls, eval_list, scheduler
     end_processes(accelerator)
@@ -318,5 +328,6 @@ def end_processes(accelerator) -> None:
 
     accelerator.wait_for_everyone()
     gc.collect()
+    accelerator.end_training()  # finishes the trackers; in accelerate >= 1.x it also destroys the process group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,38 @@
+"""Integration: the shipped sentiment recipe on the real all-MiniLM-L6-v2 and real Rotten Tomatoes data."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+
+from hftl.recipe import load_recipe
+from hftl.train import run
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "sentiment.yaml"
+
+
+@pytest.mark.integration
+def test_sentiment_recipe_learns_on_real_checkpoint(tmp_path):
+    recipe = load_recipe(RECIPE, [f"output.dir={tmp_path / 'run'}", "train.max_steps=40", "train.batch_size=16",
+                                  "data.max_train_samples=640", "data.max_eval_samples=300", "train.eval_steps=40",
+                                  "optim.warmup_ratio=0.1"])
+    result = run(recipe)
+    from hftl.tasks import TASKS
+
+    task = TASKS.get("text-classification")
+    splits = task.load_splits(recipe)
+    counts = collections.Counter(splits["test"]["label"])
+    majority = max(counts.values()) / sum(counts.values())
+    accuracy = result.metrics["test"]["accuracy"]
+    assert accuracy > majority + 0.08, (accuracy, majority)
+
+    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=str(result.run_dir))
+    assert {p["label"] for p in pipe(["A masterpiece.", "Dull and lifeless."])} <= {"fresh", "rotten"}
