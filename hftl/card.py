@@ -123,7 +123,8 @@ def card_data(run: RunFiles, repo_id: str | None = None) -> Any:
                if name != "loss" and isinstance(value, (int, float))]
     strategy = run.recipe["strategy"]["name"]
     tags = ["hftl", "transfer-learning", f"strategy:{strategy}", *(["lora"] if run.adapter_dir else [])]
-    library = "transformers" if run.has_full_model else "peft" if run.adapter_dir else None
+    library = ("transformers" if run.has_full_model and task in PIPELINE_TASKS
+               else "peft" if run.adapter_dir else None)  # None: hftl's own loader (fusion)
     bases = [b for b in (_checkpoint_hub_id(c) for c in _base_checkpoints(run.recipe)) if b]
     return ModelCardData(
         library_name=library, base_model=(bases[0] if len(bases) == 1 else bases) or None,
