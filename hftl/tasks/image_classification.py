@@ -1,0 +1,261 @@
+"""Image classification: one label per image, on transformers (ViT, ResNet, ConvNeXt, ...) and timm checkpoints.
+
+Preprocessing comes from the checkpoint's own image processor (size, mean, std).
+Images stay encoded until they are batched: :meth:`ImageClassification.encode`
+only reads each file's header (so 60k images cost seconds, and a corrupt or
+non-image file is reported with its split and index before training starts), and
+the collator decodes, converts to RGB and transforms each batch. Training batches
+get torchvision augmentation (random resized crop, horizontal flip, from
+``data.augment``); evaluation uses the processor itself, exactly as
+``pipeline("image-classification")`` does on the saved run.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hftl.errors import CheckpointError, DataError, RecipeError
+from hftl.tasks import TASKS
+from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
+                               load_splits)
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from PIL import Image
+
+    from hftl.recipe import Recipe
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the checkpoint expects: input (height, width) and per-channel normalisation."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def processor_geometry(processor: Any) -> Geometry:
+    """Input size, mean and std of a transformers or timm image processor."""
+    timm_config = getattr(processor, "data_config", None)
+    if timm_config is not None:  # TimmWrapperImageProcessor
+        return Geometry(tuple(timm_config["input_size"][1:]), tuple(timm_config["mean"]), tuple(timm_config["std"]))
+    cropped = getattr(processor, "do_center_crop", False) and processor.crop_size
+    size = processor.crop_size if cropped else processor.size
+    height, width = size.get("height"), size.get("width")
+    if not (height and width):
+        height = width = size.get("shortest_edge")
+    if not height:
+        raise CheckpointError(f"Cannot tell the input size from the image processor {type(processor).__name__} "
+                              f"(size {dict(size)}); set data.image_size.")
+    if not getattr(processor, "do_normalize", True):
+        return Geometry((height, width), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return Geometry((height, width), tuple(processor.image_mean), tuple(processor.image_std))
+
+
+def resize_processor(processor: Any, pixels: int) -> Any:
+    """The same processor making ``pixels`` x ``pixels`` inputs (``data.image_size``)."""
+    if getattr(processor, "data_config", None) is not None:  # timm: the size lives in its pretrained_cfg
+        return type(processor)(pretrained_cfg={**processor.data_config, "input_size": (3, pixels, pixels)},
+                               architecture=processor.architecture)
+    square = {"height": pixels, "width": pixels}
+    processor.size = {"shortest_edge": pixels} if processor.size.get("shortest_edge") else square
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = square
+    return processor
+
+
+def decode_image(value: dict[str, Any]) -> "Image.Image":
+    """An undecoded ``datasets.Image`` value ({bytes, path}) as an RGB PIL image (grey and RGBA included)."""
+    import datasets
+
+    image = datasets.Image().decode_example(value)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_problem(value: dict[str, Any] | None) -> str | None:
+    """Why an undecoded image cannot be read (checks the header and structure, decodes no pixels), or None."""
+    from PIL import Image
+
+    if not value or not (value.get("bytes") or value.get("path")):
+        return "no image"
+    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+    try:
+        with Image.open(source) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... for bad files
+        return f"{value.get('path') or 'the image'} is not a readable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def crop_transform(geometry: Geometry, min_scale: float) -> Any:
+    """torchvision random resized crop to the checkpoint's input size, then its normalisation."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(geometry.size, scale=(min_scale, 1.0), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(geometry.mean), list(geometry.std)),
+    ])
+
+
+class ImageCollator:
+    """Decodes a batch of images, then makes ``pixel_values``.
+
+    Evaluation uses the checkpoint's processor as is. Training (``data.augment``) replaces its
+    resize and crop by a random resized crop, and flips half the images horizontally.
+    """
+
+    def __init__(self, processor: Any, recipe: "Recipe", train: bool) -> None:
+        from torchvision.transforms import v2
+
+        augment = recipe.data.augment
+        self.processor, self.recipe = processor, recipe
+        self.crop = (crop_transform(processor_geometry(processor), augment.min_scale)
+                     if train and augment.random_resized_crop else None)
+        self.flip = v2.RandomHorizontalFlip() if train and augment.hflip else None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        images, labels = [], []
+        for feature in features:
+            try:
+                images.append(decode_image(feature["image"]))
+                labels.append(feature["labels"])
+            except Exception as exc:  # a file that passed the header check but whose pixels are broken
+                bad = BadExamples(self.recipe, feature["split"])
+                bad.bad(feature["index"], f"cannot decode the image ({type(exc).__name__}: {exc})")  # raises...
+                warnings.warn(f"[data] {bad.report()}", stacklevel=2)  # ...unless data.on_error is skip
+        if not images:
+            raise DataError(f"{self.recipe.source_file}: no image of a batch could be decoded.")
+        if self.crop is not None:
+            pixels = torch.stack([self.crop(image) for image in images])
+        else:
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        if self.flip is not None:
+            pixels = torch.stack([self.flip(image) for image in pixels])
+        return {"pixel_values": pixels, "labels": torch.tensor(labels)}
+
+
+class ImageClassification:
+    name = "image-classification"
+    roles = {"image": "image", "label": "label"}
+    required_roles = ("image", "label")
+    metric = "accuracy"
+    pipeline_tag = "image-classification"
+
+    def check(self, recipe: "Recipe") -> None:
+        if not (recipe.model.checkpoint or recipe.model.init_from):
+            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for image-classification "
+                              "(or model.init_from, an earlier run)",
+                              hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).")
+        check_columns_section(recipe, self.roles)
+
+    def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
+        return load_splits(recipe, self.roles, self.required_roles)
+
+    def load_processor(self, recipe: "Recipe") -> Any:
+        from transformers import AutoImageProcessor
+
+        from hftl.checkpoints import load_pretrained, model_source
+
+        processor = load_pretrained(AutoImageProcessor, model_source(recipe), revision=recipe.model.revision,
+                                    trust_remote_code=recipe.model.trust_remote_code, what="image processor")
+        return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
+
+    def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
+        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+
+    def encode(self, splits: "datasets.DatasetDict", processor: Any, recipe: "Recipe",
+               labels: list[str]) -> tuple["datasets.DatasetDict", list[str]]:
+        """Check every image's header and label; keep images encoded (the collator decodes each batch).
+
+        Encoded columns: ``image`` (undecoded), ``labels``, and ``split`` + ``index``, the example's
+        place in the loaded split, so an image that fails to decode later is still named.
+        """
+        image_col, label_col = column(recipe, self.roles, "image"), column(recipe, self.roles, "label")
+        to_id = label_encoder(splits, label_col, labels)
+        reports = []
+        for split in list(splits):
+            ds = splits[split].select_columns(list(dict.fromkeys([image_col, label_col])))
+            ds = undecoded(ds, image_col, recipe)
+            bad = BadExamples(recipe, split)
+            keep, ids = [], []
+            for start, batch in enumerate(ds.iter(batch_size=1000)):
+                for offset, (value, raw) in enumerate(zip(batch[image_col], batch[label_col])):
+                    index, label, problem = start * 1000 + offset, to_id(raw), image_problem(value)
+                    if problem:
+                        bad.bad(index, problem)
+                    elif label is None:
+                        bad.bad(index, f"label {raw!r} is not one of {labels} (set data.label_names to change "
+                                       "the label set)")
+                    else:
+                        keep.append(index)
+                        ids.append(label)
+            if bad.report():
+                reports.append(bad.report())
+            ds = ds.select(keep) if len(keep) < len(ds) else ds
+            ds = ds.select_columns([image_col]).rename_columns({image_col: "image"} if image_col != "image" else {})
+            splits[split] = (ds.add_column("labels", ids).add_column("split", [split] * len(keep))
+                             .add_column("index", keep))
+        return splits, reports
+
+    def collator(self, processor: Any, recipe: "Recipe", train: bool) -> ImageCollator:
+        return ImageCollator(processor, recipe, train)
+
+    def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
+        from transformers import AutoModelForImageClassification
+
+        from hftl.checkpoints import load_model_for_labels
+
+        model = load_model_for_labels(AutoModelForImageClassification, recipe, labels)
+        if recipe.data.image_size:
+            fit_image_size(model, recipe.data.image_size, recipe)
+        return model
+
+    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
+        from hftl.metrics import load_metric
+
+        return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
+                                                           references=references.tolist())
+
+
+def undecoded(ds: "datasets.Dataset", image_col: str, recipe: "Recipe") -> "datasets.Dataset":
+    """``ds`` with ``image_col`` as an undecoded ``datasets.Image`` (file paths in a text column are accepted)."""
+    import datasets
+
+    feature = ds.features[image_col]
+    if isinstance(feature, datasets.Image) and not feature.decode:
+        return ds
+    if not (isinstance(feature, datasets.Image) or feature == datasets.Value("string")):
+        raise DataError(f"{recipe.source_file}: column '{image_col}' holds {feature}, not images or image paths. "
+                        "Map the image column with data.columns.image: <column>.")
+    return ds.cast_column(image_col, datasets.Image(decode=False))
+
+
+def fit_image_size(model: Any, pixels: int, recipe: "Recipe") -> None:
+    """Record ``data.image_size`` in a timm config (its processor is rebuilt from it); check the model takes it."""
+    import torch
+
+    config, training = model.config, model.training
+    if getattr(config, "pretrained_cfg", None) is not None:
+        config.pretrained_cfg = {**config.pretrained_cfg, "input_size": [3, pixels, pixels]}
+        config.pretrained_cfg.pop("test_input_size", None)
+    try:
+        with torch.no_grad():
+            model.eval()(pixel_values=torch.zeros(1, 3, pixels, pixels))
+    except (ValueError, RuntimeError) as exc:
+        raise RecipeError(recipe.source_file, "data.image_size", f"does not suit this checkpoint: "
+                          f"{(str(exc).splitlines() or [''])[0]}", pixels,
+                          hint="Models with fixed position embeddings (ViT, DeiT, ...) need their own size: "
+                               "remove data.image_size.") from None
+    finally:
+        model.train(training)
+
+
+TASKS.register("image-classification")(ImageClassification())
