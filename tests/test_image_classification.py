@@ -141,6 +141,33 @@ def test_every_strategy_trains_what_its_plan_says(image_recipe, checkpoints, mod
             assert bool(in_group) == trains, (group["name"], group["start_step"], best, in_group)
 
 
+@pytest.mark.parametrize("family", ["convnext", "deit"])
+def test_more_checkpoint_families_train_and_use_their_processor(image_recipe, tmp_path, family):
+    """ConvNeXt (shortest-edge resize) and DeiT (resize 36 then centre crop 32), two steps each."""
+    from transformers import (ConvNextConfig, ConvNextImageProcessor, ConvNextModel, DeiTConfig, DeiTImageProcessor,
+                              DeiTModel)
+
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    if family == "convnext":
+        ConvNextModel(ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                     patch_size=2)).save_pretrained(folder)
+        ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
+    else:
+        DeiTModel(DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=37), add_pooling_layer=False).save_pretrained(folder)
+        DeiTImageProcessor(size={"height": 36, "width": 36},
+                           crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    recipe = load_recipe(image_recipe(model={"checkpoint": str(folder)}, train={"max_steps": 2}))
+    features = [{"image": undecoded(Image.new("L", (50, 40))), "labels": 0, "split": "train", "index": 0}]
+    processor = TASK.load_processor(recipe)
+    for train in (True, False):
+        assert TASK.collator(processor, recipe, train=train)(features)["pixel_values"].shape == (1, 3, 32, 32)
+    result = run(recipe)
+    assert json.loads((result.run_dir / "run_status.json").read_text())["status"] == "completed"
+    assert json.loads((result.run_dir / "config.json").read_text())["id2label"] == {"0": "horizontal", "1": "vertical"}
+
+
 # --------------------------------------------------------------------------- preprocessing
 def test_grey_rgba_and_palette_images_become_three_channels(image_recipe, checkpoints):
     recipe = load_recipe(image_recipe("resnet"))
