@@ -142,7 +142,7 @@ def _summary(run: RunFiles, repo_id: str | None) -> str:
         lines += [r["description"], ""]
     lines.append(f"A **{r['task']}** model transferred from {bases}{via} to `{_short_source(r['data']['source'])}` "
                  f"with the **{r['strategy']['name']}** strategy, trained with "
-                 f"[hftl](https://pypi.org/project/hftl/) from the recipe at the end of this card.")
+                 f"hftl from the recipe at the end of this card.")
     if run.labels:
         shown = ", ".join(f"`{x}`" for x in run.labels[:30]) + (" ..." if len(run.labels) > 30 else "")
         lines += ["", f"Labels ({len(run.labels)}): {shown}."]
@@ -217,7 +217,7 @@ def _usage(run: RunFiles, repo_id: str | None) -> str:
         fetch = (f"from huggingface_hub import snapshot_download\n\nrun_dir = snapshot_download(\"{repo_id}\")\n"
                  if repo_id else f"run_dir = \"{ref}\"\n")
         blocks += [f"```python\nimport hftl\n{fetch}print(hftl.predict_run(run_dir, [...]))\n```",
-                   "This model loads with hftl's own loader (`pip install hftl`)."]
+                   "This model loads with hftl's own loader (`hftl.predict_run`, or `hftl predict RUN_DIR`)."]
     return "\n\n".join(["## How to use", *blocks])
 
 

@@ -7,7 +7,9 @@ Two figures per run, both embedded in the model card:
 - ``learning_rates.png``: the learning rate of every layer group over steps,
   input groups in light colours and the head in dark, so layer-wise decay (a fan
   of lines) and progressive unfreezing (groups leaving zero one by one) show at
-  a glance.
+  a glance. LRs spanning more than a factor 5 are drawn on a symmetric-log axis
+  (log above the smallest LR, linear down to 0) so every group stays readable.
+  LRs are logged every ``train.log_steps``: a smaller value draws sharper steps.
 
 Dashed vertical lines mark the steps at which the strategy unfreezes groups.
 Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot
@@ -114,7 +116,12 @@ def learning_rates(records: list[dict[str, Any]], groups: list[str] | None = Non
         if points:
             ax.plot(*zip(*points), label=name, color=cmap(0.15 + 0.85 * i / max(1, len(names) - 1)))
     _finish(ax, "learning rate", starts)
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    positive = [lr for r in logged for lr in r["lr"].values() if lr > 0]
+    if positive and max(positive) > 5 * min(positive):  # LRs over decades: log-like, with 0 (frozen) still shown
+        ax.set_yscale("symlog", linthresh=min(positive))
+        ax.set_ylim(0, 1.6 * max(positive))
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if ax.get_legend() is not None:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", title="layer group (input → head)")
     fig.suptitle(f"{title}: learning rate per layer group" if title else "learning rate per layer group")
