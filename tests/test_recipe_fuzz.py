@@ -77,7 +77,8 @@ def documents(draw) -> Any:
 override_values = st.one_of(
     st.text(max_size=15),
     st.sampled_from(["1", "-1", "0", "3e-5", "1.5", ".inf", ".nan", "null", "true", "[a, b]", "{x: 1}", "[", "{",
-                     "a: b", "!!python/object/apply:os.system ['true']", "*alias", "&a 1", "'unclosed", "- x"] + CHOICES),
+                     "a: b", "!!python/object/apply:os.system ['true']", "*alias", "&a 1", "'unclosed", "- x"]
+                    + CHOICES),
     values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()))
 overrides = st.lists(st.one_of(
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS), st.one_of(plausible.map(str), override_values)),
@@ -109,12 +110,13 @@ def test_random_documents_and_overrides_give_a_recipe_or_a_clear_error(doc, extr
     check(text, extra)
 
 
+YAML_PIECES = ["name: toy\n", "model:\n", "  checkpoint: x\n", "- a\n", "data: {source: d}\n", "&a [*a]\n",
+               "!!python/object:os.system\n", "key: *b\n", "\t", ": :\n", "%YAML 1.1\n---\n", "--- !!binary aGk=\n",
+               "...\n", "? [a]\n: 1\n"]
+
+
 @FUZZ
-@given(st.one_of(st.text(max_size=200),
-                 st.lists(st.sampled_from(["name: toy\n", "model:\n", "  checkpoint: x\n", "- a\n", "data: {source: d}\n",
-                                           "!!python/object:os.system\n", "&a [*a]\n", "key: *b\n", "\t", ": :\n",
-                                           "%YAML 1.1\n---\n", "--- !!binary aGk=\n", "...\n", "? [a]\n: 1\n"]),
-                          max_size=8).map("".join)))
+@given(st.one_of(st.text(max_size=200), st.lists(st.sampled_from(YAML_PIECES), max_size=8).map("".join)))
 def test_random_text_gives_a_recipe_or_a_clear_error(text):
     check(text, [])
 

@@ -14,13 +14,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from hftl.checkpointing import complete_checkpoints, publish_model, read_status, save_checkpoint, save_model_atomic
-from hftl.errors import CheckpointError, DataError, HftlError, RecipeError
+from hftl.errors import CheckpointError, DataError, HftlError
 from hftl.recipe import load_recipe
 from hftl.train import run
 
@@ -46,11 +47,13 @@ def write_recipe(folder: Path, bert: Path, csv: Path, **sections) -> Path:
     return path
 
 
-def run_child(argv: list[str], log: Path, processes: int = 1, **env: str) -> int:
+def run_child(argv: list[str], log: Path, processes: int = 1, main_env: dict[str, str] | None = None,
+              timeout: float = 300, **env: str) -> int:
     """Run ``hftl <argv>`` in ``processes`` forked children (a CPU DDP job when 2+); the job's exit code.
 
     Like ``accelerate launch``/``torchrun``: each rank gets RANK/WORLD_SIZE/MASTER_* and, once one rank fails,
-    the others are killed. Returns -9 when a rank was SIGKILLed, else the first non-zero exit code, else 0.
+    the others are killed. ``main_env`` goes to rank 0 only. Returns -9 when a rank was SIGKILLed, else the
+    first non-zero exit code, else 0; a job still running after ``timeout`` seconds is killed and fails the test.
     """
     port = _free_port()
     sys.stdout.flush()
@@ -59,15 +62,22 @@ def run_child(argv: list[str], log: Path, processes: int = 1, **env: str) -> int
     for rank in range(processes):
         pid = os.fork()
         if pid == 0:  # child: never return into pytest
-            _child(argv, log, {**env, **_rank_env(rank, processes, port)})
+            _child(argv, log, {**env, **((main_env or {}) if rank == 0 else {}), **_rank_env(rank, processes, port)})
         pids.append(pid)
     codes: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
     while len(codes) < len(pids):
-        pid, status = os.wait()
-        codes[pid] = os.waitstatus_to_exitcode(status)
-        if codes[pid] != 0:  # one rank died: end the job, as the launchers do
+        for pid in set(pids) - set(codes):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        hung = time.monotonic() > deadline
+        if hung or any(codes.values()):  # one rank died: end the job, as the launchers do
             for other in set(pids) - set(codes):
                 os.kill(other, signal.SIGKILL)
+                codes[other] = os.waitstatus_to_exitcode(os.waitpid(other, 0)[1])
+            assert not hung, f"job still running after {timeout} s: {log.read_text()[-3000:]}"
+        time.sleep(0.05)
     first = [codes[pid] for pid in pids if codes[pid] != 0]
     return -signal.SIGKILL if -signal.SIGKILL in first else (first[0] if first else 0)
 
@@ -198,14 +208,23 @@ def test_sigterm_saves_state_exits_130_and_resume_finishes(tmp_path, tiny_bert_d
     assert_same_model(run_dir, reference)
 
 
+@pytest.fixture(scope="module")
+def reference_2p(tmp_path_factory, tiny_bert_dir, reviews_csv) -> Path:
+    """The uninterrupted 2-process job (forked ranks match ``accelerate launch --multi_gpu`` on CPU bit for bit)."""
+    folder = tmp_path_factory.mktemp("reference-2p")
+    log = folder / "children.log"
+    assert run_child(["run", str(write_recipe(folder, tiny_bert_dir, reviews_csv))], log, processes=2) == 0, \
+        log.read_text()[-3000:]
+    return folder / "run"
+
+
 @pytest.mark.distributed
-def test_sigkill_under_two_processes_then_resume_gives_the_same_model(tmp_path, tiny_bert_dir, reviews_csv):
+def test_sigkill_under_two_processes_then_resume_gives_the_same_model(tmp_path, tiny_bert_dir, reviews_csv,
+                                                                      reference_2p):
     """2 CPU processes (gloo DDP), 3 steps an epoch. First only the main process dies, mid-save, while the other
     waits at the barrier (the launcher then ends it); then both die inside step 6. Resumed, the job must end
     exactly where an uninterrupted 2-process job ends."""
     log = tmp_path / "children.log"
-    ref = write_recipe(tmp_path / "ref", tiny_bert_dir, reviews_csv)
-    assert run_child(["run", str(ref)], log, processes=2) == 0, log.read_text()[-3000:]
     recipe = write_recipe(tmp_path / "killed", tiny_bert_dir, reviews_csv)
     run_dir = tmp_path / "killed" / "run"
     for i, point in enumerate(["save:8", "step:6"]):
@@ -214,7 +233,21 @@ def test_sigkill_under_two_processes_then_resume_gives_the_same_model(tmp_path, 
         assert complete_checkpoints(run_dir)[-1].name == "step-00000004"
     assert run_child(["run", str(recipe), "--resume"], log, processes=2) == 0, log.read_text()[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["num_processes"] == 2
-    assert_same_model(run_dir, tmp_path / "ref" / "run")
+    assert_same_model(run_dir, reference_2p)
+
+
+@pytest.mark.distributed
+def test_sigterm_reaching_one_process_stops_both_at_the_same_step(tmp_path, tiny_bert_dir, reviews_csv, reference_2p):
+    """Only rank 0 gets SIGTERM (during step 5): both processes must agree to stop after step 5 and save it,
+    or rank 0 would wait in the save while rank 1 trains on (a hang)."""
+    log = tmp_path / "children.log"
+    recipe = write_recipe(tmp_path, tiny_bert_dir, reviews_csv)
+    term = {"HFTL_TEST_KILL_AT": "step:5", "HFTL_TEST_KILL_SIGNAL": "TERM"}
+    assert run_child(["run", str(recipe)], log, processes=2, main_env=term, timeout=120) == 130, log.read_text()[-3000:]
+    assert read_status(tmp_path / "run")["status"] == "interrupted"
+    assert complete_checkpoints(tmp_path / "run")[-1].name == "step-00000005"
+    assert run_child(["run", str(recipe), "--resume"], log, processes=2) == 0, log.read_text()[-3000:]
+    assert_same_model(tmp_path / "run", reference_2p)
 
 
 def test_kill_in_the_middle_of_progressive_unfreezing(tmp_path, tiny_bert_dir, reviews_csv):
@@ -260,6 +293,17 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
     save_checkpoint(OneProcess(), model, optimizer, tmp_path, {"step": 4}, keep=1)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000004"]
     assert not list(root.glob(".tmp-*")), "stale temporary folders are cleaned up by the next save"
+
+
+def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
+    from hftl.train import _truncate_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 2, "loss": 0.5}\n\n{"step": 4, "loss": 0.4}\n{"step": 6, "loss": 0.3}\n'
+                   '{"step": 4, "final": {}}\n{"step": 8, "lo')  # killed in the middle of a write
+    _truncate_log(log, 4, OneProcess())
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [{"step": 2, "loss": 0.5},
+                                                                          {"step": 4, "loss": 0.4}]
 
 
 def test_model_saves_are_atomic_and_safetensors_only(tmp_path, tiny_bert_dir):
@@ -378,11 +422,15 @@ def test_unreachable_checkpoint_offline_names_offline_alternatives(text_recipe, 
     recipe = load_recipe(text_recipe(model={"checkpoint": "someone/not-a-real-model"}))
     with pytest.raises(CheckpointError, match=r"someone/not-a-real-model.*HF_HUB_OFFLINE.*all-MiniLM-L6-v2"):
         TASKS.get(recipe.task).load_processor(recipe)
+    typo = load_recipe(text_recipe(model={"checkpoint": "all-MiniLM-L6-v3"}))
+    with pytest.raises(CheckpointError, match=r"'all-MiniLM-L6-v3'.*Did you mean 'all-MiniLM-L6-v2'\?"):
+        TASKS.get(typo.task).load_processor(typo)
 
 
 # --------------------------------------------------------------------------- safety
 def test_trust_remote_code_is_off_by_default_and_warns_with_the_repo_when_on(text_recipe, tiny_bert_dir):
     from hftl.checkpoints import load_pretrained
+    from hftl.tasks import TASKS
 
     calls = []
 
@@ -398,6 +446,9 @@ def test_trust_remote_code_is_off_by_default_and_warns_with_the_repo_when_on(tex
     with pytest.warns(UserWarning, match="trust_remote_code is on: code from 'org/model' will run"):
         load_pretrained(Factory, "org/model", trust_remote_code=True)
     assert calls[-1]["trust_remote_code"] is True
+    on = load_recipe(text_recipe(model={"checkpoint": str(tiny_bert_dir), "trust_remote_code": True}))
+    with pytest.warns(UserWarning, match=re.escape(f"code from '{tiny_bert_dir}' will run")):
+        TASKS.get(on.task).load_processor(on)
 
 
 TOKEN = "hf_PlantedSecretToken0123456789abcdefXYZ"
