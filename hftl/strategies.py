@@ -15,7 +15,12 @@ wrapping and unfrozen later drifts apart across ranks). So everything that will
 train is trainable at ``prepare`` time, the wrapper is built with
 ``find_unused_parameters=True`` when the trainable set changes mid-run, and a
 frozen-for-now group simply has ``requires_grad=False`` (no gradient, so AdamW
-skips it: weights bitwise unchanged) and an LR multiplier of 0.
+skips it: weights bitwise unchanged) and an LR multiplier of 0. Stage changes
+never add optimizer param groups, so a checkpoint's optimizer state always fits.
+tests/test_distributed.py proves it on 2 CPU processes (ranks bitwise identical
+after every stage; with only the head trainable at ``prepare`` they drift by 3e-2);
+tests/test_strategies.py checks every (strategy x architecture) step by step and
+resumes a run killed mid-schedule.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from hftl.errors import HftlError, RecipeError
-from hftl.registry import Registry
+from hftl.errors import RecipeError
+from hftl.registry import Registry, did_you_mean
 
 if TYPE_CHECKING:
     from hftl.layers import LayerGroup
@@ -45,6 +50,7 @@ class GroupPlan:
     lr: float                        # peak LR, before the shared warmup/decay schedule
     start_step: int | None           # first optimizer step it trains at; None = never
     warmup_steps: int = 0            # LR ramp after start_step (progressive / two-stage joins)
+    weight_decay: float = 0.0        # AdamW decay of its weight matrices (biases and norm weights get 0)
 
     def factor(self, step: int) -> float:
         """This group's LR multiplier at ``step`` (0 while frozen, ramping after it joins)."""
@@ -64,7 +70,9 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     batchnorm: str = "frozen"
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    scheduler: str = "linear"        # the schedule shared by every group (times each group's join factor)
+    warmup_steps: int = 0            # optimizer steps of the shared warmup
+    options: dict = field(default_factory=dict)  # the recipe's strategy section as applied (decay factors, ...)
 
     def trainable_at(self, step: int) -> list[GroupPlan]:
         return [g for g in self.groups if g.start_step is not None and g.start_step <= step]
@@ -87,12 +95,18 @@ class Plan:
     def frozen_for_whole_run(self) -> list[GroupPlan]:
         return [g for g in self.groups if g.start_step is None or g.start_step >= self.total_steps]
 
+    def stages(self) -> list[dict]:
+        """One entry per change of the trainable set: from which step (and epoch) which groups train."""
+        return [{"step": s, "epoch": round(s / self.steps_per_epoch, 4),
+                 "groups": [g.name for g in self.trainable_at(s)]} for s in self.stage_starts]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The applied strategy for ``plan.json`` and the model card: groups, LRs, decay factors, stages."""
+        return {**asdict(self), "stages": self.stages()}
 
 
 # --------------------------------------------------------------------------- registry
-# A strategy maps (groups, section, steps_per_epoch, total_steps) to one start step per group.
+# A strategy maps (groups, section, steps_per_epoch, total_steps) to one start step per group (None: never).
 StartSteps = Callable[["list[LayerGroup]", "StrategySection", int, int], "list[int | None]"]
 STRATEGIES: Registry[StartSteps] = Registry("strategy")
 
@@ -111,15 +125,15 @@ def feature_extraction(groups, section, steps_per_epoch, total_steps):
 
 @STRATEGIES.register("partial")
 def partial_freezing(groups, section, steps_per_epoch, total_steps):
-    """Freeze the first N body groups (or a fraction); patterns freeze single parameters instead."""
+    """Freeze the first N body groups (or a fraction of them); patterns freeze single parameters instead."""
     opts = section.partial
-    body = sum(not g.is_head for g in groups)
+    body = [g.name for g in groups if not g.is_head]
     if opts.freeze_patterns is not None:
         return [0 for _ in groups]  # applied per parameter in plan_strategy
-    n = opts.freeze_groups if opts.freeze_groups is not None else math.floor(opts.freeze_fraction * body)
-    if n > body:
-        raise HftlError(f"strategy.partial.freeze_groups is {n} but the model has only {body} body groups "
-                        f"({', '.join(g.name for g in groups if not g.is_head)}). Use at most {body}.")
+    n = opts.freeze_groups if opts.freeze_groups is not None else math.floor(opts.freeze_fraction * len(body))
+    if n > len(body):
+        raise RecipeError(None, "strategy.partial.freeze_groups", f"asks to freeze {n} groups but the model has only "
+                          f"{len(body)} body groups ({', '.join(body)})", hint=f"Use at most {len(body)}.")
     return [None if (i < n and not g.is_head) else 0 for i, g in enumerate(groups)]
 
 
@@ -132,11 +146,15 @@ def two_stage(groups, section, steps_per_epoch, total_steps):
 
 @STRATEGIES.register("progressive")
 def progressive_unfreezing(groups, section, steps_per_epoch, total_steps):
-    """Head first; then ``groups_per_stage`` more body groups from the top every ``every`` units."""
+    """Head first; then ``groups_per_stage`` more body groups from the top every ``every`` epochs or steps."""
     opts = section.progressive
     unit = steps_per_epoch if opts.unit == "epoch" else 1
     body = [i for i, g in enumerate(groups) if not g.is_head]
-    until = min(opts.until or len(body), len(body))
+    if opts.until is not None and opts.until > len(body):
+        raise RecipeError(None, "strategy.progressive.until", f"asks to unfreeze {opts.until} body groups but the "
+                          f"model has only {len(body)} ({', '.join(groups[i].name for i in body)})", opts.until,
+                          hint=f"Use at most {len(body)}, or leave it out to unfreeze them all.")
+    until = opts.until or len(body)
     starts: list[int | None] = [0 if g.is_head else None for g in groups]
     for k, index in enumerate(reversed(body[len(body) - until:])):  # top body group first
         starts[index] = (k // opts.groups_per_stage + 1) * opts.every * unit
@@ -151,10 +169,12 @@ def lora(groups, section, steps_per_epoch, total_steps):
 
 # --------------------------------------------------------------------------- validation
 def check_strategy(section: "StrategySection", recipe: "Recipe", key: str) -> None:
-    """Recipe-time checks: known name, and only the options that name uses."""
+    """Recipe-time checks: known name, only the options that name uses, LR options that agree."""
     file = recipe.source_file
     if section.name not in STRATEGIES:
-        STRATEGIES.get(section.name)  # raises with did-you-mean
+        raise RecipeError(file, f"{key}.name",
+                          f"unknown strategy '{section.name}'.{did_you_mean(section.name, STRATEGIES.names())}",
+                          hint=f"Allowed: {', '.join(STRATEGIES.names())}.")
     for option in ("partial", "progressive", "two_stage", "lora"):
         given = getattr(section, option) is not None
         if given and section.name != option:
@@ -163,6 +183,10 @@ def check_strategy(section: "StrategySection", recipe: "Recipe", key: str) -> No
     if section.name == "partial" and section.partial is None:
         raise RecipeError(file, f"{key}.partial", "is required with name: partial",
                           hint="e.g. partial: {freeze_groups: 3} or {freeze_fraction: 0.5} or {freeze_patterns: ['embeddings']}")
+    if section.discriminative is not None and recipe.optim.head_lr is not None:
+        raise RecipeError(file, f"{key}.discriminative", "sets every group's LR, the head's included, so "
+                          "optim.head_lr would be ignored", recipe.optim.head_lr,
+                          hint="Remove optim.head_lr (the head gets the last of 'lrs', or the top of 'range').")
     if section.towers is not None and recipe.task != "fusion":
         raise RecipeError(file, f"{key}.towers", "only applies to the fusion task", recipe.task)
     for tower, sub in (section.towers or {}).items():
@@ -178,10 +202,14 @@ def plan_strategy(groups: "list[LayerGroup]", recipe: "Recipe", steps_per_epoch:
     freezes everything but adapters and ``modules_to_save``); default: all.
     """
     section = section or recipe.strategy
-    starts = STRATEGIES.get(section.name)(groups, section, steps_per_epoch, total_steps)
+    try:
+        starts = STRATEGIES.get(section.name)(groups, section, steps_per_epoch, total_steps)
+    except RecipeError as exc:  # the strategy functions do not know the recipe's file: name it
+        exc.args = (str(exc).replace("<recipe>", recipe.source_file or "<recipe>", 1),)
+        raise
     lrs = group_lrs(groups, recipe, section)
-    frozen_by_pattern = _pattern_frozen(groups, section)
-    warmup = {"progressive": section.progressive, "two_stage": section.two_stage}.get(section.name)
+    frozen_by_pattern = _pattern_frozen(groups, section, recipe.source_file)
+    joining = {"progressive": section.progressive, "two_stage": section.two_stage}.get(section.name)
     plans = []
     for depth, (group, start, lr) in enumerate(zip(groups, starts, lrs)):
         allowed = [p for p in group.params if (trainable is None or p in trainable) and p not in frozen_by_pattern]
@@ -191,59 +219,64 @@ def plan_strategy(groups: "list[LayerGroup]", recipe: "Recipe", steps_per_epoch:
         if section.name == "two_stage" and not group.is_head:
             lr *= section.two_stage.body_lr_scale
         plans.append(GroupPlan(group.name, depth, group.is_head, tuple(allowed), frozen, tuple(group.modules), lr,
-                               start, warmup.warmup_steps if warmup else 0))
-    plan = Plan(section.name, tuple(plans), steps_per_epoch, total_steps, section.batchnorm)
-    if section.name == "progressive":
-        late = [g.name for g in plan.groups if g.start_step is not None and g.start_step >= total_steps]
-        if late:
-            raise RecipeError(recipe.source_file, "strategy.progressive",
-                              f"the unfreezing schedule is longer than the run ({total_steps} steps): "
-                              f"{', '.join(late)} would never train",
-                              hint="Train longer, unfreeze more often (every / unit / groups_per_stage), or set until.")
+                               start, joining.warmup_steps if joining else 0, recipe.optim.weight_decay))
+    optim = recipe.optim
+    warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_ratio * total_steps)
+    options = {**section.model_dump(mode="json", exclude_none=True, exclude={"towers", "layer_groups"}),
+               "lr": optim.lr, "head_lr": optim.head_lr}
+    plan = Plan(section.name, tuple(plans), steps_per_epoch, total_steps, section.batchnorm, optim.scheduler,
+                warmup, options)
+    if late := [g for g in plan.groups if g.start_step is not None and g.start_step >= total_steps]:
+        raise RecipeError(recipe.source_file, f"strategy.{section.name}",
+                          f"the schedule is longer than the run ({total_steps} optimizer steps, {steps_per_epoch} per "
+                          f"epoch): {', '.join(f'{g.name} (from step {g.start_step})' for g in late)} would never train",
+                          hint="Train longer (train.epochs), unfreeze sooner (every / unit / groups_per_stage / "
+                          "head_epochs), or stop earlier (progressive.until).")
     if not plan.ever_trainable():
-        raise HftlError("The strategy leaves no parameter to train; check strategy.partial / strategy.name.")
+        raise RecipeError(recipe.source_file, "strategy", f"'{section.name}' leaves no parameter to train",
+                          hint="Check strategy.partial (it may freeze everything, the head included).")
     return plan
 
 
 def group_lrs(groups: "list[LayerGroup]", recipe: "Recipe", section: "StrategySection") -> list[float]:
-    """Peak LR per group: flat, layer-wise decayed from the head, or discriminative."""
+    """Peak LR per group, input first: flat, layer-wise decayed from the head, or discriminative.
+
+    - flat: ``optim.lr`` for the body, ``optim.head_lr`` (default ``optim.lr``) for the head;
+    - ``llrd.decay``: body group at distance d from the head gets ``optim.lr * decay**d``;
+    - ``discriminative.lrs``: one LR per group, head included; ``discriminative.range: [lo, hi]``:
+      spread geometrically from lo (input group) to hi (head), like fastai's ``slice(lo, hi)``.
+    """
     lr, head_lr = recipe.optim.lr, recipe.optim.head_lr or recipe.optim.lr
-    n_body = sum(not g.is_head for g in groups)
-    if section.discriminative is not None and section.discriminative.lrs is not None:
-        given = section.discriminative.lrs
-        if len(given) != len(groups):
+    disc = section.discriminative
+    if disc is not None and disc.lrs is not None:
+        if len(disc.lrs) != len(groups):
             raise RecipeError(recipe.source_file, "strategy.discriminative.lrs",
-                              f"needs one LR per layer group ({len(groups)}: {', '.join(g.name for g in groups)})",
-                              given, hint="Or use range: [lo, hi] to spread LRs over the groups.")
-        return list(given)
-    out = []
-    for depth, group in enumerate(groups):
-        if group.is_head:
-            out.append(head_lr)
-        elif section.llrd is not None:
-            out.append(lr * section.llrd.decay ** (n_body - depth))  # distance from the head
-        elif section.discriminative is not None:
-            lo, hi = section.discriminative.range
-            frac = depth / max(1, n_body - 1)
-            out.append(lo * (hi / lo) ** frac)  # geometric, like fastai's slice(lo, hi)
-        else:
-            out.append(lr)
-    return out
+                              f"needs one LR per layer group, {len(groups)} here ({', '.join(g.name for g in groups)})",
+                              disc.lrs, hint="Or use range: [lo, hi] to spread LRs over the groups.")
+        return list(disc.lrs)
+    if disc is not None:
+        lo, hi = disc.range
+        return [lo * (hi / lo) ** (depth / max(1, len(groups) - 1)) for depth in range(len(groups))]
+    n_body = sum(not g.is_head for g in groups)
+    if section.llrd is None:
+        return [head_lr if g.is_head else lr for g in groups]
+    return [head_lr if g.is_head else lr * section.llrd.decay ** (n_body - depth) for depth, g in enumerate(groups)]
 
 
-def _pattern_frozen(groups: "list[LayerGroup]", section: "StrategySection") -> set[str]:
+def _pattern_frozen(groups: "list[LayerGroup]", section: "StrategySection", file: str | None) -> set[str]:
     if section.partial is None or section.partial.freeze_patterns is None:
         return set()
+    key = "strategy.partial.freeze_patterns"
     names = [p for g in groups for p in g.params]
     frozen: set[str] = set()
     for pattern in section.partial.freeze_patterns:
         try:
             hits = {n for n in names if re.search(pattern, n)}
         except re.error as exc:
-            raise HftlError(f"strategy.partial.freeze_patterns: {pattern!r} is not a valid regex ({exc}).") from None
+            raise RecipeError(file, key, f"{pattern!r} is not a valid regular expression ({exc})") from None
         if not hits:
-            raise HftlError(f"strategy.partial.freeze_patterns: {pattern!r} matches no parameter. "
-                            f"Parameter names look like: {', '.join(names[:3])} ... {names[-1]}.")
+            raise RecipeError(file, key, f"{pattern!r} matches no parameter name", hint=(
+                f"Patterns are searched (re.search) in names such as {', '.join(names[:2])} ... {names[-1]}."))
         frozen |= hits
     return frozen
 
@@ -271,6 +304,8 @@ def apply_plan(model, plan: Plan, step: int) -> None:
 
     Frozen groups run in eval mode: their dropout is off (faster, deterministic
     features) and, with ``batchnorm: frozen``, BatchNorm statistics stay fixed.
+    A BatchNorm whose own weights are frozen inside a training group (partial
+    freezing by pattern, LoRA) keeps its statistics fixed too: frozen means frozen.
     """
     trainable = plan.trainable_params_at(step)
     for name, param in model.named_parameters():
@@ -288,6 +323,10 @@ def apply_plan(model, plan: Plan, step: int) -> None:
             else:  # keep BatchNorm in train mode (statistics update), the rest in eval mode
                 for sub in module.modules():
                     sub.train(isinstance(sub, _batchnorm_types()))
+    if plan.batchnorm == "frozen":
+        for module in modules.values():
+            if isinstance(module, _batchnorm_types()) and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
 
 
 def _batchnorm_types() -> tuple[type, ...]:
@@ -310,24 +349,30 @@ def format_plan(plan: Plan, model=None) -> str:
     from rich.table import Table
 
     sizes = {n: p.numel() for n, p in model.named_parameters()} if model is not None else {}
-    table = Table(title=f"strategy: {plan.strategy}  ({plan.total_steps} steps, {plan.steps_per_epoch} per epoch)")
-    for col in ("group", "depth", "params", "trains", "peak LR", "trains from"):
-        table.add_column(col, justify="right" if col in ("depth", "params", "peak LR") else "left")
+    count = lambda names: sum(sizes.get(p, 0) for p in names)  # noqa: E731
+    per_epoch = plan.steps_per_epoch
+    table = Table(title=f"strategy: {plan.strategy}  ({plan.total_steps} optimizer steps, {per_epoch} per epoch)")
+    for col in ("group", "depth", "params", "trainable", "peak LR", "weight decay", "trains"):
+        table.add_column(col, justify="left" if col in ("group", "trains") else "right")
     for g in plan.groups:
-        n_train = sum(sizes.get(p, 0) for p in g.params)
-        n_all = n_train + sum(sizes.get(p, 0) for p in g.frozen_params)
-        if g.start_step is None:
+        trains = g.start_step is not None
+        if not trains:
             when = "never (frozen)"
         elif g.start_step == 0:
-            when = "step 0"
+            when = f"steps 0-{plan.total_steps - 1}"
         else:
-            when = f"step {g.start_step} (epoch {g.start_step / plan.steps_per_epoch:g})"
-            when += f", +{g.warmup_steps} warmup" if g.warmup_steps else ""
-        table.add_row(g.name + (" (head)" if g.is_head else ""), str(g.depth), f"{n_all:,}",
-                      f"{n_train:,}" if g.start_step is not None else "0",
-                      f"{g.lr:.2e}" if g.start_step is not None else "-", when)
-    lines = [f"  from step {s}: {sum(sizes.get(p, 0) for p in plan.trainable_params_at(s)):,} trainable parameters"
-             for s in plan.stage_starts]
+            when = f"from step {g.start_step} (epoch {g.start_step / per_epoch:.3g})"
+            when += f", LR ramp over {g.warmup_steps} steps" if g.warmup_steps else ""
+        table.add_row(g.name + (" (head)" if g.is_head and g.name != "head" else ""), str(g.depth), f"{count(g.params + g.frozen_params):,}",
+                      f"{count(g.params):,}" if trains else "0", f"{g.lr:.2e}" if trains else "-",
+                      f"{g.weight_decay:g}" if trains else "-", when)
+    lines = []
+    for i, stage in enumerate(plan.stages()):
+        new = [g.name for g in plan.groups if g.start_step == stage["step"]]
+        lines.append(f"  stage {i}, from step {stage['step']} (epoch {stage['epoch']:.3g}): "
+                     f"{count(plan.trainable_params_at(stage['step'])):,} trainable parameters (+{', '.join(new)})")
     buf = StringIO()
-    Console(file=buf, width=110, force_terminal=False).print(table)
-    return buf.getvalue() + "\n".join(lines) + f"\n  batchnorm in frozen groups: {plan.batchnorm}"
+    Console(file=buf, width=120, force_terminal=False).print(table)
+    shared = (f"  LR schedule (all groups): {plan.scheduler}, {plan.warmup_steps} warmup steps; weight decay applies to "
+              f"weight matrices (biases and norm weights: 0); batchnorm in frozen groups: {plan.batchnorm}")
+    return buf.getvalue() + "\n".join(lines) + "\n" + shared
