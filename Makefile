@@ -33,7 +33,7 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $$(nproc) --num_machines 1 --mixed_precision no --dynamo_backend no \
 	  hftl/run.py recipes/sentiment.yaml output.overwrite=true
 
 test: setup

@@ -11,13 +11,25 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "trainer_state.json"
 STATUS_FILE = "run_status.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what a peft model saves instead of model.safetensors
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def kill_point(event: str, where: object) -> None:
+    """TEST HOOK, inert unless ``HFTL_TEST_KILL_AT=<event>:<where>`` is set: SIGKILL this process right here.
+
+    tests/test_reliability.py kills real runs at exact moments (mid-step, mid-evaluation, mid-save) and
+    checks that ``--resume`` finishes with the same weights. ``HFTL_TEST_KILL_SIGNAL=TERM`` sends SIGTERM instead.
+    """
+    if os.environ.get("HFTL_TEST_KILL_AT") == f"{event}:{where}":
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("HFTL_TEST_KILL_SIGNAL", "KILL")))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -67,6 +79,7 @@ def save_checkpoint(accelerator, model, optimizer, run_dir: Path, state: dict[st
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+        kill_point("save", state["step"])  # test hook: dies with a half-written checkpoint
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the folder complete
         if final.exists():
@@ -108,17 +121,58 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
+    kill_point("save-model", dest.name)  # test hook: dies between the two renames
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def publish_model(src: Path, run_dir: Path) -> None:
-    """Copy the saved model files from ``src`` into the run folder root (so ``pipeline(run_dir)`` works)."""
-    for item in src.iterdir():
-        if item.is_file():
-            tmp = run_dir / f".tmp-{item.name}"
-            shutil.copy2(item, tmp)
-            os.replace(tmp, run_dir / item.name)
+def load_saved_weights(model, folder: Path) -> None:
+    """Load what :func:`save_model_atomic` wrote in ``folder`` back into ``model`` (a peft model: adapter + head)."""
+    from safetensors.torch import load_file, load_model
+
+    if (folder / ADAPTER_WEIGHTS).is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
+    else:
+        load_model(model, str(folder / "model.safetensors"), strict=False)
+
+
+def publish_model(src: Path, run_dir: Path, model=None) -> None:
+    """Copy the saved model files from ``src`` into the run folder root (so ``pipeline(run_dir)`` works).
+
+    A peft adapter is published twice: as saved, in ``run_dir/adapter`` (its trained head included, for
+    ``PeftModel.from_pretrained``), and merged into the base model in the root, so ``pipeline``, ``hftl predict``
+    and the Hub need neither peft nor the base checkpoint. ``model`` is the peft model holding ``src``'s weights.
+    """
+    files = [item for item in src.iterdir() if item.is_file()]
+    merged = run_dir / ".tmp-merged"
+    if (src / ADAPTER_WEIGHTS).is_file():
+        import copy
+
+        _replace_folder(src, run_dir / "adapter")
+        shutil.rmtree(merged, ignore_errors=True)
+        copy.deepcopy(model).merge_and_unload().save_pretrained(merged, safe_serialization=True)
+        files = [f for f in files if not f.name.startswith("adapter_") and f.name != "README.md"]
+        files += sorted(merged.iterdir())
+    for item in files:
+        tmp = run_dir / f".tmp-{item.name}"
+        shutil.copy2(item, tmp)
+        kill_point("publish", item.name)  # test hook: dies with the run folder half published
+        os.replace(tmp, run_dir / item.name)
+    shutil.rmtree(merged, ignore_errors=True)
+
+
+def _replace_folder(src: Path, dest: Path) -> None:
+    """Copy folder ``src`` to ``dest`` via a temporary folder, replacing what was there."""
+    tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:

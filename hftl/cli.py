@@ -43,8 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     predict.add_argument("--image", action="append", default=[], help="an image path (repeatable)")
-    predict.add_argument("--file", help="a file with one input per line (texts, or image paths)")
+    predict.add_argument("--file", help="a file with one input per line (texts, image paths, or image<TAB>text pairs)")
     predict.add_argument("--top-k", type=int, default=1)
+    push = sub.add_parser("push", help="upload a finished run folder to the Hugging Face Hub (one commit)",
+                          description="Upload a finished run folder to the Hugging Face Hub in one commit, with a "
+                          "model card. The token comes from HF_TOKEN or `hf auth login`.")
+    push.add_argument("run_dir")
+    push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (created from main if missing)")
     return parser
 
 
@@ -62,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hftl.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: ok ({recipe.task}, {recipe.model.checkpoint or 'fusion'}, strategy {recipe.strategy.name}, "
+    print(f"{args.recipe}: ok ({recipe.task}, {recipe.model.checkpoint or (recipe.model.init_from and 'init_from ' + recipe.model.init_from) or 'fusion'}, strategy {recipe.strategy.name}, "
           f"data {recipe.data.source}) -> {recipe.run_dir}")
     return 0
 
@@ -81,14 +88,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hftl.predict import predict
 
     inputs = list(args.text) + list(args.image)
+    if args.image and args.text:  # image + text pairs, in order (fusion runs)
+        if len(args.image) != len(args.text):
+            raise HftlError(f"--image and --text pair up in order for an image+text model: got {len(args.image)} "
+                            f"image(s) and {len(args.text)} text(s).")
+        inputs = [f"{image}\t{text}" for image, text in zip(args.image, args.text)]
     if args.file:
         with open(args.file, encoding="utf-8") as fh:
             inputs += [line.rstrip("\n") for line in fh if line.strip()]
     if not inputs:
         raise HftlError("hftl predict needs inputs: --text '...', --image PATH or --file FILE.")
     for item, result in zip(inputs, predict(args.run_dir, inputs, top_k=args.top_k)):
-        shown = item if len(item) <= 60 else item[:57] + "..."
+        shown = item.replace("\t", " + ")
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         print(f"{shown}\t" + "  ".join(f"{r['label']} {r['score']:.3f}" for r in result))
+    return 0
+
+
+@command
+def cmd_push(args: argparse.Namespace) -> int:
+    from hftl.hub import push_run
+
+    url = push_run(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed {args.run_dir} -> {url}")
     return 0
 
 

@@ -23,8 +23,9 @@ class RecipeError(HftlError):
         where = file or "<recipe>"
         if key:
             where += f", key '{key}'"
-        shown = "" if value is ... else f" (got {_short(value)})"
-        super().__init__(f"{where}: {problem}{shown}.{(' ' + hint) if hint else ''}".replace("..", "."))
+        text = problem + ("" if value is ... else f" (got {_short(value)})")
+        end = "" if text.endswith((".", "?", "!")) else "."
+        super().__init__(f"{where}: {text}{end}{(' ' + hint) if hint else ''}")
         self.file, self.key, self.value = file, key, value
 
 

@@ -64,7 +64,7 @@ def build_optimizer(model: "torch.nn.Module", plan: "Plan", optim: "OptimSection
             continue
         decay = [params[p] for p in group.params if params[p].ndim > 1]
         no_decay = [params[p] for p in group.params if params[p].ndim <= 1]
-        for chunk, wd, suffix in ((decay, optim.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
+        for chunk, wd, suffix in ((decay, group.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
             if chunk:
                 groups.append({"params": chunk, "lr": group.lr, "weight_decay": wd, "name": group.name + suffix})
                 names.append(group.name)
@@ -129,7 +129,12 @@ def wrap_lora(model, recipe: "Recipe"):
 
     opts = recipe.strategy.lora
     task_type = {"text-classification": TaskType.SEQ_CLS, "token-classification": TaskType.TOKEN_CLS}.get(recipe.task)
-    head = [n for n, _ in model.named_children() if n in ("classifier", "score", "head", "fc")]
+    from hftl.layers import map_layer_groups
+
+    # the head group's modules, e.g. `classifier`, or `timm_model.classifier` inside a timm wrapper
+    custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
+    head = [m for g in map_layer_groups(model, custom=custom) if g.is_head for m in g.modules
+            if any(True for _ in model.get_submodule(m).parameters())]  # not `dropout`: peft would match lora_dropout
     config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, task_type=task_type,
                         target_modules=opts.target_modules, modules_to_save=head or None)
     return get_peft_model(model, config)

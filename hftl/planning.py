@@ -22,7 +22,11 @@ def make_plan(model: "torch.nn.Module", recipe: "Recipe", steps_per_epoch: int, 
     """Map the model's layer groups and plan the recipe's strategy over them."""
     from hftl.layers import map_layer_groups
     from hftl.strategies import plan_strategy
+    from hftl.tasks import TASKS
 
+    task = TASKS.get(recipe.task)
+    if hasattr(task, "plan"):  # models made of several checkpoints (fusion) plan each part themselves
+        return task.plan(model, recipe, steps_per_epoch, total_steps)
     custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
     groups = map_layer_groups(model, custom=custom)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

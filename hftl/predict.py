@@ -32,7 +32,9 @@ def predict(run_dir: str | Path, inputs: list[Any], top_k: int = 1) -> list[list
     from transformers import pipeline
 
     if task == "token-classification":
-        pipe = pipeline("token-classification", model=str(run_dir), aggregation_strategy="simple")
+        # "first": a word takes its first sub-word's tag, as hftl trains and scores it ("simple" splits a word
+        # whose later sub-words, never trained, come out as B-X).
+        pipe = pipeline("token-classification", model=str(run_dir), aggregation_strategy="first")
         return [[{"label": f"{e['entity_group']}:{e['word']}", "score": float(e["score"])} for e in out] or
                 [{"label": "(no entities)", "score": 1.0}] for out in pipe(inputs)]
     pipe = pipeline(PIPELINES[task], model=str(run_dir))

@@ -33,7 +33,7 @@ from hftl.registry import did_you_mean
 class Section(BaseModel):
     """Base of every recipe section: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- model
@@ -83,6 +83,8 @@ class DataSection(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="Role -> column, e.g. {text: review}.")
     label_names: list[str] | None = Field(None, description="Label order; inferred from the data when omitted.")
     max_length: int = Field(128, gt=0, le=8192, description="Token limit for text inputs.")
+    image_size: int | None = Field(None, gt=0, le=4096, description="Square image side in pixels for CNN/timm "
+                                   "checkpoints (default: the checkpoint's image processor size).")
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad examples: fail, or skip and report.")
@@ -206,7 +208,7 @@ class TrainSection(Section):
     save_total_limit: int = Field(2, ge=1, description="Resumable states kept; the newest complete one is never deleted.")
     early_stopping_patience: int | None = Field(None, gt=0)
     metric: str | None = Field(None, description="Metric that picks the best model (default: the task's).")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Seeds python, numpy and torch (numpy needs 0 <= seed < 2**32).")
     resume: bool = False
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
     log_steps: int = Field(10, gt=0)
@@ -265,6 +267,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     except OSError as exc:
         raise RecipeError(file, None, f"cannot read the recipe file ({exc.strerror})",
                           hint="Check the path; shipped recipes live in recipes/.") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(file, None, f"is not UTF-8 text (byte {exc.start})", hint="Save the recipe as UTF-8.") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -272,6 +276,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
         line = f" at line {where.line + 1}" if where else ""
         raise RecipeError(file, None, f"is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}",
                           hint="Recipes are plain YAML mappings; Python tags such as !!python/object are refused.") from None
+    except RecursionError:
+        raise RecipeError(file, None, "is nested too deeply to be a recipe") from None
     if doc is None:
         raise RecipeError(file, None, "is empty", hint="A recipe needs at least name, task, model.checkpoint and data.source.")
     if not isinstance(doc, dict):
@@ -290,8 +296,10 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...],
                               hint="For example: train.epochs=2 optim.lr=3e-5")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # 'a: b' is text; a mapping needs braces: data.columns={text: review}
         node = doc
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
@@ -322,7 +330,7 @@ def check_recipe(recipe: Recipe) -> None:
 
     file = recipe.source_file
     if recipe.task not in tasks.TASKS:
-        raise RecipeError(file, "task", f"unknown task{did_you_mean(recipe.task, tasks.TASKS.names())}", recipe.task,
+        raise RecipeError(file, "task", f"unknown task '{recipe.task}'.{did_you_mean(recipe.task, tasks.TASKS.names())}",
                           hint=f"Allowed: {', '.join(tasks.TASKS.names())}.")
     tasks.TASKS.get(recipe.task).check(recipe)
     strategies.check_strategy(recipe.strategy, recipe, "strategy")
@@ -341,7 +349,7 @@ def _recipe_error(exc: ValidationError, file: str | None) -> RecipeError:
             lines.append(f"key '{key}' is required.")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"key '{key}': {msg} (got {err['input']!r}).")
+            lines.append(f"key '{key}': {msg}" + ("." if "got " in msg else f" (got {err['input']!r})."))
     message = lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines)
     err = RecipeError(file, None, "invalid recipe")
     err.args = (f"{file or '<recipe>'}: {message}",)

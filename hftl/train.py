@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftl.checkpointing import (complete_checkpoints, kill_point, load_checkpoint, publish_model, read_status,
-                                save_checkpoint, save_model_atomic, set_status, write_json_atomic)
+from hftl.checkpointing import (complete_checkpoints, kill_point, load_checkpoint, load_saved_weights, publish_model,
+                                read_status, save_checkpoint, save_model_atomic, set_status, write_json_atomic)
+from hftl.card import write_report
 from hftl.errors import HftlError
+from hftl.hub import check_can_push, push_run
 from hftl.recipe import Recipe
 from hftl.tasks import TASKS
+from hftl.trackers import check_trackers
 
 
 @dataclass
@@ -43,6 +46,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     set_threads(recipe.train.num_threads)
     task = TASKS.get(recipe.task)
     run_dir = recipe.run_dir
+    check_trackers(recipe.train.trackers)
+    if recipe.hub.push:  # fail now, not after hours of training
+        check_can_push()
 
     # -- accelerator. The trainable set changes mid-run for staged strategies: DDP must then tolerate
     #    parameters without gradients (see hftl.strategies for why everything is wrapped trainable).
@@ -98,8 +104,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                                                        eval_dls, accelerator)
 
     optimizer, group_names = build_optimizer(model, plan, recipe.optim)
+    warmup = recipe.optim.warmup_steps if recipe.optim.warmup_steps is not None else round(recipe.optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, strategies.lr_lambdas(plan, group_names, plan.warmup_steps, plan.scheduler))
+        optimizer, strategies.lr_lambdas(plan, group_names, warmup, recipe.optim.scheduler))
     # The scheduler is not prepared: it is a pure function of the optimizer step, stepped once per step.
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
@@ -184,37 +191,39 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                     state["done"] = True
                 model.train()
                 strategies.apply_plan(accelerator.unwrap_model(model), plan, state["step"])
-            if state["step"] % save_steps == 0 or state["done"] or state["step"] == total_steps or stop.requested:
+            stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
+            if state["step"] % save_steps == 0 or state["done"] or state["step"] == total_steps or stopping:
                 save_checkpoint(accelerator, model, optimizer, run_dir, state, recipe.train.save_total_limit)
-            if stop.requested:
+            if stopping:
                 set_status(run_dir, "interrupted", step=state["step"]) if accelerator.is_main_process else None
+                stop.restore()
+                # The run folder's recipe.yaml is the recipe as resolved, command-line overrides included.
                 raise Interrupted(f"Interrupted at step {state['step']}; the state is saved. Resume with: "
-                                  f"hftl run {recipe.source_file or 'RECIPE'} --resume")
+                                  f"hftl run {run_dir / 'recipe.yaml'} --resume")
             if state["step"] >= total_steps or state["done"]:
                 break
     bar.close()
+    stop.restore()
     train_seconds = time.time() - started
 
     # -- final: the best model becomes the run's model; test it
     accelerator.wait_for_everyone()
     best = run_dir / "best"
     if best.is_dir():
-        from safetensors.torch import load_model as load_weights
-
-        weights = best / "adapter_model.safetensors" if (best / "adapter_model.safetensors").exists() else None
-        if weights is None:
-            load_weights(accelerator.unwrap_model(model), str(best / "model.safetensors"), strict=False)
+        load_saved_weights(accelerator.unwrap_model(model), best)
     final = {"best_step": state["best_step"], f"best_validation_{metric}": state["best_metric"],
-             "train_seconds": round(train_seconds, 1), "steps": state["step"], "num_processes": accelerator.num_processes}
+             "train_seconds": round(train_seconds, 1), "steps": state["step"], "num_processes": accelerator.num_processes,
+             "examples": {split: len(ds) for split, ds in encoded.items()}}
     for split, dl in eval_dls.items():  # the best model's validation scores are known already
         known = state.get("best_scores") if split == "validation" else None
         final[split] = known or evaluate(model, dl, task, labels, accelerator)
     if accelerator.is_main_process:
         if best.is_dir():
-            publish_model(best, run_dir)
+            publish_model(best, run_dir, accelerator.unwrap_model(model))
         write_json_atomic(run_dir / "metrics.json", final)
         log_record(run_dir, {"step": state["step"], "final": final}, accelerator)
         set_status(run_dir, "completed", steps=state["step"])
+        write_report(run_dir)  # plots + README.md model card
     say("[done] " + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final
                               for k, v in final[s].items()) + f"  -> {run_dir}")
     # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
@@ -222,6 +231,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     accelerator.free_memory()
     del model, optimizer, train_dl, eval_dls, eval_list, scheduler
     end_processes(accelerator)
+    if recipe.hub.push and accelerator.is_main_process:  # after the process group ends: others need not wait
+        print(f"[hub] pushed: {push_run(run_dir, recipe.hub.repo_id, recipe.hub.private, recipe.hub.revision)}")
     return RunResult(run_dir, final)
 
 
@@ -235,11 +246,27 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self._previous: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. notebooks): keep the default handlers
                 pass
+
+    def restore(self) -> None:
+        """Give the signals back their previous handlers (a notebook or test runner lives on after the run)."""
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any process was asked to stop: a signal reaches the ranks of a job at slightly different steps."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([float(self.requested)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item() > 0)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:  # second Ctrl-C: stop now
@@ -260,9 +287,18 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
 
 
 def check_process_count(accelerator) -> None:
-    """Refuse to silently run fewer processes than ``accelerate launch`` was asked for."""
-    asked = os.environ.get("HFTL_EXPECT_PROCESSES") or os.environ.get("ACCELERATE_NUM_PROCESSES")
-    if asked and asked.isdigit() and int(asked) != accelerator.num_processes:
+    """Refuse to silently run fewer processes than ``accelerate launch`` was asked for.
+
+    ``accelerate launch --num_processes N`` with ``--cpu`` (or on a machine without GPUs and no ``--multi_gpu``)
+    uses its single-process launcher: ONE process starts. It exports no process count, but for N > 1 it does
+    export MASTER_ADDR/MASTER_PORT, and no WORLD_SIZE (a real multi-process launch sets WORLD_SIZE): measured with
+    accelerate 1.15. ``HFTL_EXPECT_PROCESSES=N`` states the expected count explicitly for any launcher.
+    """
+    env = os.environ
+    asked = env.get("HFTL_EXPECT_PROCESSES")
+    if "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
+        asked = asked or "more than 1"  # accelerate's single-process launcher, asked for several processes
+    if asked and asked != str(accelerator.num_processes):
         raise HftlError(
             f"{asked} processes were asked for but only {accelerator.num_processes} started. On CPU, "
             "`accelerate launch --cpu --num_processes N` runs ONE process; use `ACCELERATE_USE_CPU=true accelerate "
@@ -304,9 +340,18 @@ def log_record(run_dir: Path, record: dict[str, Any], accelerator) -> None:
 def _truncate_log(path: Path, step: int, accelerator) -> None:
     """Drop log lines written after the state we resume from (they will be written again)."""
     if accelerator.is_main_process and path.is_file():
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step and "final" not in json.loads(line)]
+        kept = [json.dumps(record) for record in map(_parse_line, path.read_text(encoding="utf-8").splitlines())
+                if record and record.get("step", 0) <= step and "final" not in record]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl record; None for a blank line or one cut short when the run was killed mid-write."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

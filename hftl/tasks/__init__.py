@@ -53,3 +53,6 @@ TASKS: Registry[Task] = Registry("task")
 
 # Importing the task modules registers them.
 from hftl.tasks import text_classification  # noqa: E402,F401
+from hftl.tasks import fusion  # noqa: E402,F401
+from hftl.tasks import token_classification  # noqa: E402,F401
+from hftl.tasks import image_classification  # noqa: E402,F401

@@ -22,8 +22,9 @@ class TextClassification:
     pipeline_tag = "text-classification"
 
     def check(self, recipe: "Recipe") -> None:
-        if not recipe.model.checkpoint:
-            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for text-classification",
+        if not (recipe.model.checkpoint or recipe.model.init_from):
+            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for text-classification "
+                              "(or model.init_from, an earlier run)",
                               hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).")
         check_columns_section(recipe, self.roles)
 
@@ -34,9 +35,9 @@ class TextClassification:
     def load_processor(self, recipe: "Recipe") -> Any:
         from transformers import AutoTokenizer
 
-        from hftl.checkpoints import load_pretrained
+        from hftl.checkpoints import load_pretrained, model_source
 
-        return load_pretrained(AutoTokenizer, recipe.model.checkpoint, revision=recipe.model.revision,
+        return load_pretrained(AutoTokenizer, model_source(recipe), revision=recipe.model.revision,
                                trust_remote_code=recipe.model.trust_remote_code, what="tokenizer")
 
     def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
@@ -94,12 +95,9 @@ class TextClassification:
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification
 
-        from hftl.checkpoints import load_pretrained
+        from hftl.checkpoints import load_model_for_labels
 
-        return load_pretrained(
-            AutoModelForSequenceClassification, recipe.model.checkpoint, revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+        return load_model_for_labels(AutoModelForSequenceClassification, recipe, labels)
 
     def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
         from hftl.metrics import load_metric
