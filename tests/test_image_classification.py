@@ -351,10 +351,10 @@ def test_efficientnet_lite0_export_is_a_working_imagenet_classifier():
 
 def test_efficientnet_recipe_feature_extraction_on_fashion_mnist(tmp_path, capsys):
     """The offline recipe's checkpoint and data, as a linear probe: 200 images, 64 px, 30 steps."""
-    overrides = ["strategy.name=feature_extraction", "strategy.two_stage=null", "data.max_train_samples=200",
+    overrides = ["strategy.name=feature_extraction", "data.max_train_samples=200",
                  "data.max_eval_samples=200", "data.image_size=64", "data.augment.random_resized_crop=false",
                  "data.augment.hflip=false", "train.max_steps=30", "train.batch_size=20",
-                 "train.eval_steps=30", "optim.lr=0.01", "optim.warmup_ratio=0", f"output.dir={tmp_path / 'run'}"]
+                 "train.eval_steps=30", "optim.head_lr=0.01", "optim.warmup_ratio=0", f"output.dir={tmp_path / 'run'}"]
     result = run(load_recipe(RECIPES / "fashion-mnist-efficientnet.yaml", overrides))
     assert result.metrics["test"]["accuracy"] > 0.35, result.metrics  # chance is 0.1
 
