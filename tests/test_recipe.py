@@ -236,9 +236,8 @@ def test_unfreeze_schedule_longer_than_the_run(text_recipe):
 
 
 def test_init_from_that_is_not_a_finished_run(text_recipe, tmp_path):
-    checkpoints = pytest.importorskip("hftl.checkpoints")
-    if not hasattr(checkpoints, "model_source"):
-        pytest.skip("model.init_from is not implemented yet")
+    from hftl import checkpoints
+
     missing = load_recipe(text_recipe(model={"init_from": str(tmp_path / "nothing-here")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': folder does not exist"):
         checkpoints.model_source(missing)
@@ -246,12 +245,6 @@ def test_init_from_that_is_not_a_finished_run(text_recipe, tmp_path):
     unfinished = load_recipe(text_recipe(model={"init_from": str(tmp_path / "half")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': is not a completed hftl run"):
         checkpoints.model_source(unfinished)
-
-
-@pytest.mark.skip(reason="hftl gives init_from weights a new head when the label count differs (checkpoints."
-                         "load_model_for_labels), so a different num_labels is a supported transfer, not an error")
-def test_num_labels_inconsistent_with_init_from():
-    """Kept as a marker: the issue lists this case; the design resolves it by re-initialising the head."""
 
 
 def test_user_errors_are_hftl_errors():
