@@ -53,6 +53,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     # -- accelerator. The trainable set changes mid-run for staged strategies: DDP must then tolerate
     #    parameters without gradients (see hftl.strategies for why everything is wrapped trainable).
     staged = strategies.changes_mid_run(recipe.strategy)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # torchrun on CPU: without this, accelerate starts N independent single-process runs.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     accelerator = Accelerator(
         gradient_accumulation_steps=recipe.train.grad_accum,
         mixed_precision=default_mixed_precision(recipe.train.mixed_precision),
@@ -295,7 +298,7 @@ def check_process_count(accelerator) -> None:
     accelerate 1.15. ``HFTL_EXPECT_PROCESSES=N`` states the expected count explicitly for any launcher.
     """
     env = os.environ
-    asked = env.get("HFTL_EXPECT_PROCESSES")
+    asked = env.get("HFTL_EXPECT_PROCESSES") or env.get("WORLD_SIZE")  # torchrun and real launches set WORLD_SIZE
     if "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
         asked = asked or "more than 1"  # accelerate's single-process launcher, asked for several processes
     if asked and asked != str(accelerator.num_processes):

@@ -142,10 +142,25 @@ def test_cpu_launcher_that_starts_one_process_is_refused(text_recipe, tmp_path) 
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_torchrun_on_cpu_starts_one_two_process_run(text_recipe, tmp_path) -> None:
+    """``torchrun --nproc_per_node 2`` on a machine without GPUs is one 2-process gloo run, not two runs."""
+    recipe = text_recipe(train={"max_steps": 4, "batch_size": 16, "eval_steps": 4})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(REPO / "hftl" / "run.py"), str(recipe)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 4
+    assert sum("final" in r for r in read_log(tmp_path / "run")) == 1
+
+
 @pytest.mark.parametrize("env, started, refused", [
     ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, 1, True),  # --cpu, N=2
     ({"ACCELERATE_USE_CPU": "True"}, 1, False),  # --cpu --num_processes 1: no MASTER_PORT
     ({"ACCELERATE_USE_CPU": "true", "MASTER_PORT": "29500", "WORLD_SIZE": "2"}, 2, False),  # --multi_gpu on CPU
+    ({"WORLD_SIZE": "2"}, 1, True),  # torchrun whose ranks did not join one process group
     ({"HFTL_EXPECT_PROCESSES": "4"}, 2, True),
     ({"HFTL_EXPECT_PROCESSES": "2"}, 2, False),
 ])
