@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -145,22 +143,10 @@ def reset_head(model, head: "LayerGroup") -> None:
 # --------------------------------------------------------------------------- checkpoints built here
 def _cached_folder(name: str, key: str, build: Callable[[Path], None]) -> str:
     """A checkpoint folder under the hftl cache, written once by ``build(folder)`` and renamed into place."""
-    from hftl.data import cache_dir
+    from hftl.data import build_once, cache_dir
 
     target = cache_dir() / "checkpoints" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if not (target / "config.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
-            build(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished first; its copy is identical
-                if not (target / "config.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    build_once(target, "config.json", build)
     return str(target)
 
 

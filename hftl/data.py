@@ -290,6 +290,27 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "hftl"
 
 
+def build_once(target: pathlib.Path, marker: str, build: Callable[[pathlib.Path], object]) -> pathlib.Path:
+    """Make cache folder ``target`` once: ``build(tmp)`` fills a temporary folder that is renamed into place.
+
+    ``target / marker`` existing means the folder is complete; concurrent processes never see half of it.
+    """
+    if not (target / marker).exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first; its copy is identical
+                if not (target / marker).exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _cached(name: str, sources: Sequence[pathlib.Path], build: Callable[[], datasets.DatasetDict]) -> datasets.DatasetDict:
     """Load catalog entry ``name`` from the cache, building and saving it first if needed.
 
@@ -302,19 +323,7 @@ def _cached(name: str, sources: Sequence[pathlib.Path], build: Callable[[], data
         stat = source.stat()
         key.update(f"|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     target = cache_dir() / "datasets" / f"{name}-{key.hexdigest()[:16]}"
-    if not (target / "dataset_dict.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
-            build().save_to_disk(str(tmp))
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished first; its copy is identical
-                if not (target / "dataset_dict.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    build_once(target, "dataset_dict.json", lambda tmp: build().save_to_disk(str(tmp)))
     return datasets.load_from_disk(str(target))
 
 

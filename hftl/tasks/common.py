@@ -1,7 +1,7 @@
 """Pieces shared by the tasks: column roles, split loading, label encoding, bad-example policy."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from hftl.errors import DataError, RecipeError
 
@@ -94,6 +94,35 @@ def label_encoder(splits: "datasets.DatasetDict", label_column: str, labels: lis
         return index.get(key)
 
     return encode
+
+
+def text_problem(text: Any, column_name: str) -> str | None:
+    """Why ``text`` cannot be used as an input (None when it can)."""
+    if not isinstance(text, str) or not text.strip():
+        return f"empty or missing text in column '{column_name}' ({text!r})"
+    return None
+
+
+def select_valid(ds: "datasets.Dataset", recipe: "Recipe", split: str, rows: Iterable[tuple[str | None, Any]],
+                 to_id: Callable[[Any], int | None], labels: list[str]
+                 ) -> tuple["datasets.Dataset", list[int], list[int], str | None]:
+    """Keep the examples with no input problem and a known label (``data.on_error`` decides the rest).
+
+    ``rows`` yields ``(input problem or None, raw label)`` per example, in order. Returns the kept
+    examples, their indices in ``ds``, their label ids, and the skip report (None if nothing skipped).
+    """
+    bad = BadExamples(recipe, split)
+    keep, ids = [], []
+    for index, (problem, raw) in enumerate(rows):
+        label = to_id(raw)
+        if problem:
+            bad.bad(index, problem)
+        elif label is None:
+            bad.bad(index, f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)")
+        else:
+            keep.append(index)
+            ids.append(label)
+    return (ds.select(keep) if len(keep) < len(ds) else ds), keep, ids, bad.report()
 
 
 class BadExamples:

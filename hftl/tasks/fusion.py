@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.errors import DataError, RecipeError
 from hftl.tasks import TASKS
-from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
-                               load_splits)
+from hftl.tasks.common import (check_columns_section, classification_labels, column, label_encoder, load_splits,
+                               select_valid, text_problem)
 
 if TYPE_CHECKING:
     import datasets
@@ -90,6 +90,13 @@ def plan_fusion(model: "FusionModel", recipe: "Recipe", steps_per_epoch: int, to
 
 
 # --------------------------------------------------------------------------- the task
+def pair_problem(image: Any, text: Any, image_col: str, text_col: str) -> str | None:
+    """Why an (undecoded image, text) pair cannot be used (None when it can)."""
+    if image is None or not (image.get("bytes") or image.get("path")):
+        return f"no image in column '{image_col}'"
+    return text_problem(text, text_col)
+
+
 class Fusion:
     name = "fusion"
     roles = {"image": "image", "text": "text", "label": "label"}
@@ -163,23 +170,11 @@ class Fusion:
         to_id = label_encoder(splits, label_col, labels)
         reports = []
         for split in list(splits):
-            ds, bad = splits[split], BadExamples(recipe, split)
-            ds = ds.cast_column(image_col, datasets.Image(decode=False))  # Image features or image paths
-            keep, ids = [], []
-            for i, (image, text, raw) in enumerate(zip(ds[image_col], ds[text_col], ds[label_col])):
-                label = to_id(raw)
-                if image is None or not (image.get("bytes") or image.get("path")):
-                    bad.bad(i, f"no image in column '{image_col}'")
-                elif not isinstance(text, str) or not text.strip():
-                    bad.bad(i, f"empty or missing text in column '{text_col}' ({text!r})")
-                elif label is None:
-                    bad.bad(i, f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)")
-                else:
-                    keep.append(i)
-                    ids.append(label)
-            if bad.report():
-                reports.append(bad.report())
-            ds = ds.select(keep) if len(keep) < len(ds) else ds
+            ds = splits[split].cast_column(image_col, datasets.Image(decode=False))  # Image features or paths
+            rows = ((pair_problem(image, text, image_col, text_col), raw)
+                    for image, text, raw in zip(ds[image_col], ds[text_col], ds[label_col]))
+            ds, keep, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            reports += [report] if report else []
             ds = (ds.select_columns([image_col, text_col]).add_column("labels", ids).add_column("index", keep)
                   .add_column("split", [split] * len(keep)))
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hftl.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS
 from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
-                               load_splits)
+                               load_splits, select_valid)
 
 if TYPE_CHECKING:
     import datasets
@@ -184,22 +184,10 @@ class ImageClassification:
         for split in list(splits):
             ds = splits[split].select_columns(list(dict.fromkeys([image_col, label_col])))
             ds = undecoded(ds, image_col, recipe)
-            bad = BadExamples(recipe, split)
-            keep, ids = [], []
-            for start, batch in enumerate(ds.iter(batch_size=1000)):
-                for offset, (value, raw) in enumerate(zip(batch[image_col], batch[label_col])):
-                    index, label, problem = start * 1000 + offset, to_id(raw), image_problem(value)
-                    if problem:
-                        bad.bad(index, problem)
-                    elif label is None:
-                        bad.bad(index, f"label {raw!r} is not one of {labels} (set data.label_names to change "
-                                       "the label set)")
-                    else:
-                        keep.append(index)
-                        ids.append(label)
-            if bad.report():
-                reports.append(bad.report())
-            ds = ds.select(keep) if len(keep) < len(ds) else ds
+            rows = ((image_problem(value), raw) for batch in ds.iter(batch_size=1000)
+                    for value, raw in zip(batch[image_col], batch[label_col]))
+            ds, keep, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            reports += [report] if report else []
             ds = ds.select_columns([image_col]).rename_columns({image_col: "image"} if image_col != "image" else {})
             splits[split] = (ds.add_column("labels", ids).add_column("split", [split] * len(keep))
                              .add_column("index", keep))

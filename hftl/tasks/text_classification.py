@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.errors import RecipeError
 from hftl.tasks import TASKS
-from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
-                               load_splits)
+from hftl.tasks.common import (check_columns_section, classification_labels, column, label_encoder, load_splits,
+                               select_valid, text_problem)
 
 if TYPE_CHECKING:
     import datasets
@@ -52,23 +52,11 @@ class TextClassification:
         reports = []
         for split in list(splits):
             ds = splits[split]
-            bad = BadExamples(recipe, split)
-            keep, ids = [], []
             pairs = ds[pair_col] if pair_col else [None] * len(ds)
-            for i, (text, pair, raw) in enumerate(zip(ds[text_col], pairs, ds[label_col])):
-                label = to_id(raw)
-                if not isinstance(text, str) or not text.strip():
-                    bad.bad(i, f"empty or missing text in column '{text_col}' ({text!r})")
-                elif pair_col and (not isinstance(pair, str) or not pair.strip()):
-                    bad.bad(i, f"empty or missing text in column '{pair_col}' ({pair!r})")
-                elif label is None:
-                    bad.bad(i, f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)")
-                else:
-                    keep.append(i)
-                    ids.append(label)
-            if bad.report():
-                reports.append(bad.report())
-            ds = ds.select(keep) if len(keep) < len(ds) else ds
+            rows = ((text_problem(text, text_col) or (pair_col and text_problem(pair, pair_col)) or None, raw)
+                    for text, pair, raw in zip(ds[text_col], pairs, ds[label_col]))
+            ds, _, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            reports += [report] if report else []
             ds = ds.add_column("labels", ids) if "labels" not in ds.column_names else ds.remove_columns("labels").add_column("labels", ids)
 
             def tokenize(batch: dict[str, list]) -> dict[str, list]:
