@@ -76,11 +76,10 @@ class Bench:
             f"({time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f})")
         return result
 
-    def side_by_side(self, name: str, variants: list[str], key: str, repeats: int | None = None,
-                     **params: Any) -> dict[str, dict[str, Any]]:
+    def side_by_side(self, name: str, variants: list[str], key: str, **params: Any) -> dict[str, dict[str, Any]]:
         """Each variant ``repeats`` times, interleaved; per variant the result with the smallest ``key``."""
         best: dict[str, dict[str, Any]] = {}
-        for _ in range(repeats or self.repeats):
+        for _ in range(self.repeats):
             for variant in variants:
                 result = self.measure(name, variant=variant, **params)
                 if variant not in best or result[key] < best[variant][key]:

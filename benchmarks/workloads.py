@@ -16,7 +16,6 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
