@@ -50,14 +50,10 @@ def text_recipe(name: str, checkpoint: str, out: Path, **sections: dict[str, Any
 
 def encoded_data(recipe) -> tuple[Any, Any, Any, list[str]]:
     """(task, processor, encoded splits, labels) exactly as hftl's run prepares them."""
-    from hftl.tasks import TASKS
+    from hftl.tasks import TASKS, prepare_data
 
-    task = TASKS.get(recipe.task)
-    splits = task.load_splits(recipe)
-    processor = task.load_processor(recipe)
-    labels = task.label_names(splits, recipe)
-    encoded, _ = task.encode(splits, processor, recipe, labels)
-    return task, processor, encoded, labels
+    processor, labels, encoded, _ = prepare_data(recipe)
+    return TASKS.get(recipe.task), processor, encoded, labels
 
 
 def fixed_padding(tokenizer, max_length: int) -> Callable[[list[dict]], dict]:

@@ -20,7 +20,7 @@ from hftl.card import write_report
 from hftl.errors import HftlError
 from hftl.hub import check_can_push, push_run
 from hftl.recipe import Recipe
-from hftl.tasks import TASKS
+from hftl.tasks import TASKS, prepare_data
 from hftl.trackers import check_trackers
 
 
@@ -70,10 +70,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
     # -- data, processor, model (the main process fills the datasets cache first)
     with accelerator.main_process_first():
-        splits = task.load_splits(recipe)
-        processor = task.load_processor(recipe)
-        labels = task.label_names(splits, recipe)
-        encoded, reports = task.encode(splits, processor, recipe, labels)
+        processor, labels, encoded, reports = prepare_data(recipe)
     for report in reports:
         say(f"[data] {report}")
     if len(encoded["train"]) == 0:

@@ -16,6 +16,7 @@ from hftl import feature_cache
 from hftl.planning import make_plan
 from hftl.recipe import load_recipe
 from hftl.strategies import apply_plan
+from hftl.tasks import prepare_data
 from hftl.train import run
 
 FROZEN = {"strategy": {"name": "feature_extraction"}, "optim": {"lr": 5e-3, "warmup_ratio": 0.1, "scheduler": "linear"},
@@ -88,11 +89,8 @@ def TASK():
 
 
 def build(recipe):
-    task = TASK()
-    splits = task.load_splits(recipe)
-    labels = task.label_names(splits, recipe)
-    encoded, _ = task.encode(splits, task.load_processor(recipe), recipe, labels)
-    model = task.build_model(recipe, labels)
+    _, labels, encoded, _ = prepare_data(recipe)
+    model = TASK().build_model(recipe, labels)
     return model, make_plan(model, recipe, 10, 30), encoded
 
 

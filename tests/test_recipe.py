@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -193,13 +192,10 @@ def test_every_shipped_recipe_validates(path):
 
 # --------------------------------------------------------------------------- mistakes that need the data
 def load_data(path: Path):
-    from hftl.tasks import TASKS
+    from hftl.tasks import prepare_data
 
-    recipe = load_recipe(path)
-    task = TASKS.get(recipe.task)
-    splits = task.load_splits(recipe)
-    labels = task.label_names(splits, recipe)
-    return task.encode(splits, task.load_processor(recipe), recipe, labels)
+    prepared = prepare_data(load_recipe(path))
+    return prepared.encoded, prepared.reports
 
 
 DATA_MISTAKES = {

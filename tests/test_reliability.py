@@ -361,13 +361,10 @@ def write_csv(path: Path, rows: list[tuple[str, str]], repeat: int = 12) -> Path
 
 
 def encode_splits(recipe_path: Path):
-    from hftl.tasks import TASKS
+    from hftl.tasks import prepare_data
 
-    recipe = load_recipe(recipe_path)
-    task = TASKS.get(recipe.task)
-    splits = task.load_splits(recipe)
-    labels = task.label_names(splits, recipe)
-    return task.encode(splits, task.load_processor(recipe), recipe, labels)
+    prepared = prepare_data(load_recipe(recipe_path))
+    return prepared.encoded, prepared.reports
 
 
 BAD_ROWS = [

@@ -7,7 +7,7 @@ ever talks to this interface.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from hftl.registry import Registry
 
@@ -50,6 +50,23 @@ class Task(Protocol):
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+class PreparedData(NamedTuple):
+    processor: Any
+    labels: list[str]
+    encoded: "datasets.DatasetDict"
+    reports: list[str]  # bad examples skipped, one line per split
+
+
+def prepare_data(recipe: "Recipe") -> PreparedData:
+    """Load, split, label and encode a recipe's data with its checkpoint's processor (as a run does)."""
+    task = TASKS.get(recipe.task)
+    splits = task.load_splits(recipe)
+    processor = task.load_processor(recipe)
+    labels = task.label_names(splits, recipe)
+    encoded, reports = task.encode(splits, processor, recipe, labels)
+    return PreparedData(processor, labels, encoded, reports)
 
 # Importing the task modules registers them.
 from hftl.tasks import text_classification  # noqa: E402,F401
