@@ -125,6 +125,15 @@ def select_valid(ds: "datasets.Dataset", recipe: "Recipe", split: str, rows: Ite
     return (ds.select(keep) if len(keep) < len(ds) else ds), keep, ids, bad.report()
 
 
+def without_length(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """Wrap a transformers collator so it ignores the ``length`` column (used only to group batches)."""
+
+    def collate_features(features: list[dict]) -> dict:
+        return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+    return collate_features
+
+
 class BadExamples:
     """Collects bad examples: raise at once (``on_error: raise``) or count and report (``skip``)."""
 

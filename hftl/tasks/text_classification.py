@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 from hftl.errors import RecipeError
 from hftl.tasks import TASKS
 from hftl.tasks.common import (check_columns_section, classification_labels, column, label_encoder, load_splits,
-                               select_valid, text_problem)
+                               select_valid, text_problem, without_length)
 
 if TYPE_CHECKING:
     import datasets
@@ -73,12 +73,7 @@ class TextClassification:
     def collator(self, processor: Any, recipe: "Recipe", train: bool) -> Any:
         from transformers import DataCollatorWithPadding
 
-        collate = DataCollatorWithPadding(processor, pad_to_multiple_of=None)
-
-        def drop_length(features: list[dict]) -> dict:
-            return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-        return drop_length
+        return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=None))
 
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification

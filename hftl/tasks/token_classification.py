@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hftl.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS
-from hftl.tasks.common import BadExamples, check_columns_section, column, load_splits
+from hftl.tasks.common import BadExamples, check_columns_section, column, load_splits, without_length
 
 if TYPE_CHECKING:
     import datasets
@@ -158,12 +158,7 @@ class TokenClassification:
     def collator(self, processor: Any, recipe: "Recipe", train: bool) -> Any:
         from transformers import DataCollatorForTokenClassification
 
-        collate = DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE)
-
-        def drop_length(features: list[dict]) -> dict:
-            return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-        return drop_length
+        return without_length(DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE))
 
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
         from transformers import AutoModelForTokenClassification
