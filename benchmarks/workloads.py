@@ -250,7 +250,7 @@ def tiny_bert(folder: Path) -> str:
         import torch
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        from hftl.checkpoints import resolve_checkpoint
+        from hftl.pretrained import resolve_checkpoint
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("all-MiniLM-L6-v2"))
         torch.manual_seed(0)
@@ -270,9 +270,9 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
     """
     import torch
 
-    from hftl.loop_utils import build_optimizer
-    from hftl.planning import make_plan
-    from hftl.strategies import apply_plan
+    from hftl.build import build_optimizer
+    from hftl.build import plan_for
+    from hftl.strategies.plan import apply_plan
 
     strategy = {"name": "full"} if variant == "full" else {"name": "partial", "partial": {"freeze_fraction": 0.5}}
     recipe = text_recipe("bench-freeze", "all-MiniLM-L6-v2", Path(tmp) / variant, strategy=strategy,
@@ -280,7 +280,7 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
     task, processor, encoded, labels = encoded_data(recipe)
     torch.manual_seed(42)
     model = task.build_model(recipe, labels)
-    plan = make_plan(model, recipe, steps, steps)
+    plan = plan_for(model, recipe, steps, steps)
     for name, param in model.named_parameters():
         param.requires_grad_(name in plan.ever_trainable())
     optimizer, _ = build_optimizer(model, plan, recipe.optim)
@@ -328,7 +328,7 @@ def padding(variant: str, n_train: int, tmp: str) -> dict[str, Any]:
 def prepare(tmp: str) -> dict[str, Any]:
     """Fill the dataset / checkpoint caches once, so no timed run pays for building them."""
     from hftl import data
-    from hftl.checkpoints import resolve_checkpoint
+    from hftl.pretrained import resolve_checkpoint
 
     for name in ("rotten-tomatoes", "fashion-mnist"):
         data.load_source(name)

@@ -15,7 +15,6 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,67 +22,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hftl.errors import HftlError
+from hftl.pretrained import describe_head_input
+from hftl.run_folder import RunFiles, read_json, read_run
 from hftl.plots import CURVES_PNG, LR_PNG, plot_run
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
 
 CARD_FILE = "README.md"
-PIPELINE_TASKS = ("text-classification", "token-classification", "image-classification")
-PEFT_CLASSES = {"text-classification": "AutoPeftModelForSequenceClassification",
-                "token-classification": "AutoPeftModelForTokenClassification",
-                "image-classification": "AutoPeftModelForImageClassification"}
 # Catalog datasets that are the same data as a Hub dataset (for the `datasets:` metadata).
 DATASET_HUB_IDS = {"fashion-mnist": "zalando-datasets/fashion_mnist"}
-EXAMPLE_INPUTS = {"text-classification": '"A warm, funny and very smart film."',
-                  "token-classification": '"Jamie flew to Berlin to see the Rolling Stones."',
-                  "image-classification": '"path/to/image.png"'}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass
-class RunFiles:
-    """What a finished run folder says about itself."""
-
-    run_dir: Path
-    recipe: dict[str, Any]
-    recipe_text: str
-    plan: dict[str, Any]
-    final: dict[str, Any]
-    labels: list[str]
-    log: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def metric(self) -> str | None:
-        return next((k.removeprefix("best_validation_") for k in self.final if k.startswith("best_validation_")), None)
-
-    @property
-    def adapter_dir(self) -> Path | None:
-        """Where a LoRA run keeps its peft adapter (with the head): ``adapter/``, or the root for adapter-only runs."""
-        return next((d for d in (self.run_dir / "adapter", self.run_dir) if (d / "adapter_config.json").is_file()), None)
-
-    @property
-    def has_full_model(self) -> bool:
-        return (self.run_dir / "config.json").is_file()
-
-
-def read_run(run_dir: str | Path) -> RunFiles:
-    """Read the files a card is made from; a clear error when the folder is not a finished run."""
-    run_dir = Path(run_dir)
-    missing = [f for f in ("recipe.yaml", "plan.json", "metrics.json") if not (run_dir / f).is_file()]
-    if missing:
-        raise HftlError(f"{run_dir} is not a finished hftl run folder (missing {', '.join(missing)}). "
-                        "Train it to the end with `hftl run RECIPE` (or `--resume`) first.")
-    text = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
-    labels_file = run_dir / "labels.json"
-    log_file = run_dir / "metrics.jsonl"
-    return RunFiles(
-        run_dir=run_dir, recipe=yaml.safe_load(text), recipe_text=text,
-        plan=json.loads((run_dir / "plan.json").read_text(encoding="utf-8")),
-        final=json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")),
-        labels=json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else [],
-        log=[json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if log_file.is_file() else [])
 
 
 def write_report(run_dir: str | Path, repo_id: str | None = None) -> list[Path]:
@@ -116,19 +65,20 @@ def card_data(run: RunFiles, repo_id: str | None = None) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
     task, source = run.recipe["task"], run.recipe["data"]["source"]
+    pipeline_tag = _task(run).card.pipeline_tag
     dataset = _dataset_hub_id(source)
     results = [EvalResult(task_type=task, dataset_type=dataset or _short_source(source), dataset_name=_short_source(source),
                           dataset_split=split, metric_type=name, metric_value=round(float(value), 4))
                for split in ("test", "validation") for name, value in run.final.get(split, {}).items()
                if name != "loss" and isinstance(value, (int, float))]
     strategy = run.recipe["strategy"]["name"]
-    tags = ["hftl", "transfer-learning", f"strategy:{strategy}", *(["lora"] if run.adapter_dir else [])]
-    library = ("transformers" if run.has_full_model and task in PIPELINE_TASKS
+    tags = ["hftl", "transfer-learning", f"strategy:{strategy}", *([str(_adapter_settings(run.adapter_dir)["peft_type"] or "peft").lower()] if run.adapter_dir else [])]
+    library = ("transformers" if run.has_full_model and pipeline_tag
                else "peft" if run.adapter_dir else None)  # None: hftl's own loader (fusion)
     bases = [b for b in (_checkpoint_hub_id(c) for c in _base_checkpoints(run.recipe)) if b]
     return ModelCardData(
         library_name=library, base_model=(bases[0] if len(bases) == 1 else bases) or None,
-        datasets=[dataset] if dataset else None, pipeline_tag=task if task in PIPELINE_TASKS else None,
+        datasets=[dataset] if dataset else None, pipeline_tag=pipeline_tag,
         tags=tags, model_name=(repo_id or run.recipe["name"]).split("/")[-1], eval_results=results or None)
 
 
@@ -195,17 +145,15 @@ def _plots(run: RunFiles) -> str:
 
 
 def _usage(run: RunFiles, repo_id: str | None) -> str:
-    task = run.recipe["task"]
+    card = _task(run).card
     ref = repo_id or str(run.run_dir)
-    example = EXAMPLE_INPUTS.get(task, "...")
     blocks = []
-    if task in PIPELINE_TASKS and run.has_full_model:
-        extra = ', aggregation_strategy="simple"' if task == "token-classification" else ""
-        blocks += [f"```python\nfrom transformers import pipeline\n\npredict = pipeline(\"{task}\", model=\"{ref}\"{extra})\n"
-                   f"print(predict({example}))\n```",
+    if card.pipeline_tag and run.has_full_model:
+        blocks += [f"```python\nfrom transformers import pipeline\n\npredict = pipeline(\"{card.pipeline_tag}\", "
+                   f"model=\"{ref}\"{card.pipeline_kwargs})\nprint(predict({card.example_input}))\n```",
                    "The plain `transformers` Auto classes load it too (the label names are in `config.json`)."]
-    if run.adapter_dir is not None and task in PEFT_CLASSES:
-        cls, sub = PEFT_CLASSES[task], run.adapter_dir.relative_to(run.run_dir).as_posix()
+    if run.adapter_dir is not None and card.peft_class:
+        cls, sub = card.peft_class, run.adapter_dir.relative_to(run.run_dir).as_posix()
         where = (f"snapshot_download(\"{repo_id}\", allow_patterns=\"{sub}/*\") + \"/{sub}\"" if repo_id and sub != "."
                  else f"snapshot_download(\"{repo_id}\")" if repo_id else f"\"{run.adapter_dir}\"")
         fetch = "from huggingface_hub import snapshot_download\n" if repo_id else ""
@@ -237,21 +185,25 @@ def _strategy(run: RunFiles) -> str:
     frozen = [g["name"] for g in plan.get("groups", [])
               if g.get("start_step") is None or g["start_step"] >= plan.get("total_steps", float("inf"))]
     lines.append(f"- Frozen for the whole run: {', '.join(frozen) if frozen else 'none'}.")
+    config = read_json(run.run_dir, "config.json")
+    if config:
+        lines.append(f"- Head input: {describe_head_input(config)}.")
+    if run.recipe["model"].get("pretrained") is False:
+        lines.append("- Not pretrained: the architecture started from random weights (`model.pretrained: false`).")
     staged = sorted({g["start_step"] for g in plan.get("groups", []) if g.get("start_step")})
     if staged:
         spe = plan.get("steps_per_epoch") or 1
         joins = "; ".join(f"step {st} (epoch {st / spe:g}): "
                           + ", ".join(g["name"] for g in plan["groups"] if g.get("start_step") == st) for st in staged)
-        opts = s.get("progressive") or s.get("two_stage") or {}
-        lines.append(f"- Unfreezing schedule ({_kv(opts)}): {joins}.")
-    if s.get("partial"):
-        lines.append(f"- Partial freezing: {_kv(s['partial'])}.")
+        lines.append(f"- Unfreezing schedule: {joins}.")
+    if s.get(s["name"]):  # the strategy's own options section, as applied
+        lines.append(f"- Options (`strategy.{s['name']}`): {_kv(s[s['name']])}.")
     policy = plan.get("batchnorm", s.get("batchnorm"))
     lines.append(f"- BatchNorm in frozen groups: **{policy}** ("
                  + ("eval mode, pretrained running statistics kept" if policy == "frozen"
                     else "statistics keep updating while the weights stay frozen") + ").")
-    if run.adapter_dir or s.get("lora"):
-        lines.append(f"- LoRA: {_kv(_lora_settings(run))}.")
+    if run.adapter_dir is not None:
+        lines.append(f"- peft adapter: {_kv(_adapter_settings(run.adapter_dir))}.")
     for tower, sub in (s.get("towers") or {}).items():
         lines.append(f"- Tower `{tower}`: strategy {sub['name']}.")
     lines += ["", _groups_table(run)]
@@ -322,7 +274,7 @@ def _data(run: RunFiles) -> str:
     limits = [f"{k} {d[k]}" for k in ("max_train_samples", "max_eval_samples") if d.get(k)]
     if limits:
         lines.append(f"- Subsampled: {', '.join(limits)}.")
-    if run.recipe["task"] != "image-classification":
+    if any(role in _task(run).roles for role in ("text", "tokens")):  # the task reads text
         lines.append(f"- Inputs truncated to {d['max_length']} tokens.")
     if d.get("columns"):
         lines.append(f"- Columns: {_kv(d['columns'])}.")
@@ -379,7 +331,7 @@ def _base_checkpoints(recipe: dict[str, Any]) -> list[str]:
 
 def _checkpoint_hub_id(checkpoint: str) -> str | None:
     """The Hub id of a checkpoint: catalog names map to their Hub alias; local folders have none."""
-    from hftl.checkpoints import CHECKPOINTS
+    from hftl.pretrained import CHECKPOINTS
 
     if checkpoint in CHECKPOINTS:
         entry = CHECKPOINTS.get(checkpoint)
@@ -398,12 +350,11 @@ def _short_source(source: str) -> str:
     return Path(source).name if Path(source).exists() or source.startswith(("/", ".", "~")) else source
 
 
-def _lora_settings(run: RunFiles) -> dict[str, Any]:
-    wanted = ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save")
-    if run.adapter_dir is not None:
-        config = json.loads((run.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        return {k: (sorted(set(config[k])) if isinstance(config.get(k), list) else config.get(k)) for k in wanted}
-    return dict(run.recipe["strategy"].get("lora") or {})
+def _adapter_settings(adapter_dir: Path) -> dict[str, Any]:
+    """The saved peft adapter's settings (what peft actually applied, e.g. its default target modules)."""
+    wanted = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save")
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    return {k: (sorted(set(config[k])) if isinstance(config.get(k), list) else config.get(k)) for k in wanted}
 
 
 def _param_sizes(run_dir: Path) -> dict[str, int]:
@@ -433,8 +384,13 @@ def _size(sizes: dict[str, int], param: str) -> int:
 def _strategy_doc(name: str) -> str:
     from hftl.strategies import STRATEGIES
 
-    doc = STRATEGIES.get(name).__doc__ if name in STRATEGIES else None
-    return doc.strip().splitlines()[0].replace("``", "`") if doc else "(strategy not registered here)"
+    return STRATEGIES.get(name).summary.replace("``", "`") if name in STRATEGIES else "(strategy not registered here)"
+
+
+def _task(run: RunFiles) -> Any:
+    from hftl.tasks import TASKS
+
+    return TASKS.get(run.recipe["task"])
 
 
 def _kv(d: dict[str, Any]) -> str:

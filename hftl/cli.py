@@ -69,14 +69,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hftl.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: ok ({recipe.task}, {recipe.model.checkpoint or (recipe.model.init_from and 'init_from ' + recipe.model.init_from) or 'fusion'}, strategy {recipe.strategy.name}, "
+    m = recipe.model
+    model = m.checkpoint or (m.init_from and f"init_from {m.init_from}") or " + ".join(
+        f"{tower} {spec.checkpoint}" for tower, spec in (m.towers or {}).items())
+    print(f"{args.recipe}: ok ({recipe.task}, {model}, strategy {recipe.strategy.name}, "
           f"data {recipe.data.source}) -> {recipe.run_dir}")
     return 0
 
 
 @command
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hftl.planning import describe_plan
+    from hftl.build import describe_plan
     from hftl.recipe import load_recipe
 
     print(describe_plan(load_recipe(args.recipe, args.overrides)))

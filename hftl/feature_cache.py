@@ -68,8 +68,8 @@ from torch import nn
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.recipe import Recipe
-    from hftl.strategies import Plan
+    from hftl.schema import Recipe
+    from hftl.strategies.plan import Plan
 
 CACHE_VERSION = "1"
 NOT_INPUTS = ("labels", "length")  # encoded columns the body never reads
@@ -81,8 +81,10 @@ _ROW_SETTINGS = {"source", "config_name", "revision", "splits", "validation_size
 def maybe_use_cache(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any, processor: Any,
                     encoded: "datasets.DatasetDict", train_dl: torch.utils.data.DataLoader,
                     eval_dls: dict[str, torch.utils.data.DataLoader], accelerator: Any,
-                    ) -> tuple[torch.utils.data.DataLoader, dict[str, torch.utils.data.DataLoader]]:
+                    ) -> tuple[torch.utils.data.DataLoader, dict[str, torch.utils.data.DataLoader], list[nn.Module]]:
     """The loop's hook: loaders over cached head inputs (and a head-only ``model.forward``), or the loaders unchanged.
+
+    Also returns the head's modules run on the cached inputs, in order (empty when nothing is cached).
 
     Every process must call it (the decision and the extraction are collective).
     """
@@ -102,7 +104,7 @@ def maybe_use_cache(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any,
     reason, chain = broadcast_object_list([reason, chain])  # the main process decides for all
     if reason is not None:
         say(f"[cache] skipped: {reason}")
-        return train_dl, eval_dls
+        return train_dl, eval_dls, []
 
     modules = dict(model.named_modules())
     key = cache_key(model, plan, recipe, processor, chain[0])
@@ -125,7 +127,7 @@ def maybe_use_cache(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any,
                                             generator=train_dl.generator, collate_fn=collate_cached)
     new_eval = {split: torch.utils.data.DataLoader(cached[split], batch_size=dl.batch_size, generator=dl.generator,
                                                    collate_fn=collate_cached) for split, dl in eval_dls.items()}
-    return new_train, new_eval
+    return new_train, new_eval, [modules[name] for name in chain]
 
 
 # --------------------------------------------------------------------------- when it applies
@@ -174,7 +176,7 @@ def trace_head(model: nn.Module, plan: "Plan", batch: dict[str, Any]) -> tuple[l
     eval mode, as the loop runs them) and checks the head is a plain chain whose
     input does not depend on the mode.
     """
-    from hftl.strategies import apply_plan
+    from hftl.strategies.plan import apply_plan
 
     head = next(g for g in plan.groups if g.is_head)
     model.eval()

@@ -68,7 +68,7 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
     from huggingface_hub import HfApi
 
     from hftl.card import build_card
-    from hftl.checkpointing import read_status
+    from hftl.run_folder import read_status
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -85,6 +85,15 @@ def _bert_like(model: nn.Module) -> GroupPatterns:
     ]
 
 
+@LAYER_MAPPERS.register("hftl-pooled-classifier")
+def _pooled_classifier(model: nn.Module) -> GroupPatterns:
+    """hftl's pooled text classifier (hftl/tasks/pooled_model.py): its body's groups, then its linear head."""
+    body = model.body
+    groups = LAYER_MAPPERS.get(str(body.config.model_type))(body)
+    return [(name, [r"^body\." + p.removeprefix("^") for p in patterns]) for name, patterns in groups
+            if name != "head"] + [("head", [r"^classifier\."])]
+
+
 @LAYER_MAPPERS.register("vit", "deit", "beit", "dinov2", "data2vec-vision")
 def _vit_like(model: nn.Module) -> GroupPatterns:
     """ViT family. transformers 5 keeps ViT/DeiT/BEiT blocks at `layers.N`, DINOv2/data2vec at `encoder.layer.N`."""

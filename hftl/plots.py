@@ -17,11 +17,11 @@ state, no GUI backend, safe in worker processes and notebooks alike.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from hftl.errors import HftlError
+from hftl.run_folder import FINAL_FILE, PLAN_FILE, best_metric, read_json, read_log
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,26 +31,14 @@ CURVES_PNG = "training_curves.png"
 LR_PNG = "learning_rates.png"
 
 
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (training, validation and final lines), in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise HftlError(f"{run_dir} has no metrics.jsonl: it is not an hftl run folder, or its run has not "
-                        "logged a step yet.")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def run_metric(run_dir: str | Path) -> str | None:
     """The metric that picked the best model (from ``metrics.json``), e.g. ``accuracy``."""
-    path = Path(run_dir) / "metrics.json"
-    final = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return next((k.removeprefix("best_validation_") for k in final if k.startswith("best_validation_")), None)
+    return best_metric(read_json(run_dir, FINAL_FILE))
 
 
 def stage_starts(run_dir: str | Path) -> dict[int, list[str]]:
     """Steps after 0 at which layer groups start training (from ``plan.json``): step -> group names."""
-    path = Path(run_dir) / "plan.json"
-    plan = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    plan = read_json(run_dir, PLAN_FILE)
     starts: dict[int, list[str]] = {}
     for group in plan.get("groups", []):
         if group.get("start_step"):
@@ -168,6 +156,4 @@ def _finish(ax: "Axes", ylabel: str, starts: dict[int, list[str]] | None) -> Non
 
 
 def _group_order(run_dir: Path) -> list[str]:
-    path = run_dir / "plan.json"
-    plan = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return [g["name"] for g in plan.get("groups", [])]
+    return [g["name"] for g in read_json(run_dir, PLAN_FILE).get("groups", [])]

@@ -80,7 +80,7 @@ def text_recipe(tmp_path, tiny_bert_dir, reviews_csv):
             "data": {"source": str(reviews_csv), "group_column": "movie", "max_length": 16},
             "strategy": {"name": "full"},
             "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-            "train": {"epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0},
+            "train": {"min_steps": 0, "epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0},
             "output": {"dir": str(tmp_path / "run")},
         }
         for key, value in sections.items():

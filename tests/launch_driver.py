@@ -1,15 +1,11 @@
 """``hftl run`` for tests that launch real processes (``accelerate launch`` or a plain subprocess).
 
-Same arguments as ``hftl/run.py``. Two hooks, both around ``save_checkpoint`` and both off
-unless their environment variable is set:
-
-- ``HFTL_TEST_DUMP=DIR``: after each checkpoint, every rank writes the weights and buffers it
-  holds to ``DIR/rank{R}-step{S}.safetensors`` (to compare ranks with each other);
-- ``HFTL_TEST_DIE_AFTER_SAVE=S``: right after the checkpoint of step S is complete, the process
-  kills itself with SIGKILL (a crash that leaves a resumable state behind).
+Same arguments as ``hftl/run.py``. One hook around ``save_checkpoint``, off unless set:
+``HFTL_TEST_DUMP=DIR``: after each checkpoint, every rank writes the weights and buffers it
+holds to ``DIR/rank{R}-step{S}.safetensors`` (to compare ranks with each other). Kills go
+through hftl's own test hook, ``HFTL_TEST_KILL_AT`` (:func:`hftl.training_state.kill_point`).
 """
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -24,8 +20,6 @@ def _save_and_watch(accelerator, model, optimizer, run_dir, state, keep):
 
         tensors = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         save_file(tensors, str(Path(dump) / f"rank{accelerator.process_index}-step{state['step']}.safetensors"))
-    if os.environ.get("HFTL_TEST_DIE_AFTER_SAVE") == str(state["step"]):
-        os.kill(os.getpid(), signal.SIGKILL)
     return path
 
 

@@ -53,7 +53,8 @@ def test_staged_run_writes_plots_and_a_card_that_states_the_applied_strategy(tex
         row = next(line for line in text.splitlines() if line.startswith(f"| {group['name']}"))
         assert f"{group['lr']:.2e}" in row and (f"step {group['start_step']}" in row)
     assert "Layer-wise LR decay 0.5" in text and "BatchNorm in frozen groups: **frozen**" in text
-    assert re.search(r"Unfreezing schedule \(every 12, unit step.*\): step 12 \(epoch 0\.5\): pooler", text)
+    assert re.search(r"Unfreezing schedule: step 12 \(epoch 0\.5\): pooler", text)
+    assert re.search(r"Options \(`strategy.progressive`\): every 12, unit step", text)
     stages = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d+–\d+ \|", line)]
     assert len(stages) == len({g["start_step"] for g in plan["groups"]}) == 5
     assert f"train = split `train`: {final['examples']['train']:,} examples" in text
@@ -72,7 +73,7 @@ def test_lora_run_card_has_peft_metadata_and_snippet(text_recipe):
     assert meta["library_name"] == "transformers" and "lora" in meta["tags"]  # the root holds the merged model
     assert 'pipeline("text-classification", model=' in text
     assert f'AutoPeftModelForSequenceClassification.from_pretrained("{run_dir}/adapter")' in text
-    assert re.search(r"LoRA: r 4, lora_alpha 16, .*target_modules", text)
+    assert re.search(r"peft adapter: peft_type LORA, r 4, lora_alpha 16, .*target_modules", text)
     trained, total = map(lambda n: int(n.replace(",", "")),
                          re.search(r"Trained parameters: ([\d,]+) of ([\d,]+)", text).groups())
     assert 0 < trained < total / 4  # LoRA matrices and the head only

@@ -169,7 +169,7 @@ def test_process_count_check_reads_what_the_launcher_exports(monkeypatch, env, s
     from types import SimpleNamespace
 
     from hftl.errors import HftlError
-    from hftl.train import check_process_count
+    from hftl.launch import check_process_count
 
     for key in ("ACCELERATE_USE_CPU", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "HFTL_EXPECT_PROCESSES"):
         monkeypatch.delenv(key, raising=False)

@@ -13,14 +13,16 @@ import torch
 from safetensors.torch import load_file
 
 from hftl import feature_cache
-from hftl.planning import make_plan
+from hftl.build import plan_for
 from hftl.recipe import load_recipe
-from hftl.strategies import apply_plan
+from hftl.strategies.plan import apply_plan
 from hftl.tasks import prepare_data
 from hftl.train import run
 
-FROZEN = {"strategy": {"name": "feature_extraction"}, "optim": {"lr": 5e-3, "warmup_ratio": 0.1, "scheduler": "linear"},
-          "data": {"max_train_samples": 160}, "train": {"epochs": 2, "batch_size": 16, "log_steps": 5, "seed": 0}}
+# head_solver adamw: these tests compare the loop on cached features with the loop without them
+# (the default, an L-BFGS probe fitted first, is tested in tests/test_probe.py).
+FROZEN = {"strategy": {"name": "feature_extraction", "feature_extraction": {"head_solver": "adamw"}}, "optim": {"lr": 5e-3, "warmup_ratio": 0.1, "scheduler": "linear"},
+          "data": {"max_train_samples": 160}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 16, "log_steps": 5, "seed": 0}}
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +93,7 @@ def TASK():
 def build(recipe):
     _, labels, encoded, _ = prepare_data(recipe)
     model = TASK().build_model(recipe, labels)
-    return model, make_plan(model, recipe, 10, 30), encoded
+    return model, plan_for(model, recipe, 10, 30), encoded
 
 
 def test_cache_key_follows_the_frozen_weights_and_digest_follows_the_rows(text_recipe):
@@ -163,7 +165,7 @@ def test_trace_head_finds_the_chain_to_replay(make, chain, shape, text_recipe):
     torch.manual_seed(0)
     model, batch = make()
     recipe = load_recipe(text_recipe(strategy={"name": "feature_extraction"}))
-    plan = make_plan(model, recipe, 10, 30)
+    plan = plan_for(model, recipe, 10, 30)
     found, reason = feature_cache.trace_head(model, plan, batch)
     if chain is None:
         assert found == [] and shape in reason
@@ -236,5 +238,5 @@ def test_frozen_prefix_builds_no_autograd_graph(text_recipe):
     assert grads == {"bert.embeddings": False, "bert.encoder.layer.0": False, "bert.encoder.layer.1": True}
     assert not model.bert.encoder.layer[0].training and model.bert.encoder.layer[1].training
     model.requires_grad_(True)
-    full, _ = saved_bytes(make_plan(model, load_recipe(text_recipe(strategy={"name": "full"})), 10, 30))
+    full, _ = saved_bytes(plan_for(model, load_recipe(text_recipe(strategy={"name": "full"})), 10, 30))
     assert frozen < 0.6 * full, (frozen, full)

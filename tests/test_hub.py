@@ -164,7 +164,7 @@ def pushed_run(hub, tmp_path_factory, tiny_bert_dir, reviews_csv):
         "model": {"checkpoint": str(tiny_bert_dir)},
         "data": {"source": str(reviews_csv), "group_column": "movie", "max_length": 16},
         "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "train": {"epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0, "trackers": ["tensorboard"]},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0, "trackers": ["tensorboard"]},
         "output": {"dir": str(folder / "run")},
         "hub": {"push": True, "repo_id": "alice/toy-sentiment", "private": True}}))
     return run(load_recipe(recipe)).run_dir

@@ -23,8 +23,6 @@ from hftl.train import run
 
 TASK = TASKS.get("image-classification")
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-IMAGE_RECIPES = ["vit-image.yaml", "resnet-image.yaml", "fashion-mnist-efficientnet.yaml",
-                 "fashion-mnist-pretrain.yaml", "mnist-transfer.yaml", "mnist-scratch.yaml"]
 LORA_TARGETS = {"vit": ["q_proj", "v_proj"], "resnet": ["convolution"]}
 
 
@@ -85,7 +83,7 @@ def image_recipe(tmp_path, stripes_dir, checkpoints):
             "data": {"source": str(stripes_dir), "max_train_samples": 24, "max_eval_samples": 8},
             "strategy": {"name": "full"},
             "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-            "train": {"epochs": 2, "batch_size": 8, "log_steps": 3, "seed": 0},
+            "train": {"min_steps": 0, "epochs": 2, "batch_size": 8, "log_steps": 3, "seed": 0},
             "output": {"dir": str(tmp_path / f"run-{arch}")},
         }
         for key, value in sections.items():
@@ -121,7 +119,6 @@ def test_every_strategy_trains_what_its_plan_says(image_recipe, checkpoints, mod
     result = run(load_recipe(image_recipe(model, strategy=section)))
     run_dir = result.run_dir
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "completed"
-    assert 0.0 <= result.metrics["test"]["accuracy"] <= 1.0
     from transformers import AutoModelForImageClassification
 
     start = AutoModelForImageClassification.from_pretrained(checkpoints[model], num_labels=2).state_dict()
@@ -282,7 +279,7 @@ def trained_run(tmp_path_factory, stripes_dir, checkpoints) -> Path:
     doc = {"name": "stripes", "task": "image-classification", "model": {"checkpoint": str(checkpoints["resnet"])},
            "data": {"source": str(stripes_dir)},
            "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-           "train": {"epochs": 6, "batch_size": 16, "seed": 0}, "output": {"dir": str(folder / "run")}}
+           "train": {"min_steps": 0, "epochs": 6, "batch_size": 16, "seed": 0}, "output": {"dir": str(folder / "run")}}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(doc))
     result = run(load_recipe(folder / "recipe.yaml"))
     assert result.metrics["test"]["accuracy"] >= 0.9, result.metrics
@@ -328,18 +325,11 @@ def test_needs_a_checkpoint_or_init_from(image_recipe):
 
 
 # --------------------------------------------------------------------------- recipes and real checkpoints
-@pytest.mark.parametrize("name", IMAGE_RECIPES)
-def test_shipped_image_recipes_validate(name):
-    recipe = load_recipe(RECIPES / name)
-    assert recipe.task == "image-classification"
-    assert recipe.model.checkpoint or recipe.model.init_from
-
-
 def test_efficientnet_lite0_export_is_a_working_imagenet_classifier():
     import skimage.data
     from transformers import pipeline
 
-    from hftl.checkpoints import resolve_checkpoint
+    from hftl.pretrained import resolve_checkpoint
 
     folder = Path(resolve_checkpoint("efficientnet-lite0"))
     config = json.loads((folder / "config.json").read_text())

@@ -46,6 +46,13 @@ class Case:
     head: set[str]  # expected head parameter names; empty for a bare backbone
 
 
+def pooled_classifier(config) -> nn.Module:
+    """hftl's mean-pooled text classifier on a body (the BERT pooler is dropped: it is not read)."""
+    from hftl.tasks.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
+
+    return PooledModelForSequenceClassification(PooledClassifierConfig(body=config.to_dict(), num_labels=2))
+
+
 def _timm_head(*modules: str) -> set[str]:
     return {f"timm_model.{m}.{p}" for m in modules for p in ("weight", "bias")}
 
@@ -57,6 +64,7 @@ CASES = [
     Case("bert-qa", lambda: AutoModelForQuestionAnswering.from_config(bert()), TEXT_BODY + ["head"],
          {"qa_outputs.weight", "qa_outputs.bias"}),
     Case("bert-bare", lambda: AutoModel.from_config(bert()), TEXT_BODY + ["pooler"], set()),
+    Case("bert-mean-pooled", lambda: pooled_classifier(bert()), TEXT_BODY + ["head"], CLASSIFIER),
     Case("roberta-seq", lambda: AutoModelForSequenceClassification.from_config(RobertaConfig(**TEXT)),
          TEXT_BODY + ["head"], {f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}),
     Case("xlm-roberta-token", lambda: AutoModelForTokenClassification.from_config(XLMRobertaConfig(**TEXT)),
@@ -296,7 +304,3 @@ def test_describe_groups_counts_parameters() -> None:
         "name": "head", "depth": 4, "n_params": 32 * 2 + 2, "is_head": True}
     assert sum(r["n_params"] for r in rows) == sum(p.numel() for p in model.parameters())
 
-
-def test_layer_group_is_frozen() -> None:
-    with pytest.raises(AttributeError):
-        LayerGroup("x", ("a",), ()).name = "y"  # type: ignore[misc]

@@ -223,7 +223,7 @@ def test_data_mistake_is_named(text_recipe, data, error, fragments):
 
 
 def test_unfreeze_schedule_longer_than_the_run(text_recipe):
-    from hftl.planning import describe_plan
+    from hftl.build import describe_plan
 
     path = text_recipe(strategy={"name": "progressive", "progressive": {"every": 3, "unit": "epoch"}},
                        train={"epochs": 2})
@@ -232,15 +232,15 @@ def test_unfreeze_schedule_longer_than_the_run(text_recipe):
 
 
 def test_init_from_that_is_not_a_finished_run(text_recipe, tmp_path):
-    from hftl import checkpoints
+    from hftl import pretrained
 
     missing = load_recipe(text_recipe(model={"init_from": str(tmp_path / "nothing-here")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': folder does not exist"):
-        checkpoints.model_source(missing)
+        pretrained.model_source(missing)
     (tmp_path / "half").mkdir()
     unfinished = load_recipe(text_recipe(model={"init_from": str(tmp_path / "half")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': is not a completed hftl run"):
-        checkpoints.model_source(unfinished)
+        pretrained.model_source(unfinished)
 
 
 def test_user_errors_are_hftl_errors():

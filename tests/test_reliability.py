@@ -1,7 +1,7 @@
 """Reliability: kill -9 and resume, atomic saves, rotation, interrupts, data faults, checkpoint faults, safety.
 
 The kill tests run real child processes and kill them with SIGKILL at exact points
-through the test hook :func:`hftl.checkpointing.kill_point` (``HFTL_TEST_KILL_AT=<event>:<where>``).
+through the test hook :func:`hftl.training_state.kill_point` (``HFTL_TEST_KILL_AT=<event>:<where>``).
 Children are forked from the test process (torch and transformers are already
 imported, so a child starts in a fraction of a second instead of ~10 s); one test
 launches ``python -m hftl`` for real to check the exit status and message of SIGTERM.
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftl.checkpointing import complete_checkpoints, publish_model, read_status, save_checkpoint, save_model_atomic
+from hftl.run_folder import read_status
+from hftl.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 from hftl.errors import CheckpointError, DataError, HftlError
 from hftl.recipe import load_recipe
 from hftl.train import run
@@ -30,7 +31,7 @@ from hftl.train import run
 TOY = {
     "data": {"max_train_samples": 96, "max_eval_samples": 32},
     "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "linear"},
-    "train": {"epochs": 3, "batch_size": 16, "log_steps": 2, "eval_steps": 3, "save_steps": 4, "seed": 0,
+    "train": {"min_steps": 0, "epochs": 3, "batch_size": 16, "log_steps": 2, "eval_steps": 3, "save_steps": 4, "seed": 0,
               "metric": "loss", "save_total_limit": 2},
 }
 
@@ -296,12 +297,12 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
 
 
 def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
-    from hftl.train import _truncate_log
+    from hftl.run_folder import truncate_log
 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 2, "loss": 0.5}\n\n{"step": 4, "loss": 0.4}\n{"step": 6, "loss": 0.3}\n'
                    '{"step": 4, "final": {}}\n{"step": 8, "lo')  # killed in the middle of a write
-    _truncate_log(log, 4, OneProcess())
+    truncate_log(tmp_path, 4)
     assert [json.loads(line) for line in log.read_text().splitlines()] == [{"step": 2, "loss": 0.5},
                                                                           {"step": 4, "loss": 0.4}]
 
@@ -426,7 +427,7 @@ def test_unreachable_checkpoint_offline_names_offline_alternatives(text_recipe, 
 
 # --------------------------------------------------------------------------- safety
 def test_trust_remote_code_is_off_by_default_and_warns_with_the_repo_when_on(text_recipe, tiny_bert_dir):
-    from hftl.checkpoints import load_pretrained
+    from hftl.pretrained import load_pretrained
     from hftl.tasks import TASKS
 
     calls = []

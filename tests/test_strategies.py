@@ -25,10 +25,12 @@ from transformers import (BertConfig, BertForSequenceClassification, ResNetConfi
                           TimmWrapperConfig, TimmWrapperForImageClassification, ViTConfig, ViTForImageClassification)
 
 from hftl.errors import HftlError, RecipeError
-from hftl.loop_utils import build_optimizer, wrap_lora
-from hftl.planning import make_plan
+from hftl.build import build_optimizer
+from hftl.strategies import wrap_model
+from hftl.build import plan_for
 from hftl.recipe import load_recipe, validate_recipe
-from hftl.strategies import STRATEGIES, Plan, apply_plan, lr_lambdas
+from hftl.strategies import STRATEGIES
+from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps
 LR, HEAD_LR, WD = 1e-2, 5e-2, 0.01
@@ -133,8 +135,8 @@ def build(arch: Arch, recipe, total_steps: int = STEPS) -> tuple[nn.Module, Plan
     torch.manual_seed(0)
     model = arch.build()
     calibrate_batchnorm(model, arch.batch(torch.Generator().manual_seed(1)))
-    model = wrap_lora(model, recipe)
-    return model, make_plan(model, recipe, PER_EPOCH, total_steps)
+    model = wrap_model(model, recipe)
+    return model, plan_for(model, recipe, PER_EPOCH, total_steps)
 
 
 def calibrate_batchnorm(model: nn.Module, batch: dict) -> None:
@@ -160,8 +162,7 @@ def train_and_watch(model: nn.Module, plan: Plan, recipe, batch: dict, steps: in
     for name, param in model.named_parameters():  # as train.py does before accelerator.prepare
         param.requires_grad_(name in plan.ever_trainable())
     optimizer, names = build_optimizer(model, plan, recipe.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(plan, names, plan.warmup_steps,
-                                                                        plan.scheduler))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(plan, names))
     for step in range(steps):
         model.train()
         apply_plan(model, plan, step)
@@ -293,7 +294,7 @@ def test_bad_strategies_fail_with_the_key_and_the_fix(section: dict, optim: dict
     recipe = make_recipe(section, **optim)
     torch.manual_seed(0)
     with pytest.raises(RecipeError, match=message):
-        make_plan(ARCHS[0].build(), recipe, PER_EPOCH, total)
+        plan_for(ARCHS[0].build(), recipe, PER_EPOCH, total)
 
 
 def test_discriminative_lrs_and_head_lr_conflict_at_validation() -> None:
@@ -348,15 +349,7 @@ def run_killed_after_checkpoint(path: Path, overrides: list[str], step: int) -> 
             quiet = os.open(os.devnull, os.O_WRONLY)
             os.dup2(quiet, 1)
             os.dup2(quiet, 2)
-            save = hftl.train.save_checkpoint
-
-            def save_then_die(accelerator, model, optimizer, run_dir, state, keep):
-                saved = save(accelerator, model, optimizer, run_dir, state, keep)
-                if state["step"] == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return saved
-
-            hftl.train.save_checkpoint = save_then_die
+            os.environ["HFTL_TEST_KILL_AT"] = f"saved:{step}"  # hftl.training_state.kill_point
             hftl.train.run(load_recipe(path, overrides))
         finally:
             os._exit(70)

@@ -73,7 +73,7 @@ def recipe_for(checkpoint: Path, source: Path | str, tmp_path: Path, **data) -> 
         "name": "ner-toy", "task": "token-classification", "model": {"checkpoint": str(checkpoint)},
         "data": {"source": str(source), "max_length": 24, **data},
         "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "train": {"epochs": 5, "batch_size": 16, "log_steps": 5, "seed": 0},
+        "train": {"min_steps": 0, "epochs": 5, "batch_size": 16, "log_steps": 5, "seed": 0},
         "output": {"dir": str(tmp_path / "run")},
     }, str(tmp_path / "recipe.yaml"))
 
@@ -229,14 +229,3 @@ def test_wnut_recipe_on_real_minilm(tmp_path):
     entities = pipe("Going to see the Empire State Building in New York with Justin Bieber")
     assert {e["entity_group"] for e in entities} <= kinds
     assert all(0 <= e["start"] < e["end"] and 0 < e["score"] <= 1 for e in entities)
-
-
-# --------------------------------------------------------------------------- shipped recipes
-def test_ner_recipes_validate():
-    wnut = load_recipe(RECIPES / "wnut-ner.yaml")
-    assert (wnut.task, wnut.model.checkpoint, wnut.data.source) == \
-        ("token-classification", "all-MiniLM-L6-v2", "wnut16")
-    bio = load_recipe(RECIPES / "biomedical-ner.yaml")
-    assert bio.task == "token-classification" and bio.model.checkpoint == "dmis-lab/biobert-base-cased-v1.2"
-    assert bio.data.source == "ncbi/ncbi_disease" and bio.data.revision == "refs/convert/parquet"
-    assert bio.strategy.llrd is not None and bio.optim.head_lr > bio.optim.lr

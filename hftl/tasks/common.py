@@ -8,7 +8,7 @@ from hftl.errors import DataError, RecipeError
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.recipe import Recipe
+    from hftl.schema import Recipe
 
 
 def check_columns_section(recipe: "Recipe", roles: dict[str, str | None]) -> None:
@@ -20,6 +20,13 @@ def check_columns_section(recipe: "Recipe", roles: dict[str, str | None]) -> Non
             raise RecipeError(recipe.source_file, f"data.columns.{role}",
                               f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(roles))}",
                               hint=f"Roles: {', '.join(roles)}.")
+
+
+def refuse_pooling(recipe: "Recipe", own: str) -> None:
+    """For tasks whose head keeps the checkpoint's own pooling: ``model.pooling`` must stay ``auto``."""
+    if recipe.model.pooling != "auto":
+        raise RecipeError(recipe.source_file, "model.pooling", f"only applies to text-classification; "
+                          f"{recipe.task} uses {own}", recipe.model.pooling, hint="Remove model.pooling.")
 
 
 def column(recipe: "Recipe", roles: dict[str, str | None], role: str) -> str | None:
@@ -152,3 +159,26 @@ class BadExamples:
             return None
         first = "; ".join(f"#{i}: {p}" for i, p in self.skipped[:3])
         return f"skipped {len(self.skipped)} bad {self.split} example(s) (first: {first})"
+
+
+# --------------------------------------------------------------------------- evaluation and prediction
+def argmax_predictions(outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Class ids from the logits, and the batch's labels (per example, or per token for token tasks)."""
+    return outputs.logits.argmax(-1), batch["labels"]
+
+
+def classification_metrics(predictions: Any, references: Any) -> dict[str, float]:
+    """Accuracy and macro F1 (hftl's evaluate module) of single-label predictions."""
+    from hftl.metrics import load_metric
+
+    return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
+                                                       references=references.tolist())
+
+
+def pipeline_predict(run_dir: Any, pipeline_tag: str, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+    """Top-k labels per input through the plain ``transformers.pipeline`` that loads the run folder."""
+    from transformers import pipeline
+
+    pipe = pipeline(pipeline_tag, model=str(run_dir))
+    outputs = pipe(inputs, top_k=top_k)
+    return [out if isinstance(out, list) else [out] for out in outputs]

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftl.errors import DataError, RecipeError
-from hftl.tasks import TASKS
-from hftl.tasks.common import (check_columns_section, classification_labels, column, label_encoder, load_splits,
-                               select_valid, text_problem)
+from hftl.tasks import TASKS, CardInfo
+from hftl.tasks.common import (refuse_pooling, argmax_predictions, check_columns_section, classification_labels,
+                               classification_metrics, column, label_encoder, load_splits, select_valid, text_problem)
 
 if TYPE_CHECKING:
     import datasets
     import torch
 
-    from hftl.recipe import Recipe
-    from hftl.strategies import Plan
+    from hftl.schema import Recipe
+    from hftl.strategies.plan import Plan
     from hftl.tasks.fusion_model import FusionModel, FusionProcessor
 
 TOWERS = ("vision", "text")
@@ -67,26 +67,30 @@ def register_catalog() -> None:
 # --------------------------------------------------------------------------- planning
 def plan_fusion(model: "FusionModel", recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
     """Plan each tower with its own strategy section, then join the plans: vision groups, text groups, head."""
-    from hftl.layers import LayerGroup, map_layer_groups
-    from hftl.recipe import StrategySection
-    from hftl.strategies import Plan, plan_strategy
+    from hftl.layers import LayerGroup
+    from hftl.schema import StrategySection
+    from hftl.strategies.plan import layer_groups_of, plan_strategy
 
     head_params = tuple(name for name, _ in model.named_parameters() if name.startswith("head."))
     head = LayerGroup(name="head", params=head_params, modules=("head",), is_head=True)
     joined, names = [], []
     for tower in TOWERS:
-        section = (recipe.strategy.towers or {}).get(tower, recipe.strategy)
-        custom = [(g.name, g.patterns) for g in section.layer_groups or []] or None
+        towers = recipe.strategy.towers or {}
+        section, key = (towers[tower], f"strategy.towers.{tower}") if tower in towers else (recipe.strategy, "strategy")
         groups = [dataclasses.replace(g, is_head=False)
-                  for g in map_layer_groups(getattr(model, tower), custom=custom, prefix=f"{tower}.")]
+                  for g in layer_groups_of(getattr(model, tower), section, prefix=f"{tower}.")]
         # The head joins each tower's plan so that LLRD distances and "only the head trains" mean what they
         # mean for a single model; the head's own entry is planned once, below.
-        joined += plan_strategy([*groups, head], recipe, steps_per_epoch, total_steps, section=section).groups[:-1]
+        joined += plan_strategy([*groups, head], recipe, steps_per_epoch, total_steps, section=section,
+                                key=key).groups[:-1]
         names.append(f"{tower}: {section.name}")
-    # Under every strategy the new head trains from the first step, at optim.head_lr.
-    joined.append(plan_strategy([head], recipe, steps_per_epoch, total_steps, section=StrategySection()).groups[0])
-    groups = tuple(dataclasses.replace(g, depth=depth) for depth, g in enumerate(joined))
-    return Plan(f"fusion ({', '.join(names)})", groups, steps_per_epoch, total_steps, recipe.strategy.batchnorm)
+    # Under every strategy the new head trains from the first step, at optim.head_lr; the schedule
+    # (kind, warmup) is the recipe's, shared by every group.
+    head_plan = plan_strategy([head], recipe, steps_per_epoch, total_steps, section=StrategySection())
+    groups = tuple(dataclasses.replace(g, depth=depth) for depth, g in enumerate([*joined, *head_plan.groups]))
+    return dataclasses.replace(head_plan, strategy=f"fusion ({', '.join(names)})", groups=groups,
+                               batchnorm=recipe.strategy.batchnorm,
+                               options=recipe.strategy.model_dump(mode="json", exclude_none=True))
 
 
 # --------------------------------------------------------------------------- the task
@@ -102,7 +106,9 @@ class Fusion:
     roles = {"image": "image", "text": "text", "label": "label"}
     required_roles = ("image", "text", "label")
     metric = "accuracy"
-    pipeline_tag = "image-text-classification"
+    towers = TOWERS
+    peft_task_type = None
+    card = CardInfo(None, '{"image": "digit.png", "text": "plus three"}')
 
     def check(self, recipe: "Recipe") -> None:
         file, m = recipe.source_file, recipe.model
@@ -119,18 +125,13 @@ class Fusion:
         if m.init_from:
             raise RecipeError(file, "model.init_from", "is not supported for fusion yet", m.init_from,
                               hint="Point model.towers.vision/text at earlier runs' model folders instead.")
-        towers = recipe.strategy.towers or {}
-        sections = {"strategy": recipe.strategy, **{f"strategy.towers.{t}": s for t, s in towers.items()}}
-        for key, section in sections.items():
-            if section.name == "lora" or section.lora is not None:
-                raise RecipeError(file, f"{key}.name", "LoRA is not supported for fusion towers yet", section.name,
-                                  hint="Use feature_extraction, partial, progressive, two_stage or full per tower.")
         if recipe.strategy.layer_groups:
             raise RecipeError(file, "strategy.layer_groups", "does not apply to fusion as a whole",
                               hint="Describe a tower's groups under strategy.towers.vision.layer_groups (or .text).")
         if "augment" in recipe.data.model_fields_set:
             raise RecipeError(file, "data.augment", "is not used by fusion (images are only resized and normalised)",
                               hint="Remove data.augment.")
+        refuse_pooling(recipe, "each tower's own pooled output")
         check_columns_section(recipe, self.roles)
 
     def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
@@ -140,7 +141,7 @@ class Fusion:
     def load_processor(self, recipe: "Recipe") -> "FusionProcessor":
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        from hftl.checkpoints import load_pretrained
+        from hftl.pretrained import load_pretrained
         from hftl.tasks.fusion_model import FusionProcessor
 
         vision, text = recipe.model.towers["vision"], recipe.model.towers["text"]
@@ -209,15 +210,12 @@ class Fusion:
         return collate
 
     def build_model(self, recipe: "Recipe", labels: list[str]) -> "FusionModel":
-        from transformers import AutoModel
-
-        from hftl.checkpoints import load_pretrained
-        from hftl.recipe import FusionSection
+        from hftl.pretrained import load_body
+        from hftl.schema import FusionSection
         from hftl.tasks.fusion_model import FusionConfig, FusionModel
 
         specs = recipe.model.towers
-        towers = {name: load_pretrained(AutoModel, specs[name].checkpoint, revision=specs[name].revision,
-                                        trust_remote_code=recipe.model.trust_remote_code, what=f"model.towers.{name}")
+        towers = {name: load_body(recipe, specs[name].checkpoint, specs[name].revision, what=f"model.towers.{name}")
                   for name in TOWERS}
         if recipe.data.image_size:  # a clear error now if the vision tower cannot take that size
             from hftl.tasks.image_classification import fit_image_size
@@ -230,12 +228,12 @@ class Fusion:
                               hidden_size=fusion.hidden_size, dropout=fusion.dropout)
         return FusionModel(towers["vision"], towers["text"], config)
 
+    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return argmax_predictions(outputs, batch)
+
     def compute_metrics(self, predictions: "torch.Tensor", references: "torch.Tensor",
                         labels: list[str]) -> dict[str, float]:
-        from hftl.metrics import load_metric
-
-        return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
-                                                           references=references.tolist())
+        return classification_metrics(predictions, references)
 
     def plan(self, model: "FusionModel", recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
         return plan_fusion(model, recipe, steps_per_epoch, total_steps)

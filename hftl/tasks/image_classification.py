@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hftl.errors import CheckpointError, DataError, RecipeError
-from hftl.tasks import TASKS
-from hftl.tasks.common import (BadExamples, check_columns_section, classification_labels, column, label_encoder,
+from hftl.tasks import TASKS, CardInfo
+from hftl.tasks.common import (refuse_pooling, BadExamples, argmax_predictions, check_columns_section, classification_labels,
+                               classification_metrics, column, label_encoder, pipeline_predict,
                                load_splits, select_valid)
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from hftl.recipe import Recipe
+    from hftl.schema import Recipe
+    from hftl.strategies.plan import Plan
 
 @dataclass(frozen=True)
 class Geometry:
@@ -147,13 +149,16 @@ class ImageClassification:
     roles = {"image": "image", "label": "label"}
     required_roles = ("image", "label")
     metric = "accuracy"
-    pipeline_tag = "image-classification"
+    towers = ()
+    peft_task_type = None  # peft has no image TaskType: its generic wrapper
+    card = CardInfo("image-classification", '"path/to/image.png"', "AutoPeftModelForImageClassification")
 
     def check(self, recipe: "Recipe") -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
             raise RecipeError(recipe.source_file, "model.checkpoint", "is required for image-classification "
                               "(or model.init_from, an earlier run)",
                               hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).")
+        refuse_pooling(recipe, "the checkpoint's own pooling (ViT: CLS token; CNNs: global average)")
         check_columns_section(recipe, self.roles)
 
     def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
@@ -162,7 +167,7 @@ class ImageClassification:
     def load_processor(self, recipe: "Recipe") -> Any:
         from transformers import AutoImageProcessor
 
-        from hftl.checkpoints import load_pretrained, model_source
+        from hftl.pretrained import load_pretrained, model_source
 
         processor = load_pretrained(AutoImageProcessor, model_source(recipe), revision=recipe.model.revision,
                                     trust_remote_code=recipe.model.trust_remote_code, what="image processor")
@@ -199,18 +204,26 @@ class ImageClassification:
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
         from transformers import AutoModelForImageClassification
 
-        from hftl.checkpoints import load_model_for_labels
+        from hftl.pretrained import load_model_for_labels
 
         model = load_model_for_labels(AutoModelForImageClassification, recipe, labels)
         if recipe.data.image_size:
             fit_image_size(model, recipe.data.image_size, recipe)
         return model
 
-    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
-        from hftl.metrics import load_metric
+    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+        from hftl.strategies.plan import plan_model
 
-        return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
-                                                           references=references.tolist())
+        return plan_model(model, recipe, steps_per_epoch, total_steps)
+
+    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return argmax_predictions(outputs, batch)
+
+    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
+        return classification_metrics(predictions, references)
+
+    def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        return pipeline_predict(run_dir, "image-classification", inputs, top_k)
 
 
 def undecoded(ds: "datasets.Dataset", image_col: str, recipe: "Recipe") -> "datasets.Dataset":

@@ -4,14 +4,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hftl.errors import RecipeError
-from hftl.tasks import TASKS
-from hftl.tasks.common import (check_columns_section, classification_labels, column, label_encoder, load_splits,
+from hftl.tasks import TASKS, CardInfo
+from hftl.tasks.common import (argmax_predictions, check_columns_section, classification_labels,
+                               classification_metrics, column, label_encoder, load_splits, pipeline_predict,
                                select_valid, text_problem, without_length)
 
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.recipe import Recipe
+    from hftl.schema import Recipe
+    from hftl.strategies.plan import Plan
 
 
 class TextClassification:
@@ -19,7 +21,10 @@ class TextClassification:
     roles = {"text": "text", "text_pair": None, "label": "label"}
     required_roles = ("text", "label")
     metric = "accuracy"
-    pipeline_tag = "text-classification"
+    towers = ()
+    peft_task_type = "SEQ_CLS"
+    card = CardInfo("text-classification", '"A warm, funny and very smart film."',
+                    "AutoPeftModelForSequenceClassification")
 
     def check(self, recipe: "Recipe") -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
@@ -35,7 +40,7 @@ class TextClassification:
     def load_processor(self, recipe: "Recipe") -> Any:
         from transformers import AutoTokenizer
 
-        from hftl.checkpoints import load_pretrained, model_source
+        from hftl.pretrained import load_pretrained, model_source
 
         return load_pretrained(AutoTokenizer, model_source(recipe), revision=recipe.model.revision,
                                trust_remote_code=recipe.model.trust_remote_code, what="tokenizer")
@@ -78,15 +83,47 @@ class TextClassification:
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification
 
-        from hftl.checkpoints import load_model_for_labels
+        from hftl.pretrained import load_body, load_model_for_labels, model_source
+        from hftl.tasks import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
 
-        return load_model_for_labels(AutoModelForSequenceClassification, recipe, labels)
+        pooling = resolve_pooling(recipe)
+        if pooling == "pooler":  # the checkpoint's own head class (or an earlier run's, with init_from)
+            return load_model_for_labels(AutoModelForSequenceClassification, recipe, labels)
+        from hftl.tasks.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
+
+        body = load_body(recipe, model_source(recipe), recipe.model.revision)
+        config = PooledClassifierConfig(body=body.config.to_dict(), pooling=pooling, num_labels=len(labels),
+                                        id2label=dict(enumerate(labels)),
+                                        label2id={name: i for i, name in enumerate(labels)})
+        return PooledModelForSequenceClassification(config, body=body)
+
+    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+        from hftl.strategies.plan import plan_model
+
+        return plan_model(model, recipe, steps_per_epoch, total_steps)
+
+    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return argmax_predictions(outputs, batch)
 
     def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
-        from hftl.metrics import load_metric
+        return classification_metrics(predictions, references)
 
-        return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
-                                                           references=references.tolist())
+    def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        from hftl.tasks import pooled_model  # noqa: F401  (registers the pooled classifier with transformers)
+
+        return pipeline_predict(run_dir, "text-classification", inputs, top_k)
+
+
+def resolve_pooling(recipe: "Recipe") -> str:
+    """``model.pooling``, with ``auto`` resolved: the checkpoint's own pooling (sentence-transformers), else
+    ``pooler`` (the checkpoint's head class). An ``init_from`` run keeps the head class it was trained with."""
+    from hftl.pretrained import checkpoint_pooling
+
+    if recipe.model.pooling != "auto":
+        return recipe.model.pooling
+    if recipe.model.init_from:
+        return "pooler"
+    return checkpoint_pooling(recipe.model.checkpoint, recipe.model.revision) or "pooler"
 
 
 TASKS.register("text-classification")(TextClassification())

@@ -12,14 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hftl.errors import CheckpointError, DataError, RecipeError
-from hftl.tasks import TASKS
-from hftl.tasks.common import BadExamples, check_columns_section, column, load_splits, without_length
+from hftl.tasks import TASKS, CardInfo
+from hftl.tasks.common import (refuse_pooling, BadExamples, argmax_predictions, check_columns_section, column, load_splits,
+                               without_length)
 
 if TYPE_CHECKING:
     import datasets
     import torch
 
-    from hftl.recipe import Recipe
+    from hftl.schema import Recipe
+    from hftl.strategies.plan import Plan
 
 IGNORE = -100
 # Byte-level BPE tokenizers need a leading space to tokenize pre-split words as words.
@@ -58,12 +60,18 @@ class TokenClassification:
     roles = {"tokens": "tokens", "tags": "ner_tags"}
     required_roles = ("tokens", "tags")
     metric = "f1"
-    pipeline_tag = "token-classification"
+    towers = ()
+    peft_task_type = "TOKEN_CLS"
+    # "first": a word takes its first sub-word's tag, as hftl trains and scores it ("simple" splits a word
+    # whose later sub-words, never trained, come out as B-X).
+    card = CardInfo("token-classification", '"Jamie flew to Berlin to see the Rolling Stones."',
+                    "AutoPeftModelForTokenClassification", ', aggregation_strategy="first"')
 
     def check(self, recipe: "Recipe") -> None:
         if not recipe.model.checkpoint:
             raise RecipeError(recipe.source_file, "model.checkpoint", "is required for token-classification",
                               hint="e.g. all-MiniLM-L6-v2 (offline) or dmis-lab/biobert-base-cased-v1.2 (Hub).")
+        refuse_pooling(recipe, "every token's state (no pooling)")
         check_columns_section(recipe, self.roles)
 
     def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
@@ -72,7 +80,7 @@ class TokenClassification:
     def load_processor(self, recipe: "Recipe") -> Any:
         from transformers import AutoConfig, AutoTokenizer
 
-        from hftl.checkpoints import load_pretrained
+        from hftl.pretrained import load_pretrained
 
         m = recipe.model
         config = load_pretrained(AutoConfig, m.checkpoint, revision=m.revision, trust_remote_code=m.trust_remote_code,
@@ -161,14 +169,27 @@ class TokenClassification:
         return without_length(DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE))
 
     def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
-        from transformers import AutoModelForTokenClassification
+        from transformers import AutoConfig, AutoModelForTokenClassification
 
-        from hftl.checkpoints import load_pretrained
+        from hftl.pretrained import load_pretrained
 
-        return load_pretrained(
-            AutoModelForTokenClassification, recipe.model.checkpoint, revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+        m = recipe.model
+        label_args = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                      "label2id": {name: i for i, name in enumerate(labels)}}
+        if not m.pretrained:  # the same architecture with random weights (the from-scratch baseline)
+            config = load_pretrained(AutoConfig, m.checkpoint, revision=m.revision,
+                                     trust_remote_code=m.trust_remote_code, what="config", **label_args)
+            return AutoModelForTokenClassification.from_config(config, trust_remote_code=m.trust_remote_code)
+        return load_pretrained(AutoModelForTokenClassification, m.checkpoint, revision=m.revision,
+                               trust_remote_code=m.trust_remote_code, **label_args)
+
+    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+        from hftl.strategies.plan import plan_model
+
+        return plan_model(model, recipe, steps_per_epoch, total_steps)
+
+    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return argmax_predictions(outputs, batch)
 
     def compute_metrics(self, predictions: "torch.Tensor", references: "torch.Tensor",
                         labels: list[str]) -> dict[str, float]:
@@ -182,6 +203,14 @@ class TokenClassification:
             ref_tags.append([labels[r] for _, r in kept])
         scores = load_metric("hftl_seqeval").compute(predictions=pred_tags, references=ref_tags)
         return {key: scores[key] for key in ("precision", "recall", "f1", "accuracy")}
+
+    def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        """The entities found in each text, as ``TYPE:words`` with the mean score of their sub-words."""
+        from transformers import pipeline
+
+        pipe = pipeline("token-classification", model=str(run_dir), aggregation_strategy="first")
+        return [[{"label": f"{e['entity_group']}:{e['word']}", "score": float(e["score"])} for e in out] or
+                [{"label": "(no entities)", "score": 1.0}] for out in pipe(inputs)]
 
 
 TASKS.register("token-classification")(TokenClassification())

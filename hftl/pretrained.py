@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from hftl.checkpointing import read_status
 from hftl.errors import CheckpointError, RecipeError
 from hftl.registry import Registry, did_you_mean
+from hftl.run_folder import read_status
 
 if TYPE_CHECKING:
     from hftl.layers import LayerGroup
-    from hftl.recipe import Recipe
+    from hftl.schema import Recipe
 
 # name -> zero-argument function returning a local save_pretrained folder
 CHECKPOINTS: Registry[Callable[[], str]] = Registry("offline checkpoint")
@@ -101,11 +101,15 @@ def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labe
 
     source = model_source(recipe)
     common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
+    label_args = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                  "label2id": {name: i for i, name in enumerate(labels)}}
+    if not recipe.model.pretrained:  # the same architecture, random weights: the from-scratch baseline
+        config = load_pretrained(AutoConfig, source, what="config", **common, **label_args)
+        return factory.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     old = load_pretrained(AutoConfig, source, what="config", **common)
     old_labels = [old.id2label.get(i) for i in range(old.num_labels)]
-    model, info = load_pretrained(factory, source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                  label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
-                                  output_loading_info=True, **common)
+    model, info = load_pretrained(factory, source, ignore_mismatched_sizes=True, output_loading_info=True, **common,
+                                  **label_args)
     fresh = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
     if old_labels != list(labels):
         head = find_head(model, recipe)
@@ -115,6 +119,52 @@ def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labe
         # timm configs keep the checkpoint's label_names, which transformers would save over id2label
         model.config.label_names = list(labels)
     return model
+
+
+def load_body(recipe: "Recipe", name: str, revision: str | None = None, what: str = "checkpoint"):
+    """A bare ``AutoModel`` backbone: pretrained weights, or (``model.pretrained: false``) random ones."""
+    from transformers import AutoConfig, AutoModel
+
+    remote = recipe.model.trust_remote_code
+    if not recipe.model.pretrained:
+        config = load_pretrained(AutoConfig, name, revision=revision, trust_remote_code=remote, what=what)
+        return AutoModel.from_config(config, trust_remote_code=remote)
+    return load_pretrained(AutoModel, name, revision=revision, trust_remote_code=remote, what=what)
+
+
+def checkpoint_pooling(name: str, revision: str | None = None) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with (its ``1_Pooling/config.json``), or None.
+
+    Read from the local folder, else from the Hub (a missing file or no network: None, so the
+    checkpoint's own head class is used).
+    """
+    path = Path(resolve_checkpoint(name)).expanduser()
+    file = path / "1_Pooling" / "config.json"
+    if not path.is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(name, "1_Pooling/config.json", revision=revision))
+        except Exception:  # not a sentence-transformers repo, offline, gated...: fall back to the head class
+            return None
+    if not file.is_file():
+        return None
+    modes = json.loads(file.read_text(encoding="utf-8"))
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    if modes.get("pooling_mode_max_tokens"):
+        return "max"
+    if modes.get("pooling_mode_mean_tokens") or modes.get("pooling_mode_mean_sqrt_len_tokens"):
+        return "mean"
+    return None
+
+
+def describe_head_input(config: dict) -> str:
+    """What the task head reads, from a model's config (for ``hftl plan`` and the model card)."""
+    if config.get("pooling"):
+        return f"{config['pooling']} pooling of the token states (model.pooling), then dropout + linear"
+    head_class = (config.get("architectures") or ["the checkpoint's head class"])[0]
+    return f"the checkpoint's own head class ({head_class})"
 
 
 def find_head(model, recipe: "Recipe") -> "LayerGroup":

@@ -1,4 +1,4 @@
-"""Atomic, resumable training states and the run folder's status.
+"""Atomic, resumable training states (``checkpoints/``) and the published model files of a run folder.
 
 Every save goes to a hidden temporary folder that is renamed into place only when
 complete, so a run killed mid-save leaves at worst a ``.tmp-*`` folder that
@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
+from hftl.run_folder import write_json_atomic
+
 STATE_FILE = "trainer_state.json"
-STATUS_FILE = "run_status.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what a peft model saves instead of model.safetensors
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -30,25 +30,6 @@ def kill_point(event: str, where: object) -> None:
     """
     if os.environ.get("HFTL_TEST_KILL_AT") == f"{event}:{where}":
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("HFTL_TEST_KILL_SIGNAL", "KILL")))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def set_status(run_dir: Path, status: str, **extra: Any) -> None:
-    """Record whether the run is ``running``, ``interrupted``, ``failed`` or ``completed``."""
-    write_json_atomic(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -90,6 +71,7 @@ def save_checkpoint(accelerator, model, optimizer, run_dir: Path, state: dict[st
         for stale in root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
+    kill_point("saved", state["step"])  # test hook: dies with a complete, resumable state behind
     return final
 
 
