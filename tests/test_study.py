@@ -128,3 +128,156 @@ def test_shipped_studies_validate():
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 5 * 4 * 3
     assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 5 * 3 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
+
+
+# --------------------------------------------------------------------------- running
+def completed_points(rows: list[dict[str, str]], axes=("strategy.name", "train.seed")) -> list[tuple]:
+    return sorted(tuple(r[a] for a in axes) for r in rows if r["state"] == "COMPLETE")
+
+
+def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
+    path = write_study()
+    assert main(["study", str(path)]) == 0
+    out = capsys.readouterr().out
+    folder = path.parent / path.stem
+    rows = read_csv(folder / "results.csv")
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert completed_points(rows) == [("feature_extraction", "0"), ("feature_extraction", "1"), ("full", "0"), ("full", "1")]
+    assert all(0.0 <= float(r["test.accuracy"]) <= 1.0 and float(r["train_seconds"]) >= 0 for r in rows)
+    # a trial keeps what the report needs, not the weights
+    kept = {p.name for p in (folder / "trials" / "0").iterdir()}
+    assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
+    assert not kept & {"model.safetensors", "checkpoints", "best", "config.json"}, kept
+    report = (folder / "report.md").read_text()
+    assert "| full | " in report and "2/2" in report and "optuna-dashboard sqlite:///" in report
+    overhead = [float(r["overhead_seconds"]) for r in rows]
+    run = [float(r["run_seconds"]) for r in rows]
+    with capsys.disabled():
+        print(f"\n[measure] per-trial study overhead {min(overhead):.3f}-{max(overhead):.3f} s "
+              f"(median {sorted(overhead)[2]:.3f} s); hftl.train.run {min(run):.1f}-{max(run):.1f} s per 2-step trial")
+    # rerunning a finished study trains nothing
+    assert main(["study", str(path)]) == 0
+    assert "[study] trial" not in capsys.readouterr().out
+    assert read_csv(folder / "results.csv") == rows
+
+
+def test_failed_trial_is_recorded_and_the_others_go_on(write_study, capsys):
+    # a column that is not in the data fails at run time (validation cannot know the data's columns)
+    path = write_study(axes={"data.columns": [{}, {"text": "no_such_column"}], "train.seed": [0]})
+    assert main(["study", str(path)]) == 1
+    rows = read_csv(path.parent / path.stem / "results.csv")
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL"]
+    assert "no_such_column" in rows[1]["error"] and rows[0]["error"] == ""
+    assert "## Failed trials" in (path.parent / path.stem / "report.md").read_text()
+
+
+def test_report_rebuilds_from_storage_without_training(write_study, capsys):
+    path = write_study(axes={"data.max_train_samples": [40, 80], "strategy.name": ["full"], "train.seed": [0, 1]})
+    assert main(["study", str(path)]) == 0
+    folder = path.parent / path.stem
+    before = read_csv(folder / "results.csv")
+    for name in ("results.csv", "report.md", "metric_vs_data_size.png"):
+        (folder / name).unlink()
+    capsys.readouterr()
+    started = time.perf_counter()
+    assert main(["study", str(path), "--report"]) == 0
+    assert time.perf_counter() - started < 20
+    assert read_csv(folder / "results.csv") == before
+    assert (folder / "metric_vs_data_size.png").stat().st_size > 1000
+    assert "| 40 | full |" in (folder / "report.md").read_text()
+    assert "[study] trial" not in capsys.readouterr().out
+
+
+def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, "the study ended before the condition held"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, capsys):
+    reference = write_study(name="reference")
+    assert main(["study", str(reference)]) == 0
+    expected = read_csv(reference.parent / reference.stem / "results.csv")
+    capsys.readouterr()
+
+    path = write_study(name="killed")
+    folder = path.parent / path.stem
+    proc = hftl_study(str(path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # kill it while trial 1 runs, after trial 0 has finished
+        _wait_for(lambda: (folder / "results.csv").exists() and (folder / "trials" / "1").is_dir(), 300, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done_before = [r for r in read_csv(folder / "results.csv") if r["state"] == "COMPLETE"]
+    assert len(done_before) == 1
+
+    assert main(["study", str(path)]) == 0
+    out = capsys.readouterr().out
+    ran = [line for line in out.splitlines() if line.startswith("[study] trial") and line.endswith("running")]
+    assert len(ran) == 3, out  # the killed trial again, and the two that never started; not trial 0
+    rows = read_csv(folder / "results.csv")
+    assert completed_points(rows) == completed_points(expected) and len(rows) == len(expected)
+    assert [r["attempts"] for r in rows].count("2") == 1  # the killed trial, run again as a new trial
+    by_point = {(r["strategy.name"], r["train.seed"]): r["test.accuracy"] for r in rows}
+    assert by_point == {(r["strategy.name"], r["train.seed"]): r["test.accuracy"] for r in expected}
+
+
+def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
+    path = write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0, 1, 2]})
+    assert main(["study", str(path), "--jobs", "2"]) == 0
+    rows = read_csv(path.parent / path.stem / "results.csv")
+    assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
+    assert len(completed_points(rows)) == len(set(completed_points(rows))) == 6
+    import optuna
+
+    trials = optuna.load_study(study_name="toy-study", storage=f"sqlite:///{path.parent / path.stem / 'study.db'}").trials
+    assert len(trials) == 6  # no extra trial was created
+    workers = {t.user_attrs["hftl_worker"]["pid"] for t in trials}
+    with capsys.disabled():
+        print(f"\n[measure] --jobs 2: 6 trials taken by {len(workers)} worker process(es)")
+
+
+def _pop_all(url: str, folder: str, out: "multiprocessing.Queue") -> None:
+    from hftl.study_engine import _next_trial, open_storage, storage_lock
+
+    study = _POP_STUDY
+    storage = open_storage(study)
+    import optuna
+
+    ostudy = optuna.load_study(study_name=study.name, storage=storage)
+    taken = []
+    while True:
+        with storage_lock(study):
+            trial = _next_trial(study, storage, ostudy)
+        if trial is None:
+            break
+        taken.append(trial.number)
+        ostudy.tell(trial, 0.0)
+    out.put(taken)
+
+
+_POP_STUDY = None
+
+
+def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
+    """Four processes race to pop 40 enqueued grid points (no training): each point goes to exactly one."""
+    import multiprocessing
+
+    from hftl.study_engine import ensure_study, open_storage
+
+    global _POP_STUDY
+    study = load_study(write_study(axes={"train.seed": list(range(40))}), check=False)
+    study.points = [{"train.seed": s} for s in range(40)]
+    ensure_study(study, open_storage(study))
+    _POP_STUDY = study
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_pop_all, args=(study.storage_url, str(study.folder), queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    taken = [n for _ in procs for n in queue.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert sorted(taken) == list(range(40))
