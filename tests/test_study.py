@@ -196,6 +196,7 @@ def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None) -
         time.sleep(0.2)
 
 
+@pytest.mark.distributed  # launches processes (about 2 min)
 def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, capsys):
     reference = write_study(name="reference")
     assert main(["study", str(reference)]) == 0
@@ -224,6 +225,7 @@ def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, c
     assert by_point == {(r["strategy.name"], r["train.seed"]): r["test.accuracy"] for r in expected}
 
 
+@pytest.mark.distributed  # launches worker processes (about 2 min)
 def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
     path = write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0, 1, 2]})
     assert main(["study", str(path), "--jobs", "2"]) == 0
@@ -281,3 +283,15 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
     for p in procs:
         p.join()
     assert sorted(taken) == list(range(40))
+
+
+def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
+    from hftl.study_engine import ensure_study, open_storage
+
+    path = write_study()
+    study = load_study(path)
+    ensure_study(study, open_storage(study))
+    ensure_study(study, open_storage(study))  # the same study loads again
+    changed = load_study(write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]}))
+    with pytest.raises(HftlError, match="already holds a study named 'toy-study' with another recipe"):
+        ensure_study(changed, open_storage(changed))
