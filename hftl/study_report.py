@@ -173,8 +173,10 @@ def _line_plot(study: Study, cells: list[dict[str, Any]], x_axis: str, name: str
         ax.errorbar(xs, [c["mean"] for c in line], yerr=[c["std"] for c in line], marker="o", capsize=3, label=label)
     if categorical:  # LR multipliers include 0: evenly spaced, labelled ticks
         ax.set_xticks(range(len(ticks)), [f"{t:g}" for t in ticks])
-    if log_x:
+    if log_x:  # ticks at the sizes run, written plainly (not 4x10^1)
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel(f"{xlabel} ({x_axis})")
     ax.set_ylabel(study.metric)
     ax.set_title(f"{study.name}: mean ± std over seeds")
