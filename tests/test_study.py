@@ -295,3 +295,22 @@ def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
     changed = load_study(write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]}))
     with pytest.raises(HftlError, match="already holds a study named 'toy-study' with another recipe"):
         ensure_study(changed, open_storage(changed))
+
+
+def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
+    """The plots chosen by axis kinds, on synthetic cells (model.pretrained / data.shift are not recipe keys yet)."""
+    from hftl.study import Axis, AxisValue, Study, StudySpec
+    from hftl.study_report import write_plots
+
+    def axis(name, kind, labels):
+        return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
+
+    study = Study(tmp_path / "s.yaml", StudySpec(recipe="r.yaml", axes={"x": [1]}), "s", tmp_path, tmp_path / "r.yaml",
+                  [axis("lr", "lr_multiplier", [0, 0.1, 1.0]), axis("model.pretrained", "pretrained", [True, False]),
+                   axis("data.shift.severity", "shift_severity", [0, 3, 5]), axis("train.seed", "seed", [0, 1])],
+                  "test.accuracy", "maximize")
+    cells = [{"labels": {"lr": lr, "model.pretrained": p, "data.shift.severity": s}, "n": 2, "total": 2,
+              "mean": 0.5 + 0.1 * p - 0.02 * s + lr / 10, "std": 0.01, "train_seconds": 1.0}
+             for lr in (0, 0.1, 1.0) for p in (True, False) for s in (0, 3, 5)]
+    assert write_plots(study, cells) == ["metric_vs_lr_multiplier.png", "transfer_gain_vs_shift.png"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in write_plots(study, cells))
