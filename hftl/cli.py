@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", help="branch to push to (created from main if missing)")
+    study = sub.add_parser("study", help="run a study (a grid or search over recipe overrides); resumable")
+    study.add_argument("study", help="study YAML file, e.g. studies/sentiment-strategies.yaml")
+    study.add_argument("--storage", help="Optuna RDB URL shared by workers (default: sqlite in the study folder)")
+    study.add_argument("--jobs", type=int, help="local worker processes (default: the study's jobs, else 1)")
+    study.add_argument("--report", action="store_true", help="rebuild results.csv, report.md and plots; no training")
     return parser
 
 
@@ -115,6 +120,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push_run(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
     print(f"pushed {args.run_dir} -> {url}")
     return 0
+
+
+@command
+def cmd_study(args: argparse.Namespace) -> int:
+    from hftl.study import report_study, run_study
+
+    if args.report:
+        print(report_study(args.study, args.storage))
+        return 0
+    return run_study(args.study, args.storage, args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
