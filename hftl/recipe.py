@@ -98,8 +98,25 @@ def check_recipe(recipe: Recipe) -> Recipe:
                           hint=f"Allowed: {', '.join(TASKS.names())}.")
     task = TASKS.get(recipe.task)
     recipe = recipe.model_copy(update={"strategy": check_strategy(recipe.strategy, recipe, "strategy")})
+    if recipe.data.shift is not None:
+        check_shift(recipe, task.roles)
     task.check(recipe)
     return recipe
+
+
+def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
+    """A known shift, of an input the task reads (images or texts)."""
+    from hftl.shifts import SHIFTS
+
+    shift = recipe.data.shift
+    if shift.name not in SHIFTS:
+        raise RecipeError(recipe.source_file, "data.shift.name", f"unknown shift '{shift.name}'."
+                          f"{did_you_mean(shift.name, SHIFTS.names())}", hint=f"Allowed: {', '.join(SHIFTS.names())}.")
+    modality = SHIFTS.get(shift.name).modality
+    if modality not in roles:
+        fitting = [n for n, s in SHIFTS.items() if s.modality in roles]
+        raise RecipeError(recipe.source_file, "data.shift.name", f"'{shift.name}' shifts {modality} inputs, which "
+                          f"task '{recipe.task}' does not read", hint=f"Use one of: {', '.join(fitting) or '(none)'}.")
 
 
 def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:

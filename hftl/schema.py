@@ -71,6 +71,15 @@ class AugmentSection(Section):
     hflip: bool = True
 
 
+class ShiftSection(Section):
+    name: str = Field(description="A shift of hftl.shifts.SHIFTS, e.g. gaussian_noise, contrast, char_noise.")
+    severity: int = Field(ge=0, le=5, description="0 = identity, 1..5 ever stronger (ImageNet-C style).")
+    seed: int = Field(0, ge=0)
+    splits: list[Literal["train", "validation", "test"]] = Field(
+        ["train", "validation", "test"], min_length=1,
+        description="Which splits are shifted: all (a shifted target domain) or test only (a robustness test).")
+
+
 class DataSection(Section):
     source: str = Field(description="Catalog name, Hub dataset id, local file (csv/json/jsonl/parquet) or folder.")
     config_name: str | None = None
@@ -89,6 +98,7 @@ class DataSection(Section):
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad examples: fail, or skip and report.")
     label_all_subtokens: bool = Field(False, description="NER: label every sub-word, not just the first.")
     augment: AugmentSection = AugmentSection()
+    shift: ShiftSection | None = Field(None, description="A named, seeded, graded domain shift of the inputs.")
 
     @field_validator("label_names")
     @classmethod

@@ -79,3 +79,29 @@ def test_unknown_names_and_bad_severities_are_user_errors():
     for bad in (-1, 6, 2.5, True):
         with pytest.raises(HftlError, match="severity must be an integer 0..5"):
             apply_shift("contrast", bad)
+
+
+# --------------------------------------------------------------------------- data.shift in a recipe
+def test_recipe_shift_changes_only_the_named_splits(text_recipe):
+    from hftl.recipe import load_recipe
+    from hftl.tasks import TASKS
+
+    task = TASKS.get("text-classification")
+    plain = task.load_splits(load_recipe(text_recipe()))
+    shifted = task.load_splits(load_recipe(text_recipe(
+        data={"shift": {"name": "char_noise", "severity": 5, "seed": 1, "splits": ["test"]}})))
+    assert shifted["train"]["text"] == plain["train"]["text"]
+    changed = sum(a != b for a, b in zip(shifted["test"]["text"], plain["test"]["text"]))
+    assert changed > 0.5 * len(plain["test"])
+
+
+def test_recipe_shift_must_fit_the_tasks_inputs(text_recipe):
+    import pytest
+
+    from hftl.errors import RecipeError
+    from hftl.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=r"data.shift.name.*shifts image inputs.*Use one of: char_noise"):
+        load_recipe(text_recipe(data={"shift": {"name": "gaussian_noise", "severity": 2}}))
+    with pytest.raises(RecipeError, match=r"data.shift.name.*unknown shift 'char_nose'. Did you mean 'char_noise'"):
+        load_recipe(text_recipe(data={"shift": {"name": "char_nose", "severity": 2}}))

@@ -61,12 +61,29 @@ def load_splits(recipe: "Recipe", roles: dict[str, str | None], required: tuple[
     splits["train"] = data.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
     for name in [s for s in splits if s != "train"]:
         splits[name] = data.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
+    if d.shift is not None:
+        splits = shift_splits(splits, recipe, roles)
     present = splits["train"].column_names
     for role in required:
         col = column(recipe, roles, role)
         if col not in present:
             raise RecipeError(recipe.source_file, f"data.columns.{role}", f"column '{col}' is not in {d.source}",
                               hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.")
+    return splits
+
+
+def shift_splits(splits: "datasets.DatasetDict", recipe: "Recipe", roles: dict[str, str | None]
+                 ) -> "datasets.DatasetDict":
+    """Apply ``data.shift`` to the input column it names (after carving and subsampling, before encoding)."""
+    from hftl.shifts import SHIFTS, apply_shift
+
+    shift = recipe.data.shift
+    col = column(recipe, roles, SHIFTS.get(shift.name).modality)
+    fn = apply_shift(shift.name, shift.severity, shift.seed)
+    for name in shift.splits:
+        if name in splits and shift.severity > 0:
+            splits[name] = splits[name].map(lambda batch: {col: [fn(x) for x in batch[col]]}, batched=True,
+                                            desc=f"Shifting {name} ({shift.name}, severity {shift.severity})")
     return splits
 
 
