@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,13 @@ demo: setup
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $$(nproc) --num_machines 1 --mixed_precision no --dynamo_backend no \
 	  hftl/run.py recipes/sentiment.yaml output.overwrite=true
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+lint: setup
+	$(VENV)/bin/ruff check hftl tests benchmarks
+	$(VENV)/bin/ruff format --check hftl tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/run.py

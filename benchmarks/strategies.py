@@ -12,6 +12,7 @@ at batch 16 leave every strategy at the majority class, hence 1000 and 4000 by d
 per cell, no repeats: differences of a point or two are noise (500 test examples: standard
 error about 2 points).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def strategies(n_train: int) -> dict[str, list[str]]:
         "full": ["strategy.name=full"],
         "full + LLRD 0.8": ["strategy.name=full", "strategy.llrd={decay: 0.8}"],
         f"progressive (1 group / {every} steps)": [
-            "strategy.name=progressive", f"strategy.progressive={{unit: step, every: {every}}}"],
+            "strategy.name=progressive",
+            f"strategy.progressive={{unit: step, every: {every}}}",
+        ],
     }
 
 
@@ -48,14 +51,29 @@ def measure(n_train: int, overrides: list[str], threads: int, out: Path) -> dict
     from hftl.recipe import load_recipe
     from hftl.train import run
 
-    recipe = load_recipe(RECIPE, [
-        f"data.max_train_samples={n_train}", "data.max_eval_samples=500", "train.epochs=1",
-        f"train.batch_size={BATCH}", f"optim.lr={LR}", f"optim.head_lr={HEAD_LR}", f"train.num_threads={threads}",
-        f"output.dir={out}", "output.overwrite=true", *overrides])  # the strategy's overrides come last and win
+    recipe = load_recipe(
+        RECIPE,
+        [
+            f"data.max_train_samples={n_train}",
+            "data.max_eval_samples=500",
+            "train.epochs=1",
+            f"train.batch_size={BATCH}",
+            f"optim.lr={LR}",
+            f"optim.head_lr={HEAD_LR}",
+            f"train.num_threads={threads}",
+            f"output.dir={out}",
+            "output.overwrite=true",
+            *overrides,
+        ],
+    )  # the strategy's overrides come last and win
     started = time.perf_counter()
     result = run(recipe)
-    return {"accuracy": result.metrics["test"]["accuracy"], "f1_macro": result.metrics["test"]["f1_macro"],
-            "train_seconds": result.metrics["train_seconds"], "wall_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "accuracy": result.metrics["test"]["accuracy"],
+        "f1_macro": result.metrics["test"]["f1_macro"],
+        "train_seconds": result.metrics["train_seconds"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> int:
@@ -81,8 +99,10 @@ def main() -> int:
     print("| train examples | strategy | test accuracy | test macro-F1 | train time (s) | wall time (s) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['train examples']} | {r['strategy']} | {r['accuracy']:.3f} | {r['f1_macro']:.3f} | "
-              f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+        print(
+            f"| {r['train examples']} | {r['strategy']} | {r['accuracy']:.3f} | {r['f1_macro']:.3f} | "
+            f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -8,6 +8,7 @@ build, storage writes, results.csv, pruning the trial folder: everything but ``h
 the run's own fixed costs (``hftl.train.run`` minus its training loop), and the training loop.
 Also: validating the shipped 60-trial sentiment study, and ``--report`` from storage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,35 @@ def tiny_setup(folder: Path) -> Path:
     model_dir.mkdir()
     vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL))
     (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(model_dir)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(model_dir)
     BertTokenizer(vocab=str(model_dir / "vocab.txt")).save_pretrained(model_dir)
     rows = make_reviews(480)
     with open(folder / "reviews.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    recipe = {"name": "toy", "task": "text-classification", "model": {"checkpoint": str(model_dir)},
-              "data": {"source": str(folder / "reviews.csv"), "group_column": "movie", "max_length": 16,
-                       "max_eval_samples": 32},
-              "optim": {"lr": 2e-3, "warmup_ratio": 0.0},
-              "train": {"max_steps": 2, "eval_steps": 2, "batch_size": 8}}
+    recipe = {
+        "name": "toy",
+        "task": "text-classification",
+        "model": {"checkpoint": str(model_dir)},
+        "data": {
+            "source": str(folder / "reviews.csv"),
+            "group_column": "movie",
+            "max_length": 16,
+            "max_eval_samples": 32,
+        },
+        "optim": {"lr": 2e-3, "warmup_ratio": 0.0},
+        "train": {"max_steps": 2, "eval_steps": 2, "batch_size": 8},
+    }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return folder / "recipe.yaml"
 
@@ -57,8 +74,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=8, help="grid points (seeds x 2 strategies)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                      TOKENIZERS_PARALLELISM="false")
+    os.environ.update(
+        OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     import yaml
 
     from hftl.study import load_study, report_study, run_study
@@ -70,8 +88,17 @@ def main() -> None:
         folder = Path(tmp)
         tiny_setup(folder)
         study = folder / "bench.yaml"
-        study.write_text(yaml.safe_dump({"recipe": "recipe.yaml", "axes": {
-            "strategy.name": ["full", "feature_extraction"], "train.seed": list(range(max(1, args.points // 2)))}}))
+        study.write_text(
+            yaml.safe_dump(
+                {
+                    "recipe": "recipe.yaml",
+                    "axes": {
+                        "strategy.name": ["full", "feature_extraction"],
+                        "train.seed": list(range(max(1, args.points // 2))),
+                    },
+                }
+            )
+        )
         started = time.perf_counter()
         run_study(study)
         total = time.perf_counter() - started
@@ -84,8 +111,10 @@ def main() -> None:
     fixed = [r - t for r, t in zip(col["run_seconds"], col["train_seconds"])]
     med = statistics.median
     print(f"\n{len(rows)} trials in {total:.1f} s ({total / len(rows):.2f} s a trial, first one pays the imports)")
-    print(f"  study bookkeeping per trial (all but hftl.train.run): median {med(col['overhead_seconds']):.3f} s, "
-          f"max {max(col['overhead_seconds']):.3f} s")
+    print(
+        f"  study bookkeeping per trial (all but hftl.train.run): median {med(col['overhead_seconds']):.3f} s, "
+        f"max {max(col['overhead_seconds']):.3f} s"
+    )
     print(f"  hftl.train.run fixed costs (run minus training loop):  median {med(fixed):.2f} s")
     print(f"  training loop (2 steps + validation):                   median {med(col['train_seconds']):.2f} s")
     print(f"  validating studies/sentiment-strategies.yaml (60 recipes): {validate:.2f} s")

@@ -7,6 +7,7 @@ comparison uses the same model, rows, tokenization, batch size and steps; only
 the thing compared differs. Step times come from a global optimizer-step hook
 (the same clock for hftl, a plain loop and the Trainer), skipping warm-up steps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 WORKLOADS: dict[str, Callable[..., dict[str, Any]]] = {}
 WARMUP_STEPS = 3
@@ -36,9 +38,10 @@ def text_recipe(name: str, checkpoint: str, out: Path, **sections: dict[str, Any
     from hftl.recipe import validate_recipe
 
     doc: dict[str, Any] = {
-        "name": name, "task": "text-classification", "model": {"checkpoint": checkpoint},
-        "data": {"source": "rotten-tomatoes", "group_column": "movie_name", "max_length": 64,
-                 "splits": {"test": None}},
+        "name": name,
+        "task": "text-classification",
+        "model": {"checkpoint": checkpoint},
+        "data": {"source": "rotten-tomatoes", "group_column": "movie_name", "max_length": 64, "splits": {"test": None}},
         "optim": {"lr": 5e-5, "head_lr": 5e-4, "warmup_ratio": 0.06},
         "train": {"batch_size": 16, "seed": 42, "log_steps": 10, "group_by_length": False},
         "output": {"dir": str(out), "overwrite": True},
@@ -119,8 +122,16 @@ class PeakRSS:
 def trainer_args(out: Path, **kwargs: Any):
     from transformers import TrainingArguments
 
-    return TrainingArguments(output_dir=str(out), report_to=[], save_strategy="no", use_cpu=True,
-                             dataloader_num_workers=0, disable_tqdm=True, seed=42, **kwargs)
+    return TrainingArguments(
+        output_dir=str(out),
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=42,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- 1. full fine-tuning loops
@@ -130,9 +141,13 @@ def finetune(variant: str, steps: int, batch_size: int, max_length: int, tmp: st
     import torch
 
     out = Path(tmp) / variant
-    recipe = text_recipe("bench-finetune", "all-MiniLM-L6-v2", out, data={"max_length": max_length,
-                         "max_train_samples": steps * batch_size, "max_eval_samples": 32},
-                         train={"max_steps": steps, "batch_size": batch_size, "eval_steps": 10_000})
+    recipe = text_recipe(
+        "bench-finetune",
+        "all-MiniLM-L6-v2",
+        out,
+        data={"max_length": max_length, "max_train_samples": steps * batch_size, "max_eval_samples": 32},
+        train={"max_steps": steps, "batch_size": batch_size, "eval_steps": 10_000},
+    )
     clock = StepClock()
     if variant == "hftl":
         from hftl.train import run
@@ -163,8 +178,15 @@ def finetune(variant: str, steps: int, batch_size: int, max_length: int, tmp: st
     else:
         from transformers import Trainer
 
-        args = trainer_args(out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=recipe.optim.lr,
-                            warmup_steps=round(0.06 * steps), weight_decay=0.01, logging_steps=10)
+        args = trainer_args(
+            out,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=recipe.optim.lr,
+            warmup_steps=round(0.06 * steps),
+            weight_decay=0.01,
+            logging_steps=10,
+        )
         Trainer(model=model, args=args, train_dataset=train, data_collator=collate).train()
     return {"step_s": clock.per_step(median=True), "steps": len(clock.times)}
 
@@ -179,9 +201,8 @@ def frozen_body(variant: str, model: str, epochs: int, n_train: int, n_eval: int
     import torch
     from transformers import Trainer
 
-    from hftl.train import run
-
     from hftl import feature_cache
+    from hftl.train import run
 
     out = Path(tmp) / f"{model}-{variant}"
     started = time.perf_counter()
@@ -199,8 +220,11 @@ def frozen_body(variant: str, model: str, epochs: int, n_train: int, n_eval: int
 
         feature_cache.maybe_use_cache = timed
         metrics = run(recipe).metrics
-        return {"seconds": time.perf_counter() - started, "test_accuracy": metrics["test"]["accuracy"],
-                "training_s": spent["extraction"] + metrics["train_seconds"]}
+        return {
+            "seconds": time.perf_counter() - started,
+            "test_accuracy": metrics["test"]["accuracy"],
+            "training_s": spent["extraction"] + metrics["train_seconds"],
+        }
 
     task, processor, encoded, labels = encoded_data(recipe)
     torch.manual_seed(42)
@@ -209,13 +233,26 @@ def frozen_body(variant: str, model: str, epochs: int, n_train: int, n_eval: int
     for name, param in net.named_parameters():
         param.requires_grad_(name.rpartition(".")[0] in head)
     collate = task.collator(processor, recipe, train=False)
-    args = trainer_args(out, per_device_train_batch_size=recipe.train.batch_size, num_train_epochs=epochs,
-                        learning_rate=recipe.optim.lr, warmup_steps=recipe.optim.warmup_ratio, eval_strategy="epoch",
-                        per_device_eval_batch_size=recipe.train.batch_size * 2, remove_unused_columns=False)
+    args = trainer_args(
+        out,
+        per_device_train_batch_size=recipe.train.batch_size,
+        num_train_epochs=epochs,
+        learning_rate=recipe.optim.lr,
+        warmup_steps=recipe.optim.warmup_ratio,
+        eval_strategy="epoch",
+        per_device_eval_batch_size=recipe.train.batch_size * 2,
+        remove_unused_columns=False,
+    )
     columns = [c for c in encoded["train"].column_names if c not in ("length", "split", "index")]
     data = {split: encoded[split].select_columns(columns) for split in encoded}
-    trainer = Trainer(model=net, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                      data_collator=collate, compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    trainer = Trainer(
+        model=net,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collate,
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
     began = time.perf_counter()
     trainer.train()
     training = time.perf_counter() - began
@@ -228,18 +265,32 @@ def frozen_recipe(model: str, out: Path, epochs: int, n_train: int, n_eval: int)
     from hftl.recipe import validate_recipe
 
     if model == "efficientnet-lite0":
-        doc = {"name": "bench-frozen-image", "task": "image-classification", "model": {"checkpoint": model},
-               "data": {"source": "fashion-mnist", "image_size": 112,
-                        "augment": {"random_resized_crop": False, "hflip": False}}}
+        doc = {
+            "name": "bench-frozen-image",
+            "task": "image-classification",
+            "model": {"checkpoint": model},
+            "data": {
+                "source": "fashion-mnist",
+                "image_size": 112,
+                "augment": {"random_resized_crop": False, "hflip": False},
+            },
+        }
     else:
         checkpoint = tiny_bert(out.parent) if model == "tiny-bert" else model
-        doc = {"name": "bench-frozen-text", "task": "text-classification", "model": {"checkpoint": checkpoint},
-               "data": {"source": "rotten-tomatoes", "group_column": "movie_name", "max_length": 64}}
+        doc = {
+            "name": "bench-frozen-text",
+            "task": "text-classification",
+            "model": {"checkpoint": checkpoint},
+            "data": {"source": "rotten-tomatoes", "group_column": "movie_name", "max_length": 64},
+        }
     doc["data"].update(max_train_samples=n_train, max_eval_samples=n_eval)
     lr = 1e-3 if model == "efficientnet-lite0" else 1e-2  # a linear probe on pooled BERT features needs more
-    doc.update(strategy={"name": "feature_extraction"}, optim={"lr": lr, "warmup_ratio": 0.06},
-               train={"epochs": epochs, "batch_size": 32, "seed": 42, "group_by_length": False},
-               output={"dir": str(out), "overwrite": True})
+    doc.update(
+        strategy={"name": "feature_extraction"},
+        optim={"lr": lr, "warmup_ratio": 0.06},
+        train={"epochs": epochs, "batch_size": 32, "seed": 42, "group_by_length": False},
+        output={"dir": str(out), "overwrite": True},
+    )
     return validate_recipe(doc, None)
 
 
@@ -254,8 +305,15 @@ def tiny_bert(folder: Path) -> str:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("all-MiniLM-L6-v2"))
         torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=128)).save_pretrained(target)
+        BertModel(
+            BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=128,
+            )
+        ).save_pretrained(target)
         tokenizer.save_pretrained(target)
     return str(target)
 
@@ -270,13 +328,17 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
     """
     import torch
 
-    from hftl.build import build_optimizer
-    from hftl.build import plan_for
+    from hftl.build import build_optimizer, plan_for
     from hftl.strategies.plan import apply_plan
 
     strategy = {"name": "full"} if variant == "full" else {"name": "partial", "partial": {"freeze_fraction": 0.5}}
-    recipe = text_recipe("bench-freeze", "all-MiniLM-L6-v2", Path(tmp) / variant, strategy=strategy,
-                         data={"max_length": max_length, "max_train_samples": batch_size * 4})
+    recipe = text_recipe(
+        "bench-freeze",
+        "all-MiniLM-L6-v2",
+        Path(tmp) / variant,
+        strategy=strategy,
+        data={"max_length": max_length, "max_train_samples": batch_size * 4},
+    )
     task, processor, encoded, labels = encoded_data(recipe)
     torch.manual_seed(42)
     model = task.build_model(recipe, labels)
@@ -302,7 +364,12 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"step_s": clock.per_step(median=True), "peak_mb": memory.stop(), "saved_mb": saved / 2**20, "trainable": trainable}
+    return {
+        "step_s": clock.per_step(median=True),
+        "peak_mb": memory.stop(),
+        "saved_mb": saved / 2**20,
+        "trainable": trainable,
+    }
 
 
 # --------------------------------------------------------------------------- 4. dynamic padding
@@ -313,9 +380,15 @@ def padding(variant: str, n_train: int, tmp: str) -> dict[str, Any]:
     from hftl.train import run
 
     root = Path(__file__).resolve().parent.parent
-    overrides = [f"data.max_train_samples={n_train}", "data.max_eval_samples=64", "data.max_length=128",
-                 "train.eval_steps=100000", f"output.dir={Path(tmp) / variant}", "output.overwrite=true",
-                 f"train.group_by_length={variant == 'dynamic'}"]
+    overrides = [
+        f"data.max_train_samples={n_train}",
+        "data.max_eval_samples=64",
+        "data.max_length=128",
+        "train.eval_steps=100000",
+        f"output.dir={Path(tmp) / variant}",
+        "output.overwrite=true",
+        f"train.group_by_length={variant == 'dynamic'}",
+    ]
     if variant == "pad128":
         use_fixed_padding(128)
     clock = StepClock()

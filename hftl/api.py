@@ -1,4 +1,5 @@
 """hftl's small Python API, for notebooks and scripts (``import hftl`` exposes these lazily)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ if TYPE_CHECKING:
     from hftl.train import RunResult
 
 
-def run_recipe(recipe: "str | Path | Recipe", overrides: list[str] | tuple[str, ...] = (),
-               resume: bool | None = None) -> "RunResult":
+def run_recipe(
+    recipe: str | Path | Recipe, overrides: list[str] | tuple[str, ...] = (), resume: bool | None = None
+) -> RunResult:
     """Validate a recipe (a YAML path plus ``key.path=value`` overrides, or a Recipe) and train it."""
     from hftl.recipe import Recipe, load_recipe
     from hftl.train import run

@@ -1,8 +1,9 @@
 """Batches for training: length-grouped, in a seeded order that a resumed run replays."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 class LengthGroupedBatchSampler:
@@ -13,8 +14,14 @@ class LengthGroupedBatchSampler:
     shuffled. The order depends only on (seed, epoch), so a resumed run replays it.
     """
 
-    def __init__(self, lengths: Sequence[int] | None, batch_size: int, seed: int, group_by_length: bool = True,
-                 n: int | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int] | None,
+        batch_size: int,
+        seed: int,
+        group_by_length: bool = True,
+        n: int | None = None,
+    ) -> None:
         self.lengths = list(lengths) if lengths is not None else None
         self.n = len(self.lengths) if self.lengths is not None else int(n or 0)
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
@@ -33,9 +40,10 @@ class LengthGroupedBatchSampler:
         order = torch.randperm(self.n, generator=g).tolist()
         if self.group:
             mega = self.batch_size * 50
-            order = [i for k in range(0, self.n, mega)
-                     for i in sorted(order[k:k + mega], key=lambda j: -self.lengths[j])]
-        batches = [order[k:k + self.batch_size] for k in range(0, self.n, self.batch_size)]
+            order = [
+                i for k in range(0, self.n, mega) for i in sorted(order[k : k + mega], key=lambda j: -self.lengths[j])
+            ]
+        batches = [order[k : k + self.batch_size] for k in range(0, self.n, self.batch_size)]
         if self.group:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]

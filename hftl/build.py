@@ -3,6 +3,7 @@
 ``hftl run`` (:mod:`hftl.train`) and ``hftl plan`` build through the same
 functions, so the plan a user inspects is the plan a run applies.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from hftl.tasks import PreparedData, Task
 
 
-def load_data(recipe: "Recipe", accelerator: Any) -> "PreparedData":
+def load_data(recipe: Recipe, accelerator: Any) -> PreparedData:
     """Load, split, label and encode the data (the main process fills the datasets cache first)."""
     from hftl.tasks import prepare_data
 
@@ -31,43 +32,57 @@ def load_data(recipe: "Recipe", accelerator: Any) -> "PreparedData":
     return data
 
 
-def build_model(recipe: "Recipe", task: "Task", labels: list[str]) -> "torch.nn.Module":
+def build_model(recipe: Recipe, task: Task, labels: list[str]) -> torch.nn.Module:
     """The checkpoint with the task's head, as the strategy trains it (e.g. wrapped with LoRA adapters)."""
     from hftl.strategies import wrap_model
 
     return wrap_model(task.build_model(recipe, labels), recipe)
 
 
-def build_loaders(recipe: "Recipe", task: "Task", data: "PreparedData") -> tuple[Any, dict[str, Any]]:
+def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, dict[str, Any]]:
     """Training loader (length-grouped, seeded per epoch, so a resumed run sees the same batches) + eval loaders."""
     import torch
 
     from hftl.batching import LengthGroupedBatchSampler
 
     train = data.encoded["train"]
-    sampler = LengthGroupedBatchSampler(train["length"] if "length" in train.column_names else None,
-                                        recipe.train.batch_size, seed=recipe.train.seed,
-                                        group_by_length=recipe.train.group_by_length, n=len(train))
+    sampler = LengthGroupedBatchSampler(
+        train["length"] if "length" in train.column_names else None,
+        recipe.train.batch_size,
+        seed=recipe.train.seed,
+        group_by_length=recipe.train.group_by_length,
+        n=len(train),
+    )
     # Each loader has its own generator: starting an iterator then draws no number from the global RNG, so
     # dropout sees the same random stream whether a run was resumed mid-epoch or not.
-    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, generator=torch.Generator(),
-                                           collate_fn=task.collator(data.processor, recipe, train=True))
+    train_dl = torch.utils.data.DataLoader(
+        train,
+        batch_sampler=sampler,
+        generator=torch.Generator(),
+        collate_fn=task.collator(data.processor, recipe, train=True),
+    )
     eval_bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-    eval_dls = {split: torch.utils.data.DataLoader(data.encoded[split], batch_size=eval_bs, generator=torch.Generator(),
-                                                   collate_fn=task.collator(data.processor, recipe, train=False))
-                for split in ("validation", "test") if split in data.encoded}
+    eval_dls = {
+        split: torch.utils.data.DataLoader(
+            data.encoded[split],
+            batch_size=eval_bs,
+            generator=torch.Generator(),
+            collate_fn=task.collator(data.processor, recipe, train=False),
+        )
+        for split in ("validation", "test")
+        if split in data.encoded
+    }
     return train_dl, eval_dls
 
 
-def plan_for(model: "torch.nn.Module", recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+def plan_for(model: torch.nn.Module, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
     """The recipe's plan over an already built model, for given step counts (``hftl plan``, tests, benchmarks)."""
     from hftl.tasks import TASKS
 
     return TASKS.get(recipe.task).plan(model, recipe, steps_per_epoch, total_steps)
 
 
-def build_plan(model: "torch.nn.Module", recipe: "Recipe", task: "Task", n_batches: int,
-               num_processes: int) -> "Plan":
+def build_plan(model: torch.nn.Module, recipe: Recipe, task: Task, n_batches: int, num_processes: int) -> Plan:
     """The strategy's plan over the model; everything that will ever train is made trainable now (before DDP wraps)."""
     from hftl.strategies.plan import count_steps
 
@@ -78,7 +93,7 @@ def build_plan(model: "torch.nn.Module", recipe: "Recipe", task: "Task", n_batch
     return plan
 
 
-def build_optimizer(model: "torch.nn.Module", plan: "Plan", optim: "OptimSection") -> tuple[Any, list[str]]:
+def build_optimizer(model: torch.nn.Module, plan: Plan, optim: OptimSection) -> tuple[Any, list[str]]:
     """AdamW over every parameter that will ever train: one param group per (layer group, decay or not).
 
     Biases and normalisation weights (1-d tensors) get no weight decay. Returns the
@@ -102,7 +117,7 @@ def build_optimizer(model: "torch.nn.Module", plan: "Plan", optim: "OptimSection
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True), names
 
 
-def build_scheduler(optimizer: Any, plan: "Plan", group_names: list[str]) -> Any:
+def build_scheduler(optimizer: Any, plan: Plan, group_names: list[str]) -> Any:
     """LambdaLR from the plan alone: shared schedule x each group's join factor (a pure function of the step)."""
     import torch
 
@@ -118,7 +133,7 @@ def set_step_lrs(optimizer: Any, scheduler: Any, step: int) -> None:
         group["lr"] = group["initial_lr"] * fn(step)
 
 
-def describe_plan(recipe: "Recipe", num_processes: int = 1) -> str:
+def describe_plan(recipe: Recipe, num_processes: int = 1) -> str:
     """Load data and model (no training) and format the plan table, as ``hftl run`` would apply it."""
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
@@ -130,7 +145,7 @@ def describe_plan(recipe: "Recipe", num_processes: int = 1) -> str:
     return format_plan(plan, model) + "\n" + describe_model(model)
 
 
-def describe_model(model: "torch.nn.Module") -> str:
+def describe_model(model: torch.nn.Module) -> str:
     """One line on what the head reads (pooling) and whether the body starts pretrained."""
     from hftl.pretrained import describe_head_input
 

@@ -9,6 +9,7 @@ metrics (per stage when the strategy is staged), the training-curve plots, how
 to load it, and the hftl version and full recipe. Nothing from the environment
 (tokens, user names, hosts) goes into it.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from hftl.errors import HftlError
+from hftl.plots import CURVES_PNG, LR_PNG, plot_run
 from hftl.pretrained import describe_head_input
 from hftl.run_folder import RunFiles, read_json, read_run
-from hftl.plots import CURVES_PNG, LR_PNG, plot_run
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -48,14 +47,25 @@ def write_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
     return path
 
 
-def build_card(run_dir: str | Path, repo_id: str | None = None) -> "ModelCard":
+def build_card(run_dir: str | Path, repo_id: str | None = None) -> ModelCard:
     """The model card of a finished run; ``repo_id`` names the Hub repo in the usage snippets."""
     from huggingface_hub import ModelCard
 
     run = read_run(run_dir)
     repo_id = repo_id or run.recipe.get("hub", {}).get("repo_id")
-    sections = [_summary(run, repo_id), _results(run), _stages(run), _plots(run), _usage(run, repo_id),
-                _strategy(run), _hyperparameters(run), _data(run), _chain(run), _versions(run), _recipe(run)]
+    sections = [
+        _summary(run, repo_id),
+        _results(run),
+        _stages(run),
+        _plots(run),
+        _usage(run, repo_id),
+        _strategy(run),
+        _hyperparameters(run),
+        _data(run),
+        _chain(run),
+        _versions(run),
+        _recipe(run),
+    ]
     body = "\n\n".join(s for s in sections if s)
     return ModelCard(f"---\n{card_data(run, repo_id).to_yaml()}\n---\n\n{body}\n")
 
@@ -67,19 +77,39 @@ def card_data(run: RunFiles, repo_id: str | None = None) -> Any:
     task, source = run.recipe["task"], run.recipe["data"]["source"]
     pipeline_tag = _task(run).card.pipeline_tag
     dataset = _dataset_hub_id(source)
-    results = [EvalResult(task_type=task, dataset_type=dataset or _short_source(source), dataset_name=_short_source(source),
-                          dataset_split=split, metric_type=name, metric_value=round(float(value), 4))
-               for split in ("test", "validation") for name, value in run.final.get(split, {}).items()
-               if name != "loss" and isinstance(value, (int, float))]
+    results = [
+        EvalResult(
+            task_type=task,
+            dataset_type=dataset or _short_source(source),
+            dataset_name=_short_source(source),
+            dataset_split=split,
+            metric_type=name,
+            metric_value=round(float(value), 4),
+        )
+        for split in ("test", "validation")
+        for name, value in run.final.get(split, {}).items()
+        if name != "loss" and isinstance(value, (int, float))
+    ]
     strategy = run.recipe["strategy"]["name"]
-    tags = ["hftl", "transfer-learning", f"strategy:{strategy}", *([str(_adapter_settings(run.adapter_dir)["peft_type"] or "peft").lower()] if run.adapter_dir else [])]
-    library = ("transformers" if run.has_full_model and pipeline_tag
-               else "peft" if run.adapter_dir else None)  # None: hftl's own loader (fusion)
+    tags = [
+        "hftl",
+        "transfer-learning",
+        f"strategy:{strategy}",
+        *([str(_adapter_settings(run.adapter_dir)["peft_type"] or "peft").lower()] if run.adapter_dir else []),
+    ]
+    library = (
+        "transformers" if run.has_full_model and pipeline_tag else "peft" if run.adapter_dir else None
+    )  # None: hftl's own loader (fusion)
     bases = [b for b in (_checkpoint_hub_id(c) for c in _base_checkpoints(run.recipe)) if b]
     return ModelCardData(
-        library_name=library, base_model=(bases[0] if len(bases) == 1 else bases) or None,
-        datasets=[dataset] if dataset else None, pipeline_tag=pipeline_tag,
-        tags=tags, model_name=(repo_id or run.recipe["name"]).split("/")[-1], eval_results=results or None)
+        library_name=library,
+        base_model=(bases[0] if len(bases) == 1 else bases) or None,
+        datasets=[dataset] if dataset else None,
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        model_name=(repo_id or run.recipe["name"]).split("/")[-1],
+        eval_results=results or None,
+    )
 
 
 # --------------------------------------------------------------------------- sections
@@ -90,9 +120,11 @@ def _summary(run: RunFiles, repo_id: str | None) -> str:
     lines = [f"# {(repo_id or r['name']).split('/')[-1]}", ""]
     if r.get("description"):
         lines += [r["description"], ""]
-    lines.append(f"A **{r['task']}** model transferred from {bases}{via} to `{_short_source(r['data']['source'])}` "
-                 f"with the **{r['strategy']['name']}** strategy, trained with "
-                 f"hftl from the recipe at the end of this card.")
+    lines.append(
+        f"A **{r['task']}** model transferred from {bases}{via} to `{_short_source(r['data']['source'])}` "
+        f"with the **{r['strategy']['name']}** strategy, trained with "
+        f"hftl from the recipe at the end of this card."
+    )
     if run.labels:
         shown = ", ".join(f"`{x}`" for x in run.labels[:30]) + (" ..." if len(run.labels) > 30 else "")
         lines += ["", f"Labels ({len(run.labels)}): {shown}."]
@@ -108,9 +140,11 @@ def _results(run: RunFiles) -> str:
     lines = ["## Results", "", _table(["split", *names], rows), ""]
     metric = run.metric
     if metric and run.final.get("best_step") is not None:
-        lines.append(f"The model is the one with the best validation {metric} "
-                     f"({_num(run.final.get(f'best_validation_{metric}'))}), from step {run.final['best_step']} "
-                     f"of {run.final.get('steps', '?')}; the test split was evaluated once, at the end.")
+        lines.append(
+            f"The model is the one with the best validation {metric} "
+            f"({_num(run.final.get(f'best_validation_{metric}'))}), from step {run.final['best_step']} "
+            f"of {run.final.get('steps', '?')}; the test split was evaluated once, at the end."
+        )
     return "\n".join(lines)
 
 
@@ -124,23 +158,39 @@ def _stages(run: RunFiles) -> str:
     rows = []
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else total
-        training = [g["name"] for g in run.plan["groups"] if g.get("start_step") is not None and g["start_step"] <= start]
+        training = [
+            g["name"] for g in run.plan["groups"] if g.get("start_step") is not None and g["start_step"] <= start
+        ]
         inside = [v.get(run.metric) for s, v in evals if start < s <= end and v.get(run.metric) is not None]
         best = (min if run.metric.endswith("loss") else max)(inside) if inside else None
-        rows.append([str(i + 1), f"{start}–{end}", ", ".join(training), _num(best), _num(inside[-1] if inside else None)])
-    return "\n".join(["### Per stage", "", f"Validation {run.metric} within each stage of the schedule:", "",
-                      _table(["stage", "steps", "groups training", f"best {run.metric}", f"last {run.metric}"], rows)])
+        rows.append(
+            [str(i + 1), f"{start}–{end}", ", ".join(training), _num(best), _num(inside[-1] if inside else None)]
+        )
+    return "\n".join(
+        [
+            "### Per stage",
+            "",
+            f"Validation {run.metric} within each stage of the schedule:",
+            "",
+            _table(["stage", "steps", "groups training", f"best {run.metric}", f"last {run.metric}"], rows),
+        ]
+    )
 
 
 def _plots(run: RunFiles) -> str:
-    shown = [(f, alt) for f, alt in ((CURVES_PNG, "training and validation curves"),
-                                     (LR_PNG, "learning rate of every layer group")) if (run.run_dir / f).is_file()]
+    shown = [
+        (f, alt)
+        for f, alt in ((CURVES_PNG, "training and validation curves"), (LR_PNG, "learning rate of every layer group"))
+        if (run.run_dir / f).is_file()
+    ]
     if not shown:
         return ""
     lines = ["## Training curves", ""]
     lines += [f"![{alt}]({f})\n" for f, alt in shown]
-    lines.append("Dashed lines mark the steps at which the strategy unfroze layer groups; the LR plot shows "
-                 "each group's learning rate (input groups light, head dark).")
+    lines.append(
+        "Dashed lines mark the steps at which the strategy unfroze layer groups; the LR plot shows "
+        "each group's learning rate (input groups light, head dark)."
+    )
     return "\n".join(lines)
 
 
@@ -149,23 +199,38 @@ def _usage(run: RunFiles, repo_id: str | None) -> str:
     ref = repo_id or str(run.run_dir)
     blocks = []
     if card.pipeline_tag and run.has_full_model:
-        blocks += [f"```python\nfrom transformers import pipeline\n\npredict = pipeline(\"{card.pipeline_tag}\", "
-                   f"model=\"{ref}\"{card.pipeline_kwargs})\nprint(predict({card.example_input}))\n```",
-                   "The plain `transformers` Auto classes load it too (the label names are in `config.json`)."]
+        blocks += [
+            f'```python\nfrom transformers import pipeline\n\npredict = pipeline("{card.pipeline_tag}", '
+            f'model="{ref}"{card.pipeline_kwargs})\nprint(predict({card.example_input}))\n```',
+            "The plain `transformers` Auto classes load it too (the label names are in `config.json`).",
+        ]
     if run.adapter_dir is not None and card.peft_class:
         cls, sub = card.peft_class, run.adapter_dir.relative_to(run.run_dir).as_posix()
-        where = (f"snapshot_download(\"{repo_id}\", allow_patterns=\"{sub}/*\") + \"/{sub}\"" if repo_id and sub != "."
-                 else f"snapshot_download(\"{repo_id}\")" if repo_id else f"\"{run.adapter_dir}\"")
+        where = (
+            f'snapshot_download("{repo_id}", allow_patterns="{sub}/*") + "/{sub}"'
+            if repo_id and sub != "."
+            else f'snapshot_download("{repo_id}")'
+            if repo_id
+            else f'"{run.adapter_dir}"'
+        )
         fetch = "from huggingface_hub import snapshot_download\n" if repo_id else ""
         merged = " (the root holds the same model with the adapter merged in)" if run.has_full_model else ""
-        blocks += [f"The LoRA adapter, with its trained head, is in `{sub}/`{merged}. With peft, on top of the base "
-                   "model:" if sub != "." else "This repo holds a LoRA adapter with its trained head. With peft:",
-                   f"```python\n{fetch}from peft import {cls}\n\nmodel = {cls}.from_pretrained({where})\n```"]
+        blocks += [
+            f"The LoRA adapter, with its trained head, is in `{sub}/`{merged}. With peft, on top of the base model:"
+            if sub != "."
+            else "This repo holds a LoRA adapter with its trained head. With peft:",
+            f"```python\n{fetch}from peft import {cls}\n\nmodel = {cls}.from_pretrained({where})\n```",
+        ]
     if not blocks:
-        fetch = (f"from huggingface_hub import snapshot_download\n\nrun_dir = snapshot_download(\"{repo_id}\")\n"
-                 if repo_id else f"run_dir = \"{ref}\"\n")
-        blocks += [f"```python\nimport hftl\n{fetch}print(hftl.predict_run(run_dir, [...]))\n```",
-                   "This model loads with hftl's own loader (`hftl.predict_run`, or `hftl predict RUN_DIR`)."]
+        fetch = (
+            f'from huggingface_hub import snapshot_download\n\nrun_dir = snapshot_download("{repo_id}")\n'
+            if repo_id
+            else f'run_dir = "{ref}"\n'
+        )
+        blocks += [
+            f"```python\nimport hftl\n{fetch}print(hftl.predict_run(run_dir, [...]))\n```",
+            "This model loads with hftl's own loader (`hftl.predict_run`, or `hftl predict RUN_DIR`).",
+        ]
     return "\n\n".join(["## How to use", *blocks])
 
 
@@ -174,16 +239,23 @@ def _strategy(run: RunFiles) -> str:
     lines = ["## Transfer strategy", "", f"**{s['name']}**: {_strategy_doc(s['name'])}", ""]
     optim = run.recipe["optim"]
     if s.get("llrd"):
-        lines.append(f"- Layer-wise LR decay {s['llrd']['decay']:g}: a group k groups below the head trains at "
-                     f"{optim['lr']:g} × {s['llrd']['decay']:g}^k; the head at {optim.get('head_lr') or optim['lr']:g}.")
+        lines.append(
+            f"- Layer-wise LR decay {s['llrd']['decay']:g}: a group k groups below the head trains at "
+            f"{optim['lr']:g} × {s['llrd']['decay']:g}^k; the head at {optim.get('head_lr') or optim['lr']:g}."
+        )
     elif s.get("discriminative"):
         d = s["discriminative"]
         spread = d["lrs"] if d.get("lrs") else f"from {d['range'][0]:g} to {d['range'][1]:g}, geometric"
         lines.append(f"- Discriminative LRs per group: {spread}.")
     else:
-        lines.append(f"- One LR for the body ({optim['lr']:g}) and one for the head ({optim.get('head_lr') or optim['lr']:g}).")
-    frozen = [g["name"] for g in plan.get("groups", [])
-              if g.get("start_step") is None or g["start_step"] >= plan.get("total_steps", float("inf"))]
+        lines.append(
+            f"- One LR for the body ({optim['lr']:g}) and one for the head ({optim.get('head_lr') or optim['lr']:g})."
+        )
+    frozen = [
+        g["name"]
+        for g in plan.get("groups", [])
+        if g.get("start_step") is None or g["start_step"] >= plan.get("total_steps", float("inf"))
+    ]
     lines.append(f"- Frozen for the whole run: {', '.join(frozen) if frozen else 'none'}.")
     config = read_json(run.run_dir, "config.json")
     if config:
@@ -193,15 +265,24 @@ def _strategy(run: RunFiles) -> str:
     staged = sorted({g["start_step"] for g in plan.get("groups", []) if g.get("start_step")})
     if staged:
         spe = plan.get("steps_per_epoch") or 1
-        joins = "; ".join(f"step {st} (epoch {st / spe:g}): "
-                          + ", ".join(g["name"] for g in plan["groups"] if g.get("start_step") == st) for st in staged)
+        joins = "; ".join(
+            f"step {st} (epoch {st / spe:g}): "
+            + ", ".join(g["name"] for g in plan["groups"] if g.get("start_step") == st)
+            for st in staged
+        )
         lines.append(f"- Unfreezing schedule: {joins}.")
     if s.get(s["name"]):  # the strategy's own options section, as applied
         lines.append(f"- Options (`strategy.{s['name']}`): {_kv(s[s['name']])}.")
     policy = plan.get("batchnorm", s.get("batchnorm"))
-    lines.append(f"- BatchNorm in frozen groups: **{policy}** ("
-                 + ("eval mode, pretrained running statistics kept" if policy == "frozen"
-                    else "statistics keep updating while the weights stay frozen") + ").")
+    lines.append(
+        f"- BatchNorm in frozen groups: **{policy}** ("
+        + (
+            "eval mode, pretrained running statistics kept"
+            if policy == "frozen"
+            else "statistics keep updating while the weights stay frozen"
+        )
+        + ")."
+    )
     if run.adapter_dir is not None:
         lines.append(f"- peft adapter: {_kv(_adapter_settings(run.adapter_dir))}.")
     for tower, sub in (s.get("towers") or {}).items():
@@ -220,11 +301,19 @@ def _groups_table(run: RunFiles) -> str:
         start = g.get("start_step")
         n_all += total
         n_train += trained if start is not None else 0
-        when = "never (frozen)" if start is None else "step 0" if start == 0 else f"step {start} (epoch {start / spe:g})"
+        when = (
+            "never (frozen)" if start is None else "step 0" if start == 0 else f"step {start} (epoch {start / spe:g})"
+        )
         if start and g.get("warmup_steps"):
             when += f", {g['warmup_steps']}-step LR warmup"
-        rows.append([g["name"] + (" (head)" if g.get("is_head") else ""), f"{total:,}" if sizes else "-",
-                     f"{g['lr']:.2e}" if start is not None else "-", when])
+        rows.append(
+            [
+                g["name"] + (" (head)" if g.get("is_head") else ""),
+                f"{total:,}" if sizes else "-",
+                f"{g['lr']:.2e}" if start is not None else "-",
+                when,
+            ]
+        )
     table = _table(["layer group (input → head)", "parameters", "peak LR", "trains from"], rows)
     if sizes and n_all:
         table += f"\n\nTrained parameters: {n_train:,} of {n_all:,} ({100 * n_train / n_all:.1f}%)."
@@ -234,7 +323,9 @@ def _groups_table(run: RunFiles) -> str:
 def _hyperparameters(run: RunFiles) -> str:
     o, t, f = run.recipe["optim"], run.recipe["train"], run.final
     procs = f.get("num_processes", 1)
-    warmup = f"{o['warmup_steps']} steps" if o.get("warmup_steps") is not None else f"{o['warmup_ratio']:.0%} of the steps"
+    warmup = (
+        f"{o['warmup_steps']} steps" if o.get("warmup_steps") is not None else f"{o['warmup_ratio']:.0%} of the steps"
+    )
     rows = [
         ("optimizer", f"AdamW (betas {tuple(o['betas'])}, eps {o['eps']:g}), weight decay {o['weight_decay']:g}"),
         ("learning rate", f"body {o['lr']:g}, head {o.get('head_lr') or o['lr']:g}"),
@@ -242,8 +333,11 @@ def _hyperparameters(run: RunFiles) -> str:
         ("gradient clipping", f"{o['max_grad_norm']:g}" if o.get("max_grad_norm") else "off"),
         ("length", f"{t['max_steps']} steps" if t.get("max_steps") else f"{t['epochs']:g} epochs"),
         ("steps done", f"{f.get('steps', '?')} ({run.plan.get('steps_per_epoch', '?')} per epoch)"),
-        ("batch size", f"{t['batch_size']} × {t['grad_accum']} accumulation × {procs} process(es) = "
-                       f"{t['batch_size'] * t['grad_accum'] * procs}"),
+        (
+            "batch size",
+            f"{t['batch_size']} × {t['grad_accum']} accumulation × {procs} process(es) = "
+            f"{t['batch_size'] * t['grad_accum'] * procs}",
+        ),
         ("mixed precision", t["mixed_precision"]),
         ("evaluation", f"every {t['eval_steps']} steps" if t.get("eval_steps") else "every epoch"),
         ("early stopping", f"patience {t['early_stopping_patience']}" if t.get("early_stopping_patience") else "off"),
@@ -257,9 +351,14 @@ def _data(run: RunFiles) -> str:
     d = run.recipe["data"]
     counts = run.final.get("examples", {})
     splits = d.get("splits", {})
-    lines = ["## Data", "", f"- Source: `{_short_source(d['source'])}`"
-             + (f" (config `{d['config_name']}`)" if d.get("config_name") else "")
-             + (f" at revision `{d['revision']}`" if d.get("revision") else "") + "."]
+    lines = [
+        "## Data",
+        "",
+        f"- Source: `{_short_source(d['source'])}`"
+        + (f" (config `{d['config_name']}`)" if d.get("config_name") else "")
+        + (f" at revision `{d['revision']}`" if d.get("revision") else "")
+        + ".",
+    ]
     parts = []
     for role in ("train", "validation", "test"):
         name = splits.get(role, role)
@@ -268,9 +367,12 @@ def _data(run: RunFiles) -> str:
         n = f": {counts[role]:,} examples" if role in counts else ""
         parts.append(f"{role} = split `{name}`{n}")
     lines.append("- Splits: " + "; ".join(parts) + ".")
-    lines.append(f"- Splits missing from the source are carved from train (validation {d['validation_size']:g}, "
-                 f"test {d['test_size']:g})" + (f", keeping each `{d['group_column']}` inside one split"
-                                                if d.get("group_column") else "") + ", with the recipe's seed.")
+    lines.append(
+        f"- Splits missing from the source are carved from train (validation {d['validation_size']:g}, "
+        f"test {d['test_size']:g})"
+        + (f", keeping each `{d['group_column']}` inside one split" if d.get("group_column") else "")
+        + ", with the recipe's seed."
+    )
     limits = [f"{k} {d[k]}" for k in ("max_train_samples", "max_eval_samples") if d.get(k)]
     if limits:
         lines.append(f"- Subsampled: {', '.join(limits)}.")
@@ -292,9 +394,11 @@ def _chain(run: RunFiles) -> str:
             lines.append(f"- `{source}` (not available here)")
             break
         test = ", ".join(f"{k} {_num(v)}" for k, v in earlier.final.get("test", {}).items() if k != "loss")
-        lines.append(f"- `{earlier.recipe['name']}`: {earlier.recipe['task']} from "
-                     f"`{earlier.recipe['model'].get('checkpoint')}` on `{_short_source(earlier.recipe['data']['source'])}`, "
-                     f"strategy {earlier.recipe['strategy']['name']}" + (f"; test {test}" if test else ""))
+        lines.append(
+            f"- `{earlier.recipe['name']}`: {earlier.recipe['task']} from "
+            f"`{earlier.recipe['model'].get('checkpoint')}` on `{_short_source(earlier.recipe['data']['source'])}`, "
+            f"strategy {earlier.recipe['strategy']['name']}" + (f"; test {test}" if test else "")
+        )
         source = earlier.recipe["model"].get("init_from")
     return "\n".join(["## Earlier stages", "", "This run started from the weights of:", *lines]) if lines else ""
 
@@ -311,8 +415,10 @@ def _versions(run: RunFiles) -> str:
 
 
 def _recipe(run: RunFiles) -> str:
-    return ("## Recipe\n\nThe resolved recipe (every default spelled out); "
-            "`hftl run recipe.yaml` trains this model again.\n\n```yaml\n" + run.recipe_text.rstrip() + "\n```")
+    return (
+        "## Recipe\n\nThe resolved recipe (every default spelled out); "
+        "`hftl run recipe.yaml` trains this model again.\n\n```yaml\n" + run.recipe_text.rstrip() + "\n```"
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -363,8 +469,11 @@ def _param_sizes(run_dir: Path) -> dict[str, int]:
     A LoRA run has the merged model at the root and the adapter (LoRA matrices, head) in ``adapter/``.
     """
     out: dict[str, int] = {}
-    for path in (run_dir / "model.safetensors", run_dir / "adapter" / "adapter_model.safetensors",
-                 run_dir / "adapter_model.safetensors"):
+    for path in (
+        run_dir / "model.safetensors",
+        run_dir / "adapter" / "adapter_model.safetensors",
+        run_dir / "adapter_model.safetensors",
+    ):
         if path.is_file():
             with open(path, "rb") as fh:
                 (size,) = struct.unpack("<Q", fh.read(8))

@@ -4,13 +4,14 @@ Only argparse and the recipe schema are imported up front, so ``hftl --help``
 and ``hftl validate`` answer in about a second; torch and transformers load
 when a command needs them.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from hftl.errors import HftlError
 
@@ -24,8 +25,10 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hftl", description="Transfer learning with Hugging Face checkpoints, driven by YAML recipes.",
-        epilog="Multi-process: accelerate launch hftl/run.py RECIPE [key.path=value ...] (see README).")
+        prog="hftl",
+        description="Transfer learning with Hugging Face checkpoints, driven by YAML recipes.",
+        epilog="Multi-process: accelerate launch hftl/run.py RECIPE [key.path=value ...] (see README).",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image", action="append", default=[], help="an image path (repeatable)")
     predict.add_argument("--file", help="a file with one input per line (texts, image paths, or image<TAB>text pairs)")
     predict.add_argument("--top-k", type=int, default=1)
-    push = sub.add_parser("push", help="upload a finished run folder to the Hugging Face Hub (one commit)",
-                          description="Upload a finished run folder to the Hugging Face Hub in one commit, with a "
-                          "model card. The token comes from HF_TOKEN or `hf auth login`.")
+    push = sub.add_parser(
+        "push",
+        help="upload a finished run folder to the Hugging Face Hub (one commit)",
+        description="Upload a finished run folder to the Hugging Face Hub in one commit, with a "
+        "model card. The token comes from HF_TOKEN or `hf auth login`.",
+    )
     push.add_argument("run_dir")
     push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repo private")
@@ -75,10 +81,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     m = recipe.model
-    model = m.checkpoint or (m.init_from and f"init_from {m.init_from}") or " + ".join(
-        f"{tower} {spec.checkpoint}" for tower, spec in (m.towers or {}).items())
-    print(f"{args.recipe}: ok ({recipe.task}, {model}, strategy {recipe.strategy.name}, "
-          f"data {recipe.data.source}) -> {recipe.run_dir}")
+    model = (
+        m.checkpoint
+        or (m.init_from and f"init_from {m.init_from}")
+        or " + ".join(f"{tower} {spec.checkpoint}" for tower, spec in (m.towers or {}).items())
+    )
+    print(
+        f"{args.recipe}: ok ({recipe.task}, {model}, strategy {recipe.strategy.name}, "
+        f"data {recipe.data.source}) -> {recipe.run_dir}"
+    )
     return 0
 
 
@@ -98,8 +109,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = list(args.text) + list(args.image)
     if args.image and args.text:  # image + text pairs, in order (fusion runs)
         if len(args.image) != len(args.text):
-            raise HftlError(f"--image and --text pair up in order for an image+text model: got {len(args.image)} "
-                            f"image(s) and {len(args.text)} text(s).")
+            raise HftlError(
+                f"--image and --text pair up in order for an image+text model: got {len(args.image)} "
+                f"image(s) and {len(args.text)} text(s)."
+            )
         inputs = [f"{image}\t{text}" for image, text in zip(args.image, args.text)]
     if args.file:
         with open(args.file, encoding="utf-8") as fh:

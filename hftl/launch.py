@@ -5,6 +5,7 @@ CPU or GPUs, with one or N processes. What that takes (thread shares, torchrun
 on CPU, refusing a launch that started fewer processes than asked, stopping all
 ranks at the same step, ending the process group cleanly) lives here.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ def default_mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def build_accelerator(recipe: "Recipe", find_unused_parameters: bool) -> "Accelerator":
+def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
     """The Accelerator for this launch (DDP tolerates unused parameters when the trainable set changes mid-run)."""
     import torch
     from accelerate import Accelerator
@@ -81,7 +82,8 @@ def check_process_count(accelerator: Any) -> None:
             f"{asked} processes were asked for but only {accelerator.num_processes} started. On CPU, "
             "`accelerate launch --cpu --num_processes N` runs ONE process; use `ACCELERATE_USE_CPU=true accelerate "
             "launch --multi_gpu --num_processes N --num_machines 1 --mixed_precision no --dynamo_backend no "
-            "hftl/run.py RECIPE` or `torchrun --nproc_per_node N hftl/run.py RECIPE`.")
+            "hftl/run.py RECIPE` or `torchrun --nproc_per_node N hftl/run.py RECIPE`."
+        )
 
 
 class StopFlag:

@@ -24,12 +24,14 @@ of a head stays in the head. The first matching group wins; the shipped mappers 
 rely on that (a test checks that their patterns do not overlap). Returned names are
 always the real ones.
 """
+
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -90,8 +92,9 @@ def _pooled_classifier(model: nn.Module) -> GroupPatterns:
     """hftl's pooled text classifier (hftl/tasks/pooled_model.py): its body's groups, then its linear head."""
     body = model.body
     groups = LAYER_MAPPERS.get(str(body.config.model_type))(body)
-    return [(name, [r"^body\." + p.removeprefix("^") for p in patterns]) for name, patterns in groups
-            if name != "head"] + [("head", [r"^classifier\."])]
+    return [
+        (name, [r"^body\." + p.removeprefix("^") for p in patterns]) for name, patterns in groups if name != "head"
+    ] + [("head", [r"^classifier\."])]
 
 
 @LAYER_MAPPERS.register("vit", "deit", "beit", "dinov2", "data2vec-vision")
@@ -134,8 +137,10 @@ def _timm_wrapper(model: nn.Module) -> GroupPatterns:
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     matcher = timm_model.group_matcher(coarse=True)
     if not isinstance(matcher, Mapping):
-        raise HftlError(f"timm model '{model.config.architecture}' groups its layers with a function hftl cannot "
-                        f"read; describe the groups in the recipe instead:\n{_YAML_EXAMPLE}")
+        raise HftlError(
+            f"timm model '{model.config.architecture}' groups its layers with a function hftl cannot "
+            f"read; describe the groups in the recipe instead:\n{_YAML_EXAMPLE}"
+        )
     keys: dict[str, tuple[float, ...]] = {}
     group_of: dict[str, str] = {}
     for name, _ in timm_model.named_parameters():
@@ -188,7 +193,8 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
             f"No layer-group mapper for model type '{model_type}'.{did_you_mean(model_type, LAYER_MAPPERS.names())} "
             f"Known: {', '.join(LAYER_MAPPERS.names())}. Describe the groups in the recipe instead, input first and "
             f"head last, with regexes searched in the parameter names (this model's go from {names[0]!r} to "
-            f"{names[-1]!r}), e.g.:\n{_YAML_EXAMPLE}")
+            f"{names[-1]!r}), e.g.:\n{_YAML_EXAMPLE}"
+        )
 
     compiled = [(group, [re.compile(p) for p in patterns]) for group, patterns in spec]
     group_of: dict[str, str] = {}
@@ -199,13 +205,17 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
     if missing := [name for name in names if name not in group_of]:
         shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
         where = "strategy.layer_groups" if custom is not None else f"the '{model_type}' mapper"
-        raise HftlError(f"{len(missing)} parameter(s) of this '{model_type}' model belong to no layer group in "
-                        f"{where}: {shown}. Add patterns for them to strategy.layer_groups, e.g.:\n{_YAML_EXAMPLE}")
+        raise HftlError(
+            f"{len(missing)} parameter(s) of this '{model_type}' model belong to no layer group in "
+            f"{where}: {shown}. Add patterns for them to strategy.layer_groups, e.g.:\n{_YAML_EXAMPLE}"
+        )
 
     order = [group for group, _ in spec if group in group_of.values()]
     if custom is not None and (empty := [g for g, _ in spec if g not in order]):
-        raise HftlError(f"strategy.layer_groups: group(s) {', '.join(empty)} get no parameter: every parameter "
-                        "their patterns match is claimed by an earlier group (the first matching group wins).")
+        raise HftlError(
+            f"strategy.layer_groups: group(s) {', '.join(empty)} get no parameter: every parameter "
+            "their patterns match is claimed by an earlier group (the first matching group wins)."
+        )
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
         members[group_of[name]].append(name)
@@ -214,16 +224,25 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
     def full(name: str) -> str:
         return prefix + name if name else prefix.rstrip(".")
 
-    return [LayerGroup(name=prefix + group, params=tuple(full(n) for n in members[group]),
-                       modules=tuple(full(m) for m in cover[group]), is_head=group == head) for group in order]
+    return [
+        LayerGroup(
+            name=prefix + group,
+            params=tuple(full(n) for n in members[group]),
+            modules=tuple(full(m) for m in cover[group]),
+            is_head=group == head,
+        )
+        for group in order
+    ]
 
 
 def describe_groups(groups: Sequence[LayerGroup], model: nn.Module) -> list[dict[str, Any]]:
     """One row per group (name, depth, n_params, is_head) for a plan table; `model` is the one the
     groups' parameter names come from (for prefixed towers, the whole fusion model)."""
     numel = {name: p.numel() for name, p in model.named_parameters()}
-    return [{"name": g.name, "depth": depth, "n_params": sum(numel[n] for n in g.params), "is_head": g.is_head}
-            for depth, g in enumerate(groups)]
+    return [
+        {"name": g.name, "depth": depth, "n_params": sum(numel[n] for n in g.params), "is_head": g.is_head}
+        for depth, g in enumerate(groups)
+    ]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -251,12 +270,15 @@ def _custom_spec(custom: CustomGroups, bare_names: list[str]) -> GroupPatterns:
             try:
                 regex = re.compile(pattern)
             except re.error as exc:
-                raise HftlError(f"strategy.layer_groups: pattern {pattern!r} of group '{group}' is not a valid "
-                                f"regex ({exc}).") from None
+                raise HftlError(
+                    f"strategy.layer_groups: pattern {pattern!r} of group '{group}' is not a valid regex ({exc})."
+                ) from None
             if not any(regex.search(name) for name in bare_names):
-                raise HftlError(f"strategy.layer_groups: pattern {pattern!r} of group '{group}' matches no "
-                                f"parameter. Parameter names look like: {', '.join(bare_names[:3])} ... "
-                                f"{bare_names[-1]}.")
+                raise HftlError(
+                    f"strategy.layer_groups: pattern {pattern!r} of group '{group}' matches no "
+                    f"parameter. Parameter names look like: {', '.join(bare_names[:3])} ... "
+                    f"{bare_names[-1]}."
+                )
         spec.append((group, patterns))
     return spec
 

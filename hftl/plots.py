@@ -15,10 +15,12 @@ Dashed vertical lines mark the steps at which the strategy unfreezes groups.
 Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot
 state, no GUI backend, safe in worker processes and notebooks alike.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from hftl.errors import HftlError
 from hftl.run_folder import FINAL_FILE, PLAN_FILE, best_metric, read_json, read_log
@@ -51,8 +53,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     records = read_log(run_dir)
     title = run_dir.name
-    figures = {CURVES_PNG: training_curves(records, run_metric(run_dir), stage_starts(run_dir), title),
-               LR_PNG: learning_rates(records, _group_order(run_dir), stage_starts(run_dir), title)}
+    figures = {
+        CURVES_PNG: training_curves(records, run_metric(run_dir), stage_starts(run_dir), title),
+        LR_PNG: learning_rates(records, _group_order(run_dir), stage_starts(run_dir), title),
+    }
     paths = []
     for name, figure in figures.items():
         figure.savefig(run_dir / name, dpi=110)
@@ -60,8 +64,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return paths
 
 
-def training_curves(records: list[dict[str, Any]], metric: str | None = None,
-                    starts: dict[int, list[str]] | None = None, title: str = "") -> "Figure":
+def training_curves(
+    records: list[dict[str, Any]],
+    metric: str | None = None,
+    starts: dict[int, list[str]] | None = None,
+    title: str = "",
+) -> Figure:
     """Training loss + validation loss (left) and validation metrics (right) over optimizer steps."""
     from matplotlib.figure import Figure
 
@@ -80,15 +88,20 @@ def training_curves(records: list[dict[str, Any]], metric: str | None = None,
     for name in names:
         points = [(s, v[name]) for s, v in evals if isinstance(v.get(name), (int, float))]
         if points:
-            metric_ax.plot(*zip(*points), "o-", label=name, lw=2.2 if name == metric else 1.0,
-                           alpha=1.0 if name == metric else 0.6)
+            metric_ax.plot(
+                *zip(*points), "o-", label=name, lw=2.2 if name == metric else 1.0, alpha=1.0 if name == metric else 0.6
+            )
     _finish(metric_ax, f"validation {metric or 'metrics'}", starts)
     fig.suptitle(f"{title}: training curves" if title else "training curves")
     return fig
 
 
-def learning_rates(records: list[dict[str, Any]], groups: list[str] | None = None,
-                   starts: dict[int, list[str]] | None = None, title: str = "") -> "Figure":
+def learning_rates(
+    records: list[dict[str, Any]],
+    groups: list[str] | None = None,
+    starts: dict[int, list[str]] | None = None,
+    title: str = "",
+) -> Figure:
     """The LR of every layer group over steps (input groups light, head dark)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -116,8 +129,9 @@ def learning_rates(records: list[dict[str, Any]], groups: list[str] | None = Non
     return fig
 
 
-def compare_runs(run_dirs: dict[str, str | Path] | Iterable[str | Path], metric: str | None = None,
-                 path: str | Path | None = None) -> "Figure":
+def compare_runs(
+    run_dirs: dict[str, str | Path] | Iterable[str | Path], metric: str | None = None, path: str | Path | None = None
+) -> Figure:
     """Validation ``metric`` over steps for several runs in one figure (saved to ``path`` when given).
 
     ``run_dirs`` is a list of run folders or a ``{label: run folder}`` mapping.
@@ -129,8 +143,7 @@ def compare_runs(run_dirs: dict[str, str | Path] | Iterable[str | Path], metric:
     ax = fig.subplots()
     for label, run_dir in labelled.items():
         name = metric or run_metric(run_dir)
-        points = [(r["step"], r["validation"][name]) for r in read_log(run_dir)
-                  if name in r.get("validation", {})]
+        points = [(r["step"], r["validation"][name]) for r in read_log(run_dir) if name in r.get("validation", {})]
         if not points:
             raise HftlError(f"{run_dir}: no validation '{name}' in metrics.jsonl to compare.")
         ax.plot(*zip(*points), "o-", label=label)
@@ -142,12 +155,20 @@ def compare_runs(run_dirs: dict[str, str | Path] | Iterable[str | Path], metric:
 
 
 # --------------------------------------------------------------------------- helpers
-def _finish(ax: "Axes", ylabel: str, starts: dict[int, list[str]] | None) -> None:
+def _finish(ax: Axes, ylabel: str, starts: dict[int, list[str]] | None) -> None:
     for step, names in (starts or {}).items():
         shown = ", ".join(names) if len(names) <= 2 else f"{len(names)} groups"
         ax.axvline(step, color="grey", ls="--", lw=0.8)
-        ax.annotate(f"+{shown}", (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                    ha="right", fontsize="x-small", color="grey")
+        ax.annotate(
+            f"+{shown}",
+            (step, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize="x-small",
+            color="grey",
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

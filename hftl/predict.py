@@ -1,5 +1,6 @@
 """Predictions from a trained run folder, through the task that trained it (a plain ``transformers.pipeline``
 for the single-checkpoint tasks)."""
+
 from __future__ import annotations
 
 from pathlib import Path

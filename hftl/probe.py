@@ -10,6 +10,7 @@ from the previous one), as scikit-learn's ``LogisticRegressionCV`` would; we
 solve in torch rather than calling scikit-learn so the weights land directly in
 the model's own ``nn.Linear`` (same dtype, device, parameter names).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)  # of the mean loss; sklearn's C=1 at n=1,000 is 1e-3
+# L2 strength of the mean loss on standardised features, strongest first. Measured on MiniLM mean-pooled features
+# (Rotten Tomatoes, 100-4,000 snippets, 3 seeds): the best fixed value is 1 (10 at n=100), the validation pick lands
+# within 1 point of it, and a narrower grid hits its edges; sklearn's default C=1 is 1/n (under-regularised).
+L2_GRID = (1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,26 @@ def head_inputs(chain: list[nn.Module], rows: Any) -> torch.Tensor | None:
     return x.clone()
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression (mean cross-entropy + l2/2 ||W||^2, bias unpenalised) by L-BFGS."""
     weight = (init[0].clone() if init else torch.zeros(n_classes, x.shape[1])).requires_grad_(True)
     bias = (init[1].clone() if init else torch.zeros(n_classes)).requires_grad_(True)
-    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                               tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    solver = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         solver.zero_grad()
@@ -70,8 +86,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
     return weight.detach(), bias.detach()
 
 
-def fit_probe(chain: list[nn.Module], train_rows: Any, train_labels: list[int], val_rows: Any,
-              val_labels: list[int]) -> ProbeFit | None:
+def fit_probe(
+    chain: list[nn.Module], train_rows: Any, train_labels: list[int], val_rows: Any, val_labels: list[int]
+) -> ProbeFit | None:
     """Fit the chain's linear layer in place (L2 picked on validation); None when the head is not a linear probe."""
     linear = linear_head(chain)
     x, x_val = head_inputs(chain, train_rows), head_inputs(chain, val_rows)

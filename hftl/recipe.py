@@ -7,6 +7,7 @@ checks, the strategy's options typed by the model it registers, combinations
 of the two). Every error names the file and the dotted key path, shows the bad
 value and says what is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ from hftl.schema import Recipe, Section, StrategySection
 
 __all__ = ["Recipe", "apply_overrides", "load_recipe", "validate_recipe"]
 
+
 # --------------------------------------------------------------------------- loading
 def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; no weights or data are touched."""
@@ -30,35 +32,53 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     try:
         text = Path(file).read_text(encoding="utf-8")
     except OSError as exc:
-        raise RecipeError(file, None, f"cannot read the recipe file ({exc.strerror})",
-                          hint="Check the path; shipped recipes live in recipes/.") from None
+        raise RecipeError(
+            file,
+            None,
+            f"cannot read the recipe file ({exc.strerror})",
+            hint="Check the path; shipped recipes live in recipes/.",
+        ) from None
     except UnicodeDecodeError as exc:
-        raise RecipeError(file, None, f"is not UTF-8 text (byte {exc.start})", hint="Save the recipe as UTF-8.") from None
+        raise RecipeError(
+            file, None, f"is not UTF-8 text (byte {exc.start})", hint="Save the recipe as UTF-8."
+        ) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
-        raise RecipeError(file, None, f"is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}",
-                          hint="Recipes are plain YAML mappings; Python tags such as !!python/object are refused.") from None
+        raise RecipeError(
+            file,
+            None,
+            f"is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}",
+            hint="Recipes are plain YAML mappings; Python tags such as !!python/object are refused.",
+        ) from None
     except RecursionError:
         raise RecipeError(file, None, "is nested too deeply to be a recipe") from None
     if doc is None:
-        raise RecipeError(file, None, "is empty", hint="A recipe needs at least name, task, model.checkpoint and data.source.")
+        raise RecipeError(
+            file, None, "is empty", hint="A recipe needs at least name, task, model.checkpoint and data.source."
+        )
     if not isinstance(doc, dict):
         raise RecipeError(file, None, f"must be a YAML mapping of sections, not a {type(doc).__name__}", doc)
     doc = apply_overrides(doc, overrides, file)
     return validate_recipe(doc, file)
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...], file: str | None = None) -> dict[str, Any]:
+def apply_overrides(
+    doc: dict[str, Any], overrides: list[str] | tuple[str, ...], file: str | None = None
+) -> dict[str, Any]:
     """Return a copy of ``doc`` with each ``key.path=value`` set (values parsed as YAML scalars/lists)."""
     doc = copy.deepcopy(doc)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RecipeError(file, None, f"override {item!r} is not of the form key.path=value",
-                              hint="For example: train.epochs=2 optim.lr=3e-5")
+            raise RecipeError(
+                file,
+                None,
+                f"override {item!r} is not of the form key.path=value",
+                hint="For example: train.epochs=2 optim.lr=3e-5",
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
@@ -72,8 +92,13 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...],
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise RecipeError(file, ".".join(parts[: i + 1]), "is a value, so it has no sub-keys", child,
-                                  hint=f"Override it directly: {'.'.join(parts[: i + 1])}=...")
+                raise RecipeError(
+                    file,
+                    ".".join(parts[: i + 1]),
+                    "is a value, so it has no sub-keys",
+                    child,
+                    hint=f"Override it directly: {'.'.join(parts[: i + 1])}=...",
+                )
             node = child
         node[parts[-1]] = value
     return doc
@@ -94,8 +119,12 @@ def check_recipe(recipe: Recipe) -> Recipe:
 
     file = recipe.source_file
     if recipe.task not in TASKS:
-        raise RecipeError(file, "task", f"unknown task '{recipe.task}'.{did_you_mean(recipe.task, TASKS.names())}",
-                          hint=f"Allowed: {', '.join(TASKS.names())}.")
+        raise RecipeError(
+            file,
+            "task",
+            f"unknown task '{recipe.task}'.{did_you_mean(recipe.task, TASKS.names())}",
+            hint=f"Allowed: {', '.join(TASKS.names())}.",
+        )
     task = TASKS.get(recipe.task)
     recipe = recipe.model_copy(update={"strategy": check_strategy(recipe.strategy, recipe, "strategy")})
     if recipe.data.shift is not None:
@@ -110,13 +139,21 @@ def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
 
     shift = recipe.data.shift
     if shift.name not in SHIFTS:
-        raise RecipeError(recipe.source_file, "data.shift.name", f"unknown shift '{shift.name}'."
-                          f"{did_you_mean(shift.name, SHIFTS.names())}", hint=f"Allowed: {', '.join(SHIFTS.names())}.")
+        raise RecipeError(
+            recipe.source_file,
+            "data.shift.name",
+            f"unknown shift '{shift.name}'.{did_you_mean(shift.name, SHIFTS.names())}",
+            hint=f"Allowed: {', '.join(SHIFTS.names())}.",
+        )
     modality = SHIFTS.get(shift.name).modality
     if modality not in roles:
         fitting = [n for n, s in SHIFTS.items() if s.modality in roles]
-        raise RecipeError(recipe.source_file, "data.shift.name", f"'{shift.name}' shifts {modality} inputs, which "
-                          f"task '{recipe.task}' does not read", hint=f"Use one of: {', '.join(fitting) or '(none)'}.")
+        raise RecipeError(
+            recipe.source_file,
+            "data.shift.name",
+            f"'{shift.name}' shifts {modality} inputs, which task '{recipe.task}' does not read",
+            hint=f"Use one of: {', '.join(fitting) or '(none)'}.",
+        )
 
 
 def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:
@@ -126,36 +163,64 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
 
     file = recipe.source_file
     if section.name not in STRATEGIES:
-        raise RecipeError(file, f"{key}.name",
-                          f"unknown strategy '{section.name}'.{did_you_mean(section.name, STRATEGIES.names())}",
-                          hint=f"Allowed: {', '.join(STRATEGIES.names())}.")
+        raise RecipeError(
+            file,
+            f"{key}.name",
+            f"unknown strategy '{section.name}'.{did_you_mean(section.name, STRATEGIES.names())}",
+            hint=f"Allowed: {', '.join(STRATEGIES.names())}.",
+        )
     spec = STRATEGIES.get(section.name)
     with_options = [name for name, s in STRATEGIES.items() if s.options is not None]
     typed: dict[str, Any] = {}
     for option, given in (section.model_extra or {}).items():
         if option not in with_options:
             allowed = [*(f for f in StrategySection.model_fields), *with_options]
-            raise RecipeError(file, f"{key}.{option}", f"is not allowed.{did_you_mean(option, allowed)}",
-                              hint=f"Allowed here: {', '.join(allowed)}.")
+            raise RecipeError(
+                file,
+                f"{key}.{option}",
+                f"is not allowed.{did_you_mean(option, allowed)}",
+                hint=f"Allowed here: {', '.join(allowed)}.",
+            )
         if option != section.name:
-            raise RecipeError(file, f"{key}.{option}", f"only applies with {key}.name: {option}, but name is "
-                              f"'{section.name}'", hint=f"Set {key}.name: {option} or remove {key}.{option}.")
+            raise RecipeError(
+                file,
+                f"{key}.{option}",
+                f"only applies with {key}.name: {option}, but name is '{section.name}'",
+                hint=f"Set {key}.name: {option} or remove {key}.{option}.",
+            )
         typed[option] = _validate_section(STRATEGIES.get(option).options, given, file, f"{key}.{option}")
     if spec.options_required and section.name not in typed:
-        raise RecipeError(file, f"{key}.{section.name}", f"is required with name: {section.name}",
-                          hint=f"Its keys: {', '.join(spec.options.model_fields)}. {spec.options_example}".strip())
+        raise RecipeError(
+            file,
+            f"{key}.{section.name}",
+            f"is required with name: {section.name}",
+            hint=f"Its keys: {', '.join(spec.options.model_fields)}. {spec.options_example}".strip(),
+        )
     if section.discriminative is not None and recipe.optim.head_lr is not None:
-        raise RecipeError(file, f"{key}.discriminative", "sets every group's LR, the head's included, so "
-                          "optim.head_lr would be ignored", recipe.optim.head_lr,
-                          hint="Remove optim.head_lr (the head gets the last of 'lrs', or the top of 'range').")
+        raise RecipeError(
+            file,
+            f"{key}.discriminative",
+            "sets every group's LR, the head's included, so optim.head_lr would be ignored",
+            recipe.optim.head_lr,
+            hint="Remove optim.head_lr (the head gets the last of 'lrs', or the top of 'range').",
+        )
     task = TASKS.get(recipe.task)
     if spec.wrap_model is not None and task.towers:
-        raise RecipeError(file, f"{key}.name", f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
-                          f"(made of the towers {', '.join(task.towers)}) does not support yet", section.name,
-                          hint="Use a strategy per tower: feature_extraction, partial, progressive, two_stage or full.")
+        raise RecipeError(
+            file,
+            f"{key}.name",
+            f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
+            f"(made of the towers {', '.join(task.towers)}) does not support yet",
+            section.name,
+            hint="Use a strategy per tower: feature_extraction, partial, progressive, two_stage or full.",
+        )
     if section.towers is not None and not task.towers:
-        raise RecipeError(file, f"{key}.towers", f"only applies to tasks made of several towers, not '{recipe.task}'",
-                          hint="Remove it, or use the fusion task.")
+        raise RecipeError(
+            file,
+            f"{key}.towers",
+            f"only applies to tasks made of several towers, not '{recipe.task}'",
+            hint="Remove it, or use the fusion task.",
+        )
     towers = {t: check_strategy(sub, recipe, f"{key}.towers.{t}") for t, sub in (section.towers or {}).items()}
     return section.model_copy(update={**typed, **({"towers": towers} if towers else {})})
 
@@ -168,8 +233,9 @@ def _validate_section(model: type[BaseModel], given: Any, file: str | None, key:
         raise _recipe_error(exc, file, prefix=key.split("."), root=model) from None
 
 
-def _recipe_error(exc: ValidationError, file: str | None, prefix: list[str] | None = None,
-                  root: type[BaseModel] = Recipe) -> RecipeError:
+def _recipe_error(
+    exc: ValidationError, file: str | None, prefix: list[str] | None = None, root: type[BaseModel] = Recipe
+) -> RecipeError:
     """One error naming every bad key of a pydantic ValidationError (``prefix``: where ``root`` sits)."""
     prefix = prefix or []
     lines = []
@@ -178,8 +244,9 @@ def _recipe_error(exc: ValidationError, file: str | None, prefix: list[str] | No
         key = ".".join(prefix + loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc[:-1], root)
-            lines.append(f"key '{key}' is not allowed.{did_you_mean(loc[-1], allowed)} "
-                         f"Allowed here: {', '.join(allowed)}.")
+            lines.append(
+                f"key '{key}' is not allowed.{did_you_mean(loc[-1], allowed)} Allowed here: {', '.join(allowed)}."
+            )
         elif err["type"] == "missing":
             lines.append(f"key '{key}' is required.")
         elif err["type"] == "model_type" and loc == []:
@@ -188,9 +255,9 @@ def _recipe_error(exc: ValidationError, file: str | None, prefix: list[str] | No
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"key '{key}': {msg}" + ("." if "got " in msg else f" (got {err['input']!r})."))
     message = lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines)
-    err = RecipeError(file, None, "invalid recipe")
-    err.args = (f"{file or '<recipe>'}: {message}",)
-    return err
+    error = RecipeError(file, None, "invalid recipe")
+    error.args = (f"{file or '<recipe>'}: {message}",)
+    return error
 
 
 def _allowed_keys(loc: list[str], root: type[BaseModel] = Recipe) -> list[str]:

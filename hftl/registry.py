@@ -4,10 +4,12 @@ layer-group mappers, catalog entries).
 Unknown names fail with the list of valid ones and a did-you-mean, so a typo
 in a recipe is a one-line fix instead of a hunt through the source.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from hftl.errors import HftlError
 

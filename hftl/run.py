@@ -2,6 +2,7 @@
 
 The same run as ``hftl run RECIPE ...``.
 """
+
 import os
 import sys
 

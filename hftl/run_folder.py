@@ -7,6 +7,7 @@ applied), ``labels.json``, ``metrics.jsonl`` (every log and evaluation line),
 ``checkpoints/`` (:mod:`hftl.training_state`). JSON files are written atomically
 (temporary file + ``os.replace``), so a killed run never leaves half a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ def set_status(run_dir: Path, status: str, **extra: Any) -> None:
     write_json_atomic(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
 
-def write_start(run_dir: Path, recipe: "Recipe", plan: "Plan", labels: list[str]) -> None:
+def write_start(run_dir: Path, recipe: Recipe, plan: Plan, labels: list[str]) -> None:
     """What a run knows before its first step: the plan, the resolved recipe (overrides included), the labels."""
     write_json_atomic(run_dir / PLAN_FILE, plan.to_dict())
     (run_dir / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
@@ -67,15 +68,19 @@ def truncate_log(run_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def prepare(recipe: "Recipe", run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
+def prepare(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
     """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one."""
     status = read_status(run_dir).get("status")
     if status == "completed" and not recipe.output.overwrite and not resume:
-        raise HftlError(f"{run_dir} holds a completed run. Set output.overwrite=true to train again into it, "
-                        "or choose another folder with output.dir=...")
+        raise HftlError(
+            f"{run_dir} holds a completed run. Set output.overwrite=true to train again into it, "
+            "or choose another folder with output.dir=..."
+        )
     if has_checkpoints and not resume and not recipe.output.overwrite:
-        raise HftlError(f"{run_dir} holds an unfinished run with saved states. Continue it with --resume "
-                        "(or train.resume=true), or set output.overwrite=true to start again.")
+        raise HftlError(
+            f"{run_dir} holds an unfinished run with saved states. Continue it with --resume "
+            "(or train.resume=true), or set output.overwrite=true to start again."
+        )
     if not resume and recipe.output.overwrite and run_dir.exists():
         for child in ("checkpoints", "best", LOG_FILE):
             path = run_dir / child
@@ -96,8 +101,9 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` in order, without blank lines or a last line cut short by a kill."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
-        raise HftlError(f"{run_dir} has no {LOG_FILE}: it is not an hftl run folder, or its run has not "
-                        "logged a step yet.")
+        raise HftlError(
+            f"{run_dir} has no {LOG_FILE}: it is not an hftl run folder, or its run has not logged a step yet."
+        )
     return [r for r in map(_parse_line, path.read_text(encoding="utf-8").splitlines()) if r is not None]
 
 
@@ -135,7 +141,9 @@ class RunFiles:
     @property
     def adapter_dir(self) -> Path | None:
         """Where a LoRA run keeps its peft adapter (with the head): ``adapter/``, or the root for adapter-only runs."""
-        return next((d for d in (self.run_dir / "adapter", self.run_dir) if (d / "adapter_config.json").is_file()), None)
+        return next(
+            (d for d in (self.run_dir / "adapter", self.run_dir) if (d / "adapter_config.json").is_file()), None
+        )
 
     @property
     def has_full_model(self) -> bool:
@@ -147,14 +155,21 @@ def read_run(run_dir: str | Path) -> RunFiles:
     run_dir = Path(run_dir)
     missing = [f for f in (RECIPE_FILE, PLAN_FILE, FINAL_FILE) if not (run_dir / f).is_file()]
     if missing:
-        raise HftlError(f"{run_dir} is not a finished hftl run folder (missing {', '.join(missing)}). "
-                        "Train it to the end with `hftl run RECIPE` (or `--resume`) first.")
+        raise HftlError(
+            f"{run_dir} is not a finished hftl run folder (missing {', '.join(missing)}). "
+            "Train it to the end with `hftl run RECIPE` (or `--resume`) first."
+        )
     text = (run_dir / RECIPE_FILE).read_text(encoding="utf-8")
     labels_file = run_dir / LABELS_FILE
-    return RunFiles(run_dir=run_dir, recipe=yaml.safe_load(text), recipe_text=text,
-                    plan=read_json(run_dir, PLAN_FILE), final=read_json(run_dir, FINAL_FILE),
-                    labels=json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else [],
-                    log=read_log(run_dir) if (run_dir / LOG_FILE).is_file() else [])
+    return RunFiles(
+        run_dir=run_dir,
+        recipe=yaml.safe_load(text),
+        recipe_text=text,
+        plan=read_json(run_dir, PLAN_FILE),
+        final=read_json(run_dir, FINAL_FILE),
+        labels=json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else [],
+        log=read_log(run_dir) if (run_dir / LOG_FILE).is_file() else [],
+    )
 
 
 def best_metric(final: dict[str, Any]) -> str | None:

@@ -15,10 +15,11 @@ Sections::
     output    run folder
     hub       push at the end of the run
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,14 +47,21 @@ class ModelSection(Section):
     checkpoint: str | None = Field(None, description="Catalog name, Hub model id or local folder.")
     revision: str | None = Field(None, description="Hub branch, tag or commit.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint (off by default).")
-    pretrained: bool = Field(True, description="false: the checkpoint's architecture with random weights (the "
-                             "from-scratch baseline of a transfer).")
+    pretrained: bool = Field(
+        True,
+        description="false: the checkpoint's architecture with random weights (the "
+        "from-scratch baseline of a transfer).",
+    )
     pooling: Literal["auto", "pooler", "cls", "mean", "max"] = Field(
-        "auto", description="What a text classifier's head reads: auto = what the checkpoint was trained for (a "
-        "sentence-transformers 1_Pooling/config.json), else the checkpoint's own head class (BERT: its pooler).")
+        "auto",
+        description="What a text classifier's head reads: auto = what the checkpoint was trained for (a "
+        "sentence-transformers 1_Pooling/config.json), else the checkpoint's own head class (BERT: its pooler).",
+    )
     init_from: str | None = Field(
-        None, description="Start from an earlier hftl run folder's weights (multi-stage transfer); the head is "
-        "re-initialised when the labels differ.")
+        None,
+        description="Start from an earlier hftl run folder's weights (multi-stage transfer); the head is "
+        "re-initialised when the labels differ.",
+    )
     towers: dict[Literal["vision", "text"], TowerSection] | None = Field(None, description="Fusion towers.")
     fusion: FusionSection | None = None
 
@@ -73,11 +81,13 @@ class AugmentSection(Section):
 
 class ShiftSection(Section):
     name: str = Field(description="A shift of hftl.shifts.SHIFTS, e.g. gaussian_noise, contrast, char_noise.")
-    severity: int = Field(ge=0, le=5, description="0 = identity, 1..5 ever stronger (ImageNet-C style).")
+    severity: int = Field(0, ge=0, le=5, description="0 = identity, 1..5 ever stronger (ImageNet-C style).")
     seed: int = Field(0, ge=0)
     splits: list[Literal["train", "validation", "test"]] = Field(
-        ["train", "validation", "test"], min_length=1,
-        description="Which splits are shifted: all (a shifted target domain) or test only (a robustness test).")
+        ["train", "validation", "test"],
+        min_length=1,
+        description="Which splits are shifted: all (a shifted target domain) or test only (a robustness test).",
+    )
 
 
 class DataSection(Section):
@@ -88,11 +98,22 @@ class DataSection(Section):
     validation_size: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction carved for validation if missing.")
     test_size: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction carved for test if missing.")
     group_column: str | None = Field(None, description="Keep each group (e.g. a movie) inside one split.")
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the validation/test carve (default: train.seed). "
+        "Fix it to vary train.seed over runs without moving examples between splits.",
+    )
     columns: dict[str, str] = Field(default_factory=dict, description="Role -> column, e.g. {text: review}.")
     label_names: list[str] | None = Field(None, description="Label order; inferred from the data when omitted.")
     max_length: int = Field(128, gt=0, le=8192, description="Token limit for text inputs.")
-    image_size: int | None = Field(None, gt=0, le=4096, description="Square image side in pixels for CNN/timm "
-                                   "checkpoints (default: the checkpoint's image processor size).")
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="Square image side in pixels for CNN/timm "
+        "checkpoints (default: the checkpoint's image processor size).",
+    )
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad examples: fail, or skip and report.")
@@ -113,7 +134,9 @@ class DataSection(Section):
 
 # --------------------------------------------------------------------------- strategy
 class LLRDSection(Section):
-    decay: float = Field(description="LR multiplier per group of distance from the head (0 < decay <= 1).", gt=0.0, le=1.0)
+    decay: float = Field(
+        description="LR multiplier per group of distance from the head (0 < decay <= 1).", gt=0.0, le=1.0
+    )
 
 
 class DiscriminativeSection(Section):
@@ -121,7 +144,7 @@ class DiscriminativeSection(Section):
     range: tuple[float, float] | None = Field(None, description="(lowest, highest) LR spread geometrically.")
 
     @model_validator(mode="after")
-    def _one_of(self) -> "DiscriminativeSection":
+    def _one_of(self) -> DiscriminativeSection:
         if (self.lrs is None) == (self.range is None):
             raise ValueError("give exactly one of 'lrs' (a list, one LR per group) or 'range' ([lo, hi])")
         if self.range is not None and not 0 < self.range[0] <= self.range[1]:
@@ -151,14 +174,17 @@ class StrategySection(Section):
     llrd: LLRDSection | None = Field(None, description="Layer-wise LR decay.")
     discriminative: DiscriminativeSection | None = Field(None, description="Explicit per-group LRs.")
     batchnorm: Literal["frozen", "train"] = Field(
-        "frozen", description="BatchNorm in frozen groups: 'frozen' keeps eval mode (statistics fixed).")
+        "frozen", description="BatchNorm in frozen groups: 'frozen' keeps eval mode (statistics fixed)."
+    )
     layer_groups: list[LayerGroupPattern] | None = Field(
-        None, description="Describe layer groups by regex (input to head; last is the head) for unmapped models.")
-    towers: dict[Literal["vision", "text"], "StrategySection"] | None = Field(
-        None, description="Fusion: a strategy per tower.")
+        None, description="Describe layer groups by regex (input to head; last is the head) for unmapped models."
+    )
+    towers: dict[Literal["vision", "text"], StrategySection] | None = Field(
+        None, description="Fusion: a strategy per tower."
+    )
 
     @model_validator(mode="after")
-    def _lr_shapes_exclusive(self) -> "StrategySection":
+    def _lr_shapes_exclusive(self) -> StrategySection:
         if self.llrd is not None and self.discriminative is not None:
             raise ValueError("use either 'llrd' or 'discriminative', not both: each sets every group's LR")
         return self
@@ -180,16 +206,27 @@ class OptimSection(Section):
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    min_steps: int = Field(200, ge=0, description="Train at least this many optimizer steps however small the data "
-                           "(epochs are added: at 100 examples one epoch is a handful of steps); 0 = epochs alone.")
+    min_steps: int = Field(
+        200,
+        ge=0,
+        description="Train at least this many optimizer steps however small the data "
+        "(epochs are added: at 100 examples one epoch is a handful of steps); 0 = epochs alone.",
+    )
     batch_size: int = Field(32, gt=0, description="Per-process batch size.")
     eval_batch_size: int | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps (default: each epoch, "
-                                   "or 10 times per run when that is rarer).")
-    save_steps: int | None = Field(None, gt=0, description="Save a resumable state every N steps (default: at each evaluation).")
-    save_total_limit: int = Field(2, ge=1, description="Resumable states kept; the newest complete one is never deleted.")
+    eval_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluate every N optimizer steps (default: each epoch, or 10 times per run when that is rarer).",
+    )
+    save_steps: int | None = Field(
+        None, gt=0, description="Save a resumable state every N steps (default: at each evaluation)."
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Resumable states kept; the newest complete one is never deleted."
+    )
     early_stopping_patience: int | None = Field(None, gt=0)
     metric: str | None = Field(None, description="Metric that picks the best model (default: the task's).")
     seed: int = Field(42, ge=0, lt=2**32, description="Seeds python, numpy and torch (numpy needs 0 <= seed < 2**32).")
@@ -198,7 +235,9 @@ class TrainSection(Section):
     log_steps: int = Field(10, gt=0)
     trackers: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(default_factory=list)
     num_threads: int | None = Field(None, gt=0, description="torch threads per process (default: cores / processes).")
-    cache_features: Literal["auto", "never"] = Field("auto", description="Cache frozen-backbone features when possible.")
+    cache_features: Literal["auto", "never"] = Field(
+        "auto", description="Cache frozen-backbone features when possible."
+    )
 
 
 class OutputSection(Section):
@@ -213,7 +252,7 @@ class HubSection(Section):
     revision: str | None = None
 
     @model_validator(mode="after")
-    def _repo_when_push(self) -> "HubSection":
+    def _repo_when_push(self) -> HubSection:
         if self.push and not self.repo_id:
             raise ValueError("push: true needs repo_id (e.g. 'your-name/my-model')")
         return self
@@ -240,5 +279,3 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         """The fully resolved recipe (every default spelled out), as saved in the run folder."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-

@@ -21,11 +21,13 @@ chooses between a shifted target domain (all splits) and a robustness test (test
 axis ``data.shift.severity`` with ``model.pretrained: [true, false]`` then gives the
 transfer-gain-vs-shift plot of :mod:`hftl.study_report`.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,6 +52,7 @@ SHIFTS: Registry[Shift] = Registry("shift")
 
 def shift(name: str, modality: Literal["image", "text"], description: str) -> Callable:
     """Register ``fn(x, severity, rng)`` (called with severity 1..5 only; 0 never reaches it)."""
+
     def add(fn: Callable[[Any, int, np.random.Generator], Any]) -> Callable:
         SHIFTS.register(name)(Shift(name, modality, fn, description))
         return fn

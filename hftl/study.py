@@ -20,6 +20,7 @@ Before anything trains, every grid point's recipe is built with
 value that cause it). The engine (storage, workers, trials) is :mod:`hftl.study_engine`; the
 results (csv, markdown, plots) are :mod:`hftl.study_report`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,14 @@ from hftl.registry import did_you_mean
 
 Kind = Literal["data_size", "seed", "strategy", "lr_multiplier", "pretrained", "shift_severity"]
 # Axes whose role the report knows from the key path alone; others are marked with `kind:`.
-DEFAULT_KINDS: dict[str, str] = {"data.max_train_samples": "data_size", "data.shots": "data_size",
-                                 "train.seed": "seed", "strategy.name": "strategy", "model.pretrained": "pretrained",
-                                 "data.shift.severity": "shift_severity"}
+DEFAULT_KINDS: dict[str, str] = {
+    "data.max_train_samples": "data_size",
+    "data.shots": "data_size",
+    "train.seed": "seed",
+    "strategy.name": "strategy",
+    "model.pretrained": "pretrained",
+    "data.shift.severity": "shift_severity",
+}
 # Keys the study itself sets for every trial.
 RESERVED = ("output.dir", "output.overwrite", "train.resume")
 
@@ -60,7 +66,7 @@ class AxisSpec(_Model):
     kind: Kind | None = Field(None, description="The axis's role in the report, e.g. lr_multiplier.")
 
     @model_validator(mode="after")
-    def _values_or_range(self) -> "AxisSpec":
+    def _values_or_range(self) -> AxisSpec:
         if (self.values is None) == (self.low is None or self.high is None):
             raise ValueError("give either 'values: [...]' or a range 'low: ..., high: ...'")
         if self.values is not None and not self.values:
@@ -76,8 +82,11 @@ class AxisSpec(_Model):
 class StudySpec(_Model):
     """The study file, as written."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                             description="Study name in the storage (default: the file's stem).")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Study name in the storage (default: the file's stem).",
+    )
     description: str = ""
     recipe: str = Field(description="Base recipe, relative to the study file.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="key.path -> value, for every trial.")
@@ -95,7 +104,7 @@ class StudySpec(_Model):
     max_retries: int = Field(2, ge=0, description="Re-queue a trial whose worker died at most this often.")
 
     @model_validator(mode="after")
-    def _budget(self) -> "StudySpec":
+    def _budget(self) -> StudySpec:
         if self.search == "tpe" and self.trials is None:
             raise ValueError("search: tpe needs a budget: trials: N")
         if self.search == "grid" and self.trials is not None:
@@ -115,8 +124,8 @@ class AxisValue:
 class Axis:
     name: str
     kind: str | None
-    values: tuple[AxisValue, ...] = ()        # listed values
-    low: float | None = None                  # or a range (tpe)
+    values: tuple[AxisValue, ...] = ()  # listed values
+    low: float | None = None  # or a range (tpe)
     high: float | None = None
     log: bool = False
     step: float | None = None
@@ -162,8 +171,13 @@ class Study:
 
     def fingerprint(self) -> str:
         """Digest of what decides the trials, so a name reused for a different study in one storage is refused."""
-        doc = {"recipe": self.recipe_file.read_text(encoding="utf-8"), "spec": self.spec.model_dump(mode="json",
-               exclude={"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"})}
+        doc = {
+            "recipe": self.recipe_file.read_text(encoding="utf-8"),
+            "spec": self.spec.model_dump(
+                mode="json",
+                exclude={"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"},
+            ),
+        }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -198,7 +212,11 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     if spec.output and not folder.is_absolute():
         folder = file.parent / folder
     axes = [_axis(name, raw, spec, file) for name, raw in spec.axes.items()]
-    for key in [*spec.overrides, *(k for a in axes for v in a.values for k in v.sets), *(a.name for a in axes if a.is_range)]:
+    for key in [
+        *spec.overrides,
+        *(k for a in axes for v in a.values for k in v.sets),
+        *(a.name for a in axes if a.is_range),
+    ]:
         if key in RESERVED:
             raise HftlError(f"{file}: key '{key}' is set by the study for every trial (trials/<number>/); remove it.")
     base = _load_base(recipe_file, [f"{k}={to_yaml_text(v)}" for k, v in spec.overrides.items()], file)
@@ -207,19 +225,27 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     metric = spec.metric or f"test.{TASKS.get(base.task).metric}"
     split = metric.split(".")[0]
     if split not in ("test", "validation") or "." not in metric:
-        raise HftlError(f"{file}: key 'metric': expected <split>.<name> with split test or validation, e.g. "
-                        f"test.accuracy (got {metric!r}).")
+        raise HftlError(
+            f"{file}: key 'metric': expected <split>.<name> with split test or validation, e.g. "
+            f"test.accuracy (got {metric!r})."
+        )
     if split == "test" and base.data.splits.test is None:
-        raise HftlError(f"{file}: key 'metric' is {metric!r} but the recipe has no test split (data.splits.test: null).")
+        raise HftlError(
+            f"{file}: key 'metric' is {metric!r} but the recipe has no test split (data.splits.test: null)."
+        )
     direction = spec.direction or ("minimize" if metric.endswith("loss") else "maximize")
     study = Study(file, spec, spec.name or file.stem, folder, recipe_file, axes, metric, direction)
     if spec.search == "grid":
-        study.points = [dict(zip([a.name for a in axes], combo))
-                        for combo in itertools.product(*[[v.label for v in a.values] for a in axes])]
+        study.points = [
+            dict(zip([a.name for a in axes], combo))
+            for combo in itertools.product(*[[v.label for v in a.values] for a in axes])
+        ]
     else:  # sampled: each listed value and each range end, with the other axes' first values
-        study.points = [{**{a.name: a.low if a.is_range else a.values[0].label for a in axes}, axis.name: label}
-                        for axis in axes for label in ([axis.low, axis.high] if axis.is_range else
-                                                       [v.label for v in axis.values])]
+        study.points = [
+            {**{a.name: a.low if a.is_range else a.values[0].label for a in axes}, axis.name: label}
+            for axis in axes
+            for label in ([axis.low, axis.high] if axis.is_range else [v.label for v in axis.values])
+        ]
     for labels in study.points if check else ():  # every trial's recipe, before anything trains
         _check_point(study, labels)
     if spec.search == "tpe":
@@ -232,16 +258,20 @@ def _axis(name: str, raw: list[Any] | AxisSpec, spec: StudySpec, file: Path) -> 
     kind = entry.kind or DEFAULT_KINDS.get(name)
     if entry.values is None:
         if spec.search == "grid":
-            raise HftlError(f"{file}: axis '{name}' is a range ({entry.low}..{entry.high}); a grid needs listed "
-                            "values. Use search: tpe with trials: N, or list the values.")
+            raise HftlError(
+                f"{file}: axis '{name}' is a range ({entry.low}..{entry.high}); a grid needs listed "
+                "values. Use search: tpe with trials: N, or list the values."
+            )
         return Axis(name, kind, low=entry.low, high=entry.high, log=entry.log, step=entry.step)
     values = []
     for raw_value in entry.values:
         if isinstance(raw_value, dict) and set(raw_value) == {"label", "set"}:
             sets = raw_value["set"]
             if not isinstance(sets, dict) or not sets:
-                raise HftlError(f"{file}: axis '{name}', value {raw_value['label']!r}: 'set' must be a non-empty "
-                                "mapping of key.path: value.")
+                raise HftlError(
+                    f"{file}: axis '{name}', value {raw_value['label']!r}: 'set' must be a non-empty "
+                    "mapping of key.path: value."
+                )
             values.append(AxisValue(raw_value["label"], dict(sets)))
         else:
             values.append(AxisValue(_label(raw_value), {name: raw_value}))
@@ -269,8 +299,9 @@ def _check_point(study: Study, labels: dict[str, Any]) -> None:
         try:
             load_recipe(study.recipe_file, fixed + [f"{k}={to_yaml_text(v)}" for k, v in sets.items()])
         except HftlError as alone:
-            raise HftlError(f"{study.file}: axis '{axis.name}', value {labels[axis.name]!r}: the trial's recipe is "
-                            f"invalid: {alone}") from None
+            raise HftlError(
+                f"{study.file}: axis '{axis.name}', value {labels[axis.name]!r}: the trial's recipe is invalid: {alone}"
+            ) from None
     shown = ", ".join(f"{k}={v}" for k, v in labels.items())
     raise HftlError(f"{study.file}: point {shown}: the trial's recipe is invalid: {error}") from None
 
@@ -290,13 +321,17 @@ def _spec_error(exc: ValidationError, file: Path) -> HftlError:
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             allowed = list(StudySpec.model_fields) if len(err["loc"]) == 1 else list(AxisSpec.model_fields)
-            lines.append(f"key '{key}' is not allowed.{did_you_mean(str(err['loc'][-1]), allowed)} "
-                         f"Allowed here: {', '.join(allowed)}.")
+            lines.append(
+                f"key '{key}' is not allowed.{did_you_mean(str(err['loc'][-1]), allowed)} "
+                f"Allowed here: {', '.join(allowed)}."
+            )
         elif err["type"] == "missing":
             lines.append(f"key '{key}' is required.")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"key '{key or '(top level)'}': {msg}" + ("." if "got " in msg else f" (got {err['input']!r})."))
+            lines.append(
+                f"key '{key or '(top level)'}': {msg}" + ("." if "got " in msg else f" (got {err['input']!r}).")
+            )
     return RecipeError(str(file), None, lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
 
 

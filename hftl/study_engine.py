@@ -12,6 +12,7 @@ another host: no heartbeat for ``GRACE_SECONDS``) is marked FAIL and queued agai
 retry-stale-trial callback), so rerunning a killed study runs only what did not finish.
 A trial that raises is FAIL with its error, and the worker goes on with the next one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hftl.errors import HftlError
 from hftl.study import Study, load_study, point_key
@@ -35,8 +37,16 @@ from hftl.study import Study, load_study, point_key
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 120  # another host's trial is stale after this long without a heartbeat
 # What a trial folder keeps for the report; the rest (weights, processor, checkpoints/, best/) is deleted.
-KEEP = {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md", "labels.json", "run_status.json",
-        "error.txt"}
+KEEP = {
+    "metrics.json",
+    "plan.json",
+    "recipe.yaml",
+    "metrics.jsonl",
+    "README.md",
+    "labels.json",
+    "run_status.json",
+    "error.txt",
+}
 HOST = socket.gethostname()
 
 
@@ -97,11 +107,15 @@ def storage_lock(study: Study) -> Iterator[None]:
 def ensure_study(study: Study, storage: Any) -> Any:
     """Create the Optuna study and enqueue the grid once; or load it (refusing a different study of that name)."""
     optuna = _optuna()
-    sampler = (optuna.samplers.TPESampler(seed=study.spec.seed) if study.spec.search == "tpe"
-               else optuna.samplers.RandomSampler(seed=study.spec.seed))
+    sampler = (
+        optuna.samplers.TPESampler(seed=study.spec.seed)
+        if study.spec.search == "tpe"
+        else optuna.samplers.RandomSampler(seed=study.spec.seed)
+    )
     try:
-        ostudy = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction,
-                                     sampler=sampler, load_if_exists=False)
+        ostudy = optuna.create_study(
+            storage=storage, study_name=study.name, direction=study.direction, sampler=sampler, load_if_exists=False
+        )
     except optuna.exceptions.DuplicatedStudyError:
         ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
         deadline = time.time() + 15  # its creator may still be enqueueing the grid
@@ -109,8 +123,10 @@ def ensure_study(study: Study, storage: Any) -> Any:
             time.sleep(0.5)
     stored = ostudy.user_attrs.get("hftl_fingerprint")
     if stored is not None and stored != study.fingerprint():
-        raise HftlError(f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
-                        "axes or metric. Give this one another `name:`, or delete the old storage to start again.")
+        raise HftlError(
+            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
+            "axes or metric. Give this one another `name:`, or delete the old storage to start again."
+        )
     if stored is None:  # created now, or its creator died before the grid was complete: fill in what is missing
         with storage_lock(study):
             have = {t.user_attrs.get("hftl_key") for t in ostudy.get_trials(deepcopy=False)}
@@ -128,21 +144,29 @@ def run(study: Study, jobs: int | None = None) -> int:
     from hftl.study_report import write_report
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise HftlError("hftl study runs its trials itself; start it with plain `hftl study`, not under "
-                        "accelerate launch / torchrun (see README, Studies).")
+        raise HftlError(
+            "hftl study runs its trials itself; start it with plain `hftl study`, not under "
+            "accelerate launch / torchrun (see README, Studies)."
+        )
     jobs = jobs or study.spec.jobs
     storage = open_storage(study)
     ostudy = ensure_study(study, storage)
-    print(f"[study] {study.name}: {study.spec.search}, metric {study.metric} ({study.direction}), storage "
-          f"{study.storage_url}, {jobs} worker(s)", flush=True)
+    print(
+        f"[study] {study.name}: {study.spec.search}, metric {study.metric} ({study.direction}), storage "
+        f"{study.storage_url}, {jobs} worker(s)",
+        flush=True,
+    )
     code = work(study, storage, ostudy) if jobs == 1 else _spawn_workers(study, jobs)
     write_report(study, ostudy)
     from hftl.study_report import current_trials
 
     states = [t.state.name for t in current_trials(ostudy)]
     failed = states.count("FAIL")
-    print(f"[study] {states.count('COMPLETE')} complete, {failed} failed, {states.count('RUNNING')} running, "
-          f"{states.count('WAITING')} waiting -> {study.folder / 'report.md'}", flush=True)
+    print(
+        f"[study] {states.count('COMPLETE')} complete, {failed} failed, {states.count('RUNNING')} running, "
+        f"{states.count('WAITING')} waiting -> {study.folder / 'report.md'}",
+        flush=True,
+    )
     return code or (1 if failed > 0 else 0)
 
 
@@ -170,7 +194,9 @@ def work(study: Study, storage: Any, ostudy: Any) -> int:
             retire_dead_trials(study, storage, ostudy)
             trial = _next_trial(study, storage, ostudy)
             if trial is not None:
-                trial.set_user_attr("hftl_worker", {"host": HOST, "pid": os.getpid(), "started": _start_time(os.getpid())})
+                trial.set_user_attr(
+                    "hftl_worker", {"host": HOST, "pid": os.getpid(), "started": _start_time(os.getpid())}
+                )
                 storage.record_heartbeat(trial._trial_id)
         if trial is None:
             return 0
@@ -270,9 +296,11 @@ def _suggest(study: Study, trial: Any) -> dict[str, Any]:
     for axis in study.axes:
         if axis.is_range:
             whole = all(float(x).is_integer() for x in (axis.low, axis.high, axis.step or 1))
-            labels[axis.name] = (trial.suggest_int(axis.name, int(axis.low), int(axis.high), step=int(axis.step or 1),
-                                                   log=axis.log) if whole and axis.step else
-                                 trial.suggest_float(axis.name, axis.low, axis.high, log=axis.log, step=axis.step))
+            labels[axis.name] = (
+                trial.suggest_int(axis.name, int(axis.low), int(axis.high), step=int(axis.step or 1), log=axis.log)
+                if whole and axis.step
+                else trial.suggest_float(axis.name, axis.low, axis.high, log=axis.log, step=axis.step)
+            )
         else:
             labels[axis.name] = trial.suggest_categorical(axis.name, [v.label for v in axis.values])
     trial.set_user_attr("hftl_labels", labels)
@@ -285,8 +313,9 @@ def lookup(metrics: dict[str, Any], dotted: str) -> float:
     node: Any = metrics
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise HftlError(f"metric '{dotted}' is not in the run's metrics.json; it has: "
-                            f"{', '.join(sorted(_scalars(metrics)))}.")
+            raise HftlError(
+                f"metric '{dotted}' is not in the run's metrics.json; it has: {', '.join(sorted(_scalars(metrics)))}."
+            )
         node = node[part]
     if not isinstance(node, (int, float)) or node != node:
         raise HftlError(f"metric '{dotted}' is {node!r}, not a number")
@@ -352,6 +381,7 @@ def _alive(pid: int | None, started: str | None) -> bool:
 
 def _watch_parent(parent: int) -> None:
     """A worker dies with its `hftl study` (e.g. SIGKILL): its trial stays RUNNING and is rerun next time."""
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
@@ -361,7 +391,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """Entry of a worker process started by ``hftl study --jobs N``: ``python -m hftl.study_engine STUDY --storage URL``."""
+    """Entry of a worker started by ``hftl study --jobs N``: ``python -m hftl.study_engine STUDY --storage URL``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="hftl-study-worker")

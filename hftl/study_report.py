@@ -3,6 +3,7 @@
 Everything here reads the Optuna storage (never the trial folders), so ``hftl study --report``
 works on any machine that reaches the storage, while workers are still running.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,13 +34,19 @@ def result_rows(study: Study, ostudy: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
         row.update({axis.name: labels.get(axis.name) for axis in study.axes})
         row[study.metric] = metrics.get(study.metric, t.value if t.state.name == "COMPLETE" else None)
-        row.update({k: v for k, v in sorted(metrics.items()) if k.startswith(("test.", "validation."))
-                    and k != study.metric})
-        row.update({"train_seconds": metrics.get("train_seconds"), "run_seconds": t.user_attrs.get("hftl_run_seconds"),
-                    "overhead_seconds": t.user_attrs.get("hftl_overhead_seconds"),
-                    "attempts": len(t.system_attrs.get("retry_history", [])) + 1,
-                    "error": t.user_attrs.get("hftl_error") if t.state.name == "FAIL" else None,
-                    "dir": f"trials/{t.number}"})
+        row.update(
+            {k: v for k, v in sorted(metrics.items()) if k.startswith(("test.", "validation.")) and k != study.metric}
+        )
+        row.update(
+            {
+                "train_seconds": metrics.get("train_seconds"),
+                "run_seconds": t.user_attrs.get("hftl_run_seconds"),
+                "overhead_seconds": t.user_attrs.get("hftl_overhead_seconds"),
+                "attempts": len(t.system_attrs.get("retry_history", [])) + 1,
+                "error": t.user_attrs.get("hftl_error") if t.state.name == "FAIL" else None,
+                "dir": f"trials/{t.number}",
+            }
+        )
         rows.append(row)
     return rows
 
@@ -72,8 +79,10 @@ def write_report(study: Study, ostudy: Any = None) -> Path:
         try:
             ostudy = optuna.load_study(study_name=study.name, storage=open_storage(study))
         except KeyError:
-            raise HftlError(f"{study.file}: the storage {study.storage_url} has no study '{study.name}' yet; "
-                            "run `hftl study` first.") from None
+            raise HftlError(
+                f"{study.file}: the storage {study.storage_url} has no study '{study.name}' yet; "
+                "run `hftl study` first."
+            ) from None
     write_results(study, ostudy)
     rows = result_rows(study, ostudy)
     cells = cell_stats(study, rows)
@@ -129,11 +138,23 @@ def write_plots(study: Study, cells: list[dict[str, Any]]) -> list[str]:
     kinds = {a.kind: a.name for a in study.axes if a.kind}
     made = []
     if "data_size" in kinds:
-        made.append(_line_plot(study, cells, kinds["data_size"], "metric_vs_data_size.png", log_x=True,
-                               xlabel="training examples"))
+        made.append(
+            _line_plot(
+                study, cells, kinds["data_size"], "metric_vs_data_size.png", log_x=True, xlabel="training examples"
+            )
+        )
     if "lr_multiplier" in kinds:
-        made.append(_line_plot(study, cells, kinds["lr_multiplier"], "metric_vs_lr_multiplier.png", log_x=False,
-                               xlabel="body LR / head LR", categorical=True))
+        made.append(
+            _line_plot(
+                study,
+                cells,
+                kinds["lr_multiplier"],
+                "metric_vs_lr_multiplier.png",
+                log_x=False,
+                xlabel="body LR / head LR",
+                categorical=True,
+            )
+        )
     if "pretrained" in kinds and "shift_severity" in kinds:
         made.append(_gain_plot(study, cells, kinds["pretrained"], kinds["shift_severity"]))
     return [m for m in made if m]
@@ -160,13 +181,20 @@ def _figure():
     return plt, fig, ax
 
 
-def _line_plot(study: Study, cells: list[dict[str, Any]], x_axis: str, name: str, log_x: bool, xlabel: str,
-               categorical: bool = False) -> str | None:
+def _line_plot(
+    study: Study,
+    cells: list[dict[str, Any]],
+    x_axis: str,
+    name: str,
+    log_x: bool,
+    xlabel: str,
+    categorical: bool = False,
+) -> str | None:
     lines = _series(cells, x_axis)
     if not lines:
         return None
     plt, fig, ax = _figure()
-    ticks = sorted({_num(c["labels"][x_axis]) for line in lines.values() for c in line})
+    ticks = sorted({x for line in lines.values() for c in line if (x := _num(c["labels"][x_axis])) is not None})
     for label, line in lines.items():
         xs = [_num(c["labels"][x_axis]) for c in line]
         xs = [ticks.index(x) for x in xs] if categorical else xs
@@ -202,8 +230,14 @@ def _gain_plot(study: Study, cells: list[dict[str, Any]], pretrained: str, sever
     for name, by_severity in lines.items():
         pts = sorted((s, pair[True], pair[False]) for s, pair in by_severity.items() if True in pair and False in pair)
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] - p[2]["mean"] for p in pts],
-                        yerr=[math.hypot(p[1]["std"], p[2]["std"]) for p in pts], marker="o", capsize=3, label=name)
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1]["mean"] - p[2]["mean"] for p in pts],
+                yerr=[math.hypot(p[1]["std"], p[2]["std"]) for p in pts],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -229,10 +263,12 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
     out = [f"# Study `{study.name}`", ""]
     if study.spec.description:
         out += [study.spec.description.strip(), ""]
-    out += [f"Base recipe `{os.path.relpath(study.recipe_file, study.folder)}`, {study.spec.search} search, metric "
-            f"`{study.metric}` ({study.direction}). Trials: {states.count('COMPLETE')} complete, "
-            f"{states.count('FAIL')} failed, {states.count('RUNNING')} running, {states.count('WAITING')} waiting.",
-            ""]
+    out += [
+        f"Base recipe `{os.path.relpath(study.recipe_file, study.folder)}`, {study.spec.search} search, metric "
+        f"`{study.metric}` ({study.direction}). Trials: {states.count('COMPLETE')} complete, "
+        f"{states.count('FAIL')} failed, {states.count('RUNNING')} running, {states.count('WAITING')} waiting.",
+        "",
+    ]
     if best:
         shown = ", ".join(f"{a.name}={best[a.name]}" for a in study.axes)
         out += [f"Best trial: #{best['trial']} ({shown}): {best[study.metric]:.4f}.", ""]
@@ -240,20 +276,27 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
         over = f"over seeds (`{'`, `'.join(seeds)}`)" if seeds else "(no seed axis: one trial per cell)"
         out += [f"Mean ± sample std {over}; n = completed trials / trials of the cell.", ""]
         names = cell_axes(study)
-        out += ["| " + " | ".join([*names, study.metric, "n", "train s"]) + " |",
-                "|" + "---|" * len(names) + "---:|---:|---:|"]
+        out += [
+            "| " + " | ".join([*names, study.metric, "n", "train s"]) + " |",
+            "|" + "---|" * len(names) + "---:|---:|---:|",
+        ]
         for c in cells:
             value = f"{c['mean']:.4f} ± {c['std']:.4f}" if c["n"] else "-"
             secs = f"{c['train_seconds']:.1f}" if c["n"] and not math.isnan(c["train_seconds"]) else "-"
-            out.append("| " + " | ".join([*(str(c["labels"][n]) for n in names), value, f"{c['n']}/{c['total']}",
-                                          secs]) + " |")
+            out.append(
+                "| " + " | ".join([*(str(c["labels"][n]) for n in names), value, f"{c['n']}/{c['total']}", secs]) + " |"
+            )
     else:
-        out += ["| trial | " + " | ".join(a.name for a in study.axes) + f" | {study.metric} |",
-                "|---:|" + "---|" * len(study.axes) + "---:|"]
+        out += [
+            "| trial | " + " | ".join(a.name for a in study.axes) + f" | {study.metric} |",
+            "|---:|" + "---|" * len(study.axes) + "---:|",
+        ]
         for r in sorted(done, key=lambda r: r[study.metric], reverse=study.direction == "maximize")[:20]:
-            out.append(f"| {r['trial']} | " + " | ".join(f"{r[a.name]:.4g}" if isinstance(r[a.name], float)
-                                                         else str(r[a.name]) for a in study.axes)
-                       + f" | {r[study.metric]:.4f} |")
+            out.append(
+                f"| {r['trial']} | "
+                + " | ".join(f"{r[a.name]:.4g}" if isinstance(r[a.name], float) else str(r[a.name]) for a in study.axes)
+                + f" | {r[study.metric]:.4f} |"
+            )
     failed = [r for r in rows if r["state"] == "FAIL"]
     if failed:
         out += ["", "## Failed trials", "", "| trial | point | error |", "|---:|---|---|"]
@@ -263,11 +306,16 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
     if plots:
         out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     overhead = [r["overhead_seconds"] for r in rows if r["overhead_seconds"] is not None]
-    out += ["", "## Notes", "",
-            "- `train.seed` also seeds the carved validation/test split and the `data.max_train_samples` subset, "
-            "so the spread over seeds includes the choice of evaluation data, not only the training noise.",
-            f"- Every number comes from `results.csv` (one row per trial; a trial whose worker died was run again "
-            f"and only its last attempt is listed). Study bookkeeping per trial (all but the run itself): "
-            + (f"median {statistics.median(overhead):.3f} s." if overhead else "-"),
-            f"- Rebuild: `hftl study {study.file} --report`. Browse: `optuna-dashboard {study.storage_url}`.", ""]
+    out += [
+        "",
+        "## Notes",
+        "",
+        "- `train.seed` also seeds the carved validation/test split and the `data.max_train_samples` subset, "
+        "so the spread over seeds includes the choice of evaluation data, not only the training noise.",
+        "- Every number comes from `results.csv` (one row per trial; a trial whose worker died was run again "
+        "and only its last attempt is listed). Study bookkeeping per trial (all but the run itself): "
+        + (f"median {statistics.median(overhead):.3f} s." if overhead else "-"),
+        f"- Rebuild: `hftl study {study.file} --report`. Browse: `optuna-dashboard {study.storage_url}`.",
+        "",
+    ]
     return "\n".join(out)

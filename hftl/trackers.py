@@ -3,6 +3,7 @@
 Accelerate silently drops a tracker whose package is missing; a run asked to
 log to one says so before it starts instead.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,5 +18,7 @@ def check_trackers(names: list[str]) -> None:
     """Fail with the pip command when a tracker chosen in ``train.trackers`` is not installed."""
     missing = [TRACKER_PACKAGES[n] for n in names if importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
     if missing:
-        raise HftlError(f"train.trackers asks for {', '.join(missing)}, which is not installed here. Install it "
-                        f"(pip install {' '.join(missing)}) or remove it from train.trackers.")
+        raise HftlError(
+            f"train.trackers asks for {', '.join(missing)}, which is not installed here. Install it "
+            f"(pip install {' '.join(missing)}) or remove it from train.trackers."
+        )

@@ -6,6 +6,7 @@
 N processes under ``accelerate launch`` / ``torchrun``; only the main process
 prints, writes logs and saves models.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,13 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from hftl import run_folder
-from hftl.build import (build_loaders, build_model, build_optimizer, build_plan, build_scheduler, describe_model,
-                        load_data, set_step_lrs)
+from hftl.build import (
+    build_loaders,
+    build_model,
+    build_optimizer,
+    build_plan,
+    build_scheduler,
+    describe_model,
+    load_data,
+    set_step_lrs,
+)
 from hftl.evaluation import evaluate, is_better
 from hftl.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
 from hftl.schema import Recipe
-from hftl.training_state import (complete_checkpoints, kill_point, load_checkpoint, load_saved_weights,
-                                 publish_model, save_checkpoint, save_model_atomic)
+from hftl.training_state import (
+    complete_checkpoints,
+    kill_point,
+    load_checkpoint,
+    load_saved_weights,
+    publish_model,
+    save_checkpoint,
+    save_model_atomic,
+)
 
 
 @dataclass
@@ -77,8 +93,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     say(format_plan(plan, model) + "\n" + describe_model(model))
     # [feature cache] body frozen for the whole run, nothing random feeding it: the loaders yield the head's
     # inputs, computed once and cached on disk, and model.forward runs only the head (hftl/feature_cache.py).
-    train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(model, plan, recipe, task, data.processor,
-                                                                   data.encoded, train_dl, eval_dls, accelerator)
+    train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
+        model, plan, recipe, task, data.processor, data.encoded, train_dl, eval_dls, accelerator
+    )
     probed = head_chain and fit_head_first(recipe) and fit_probe_head(head_chain, train_dl, eval_dls, accelerator)
     optimizer, group_names = build_optimizer(model, plan, recipe.optim)
     scheduler = build_scheduler(optimizer, plan, group_names)  # not prepared: stepped once per optimizer step
@@ -91,16 +108,22 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     set_step_lrs(optimizer, scheduler, state.step)
     metric = recipe.train.metric or task.metric
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
-        evaluate_and_keep_best(state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe,
-                               accelerator)
+        evaluate_and_keep_best(
+            state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
+        )
 
     # -- the loop
     train, grad_accum = recipe.train, recipe.train.grad_accum
     eval_steps = train.eval_steps or max(plan.steps_per_epoch, math.ceil(plan.total_steps / 10))
     save_steps = train.save_steps or eval_steps
     stop = StopFlag()
-    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
-               desc=recipe.name, dynamic_ncols=True)
+    bar = tqdm(
+        total=plan.total_steps,
+        initial=state.step,
+        disable=not accelerator.is_local_main_process,
+        desc=recipe.name,
+        dynamic_ncols=True,
+    )
     started = time.time()
     while state.step < plan.total_steps and not state.done:
         epoch = state.step // plan.steps_per_epoch
@@ -114,8 +137,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 accelerator.backward(loss)
                 kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
                 if accelerator.sync_gradients and recipe.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                recipe.optim.max_grad_norm)
+                    accelerator.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], recipe.optim.max_grad_norm
+                    )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.loss_sum += loss.detach().float().item() / grad_accum
@@ -126,14 +150,16 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             scheduler.step()
             bar.update(1)
             if state.step in plan.stage_starts:
-                say(f"[strategy] step {state.step}: now training {', '.join(g.name for g in plan.trainable_at(state.step))}")
+                joined = ", ".join(g.name for g in plan.trainable_at(state.step))
+                say(f"[strategy] step {state.step}: now training {joined}")
             apply_plan(model, plan, state.step, accelerator)
             end = state.step == plan.total_steps
             if state.step % train.log_steps == 0 or end:
                 log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar)
             if state.step % eval_steps == 0 or end:
-                evaluate_and_keep_best(state, model, eval_dls["validation"], task, data, metric, plan.total_steps,
-                                       recipe, accelerator)
+                evaluate_and_keep_best(
+                    state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
+                )
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
@@ -143,8 +169,10 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                     run_folder.set_status(run_dir, "interrupted", step=state.step)
                 stop.restore()
                 # The run folder's recipe.yaml is the recipe as resolved, command-line overrides included.
-                raise Interrupted(f"Interrupted at step {state.step}; the state is saved. Resume with: "
-                                  f"hftl run {run_dir / run_folder.RECIPE_FILE} --resume")
+                raise Interrupted(
+                    f"Interrupted at step {state.step}; the state is saved. Resume with: "
+                    f"hftl run {run_dir / run_folder.RECIPE_FILE} --resume"
+                )
             if end or state.done:
                 break
     bar.close()
@@ -174,9 +202,12 @@ def fit_probe_head(chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], ac
     if fit is None:
         accelerator.print("[probe] skipped: the head is not one linear layer on per-example features")
         return False
-    accelerator.print(f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
-                      f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
-                      + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items()) + ")")
+    accelerator.print(
+        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
+        f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
+        + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
+        + ")"
+    )
     return True
 
 
@@ -192,12 +223,17 @@ def restore(accelerator: Any, model: Any, optimizer: Any, run_dir: Path, resume:
     return state
 
 
-def log_training(state: LoopState, optimizer: Any, group_names: list[str], log_steps: int, run_dir: Path,
-                 accelerator: Any, bar: Any) -> None:
+def log_training(
+    state: LoopState, optimizer: Any, group_names: list[str], log_steps: int, run_dir: Path, accelerator: Any, bar: Any
+) -> None:
     """The mean training loss since the last log line, and every group's LR."""
     n = log_steps if state.step % log_steps == 0 else state.step % log_steps
-    record = {"step": state.step, "epoch": round(state.epoch, 4), "loss": state.loss_sum / max(1, n),
-              "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)}}
+    record = {
+        "step": state.step,
+        "epoch": round(state.epoch, 4),
+        "loss": state.loss_sum / max(1, n),
+        "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)},
+    }
     log_record(run_dir, record, accelerator)
     bar.set_postfix(loss=f"{record['loss']:.4f}")
     state.loss_sum = 0.0
@@ -212,12 +248,20 @@ def apply_plan(model: Any, plan: Any, step: int, accelerator: Any, train_mode: b
     apply(accelerator.unwrap_model(model), plan, step)
 
 
-def evaluate_and_keep_best(state: LoopState, model: Any, dataloader: Any, task: Any, data: Any, metric: str,
-                           total_steps: int, recipe: Recipe, accelerator: Any) -> None:
+def evaluate_and_keep_best(
+    state: LoopState,
+    model: Any,
+    dataloader: Any,
+    task: Any,
+    data: Any,
+    metric: str,
+    total_steps: int,
+    recipe: Recipe,
+    accelerator: Any,
+) -> None:
     """Score the validation split; save the model when it is the best so far; stop early when patience runs out."""
     scores = evaluate(model, dataloader, task, data.labels, accelerator)
-    log_record(recipe.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores},
-               accelerator)
+    log_record(recipe.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)
     if improved:
@@ -225,17 +269,28 @@ def evaluate_and_keep_best(state: LoopState, model: Any, dataloader: Any, task: 
         save_model_atomic(accelerator, model, data.processor, recipe.run_dir / "best")
     else:
         state.bad_evals += 1
-    accelerator.print(f"[eval] step {state.step}/{total_steps} epoch {state.epoch:.2f}  "
-                      + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
-                      + ("  (best)" if improved else f"  (best {state.best_metric:.4f} at step {state.best_step})"))
+    accelerator.print(
+        f"[eval] step {state.step}/{total_steps} epoch {state.epoch:.2f}  "
+        + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        + ("  (best)" if improved else f"  (best {state.best_metric:.4f} at step {state.best_step})")
+    )
     patience = recipe.train.early_stopping_patience
     if patience and state.bad_evals >= patience:
         accelerator.print(f"[early stop] no improvement in {metric} for {patience} evaluations")
         state.done = True
 
 
-def finish(state: LoopState, model: Any, eval_dls: dict[str, Any], task: Any, data: Any, metric: str,
-           train_seconds: float, run_dir: Path, accelerator: Any) -> dict[str, Any]:
+def finish(
+    state: LoopState,
+    model: Any,
+    eval_dls: dict[str, Any],
+    task: Any,
+    data: Any,
+    metric: str,
+    train_seconds: float,
+    run_dir: Path,
+    accelerator: Any,
+) -> dict[str, Any]:
     """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
     from hftl.card import write_report
 
@@ -244,9 +299,13 @@ def finish(state: LoopState, model: Any, eval_dls: dict[str, Any], task: Any, da
     if best.is_dir():
         load_saved_weights(accelerator.unwrap_model(model), best)
     final: dict[str, Any] = {
-        "best_step": state.best_step, f"best_validation_{metric}": state.best_metric,
-        "train_seconds": round(train_seconds, 1), "steps": state.step, "num_processes": accelerator.num_processes,
-        "examples": {split: len(ds) for split, ds in data.encoded.items()}}
+        "best_step": state.best_step,
+        f"best_validation_{metric}": state.best_metric,
+        "train_seconds": round(train_seconds, 1),
+        "steps": state.step,
+        "num_processes": accelerator.num_processes,
+        "examples": {split: len(ds) for split, ds in data.encoded.items()},
+    }
     for split, dl in eval_dls.items():  # the best model's validation scores are known already
         known = state.best_scores if split == "validation" else None
         final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
@@ -257,8 +316,11 @@ def finish(state: LoopState, model: Any, eval_dls: dict[str, Any], task: Any, da
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
         write_report(run_dir)  # plots + README.md model card
-    accelerator.print("[done] " + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final
-                                            for k, v in final[s].items()) + f"  -> {run_dir}")
+    accelerator.print(
+        "[done] "
+        + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final for k, v in final[s].items())
+        + f"  -> {run_dir}"
+    )
     return final
 
 

@@ -5,6 +5,7 @@ complete, so a run killed mid-save leaves at worst a ``.tmp-*`` folder that
 resume ignores (and the next save removes). Weights are safetensors; the
 optimizer and RNG states are loaded with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import json

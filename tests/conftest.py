@@ -3,6 +3,7 @@
 Each test process uses one thread (two processes that each use every core slow
 each other down badly on small machines) and never asks the Hugging Face Hub.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,15 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.1)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -5,6 +5,7 @@ Same arguments as ``hftl/run.py``. One hook around ``save_checkpoint``, off unle
 holds to ``DIR/rank{R}-step{S}.safetensors`` (to compare ranks with each other). Kills go
 through hftl's own test hook, ``HFTL_TEST_KILL_AT`` (:func:`hftl.training_state.kill_point`).
 """
+
 import os
 import sys
 from pathlib import Path

@@ -1,11 +1,11 @@
 """Model cards, training-curve plots and tracker checks, on tiny real runs and on synthetic logs."""
+
 from __future__ import annotations
 
 import json
 import re
 
 import pytest
-import yaml
 
 from hftl.errors import HftlError
 
@@ -25,11 +25,14 @@ def test_staged_run_writes_plots_and_a_card_that_states_the_applied_strategy(tex
     from hftl.train import run
 
     monkeypatch.setenv("HF_TOKEN", "hf_planted_secret_for_the_card_test")
-    recipe = load_recipe(text_recipe(
-        description="Toy reviews, unfrozen from the top.",
-        strategy={"name": "progressive", "progressive": {"every": 12, "unit": "step"}, "llrd": {"decay": 0.5}},
-        optim={"lr": 2e-3, "head_lr": 4e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        train={"epochs": 3, "batch_size": 16, "log_steps": 4, "eval_steps": 12, "seed": 0}))
+    recipe = load_recipe(
+        text_recipe(
+            description="Toy reviews, unfrozen from the top.",
+            strategy={"name": "progressive", "progressive": {"every": 12, "unit": "step"}, "llrd": {"decay": 0.5}},
+            optim={"lr": 2e-3, "head_lr": 4e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
+            train={"epochs": 3, "batch_size": 16, "log_steps": 4, "eval_steps": 12, "seed": 0},
+        )
+    )
     run_dir = run(recipe).run_dir
     plan = json.loads((run_dir / "plan.json").read_text())
     final = json.loads((run_dir / "metrics.json").read_text())
@@ -41,8 +44,9 @@ def test_staged_run_writes_plots_and_a_card_that_states_the_applied_strategy(tex
     assert meta["pipeline_tag"] == "text-classification" and meta["library_name"] == "transformers"
     assert "hftl" in meta["tags"] and "strategy:progressive" in meta["tags"]
     assert "base_model" not in meta  # a local folder is not a Hub id
-    results = {(r["dataset"]["split"], m["type"]): m["value"] for r in meta["model-index"][0]["results"]
-               for m in r["metrics"]}
+    results = {
+        (r["dataset"]["split"], m["type"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]
+    }
     assert results[("test", "accuracy")] == pytest.approx(final["test"]["accuracy"], abs=1e-4)
 
     assert "Toy reviews, unfrozen from the top." in text
@@ -66,16 +70,21 @@ def test_lora_run_card_has_peft_metadata_and_snippet(text_recipe):
     from hftl.recipe import load_recipe
     from hftl.train import run
 
-    recipe = load_recipe(text_recipe(strategy={"name": "lora", "lora": {"r": 4}},
-                                     train={"max_steps": 12, "batch_size": 16, "log_steps": 4, "seed": 0}))
+    recipe = load_recipe(
+        text_recipe(
+            strategy={"name": "lora", "lora": {"r": 4}},
+            train={"max_steps": 12, "batch_size": 16, "log_steps": 4, "seed": 0},
+        )
+    )
     run_dir = run(recipe).run_dir
     meta, text = card_parts(run_dir)
     assert meta["library_name"] == "transformers" and "lora" in meta["tags"]  # the root holds the merged model
     assert 'pipeline("text-classification", model=' in text
     assert f'AutoPeftModelForSequenceClassification.from_pretrained("{run_dir}/adapter")' in text
     assert re.search(r"peft adapter: peft_type LORA, r 4, lora_alpha 16, .*target_modules", text)
-    trained, total = map(lambda n: int(n.replace(",", "")),
-                         re.search(r"Trained parameters: ([\d,]+) of ([\d,]+)", text).groups())
+    trained, total = map(
+        lambda n: int(n.replace(",", "")), re.search(r"Trained parameters: ([\d,]+) of ([\d,]+)", text).groups()
+    )
     assert 0 < trained < total / 4  # LoRA matrices and the head only
 
 
@@ -93,8 +102,13 @@ def test_learning_rate_plot_has_one_line_per_group_in_plan_order(tmp_path):
     groups = [("embeddings", 20), ("layer.0", 10), ("head", 0)]
     records = []
     for step in range(2, 31, 2):
-        records.append({"step": step, "loss": 1 / step,
-                        "lr": {n: (0.0 if step < s else 1e-3 * 0.5 ** (2 - i)) for i, (n, s) in enumerate(groups)}})
+        records.append(
+            {
+                "step": step,
+                "loss": 1 / step,
+                "lr": {n: (0.0 if step < s else 1e-3 * 0.5 ** (2 - i)) for i, (n, s) in enumerate(groups)},
+            }
+        )
         if step % 10 == 0:
             records.append({"step": step, "validation": {"f1": step / 40, "loss": 1 / step}})
     write_run_files(tmp_path / "run", records, groups)
@@ -113,10 +127,12 @@ def test_compare_runs_plots_each_run(tmp_path):
     from hftl.plots import compare_runs
 
     for name, slope in (("fe", 1), ("ft", 2)):
-        write_run_files(tmp_path / name, [{"step": s, "validation": {"f1": s * slope / 100}} for s in (10, 20)],
-                        [("head", 0)])
-    figure = compare_runs({"feature extraction": tmp_path / "fe", "fine-tuning": tmp_path / "ft"},
-                          path=tmp_path / "compare.png")
+        write_run_files(
+            tmp_path / name, [{"step": s, "validation": {"f1": s * slope / 100}} for s in (10, 20)], [("head", 0)]
+        )
+    figure = compare_runs(
+        {"feature extraction": tmp_path / "fe", "fine-tuning": tmp_path / "ft"}, path=tmp_path / "compare.png"
+    )
     assert [line.get_label() for line in figure.axes[0].get_lines()] == ["feature extraction", "fine-tuning"]
     assert (tmp_path / "compare.png").stat().st_size > 1000
 
@@ -132,12 +148,15 @@ def test_plots_and_cards_need_a_run_folder(tmp_path):
 
 
 # --------------------------------------------------------------------------- metadata helpers and trackers
-@pytest.mark.parametrize("checkpoint, hub_id", [
-    ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),   # catalog name -> its Hub alias
-    ("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
-    ("/some/local/folder", None),
-    ("bert-base-uncased", None),  # legacy ids without a namespace are not valid base_model metadata
-])
+@pytest.mark.parametrize(
+    "checkpoint, hub_id",
+    [
+        ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),  # catalog name -> its Hub alias
+        ("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
+        ("/some/local/folder", None),
+        ("bert-base-uncased", None),  # legacy ids without a namespace are not valid base_model metadata
+    ],
+)
 def test_checkpoint_hub_ids(checkpoint, hub_id):
     from hftl.card import _checkpoint_hub_id
 
@@ -152,8 +171,8 @@ def test_missing_tracker_is_a_clear_error(monkeypatch):
 
     check_trackers(["tensorboard"])
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(trackers.importlib.util, "find_spec",
-                        lambda name: None if name == "wandb" else real_find_spec(name))
+    monkeypatch.setattr(
+        trackers.importlib.util, "find_spec", lambda name: None if name == "wandb" else real_find_spec(name)
+    )
     with pytest.raises(HftlError, match=r"asks for wandb, which is not installed.*pip install wandb"):
         check_trackers(["wandb"])
-

@@ -1,4 +1,5 @@
 """The command line: user errors exit 2 with one clear message and no traceback; ``--debug`` shows it."""
+
 from __future__ import annotations
 
 import os
@@ -51,12 +52,15 @@ def test_validate_accepts_a_good_recipe_with_overrides(text_recipe, capsys):
 USER_ERRORS = {
     "bad-override": (["validate", "{recipe}", "train.epochs"], "is not of the form key.path=value"),
     "missing-recipe": (["validate", "{tmp}/nope.yaml"], "cannot read the recipe file"),
-    "missing-checkpoint": (["run", "{recipe}", "model.checkpoint={tmp}/no-model", "train.max_steps=1"],
-                           "no-model"),
-    "missing-column": (["run", "{recipe}", "data.columns.text=review", "train.max_steps=1"],
-                       "column 'review' is not in"),
-    "plan-schedule-too-long": (["plan", "{recipe}", "strategy.name=progressive", "strategy.progressive.every=9"],
-                               "longer than the run"),
+    "missing-checkpoint": (["run", "{recipe}", "model.checkpoint={tmp}/no-model", "train.max_steps=1"], "no-model"),
+    "missing-column": (
+        ["run", "{recipe}", "data.columns.text=review", "train.max_steps=1"],
+        "column 'review' is not in",
+    ),
+    "plan-schedule-too-long": (
+        ["plan", "{recipe}", "strategy.name=progressive", "strategy.progressive.every=9"],
+        "longer than the run",
+    ),
     "predict-without-inputs": (["predict", "{tmp}"], "needs inputs"),
 }
 

@@ -3,11 +3,11 @@
 The catalog tests read the real offline datasets through hftl's cache, so only
 the very first run pays for the conversion (Fashion-MNIST: a few seconds).
 """
+
 from __future__ import annotations
 
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,19 +18,24 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hftl import data  # noqa: E402
+from hftl import data, splits  # noqa: E402
 from hftl.errors import DataError, HftlError  # noqa: E402
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 CATALOG = {  # name -> (rows per split, features)
-    "rotten-tomatoes": ({"train": 12808}, {
-        "text": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=["rotten", "fresh"]),
-        "movie_name": datasets.Value("string")}),
+    "rotten-tomatoes": (
+        {"train": 12808},
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["rotten", "fresh"]),
+            "movie_name": datasets.Value("string"),
+        },
+    ),
     "wnut16": ({"train": 2394}, None),  # features checked in test_wnut16
-    "fashion-mnist": ({"train": 60000, "test": 10000}, {
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=data.FASHION_MNIST_CLASSES)}),
+    "fashion-mnist": (
+        {"train": 60000, "test": 10000},
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=data.FASHION_MNIST_CLASSES)},
+    ),
     "mnist-5k": ({"train": 5000}, {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)}),
     "digits": ({"train": 1797}, {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)}),
 }
@@ -100,8 +105,18 @@ def test_wnut16() -> None:
     ds = data.load_source("wnut16")["train"]
     names = ds.features["ner_tags"].feature.names
     assert names[0] == "O" and names[1:] == sorted(names[1:]) and len(names) == 21
-    assert {name[2:] for name in names[1:]} == {"company", "facility", "geo-loc", "movie", "musicartist",
-                                                "other", "person", "product", "sportsteam", "tvshow"}
+    assert {name[2:] for name in names[1:]} == {
+        "company",
+        "facility",
+        "geo-loc",
+        "movie",
+        "musicartist",
+        "other",
+        "person",
+        "product",
+        "sportsteam",
+        "tvshow",
+    }
     assert sum(len(tokens) for tokens in ds["tokens"]) == 46469
     first = ds[0]
     assert len(first["tokens"]) == len(first["ner_tags"])
@@ -113,8 +128,8 @@ def test_wnut16() -> None:
 
 def test_group_split_keeps_movies_whole_and_is_stable(rotten: datasets.Dataset) -> None:
     dsd = datasets.DatasetDict({"train": rotten})
-    first = data.ensure_splits(dsd, group_column="movie_name")
-    second = data.ensure_splits(dsd, group_column="movie_name")
+    first = splits.ensure_splits(dsd, group_column="movie_name")
+    second = splits.ensure_splits(dsd, group_column="movie_name")
     assert list(first) == ["train", "validation", "test"]
     movies = {split: set(ds["movie_name"]) for split, ds in first.items()}
     assert not movies["train"] & movies["validation"]
@@ -124,7 +139,7 @@ def test_group_split_keeps_movies_whole_and_is_stable(rotten: datasets.Dataset) 
     assert all(first[split]["text"] == second[split]["text"] for split in first)
     assert 0.09 < first["test"].num_rows / rotten.num_rows < 0.12
     assert 0.09 < first["validation"].num_rows / rotten.num_rows < 0.12
-    other_seed = data.ensure_splits(dsd, group_column="movie_name", seed=7)
+    other_seed = splits.ensure_splits(dsd, group_column="movie_name", seed=7)
     assert set(other_seed["test"]["movie_name"]) != movies["test"]
 
 
@@ -134,48 +149,51 @@ def _numbers(n: int = 1000) -> datasets.Dataset:
 
 def test_random_split_fractions_and_stability() -> None:
     dsd = datasets.DatasetDict({"train": _numbers()})
-    first = data.ensure_splits(dsd, validation=0.2, test=0.1, seed=3)
-    again = data.ensure_splits(dsd, validation=0.2, test=0.1, seed=3)
+    first = splits.ensure_splits(dsd, validation=0.2, test=0.1, seed=3)
+    again = splits.ensure_splits(dsd, validation=0.2, test=0.1, seed=3)
     assert {s: ds.num_rows for s, ds in first.items()} == {"train": 700, "validation": 200, "test": 100}
     assert all(first[s]["x"] == again[s]["x"] for s in first)
     assert sorted(x for s in first for x in first[s]["x"]) == list(range(1000))
-    assert first["test"]["x"] != data.ensure_splits(dsd, seed=4)["test"]["x"]
+    assert first["test"]["x"] != splits.ensure_splits(dsd, seed=4)["test"]["x"]
 
 
 def test_stratified_split_keeps_class_proportions() -> None:
-    dsd = data.ensure_splits(datasets.DatasetDict({"train": _numbers()}), stratify_column="y")
+    dsd = splits.ensure_splits(datasets.DatasetDict({"train": _numbers()}), stratify_column="y")
     assert np.bincount(dsd["test"]["y"]).tolist() == [25, 25, 25, 25]
 
 
 def test_existing_splits_are_kept_and_aliases_renamed() -> None:
     dsd = datasets.DatasetDict({"train": _numbers(100), "dev": _numbers(7), "test": _numbers(9)})
-    out = data.ensure_splits(dsd)
+    out = splits.ensure_splits(dsd)
     assert {s: ds.num_rows for s, ds in out.items()} == {"train": 100, "validation": 7, "test": 9}
 
 
 def test_only_test_given_carves_validation_from_train() -> None:
-    out = data.ensure_splits(datasets.DatasetDict({"train": _numbers(100), "test": _numbers(9)}), validation=0.2)
+    out = splits.ensure_splits(datasets.DatasetDict({"train": _numbers(100), "test": _numbers(9)}), validation=0.2)
     assert {s: ds.num_rows for s, ds in out.items()} == {"train": 80, "validation": 20, "test": 9}
 
 
 def test_too_few_groups_is_an_error() -> None:
     two_rows_one_movie = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"movie": ["a", "a"]})})
-    with pytest.raises(DataError, match=r"Too few groups of 'movie' in train \(2 rows\) to carve test 0.1, "
-                                        r"validation 0.1: test would be empty"):
-        data.ensure_splits(two_rows_one_movie, group_column="movie")
-    assert data.ensure_splits(two_rows_one_movie, group_column="movie", validation=0, test=0)["train"].num_rows == 2
+    with pytest.raises(
+        DataError,
+        match=r"Too few groups of 'movie' in train \(2 rows\) to carve test 0.1, "
+        r"validation 0.1: test would be empty",
+    ):
+        splits.ensure_splits(two_rows_one_movie, group_column="movie")
+    assert splits.ensure_splits(two_rows_one_movie, group_column="movie", validation=0, test=0)["train"].num_rows == 2
 
 
 def test_tiny_train_still_gets_one_row_per_carved_split() -> None:
-    out = data.ensure_splits(datasets.DatasetDict({"train": _numbers(4)}))
+    out = splits.ensure_splits(datasets.DatasetDict({"train": _numbers(4)}))
     assert {s: ds.num_rows for s, ds in out.items()} == {"train": 2, "validation": 1, "test": 1}
     with pytest.raises(DataError, match=r"Too few rows in train \(2 rows\).*train would be empty"):
-        data.ensure_splits(datasets.DatasetDict({"train": _numbers(2)}))
+        splits.ensure_splits(datasets.DatasetDict({"train": _numbers(2)}))
 
 
 def test_missing_group_column_names_the_columns() -> None:
     with pytest.raises(DataError, match=r"'movie'.*available columns: x, y"):
-        data.ensure_splits(datasets.DatasetDict({"train": _numbers(10)}), group_column="movie")
+        splits.ensure_splits(datasets.DatasetDict({"train": _numbers(10)}), group_column="movie")
 
 
 # --------------------------------------------------------------------------- subsample
@@ -183,11 +201,11 @@ def test_missing_group_column_names_the_columns() -> None:
 
 def test_subsample_is_seeded_stable_and_nested() -> None:
     ds = _numbers()
-    small, big = data.subsample(ds, 50, seed=1), data.subsample(ds, 200, seed=1)
-    assert small.num_rows == 50 and small["x"] == data.subsample(ds, 50, seed=1)["x"]
+    small, big = splits.subsample(ds, 50, seed=1), splits.subsample(ds, 200, seed=1)
+    assert small.num_rows == 50 and small["x"] == splits.subsample(ds, 50, seed=1)["x"]
     assert set(small["x"]) < set(big["x"])
-    assert small["x"] != data.subsample(ds, 50, seed=2)["x"]
-    assert data.subsample(ds, None, seed=1) is ds and data.subsample(ds, 5000, seed=1) is ds
+    assert small["x"] != splits.subsample(ds, 50, seed=2)["x"]
+    assert splits.subsample(ds, None, seed=1) is ds and splits.subsample(ds, 5000, seed=1) is ds
 
 
 # --------------------------------------------------------------------------- local and Hub sources
@@ -197,7 +215,9 @@ def test_local_files_relative_to_recipe(tmp_path, monkeypatch) -> None:
     folder = tmp_path / "project"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "reviews.csv").write_text("text,label\ngood,1\nbad,0\nfine,1\n")
-    (folder / "data" / "reviews.jsonl").write_text("\n".join(json.dumps({"text": t, "label": i}) for i, t in enumerate("ab")))
+    (folder / "data" / "reviews.jsonl").write_text(
+        "\n".join(json.dumps({"text": t, "label": i}) for i, t in enumerate("ab"))
+    )
     (folder / "data" / "reviews.tsv").write_text("text\tlabel\ngood, really\t1\n")
     recipe = folder / "recipe.yaml"
     recipe.write_text("data: {source: data/reviews.csv}\n")
@@ -207,8 +227,9 @@ def test_local_files_relative_to_recipe(tmp_path, monkeypatch) -> None:
     assert data.load_source("data/reviews.jsonl", recipe_file=str(recipe))["train"]["text"] == ["a", "b"]
     assert data.load_source("data/reviews.tsv", recipe_file=str(recipe))["train"]["text"] == ["good, really"]
     assert data.load_source("project/data/reviews.csv")["train"].num_rows == 3  # found from the cwd
-    by_builder = data.load_source("csv", data_files={"train": "data/reviews.csv", "test": "data/reviews.csv"},
-                                  recipe_file=str(recipe))
+    by_builder = data.load_source(
+        "csv", data_files={"train": "data/reviews.csv", "test": "data/reviews.csv"}, recipe_file=str(recipe)
+    )
     assert {s: ds.num_rows for s, ds in by_builder.items()} == {"train": 3, "test": 3}
     by_glob = data.load_source("json", data_files={"train": "data/*.jsonl"}, recipe_file=str(recipe))
     assert by_glob["train"].num_rows == 2
@@ -225,7 +246,9 @@ def test_local_imagefolder(tmp_path) -> None:
     for label in ("cat", "dog"):
         (tmp_path / "pets" / label).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "pets" / label / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(
+                tmp_path / "pets" / label / f"{i}.png"
+            )
     dsd = data.load_source(str(tmp_path / "pets"))
     assert dsd["train"].num_rows == 6
     assert dsd["train"].features["label"].names == ["cat", "dog"]

@@ -9,6 +9,7 @@ each must exit 0: two-process CPU runs used to abort at exit now and then.
 
 Each launch takes 20-40 s on a 2-core machine, most of it importing torch in 3 processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,29 +37,58 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def accelerate_launch(script: Path, args: list[str], *flags: str, env: dict[str, str] | None = None
-                      ) -> subprocess.CompletedProcess:
+def accelerate_launch(
+    script: Path, args: list[str], *flags: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``accelerate launch FLAGS script ARGS`` with one thread per process, offline, on CPU."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(env or {})}
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        **(env or {}),
+    }
     full_env.pop("WORLD_SIZE", None)
-    command = [str(ACCELERATE), "launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script), *args]
+    command = [
+        str(ACCELERATE),
+        "launch",
+        *flags,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
 def launch_two(recipe: Path, dump: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The documented CPU multi-process command, through the driver that dumps each rank's weights."""
     dump.mkdir()
-    return accelerate_launch(DRIVER, [str(recipe), *overrides], "--multi_gpu", "--num_processes", "2",
-                             env={"ACCELERATE_USE_CPU": "true", "HFTL_TEST_DUMP": str(dump)})
+    return accelerate_launch(
+        DRIVER,
+        [str(recipe), *overrides],
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        env={"ACCELERATE_USE_CPU": "true", "HFTL_TEST_DUMP": str(dump)},
+    )
 
 
 def dumps(dump: Path) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """step -> (rank 0 tensors, rank 1 tensors)."""
     steps = sorted(int(p.stem.split("-step")[1]) for p in dump.glob("rank0-step*.safetensors"))
-    return {s: (load_file(str(dump / f"rank0-step{s}.safetensors")), load_file(str(dump / f"rank1-step{s}.safetensors")))
-            for s in steps}
+    return {
+        s: (load_file(str(dump / f"rank0-step{s}.safetensors")), load_file(str(dump / f"rank1-step{s}.safetensors")))
+        for s in steps
+    }
 
 
 def group_of(name: str) -> str:
@@ -73,8 +103,11 @@ def group_of(name: str) -> str:
 
 def changed_groups(tensors: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> set[str]:
     """Body groups holding a tensor that differs from the pretrained checkpoint."""
-    return {group_of(k) for k, v in tensors.items()
-            if k.removeprefix("bert.") in initial and not torch.equal(v, initial[k.removeprefix("bert.")])}
+    return {
+        group_of(k)
+        for k, v in tensors.items()
+        if k.removeprefix("bert.") in initial and not torch.equal(v, initial[k.removeprefix("bert.")])
+    }
 
 
 def assert_ranks_identical(by_step: dict) -> None:
@@ -100,8 +133,12 @@ def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_p
     }
     expected_changes = {  # checkpoint step -> groups changed (a checkpoint at step s holds s updates)
         "progressive": {6: set(), 12: {"pooler"}, 18: {"pooler", "layer.1"}, 24: {"pooler", "layer.1", "layer.0"}},
-        "two_stage": {6: set(), 12: set(), 18: {"embeddings", "layer.0", "layer.1", "pooler"},
-                      24: {"embeddings", "layer.0", "layer.1", "pooler"}},
+        "two_stage": {
+            6: set(),
+            12: set(),
+            18: {"embeddings", "layer.0", "layer.1", "pooler"},
+            24: {"embeddings", "layer.0", "layer.1", "pooler"},
+        },
     }
     for name, overrides in runs.items():  # back to back: each launch must exit 0
         run_dir = tmp_path / name
@@ -125,10 +162,15 @@ def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_p
             first, last = by_step[6][0], by_step[24][0]
             base = [k for k in last if "lora_" not in k and "modules_to_save" not in k]
             assert all(torch.equal(first[k], last[k]) for k in base)
-            assert all(torch.equal(last[k], initial[k.removeprefix("base_model.model.bert.").replace(".base_layer", "")])
-                       for k in base if k.startswith("base_model.model.bert."))
-            assert not torch.equal(first["base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight"],
-                                   last["base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight"])
+            assert all(
+                torch.equal(last[k], initial[k.removeprefix("base_model.model.bert.").replace(".base_layer", "")])
+                for k in base
+                if k.startswith("base_model.model.bert.")
+            )
+            assert not torch.equal(
+                first["base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight"],
+                last["base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight"],
+            )
             assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -145,10 +187,22 @@ def test_cpu_launcher_that_starts_one_process_is_refused(text_recipe, tmp_path) 
 def test_torchrun_on_cpu_starts_one_two_process_run(text_recipe, tmp_path) -> None:
     """``torchrun --nproc_per_node 2`` on a machine without GPUs is one 2-process gloo run, not two runs."""
     recipe = text_recipe(train={"max_steps": 4, "batch_size": 16, "eval_steps": 4})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error"}
-    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(REPO / "hftl" / "run.py"), str(recipe)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "hftl" / "run.py"),
+        str(recipe),
+    ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -156,14 +210,17 @@ def test_torchrun_on_cpu_starts_one_two_process_run(text_recipe, tmp_path) -> No
     assert sum("final" in r for r in read_log(tmp_path / "run")) == 1
 
 
-@pytest.mark.parametrize("env, started, refused", [
-    ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, 1, True),  # --cpu, N=2
-    ({"ACCELERATE_USE_CPU": "True"}, 1, False),  # --cpu --num_processes 1: no MASTER_PORT
-    ({"ACCELERATE_USE_CPU": "true", "MASTER_PORT": "29500", "WORLD_SIZE": "2"}, 2, False),  # --multi_gpu on CPU
-    ({"WORLD_SIZE": "2"}, 1, True),  # torchrun whose ranks did not join one process group
-    ({"HFTL_EXPECT_PROCESSES": "4"}, 2, True),
-    ({"HFTL_EXPECT_PROCESSES": "2"}, 2, False),
-])
+@pytest.mark.parametrize(
+    "env, started, refused",
+    [
+        ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, 1, True),  # --cpu, N=2
+        ({"ACCELERATE_USE_CPU": "True"}, 1, False),  # --cpu --num_processes 1: no MASTER_PORT
+        ({"ACCELERATE_USE_CPU": "true", "MASTER_PORT": "29500", "WORLD_SIZE": "2"}, 2, False),  # --multi_gpu on CPU
+        ({"WORLD_SIZE": "2"}, 1, True),  # torchrun whose ranks did not join one process group
+        ({"HFTL_EXPECT_PROCESSES": "4"}, 2, True),
+        ({"HFTL_EXPECT_PROCESSES": "2"}, 2, False),
+    ],
+)
 def test_process_count_check_reads_what_the_launcher_exports(monkeypatch, env, started, refused) -> None:
     """The environment each launcher exports, as measured with accelerate 1.15 (see check_process_count)."""
     from types import SimpleNamespace

@@ -1,5 +1,6 @@
 """The extension points keep their shape: every registered task and strategy describes itself fully,
 and no module outside a task's or strategy's own module asks for it by name."""
+
 from __future__ import annotations
 
 import re
@@ -12,9 +13,11 @@ from hftl.tasks import TASKS, CardInfo, Task
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hftl"
 # The few quoted names that are not branches: (file, quoted name) -> why.
-ALLOWED = {("schema.py", "full"): "the schema's default strategy",
-           ("tasks/fusion_model.py", "fusion"): "the fusion task's own model module (config tag)",
-           ("tasks/pooled_model.py", "text-classification"): "the text task's own model module (docstring)"}
+ALLOWED = {
+    ("schema.py", "full"): "the schema's default strategy",
+    ("tasks/fusion_model.py", "fusion"): "the fusion task's own model module (config tag)",
+    ("tasks/pooled_model.py", "text-classification"): "the text task's own model module (docstring)",
+}
 MEMBERS = [name for name in dir(Task) if not name.startswith("_")] + list(Task.__annotations__)
 
 
@@ -40,7 +43,8 @@ def test_every_strategy_describes_itself(name):
 def test_no_module_branches_on_a_strategy_or_task_name():
     """A quoted strategy or task name may appear only in the module that registers it."""
     names = {*STRATEGIES.names(), *TASKS.names()}
-    quoted = re.compile(r"""(?<![\w.])["'](%s)["']""" % "|".join(map(re.escape, sorted(names))))
+    alternatives = "|".join(map(re.escape, sorted(names)))
+    quoted = re.compile(rf"""(?<![\w.])["']({alternatives})["']""")
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         text = path.read_text(encoding="utf-8")

@@ -3,6 +3,7 @@
 The end-to-end tests train the tiny BERT fixture with a frozen body twice: once
 normally and once on cached features, and check both give the same head.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hftl import feature_cache
+from hftl import feature_cache, feature_store
 from hftl.build import plan_for
 from hftl.recipe import load_recipe
 from hftl.strategies.plan import apply_plan
@@ -21,8 +22,12 @@ from hftl.train import run
 
 # head_solver adamw: these tests compare the loop on cached features with the loop without them
 # (the default, an L-BFGS probe fitted first, is tested in tests/test_probe.py).
-FROZEN = {"strategy": {"name": "feature_extraction", "feature_extraction": {"head_solver": "adamw"}}, "optim": {"lr": 5e-3, "warmup_ratio": 0.1, "scheduler": "linear"},
-          "data": {"max_train_samples": 160}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 16, "log_steps": 5, "seed": 0}}
+FROZEN = {
+    "strategy": {"name": "feature_extraction", "feature_extraction": {"head_solver": "adamw"}},
+    "optim": {"lr": 5e-3, "warmup_ratio": 0.1, "scheduler": "linear"},
+    "data": {"max_train_samples": 160},
+    "train": {"min_steps": 0, "epochs": 2, "batch_size": 16, "log_steps": 5, "seed": 0},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +52,10 @@ def test_cached_head_matches_uncached_run_then_cache_is_reused_and_invalidated(t
     cached, cached_head, log = train(text_recipe, tmp_path, capsys, "cached")
     assert "the head (dropout -> classifier) trains on cached inputs of 'dropout'" in log[0]
     assert [re.match(r"\[cache\] (\w+): (\w+)", line).groups() for line in log[1:]] == [
-        ("train", "built"), ("validation", "built"), ("test", "built")]
+        ("train", "built"),
+        ("validation", "built"),
+        ("test", "built"),
+    ]
     # Same batches, same dropout masks (the head's own dropout, replayed on the cache), same optimizer steps.
     for name, value in plain_head.items():
         torch.testing.assert_close(cached_head[name], value, rtol=1e-4, atol=1e-5)
@@ -67,16 +75,21 @@ def test_cached_head_matches_uncached_run_then_cache_is_reused_and_invalidated(t
     pipe = pipeline("text-classification", model=str(cached.run_dir))
     assert pipe("a great movie")[0]["label"] in ("pos", "neg")
     assert torch.equal(pipe.model.classifier.weight.detach(), cached_head["classifier.weight"])
-    assert json.loads((cached.run_dir / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    assert json.loads((cached.run_dir / "config.json").read_text())["architectures"] == [
+        "BertForSequenceClassification"
+    ]
 
 
-@pytest.mark.parametrize(("sections", "reason"), [
-    ({"strategy": {"name": "full"}}, "body group(s) embeddings, layer.0, layer.1, pooler train during the run"),
-    ({"strategy": {"name": "two_stage", "two_stage": {"head_epochs": 1}}}, "body group(s) embeddings, layer.0"),
-    ({"strategy": {"name": "partial", "partial": {"freeze_groups": 2}}}, "body group(s) layer.1, pooler train"),
-    ({"strategy": {"name": "partial", "partial": {"freeze_groups": 4}}}, None),
-    ({"strategy": {"name": "feature_extraction"}, "train": {"cache_features": "never"}}, "'never'"),
-])
+@pytest.mark.parametrize(
+    ("sections", "reason"),
+    [
+        ({"strategy": {"name": "full"}}, "body group(s) embeddings, layer.0, layer.1, pooler train during the run"),
+        ({"strategy": {"name": "two_stage", "two_stage": {"head_epochs": 1}}}, "body group(s) embeddings, layer.0"),
+        ({"strategy": {"name": "partial", "partial": {"freeze_groups": 2}}}, "body group(s) layer.1, pooler train"),
+        ({"strategy": {"name": "partial", "partial": {"freeze_groups": 4}}}, None),
+        ({"strategy": {"name": "feature_extraction"}, "train": {"cache_features": "never"}}, "'never'"),
+    ],
+)
 def test_skip_reasons(text_recipe, sections, reason):
     recipe = load_recipe(text_recipe(**sections))
     model, plan, encoded = build(recipe)
@@ -117,8 +130,15 @@ def test_cache_key_follows_the_frozen_weights_and_digest_follows_the_rows(text_r
 def _vit():
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=20, num_labels=3)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=20,
+        num_labels=3,
+    )
     return ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
 
 
@@ -139,8 +159,15 @@ def _timm():
 def _bert(cls: str, dropout: float = 0.1):
     import transformers
 
-    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=20, num_labels=3, classifier_dropout=dropout)
+    config = transformers.BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=20,
+        num_labels=3,
+        classifier_dropout=dropout,
+    )
     ids = torch.randint(5, 40, (2, 7))
     return getattr(transformers, cls)(config), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
@@ -153,14 +180,17 @@ def _distilbert():
     return DistilBertForSequenceClassification(config), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-@pytest.mark.parametrize(("make", "chain", "shape"), [
-    (lambda: _bert("BertForSequenceClassification"), ["dropout", "classifier"], (16,)),
-    (lambda: _bert("BertForTokenClassification"), ["dropout", "classifier"], (7, 16)),
-    (_vit, ["classifier"], (16,)),
-    (_resnet, ["classifier"], (16, 1, 1)),
-    (_timm, ["timm_model.classifier"], None),  # global pooling folded into the cached features
-    (_distilbert, None, "something hftl cannot replay runs between head modules 'pre_classifier' and 'dropout'"),
-])
+@pytest.mark.parametrize(
+    ("make", "chain", "shape"),
+    [
+        (lambda: _bert("BertForSequenceClassification"), ["dropout", "classifier"], (16,)),
+        (lambda: _bert("BertForTokenClassification"), ["dropout", "classifier"], (7, 16)),
+        (_vit, ["classifier"], (16,)),
+        (_resnet, ["classifier"], (16, 1, 1)),
+        (_timm, ["timm_model.classifier"], None),  # global pooling folded into the cached features
+        (_distilbert, None, "something hftl cannot replay runs between head modules 'pre_classifier' and 'dropout'"),
+    ],
+)
 def test_trace_head_finds_the_chain_to_replay(make, chain, shape, text_recipe):
     torch.manual_seed(0)
     model, batch = make()
@@ -191,21 +221,21 @@ def test_token_level_features_drop_padding_and_collate_back():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     rows = feature_cache._per_example(features, mask)
     assert [tuple(r.shape) for r in rows] == [(4, 3), (2, 3)]
-    batch = feature_cache.collate_cached([(rows[0], [0, 1, 2, -100]), (rows[1], [1, 2])])
+    batch = feature_store.collate_cached([(rows[0], [0, 1, 2, -100]), (rows[1], [1, 2])])
     assert batch["features"].shape == (2, 4, 3)
     assert batch["labels"].tolist() == [[0, 1, 2, -100], [1, 2, -100, -100]]
 
 
 def test_rows_round_trip_through_the_cache_file(tmp_path):
     ragged = [torch.randn(n, 3) for n in (4, 2, 5)]
-    feature_cache.write_rows(tmp_path / "r.safetensors", ragged)
-    for a, b in zip(feature_cache.read_rows(tmp_path / "r.safetensors"), ragged):
+    feature_store.write_rows(tmp_path / "r.safetensors", ragged)
+    for a, b in zip(feature_store.read_rows(tmp_path / "r.safetensors"), ragged):
         assert torch.equal(a, b)
     fixed = [torch.randn(3) for _ in range(4)]
-    feature_cache.write_rows(tmp_path / "f.safetensors", fixed)
-    assert torch.equal(feature_cache.read_rows(tmp_path / "f.safetensors"), torch.stack(fixed))
+    feature_store.write_rows(tmp_path / "f.safetensors", fixed)
+    assert torch.equal(feature_store.read_rows(tmp_path / "f.safetensors"), torch.stack(fixed))
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
-    assert feature_cache.read_rows(tmp_path / "bad.safetensors") is None
+    assert feature_store.read_rows(tmp_path / "bad.safetensors") is None
 
 
 # --------------------------------------------------------------------------- no-grad frozen prefix
@@ -219,9 +249,12 @@ def test_frozen_prefix_builds_no_autograd_graph(text_recipe):
         model.train()
         apply_plan(model, step_plan, 0)
         grads, total = {}, 0
-        hooks = [model.get_submodule(name).register_forward_hook(
-            lambda m, a, out, name=name: grads.__setitem__(name, out[0].requires_grad))
-            for name in ("bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1")]
+        hooks = [
+            model.get_submodule(name).register_forward_hook(
+                lambda m, a, out, name=name: grads.__setitem__(name, out[0].requires_grad)
+            )
+            for name in ("bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1")
+        ]
 
         def pack(t):
             nonlocal total

@@ -1,5 +1,6 @@
 """Image + text fusion: the model, per-tower plans, save / reload, recipe checks, and the evidence that
 fusing two towers solves a task neither tower can solve alone."""
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,16 @@ N_PRETRAIN = 2500  # digits-plus rows used to pre-train the vision tower; the ot
 def tiny_text_tower():
     from transformers import BertConfig, BertModel
 
-    return BertModel(BertConfig(vocab_size=len(TEXT_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=37, max_position_embeddings=16))
+    return BertModel(
+        BertConfig(
+            vocab_size=len(TEXT_VOCAB),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=16,
+        )
+    )
 
 
 def tiny_resnet_config(**extra):
@@ -40,8 +49,16 @@ def tiny_vision_tower(kind: str):
     from transformers import ResNetModel, ViTConfig, ViTModel
 
     if kind == "vit":
-        return ViTModel(ViTConfig(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=37))
+        return ViTModel(
+            ViTConfig(
+                image_size=28,
+                patch_size=7,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+            )
+        )
     return ResNetModel(tiny_resnet_config())
 
 
@@ -52,8 +69,10 @@ def image_processor():
 
 
 def fusion_model(kind: str = "vit", method: str = "concat", labels=tuple("0123456789")) -> FusionModel:
-    towers = {"vision": {"checkpoint": f"tiny-{kind}", "revision": None},
-              "text": {"checkpoint": "tiny-bert", "revision": None}}
+    towers = {
+        "vision": {"checkpoint": f"tiny-{kind}", "revision": None},
+        "text": {"checkpoint": "tiny-bert", "revision": None},
+    }
     vision, text = tiny_vision_tower(kind), tiny_text_tower()
     towers["vision"]["config"], towers["text"]["config"] = vision.config.to_dict(), text.config.to_dict()
     return FusionModel(vision, text, FusionConfig(towers=towers, labels=list(labels), method=method, hidden_size=16))
@@ -105,9 +124,12 @@ def digit_resnet_dir(tmp_path_factory, digits_plus_data) -> Path:
 
 def fusion_recipe(tmp_path: Path, name: str, vision: Path | str, text: Path | str, source: Path | str, **sections):
     doc = {
-        "name": name, "task": "fusion",
-        "model": {"towers": {"vision": {"checkpoint": str(vision)}, "text": {"checkpoint": str(text)}},
-                  "fusion": {"method": "concat", "hidden_size": 128, "dropout": 0.0}},
+        "name": name,
+        "task": "fusion",
+        "model": {
+            "towers": {"vision": {"checkpoint": str(vision)}, "text": {"checkpoint": str(text)}},
+            "fusion": {"method": "concat", "hidden_size": 128, "dropout": 0.0},
+        },
         "data": {"source": str(source), "max_length": 8},
         "strategy": {"name": "full", "towers": {"vision": {"name": "feature_extraction"}}},
         "optim": {"lr": 3e-3, "head_lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant", "weight_decay": 0.0},
@@ -125,8 +147,12 @@ def fusion_recipe(tmp_path: Path, name: str, vision: Path | str, text: Path | st
 def test_every_parameter_gets_a_gradient(kind, method):
     """Pooled features of both towers reach the loss, and no parameter is left unused (DDP would hang on one)."""
     model = fusion_model(kind, method)
-    out = model(pixel_values=torch.randn(4, 3, 28, 28), input_ids=torch.randint(5, len(TEXT_VOCAB), (4, 3)),
-                attention_mask=torch.ones(4, 3, dtype=torch.long), labels=torch.tensor([0, 1, 2, 3]))
+    out = model(
+        pixel_values=torch.randn(4, 3, 28, 28),
+        input_ids=torch.randint(5, len(TEXT_VOCAB), (4, 3)),
+        attention_mask=torch.ones(4, 3, dtype=torch.long),
+        labels=torch.tensor([0, 1, 2, 3]),
+    )
     assert out.logits.shape == (4, 10) and out.loss.ndim == 0
     out.loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
@@ -138,8 +164,11 @@ def test_text_is_mean_pooled_over_real_tokens_only():
     model = fusion_model().eval()
     pixels, ids = torch.randn(1, 3, 28, 28), torch.tensor([[2, 5, 8, 3]])
     alone = model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones(1, 4, dtype=torch.long)).logits
-    padded = model(pixel_values=pixels, input_ids=torch.tensor([[2, 5, 8, 3, 0, 0]]),
-                   attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]])).logits
+    padded = model(
+        pixel_values=pixels,
+        input_ids=torch.tensor([[2, 5, 8, 3, 0, 0]]),
+        attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]]),
+    ).logits
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
 
 
@@ -169,19 +198,35 @@ def test_save_and_reload_through_hftls_own_loader(tmp_path, number_bert_dir):
 def test_each_tower_gets_its_own_strategy(tmp_path, number_bert_dir):
     from hftl.build import plan_for
 
-    recipe = fusion_recipe(tmp_path, "plan", "unused", number_bert_dir, "unused",
-                           strategy={"towers": {"vision": {"name": "feature_extraction"},
-                                                "text": {"name": "full", "llrd": {"decay": 0.5}}}},
-                           optim={"lr": 1e-3, "head_lr": 1e-2})
+    recipe = fusion_recipe(
+        tmp_path,
+        "plan",
+        "unused",
+        number_bert_dir,
+        "unused",
+        strategy={
+            "towers": {"vision": {"name": "feature_extraction"}, "text": {"name": "full", "llrd": {"decay": 0.5}}}
+        },
+        optim={"lr": 1e-3, "head_lr": 1e-2},
+    )
     model = fusion_model("vit")
     plan = plan_for(model, recipe, steps_per_epoch=10, total_steps=30)
     by_name = {g.name: g for g in plan.groups}
-    assert list(by_name) == ["vision.embeddings", "vision.layer.0", "vision.layer.1", "vision.neck",
-                             "text.embeddings", "text.layer.0", "text.layer.1", "head"]
+    assert list(by_name) == [
+        "vision.embeddings",
+        "vision.layer.0",
+        "vision.layer.1",
+        "vision.neck",
+        "text.embeddings",
+        "text.layer.0",
+        "text.layer.1",
+        "head",
+    ]
     assert [g.depth for g in plan.groups] == list(range(8))
     assert all(by_name[n].start_step is None for n in by_name if n.startswith("vision."))
-    assert [by_name[n].lr for n in ("text.embeddings", "text.layer.0", "text.layer.1")] == \
-        pytest.approx([1e-3 * 0.5 ** 3, 1e-3 * 0.5 ** 2, 1e-3 * 0.5])
+    assert [by_name[n].lr for n in ("text.embeddings", "text.layer.0", "text.layer.1")] == pytest.approx(
+        [1e-3 * 0.5**3, 1e-3 * 0.5**2, 1e-3 * 0.5]
+    )
     assert by_name["head"].is_head and by_name["head"].lr == 1e-2 and by_name["head"].start_step == 0
     params = dict(model.named_parameters())
     assert plan.ever_trainable() == {n for n in params if not n.startswith("vision.")}
@@ -193,8 +238,9 @@ def test_fusion_plan_carries_the_recipes_schedule_and_warmup(tmp_path, number_be
     from hftl.build import plan_for
     from hftl.strategies.plan import format_plan
 
-    recipe = fusion_recipe(tmp_path, "plan", "unused", number_bert_dir, "unused",
-                           optim={"scheduler": "cosine", "warmup_steps": 5})
+    recipe = fusion_recipe(
+        tmp_path, "plan", "unused", number_bert_dir, "unused", optim={"scheduler": "cosine", "warmup_steps": 5}
+    )
     plan = plan_for(fusion_model("resnet"), recipe, steps_per_epoch=10, total_steps=30)
     assert (plan.scheduler, plan.warmup_steps, plan.total_steps) == ("cosine", 5, 30)
     assert plan.schedule(0) == pytest.approx(1 / 6) and plan.schedule(30) == pytest.approx(0.0)
@@ -205,9 +251,17 @@ def test_staged_tower_strategy_changes_mid_run(tmp_path, number_bert_dir):
     from hftl.build import plan_for
     from hftl.strategies import changes_mid_run
 
-    recipe = fusion_recipe(tmp_path, "plan", "unused", number_bert_dir, "unused",
-                           strategy={"name": "feature_extraction",
-                                     "towers": {"text": {"name": "two_stage", "two_stage": {"head_epochs": 1}}}})
+    recipe = fusion_recipe(
+        tmp_path,
+        "plan",
+        "unused",
+        number_bert_dir,
+        "unused",
+        strategy={
+            "name": "feature_extraction",
+            "towers": {"text": {"name": "two_stage", "two_stage": {"head_epochs": 1}}},
+        },
+    )
     plan = plan_for(fusion_model("resnet"), recipe, steps_per_epoch=10, total_steps=30)
     starts = {g.name: g.start_step for g in plan.groups}
     assert starts["vision.stem"] is None and starts["text.layer.0"] == 10 and starts["head"] == 0
@@ -215,13 +269,19 @@ def test_staged_tower_strategy_changes_mid_run(tmp_path, number_bert_dir):
 
 
 # --------------------------------------------------------------------------- recipe and data checks
-BASE = {"name": "f", "task": "fusion", "data": {"source": "digits-plus"},
-        "model": {"towers": {"vision": {"checkpoint": "v"}, "text": {"checkpoint": "t"}}}}
+BASE = {
+    "name": "f",
+    "task": "fusion",
+    "data": {"source": "digits-plus"},
+    "model": {"towers": {"vision": {"checkpoint": "v"}, "text": {"checkpoint": "t"}}},
+}
 RECIPE_MISTAKES = {
     "checkpoint": ({"model": {"checkpoint": "bert-base-uncased", **BASE["model"]}}, "key 'model.checkpoint'"),
     "missing-tower": ({"model": {"towers": {"vision": {"checkpoint": "v"}}}}, "key 'model.towers.text'"),
-    "lora-tower": ({"strategy": {"towers": {"text": {"name": "lora", "lora": {"r": 4}}}}},
-                   "key 'strategy.towers.text.name': 'lora' wraps a whole model"),
+    "lora-tower": (
+        {"strategy": {"towers": {"text": {"name": "lora", "lora": {"r": 4}}}}},
+        "key 'strategy.towers.text.name': 'lora' wraps a whole model",
+    ),
     "augment": ({"data": {"source": "digits-plus", "augment": {"hflip": False}}}, "key 'data.augment'"),
     "init-from": ({"model": {**BASE["model"], "init_from": "runs/x"}}, "key 'model.init_from'"),
     "bad-role": ({"data": {"source": "digits-plus", "columns": {"caption": "text"}}}, "key 'data.columns.caption'"),
@@ -260,10 +320,19 @@ def test_bad_pairs_are_named_or_skipped(tmp_path, number_bert_dir, digit_resnet_
         task.encode(datasets.DatasetDict({"train": bad}), processor, recipe, [str(d) for d in range(10)])
     skip = fusion_recipe(tmp_path, "bad", digit_resnet_dir, number_bert_dir, "unused", data={"on_error": "skip"})
     encoded, reports = task.encode(datasets.DatasetDict({"train": bad}), processor, skip, [str(d) for d in range(10)])
-    assert len(encoded["train"]) == 5 and reports == ["skipped 1 bad train example(s) (first: #2: empty or missing "
-                                                      "text in column 'text' ('  '))"]
-    assert set(encoded["train"].column_names) == {"image", "input_ids", "token_type_ids", "attention_mask", "labels",
-                                                  "length", "index", "split"}
+    assert len(encoded["train"]) == 5 and reports == [
+        "skipped 1 bad train example(s) (first: #2: empty or missing text in column 'text' ('  '))"
+    ]
+    assert set(encoded["train"].column_names) == {
+        "image",
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "labels",
+        "length",
+        "index",
+        "split",
+    }
     assert encoded["train"]["index"] == [0, 1, 3, 4, 5]
 
     # an image that cannot be decoded is named when its batch is built
@@ -290,14 +359,25 @@ def test_fusion_beats_each_single_tower(tmp_path, number_bert_dir, digit_resnet_
 
     _, rest = digits_plus_data
     blank = Image.new("L", (28, 28))
-    variants = {"fused": rest, "vision_only": rest.map(lambda _: {"text": "plus"}),
-                "text_only": rest.map(lambda _: {"image": blank})}
+    variants = {
+        "fused": rest,
+        "vision_only": rest.map(lambda _: {"text": "plus"}),
+        "text_only": rest.map(lambda _: {"image": blank}),
+    }
     accuracy = {}
     for name, data in variants.items():
         data.to_parquet(tmp_path / f"{name}.parquet")
         # the same budget for each: 3 epochs, evaluated (and saved) once, at the end
-        result = run(fusion_recipe(tmp_path, name, digit_resnet_dir, number_bert_dir, tmp_path / f"{name}.parquet",
-                                   train={"epochs": 3, "eval_steps": 10_000}))
+        result = run(
+            fusion_recipe(
+                tmp_path,
+                name,
+                digit_resnet_dir,
+                number_bert_dir,
+                tmp_path / f"{name}.parquet",
+                train={"epochs": 3, "eval_steps": 10_000},
+            )
+        )
         accuracy[name] = result.metrics["test"]["accuracy"]
     assert accuracy["fused"] > 0.7, accuracy
     assert max(accuracy["vision_only"], accuracy["text_only"]) < 0.25, accuracy
@@ -322,9 +402,16 @@ def test_offline_fusion_recipe_runs_a_few_steps(tmp_path):
     from hftl.predict import predict
     from hftl.train import run
 
-    recipe = load_recipe(RECIPES / "fusion-digits.yaml", [
-        f"output.dir={tmp_path / 'run'}", "train.max_steps=3", "train.batch_size=8", "data.max_train_samples=24",
-        "data.max_eval_samples=16"])
+    recipe = load_recipe(
+        RECIPES / "fusion-digits.yaml",
+        [
+            f"output.dir={tmp_path / 'run'}",
+            "train.max_steps=3",
+            "train.batch_size=8",
+            "data.max_train_samples=24",
+            "data.max_eval_samples=16",
+        ],
+    )
     result = run(recipe)
     assert result.metrics["steps"] == 3 and result.metrics["examples"]["train"] == 24
     digit = tmp_path / "digit.png"

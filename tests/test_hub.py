@@ -6,6 +6,7 @@ whoami, create-repo, create-branch, validate-yaml, preupload (it answers
 real tiny run is trained with ``hub.push: true``, what the fake received is
 written to a folder and loaded with a plain ``transformers.pipeline``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,9 @@ class FakeHub:
     """Repos in memory: repo_id -> {"owner", "private", "branches": {name: {path: bytes}}, "commits": [...]}."""
 
     def __init__(self) -> None:
-        self.repos: dict[str, dict] = {"bob/sentiment": {"owner": "bob", "private": False, "branches": {"main": {}},
-                                                         "commits": []}}
+        self.repos: dict[str, dict] = {
+            "bob/sentiment": {"owner": "bob", "private": False, "branches": {"main": {}}, "commits": []}
+        }
         self.requests: list[tuple[str, str]] = []
         self.unexpected: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -49,8 +51,11 @@ class FakeHub:
     def route(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict, dict]:
         user = USERS.get(headers.get("authorization", "").removeprefix("Bearer "))
         if user is None:
-            return 401, {"error": "Invalid credentials in Authorization header"}, {
-                "X-Error-Message": "Invalid credentials in Authorization header"}
+            return (
+                401,
+                {"error": "Invalid credentials in Authorization header"},
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and path == "/api/whoami-v2":
             return 200, {"type": "user", "name": user["name"], "orgs": [{"name": o} for o in user["orgs"]]}, {}
@@ -66,11 +71,15 @@ class FakeHub:
             owner = payload.get("organization") or user["name"]
             repo_id = f"{owner}/{payload['name']}"
             if owner not in (user["name"], *user["orgs"]):
-                return 403, {"error": f"You don't have the rights to create a model under the namespace \"{owner}\""}, {}
+                return 403, {"error": f'You don\'t have the rights to create a model under the namespace "{owner}"'}, {}
             if repo_id in self.repos:
                 return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}, {}
-            self.repos[repo_id] = {"owner": owner, "private": payload.get("visibility") == "private",
-                                   "branches": {"main": {}}, "commits": []}
+            self.repos[repo_id] = {
+                "owner": owner,
+                "private": payload.get("visibility") == "private",
+                "branches": {"main": {}},
+                "commits": [],
+            }
             return 200, {"url": f"{self.url}/{repo_id}"}, {}
         if len(parts) == 6 and parts[:2] == ["api", "models"] and method == "POST":
             repo_id, action, rev = f"{parts[2]}/{parts[3]}", parts[4], parts[5]
@@ -88,8 +97,11 @@ class FakeHub:
                 return 404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"}
             if action == "preupload":
                 files = json.loads(body)["files"]
-                return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                       for f in files]}, {}
+                return (
+                    200,
+                    {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    {},
+                )
             if action == "commit":
                 return self.commit(repo_id, repo["branches"][rev], body)
         self.unexpected.append(f"{method} {path}")
@@ -116,7 +128,11 @@ class FakeHub:
                 status, payload, extra = hub.route(method, path, {k.lower(): v for k, v in self.headers.items()}, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
-                for key, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **extra}.items():
+                for key, value in {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(data)),
+                    **extra,
+                }.items():
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
@@ -159,21 +175,37 @@ def pushed_run(hub, tmp_path_factory, tiny_bert_dir, reviews_csv):
 
     folder = tmp_path_factory.mktemp("pushed")
     recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "toy-push", "task": "text-classification",
-        "model": {"checkpoint": str(tiny_bert_dir)},
-        "data": {"source": str(reviews_csv), "group_column": "movie", "max_length": 16},
-        "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "train": {"min_steps": 0, "epochs": 4, "batch_size": 16, "log_steps": 5, "seed": 0, "trackers": ["tensorboard"]},
-        "output": {"dir": str(folder / "run")},
-        "hub": {"push": True, "repo_id": "alice/toy-sentiment", "private": True}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "toy-push",
+                "task": "text-classification",
+                "model": {"checkpoint": str(tiny_bert_dir)},
+                "data": {"source": str(reviews_csv), "group_column": "movie", "max_length": 16},
+                "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
+                "train": {
+                    "min_steps": 0,
+                    "epochs": 4,
+                    "batch_size": 16,
+                    "log_steps": 5,
+                    "seed": 0,
+                    "trackers": ["tensorboard"],
+                },
+                "output": {"dir": str(folder / "run")},
+                "hub": {"push": True, "repo_id": "alice/toy-sentiment", "private": True},
+            }
+        )
+    )
     return run(load_recipe(recipe)).run_dir
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file's content hash and mtime: proof that a push left the run folder alone."""
-    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- tests
@@ -181,8 +213,18 @@ def test_recipe_push_lands_in_one_commit_and_reloads_with_pipeline(hub, pushed_r
     repo = hub.repos["alice/toy-sentiment"]
     assert repo["private"] and len(repo["commits"]) == 1, repo["commits"]
     files = hub.files("alice/toy-sentiment")
-    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.yaml", "labels.json",
-            "plan.json", "metrics.json", "training_curves.png", "learning_rates.png"} <= set(files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "recipe.yaml",
+        "labels.json",
+        "plan.json",
+        "metrics.json",
+        "training_curves.png",
+        "learning_rates.png",
+    } <= set(files)
     assert not [f for f in files if f.split("/")[0] in ("checkpoints", "best", "logs") or f == "run_status.json"]
     assert (pushed_run / "logs").is_dir() and (pushed_run / "checkpoints").is_dir()  # they exist, and stayed local
     assert list((pushed_run / "logs").rglob("events.out.tfevents*")), "TensorBoard wrote no events"
@@ -215,13 +257,16 @@ def test_cli_push_to_an_org_branch_leaves_the_run_folder_untouched(hub, pushed_r
     assert snapshot(pushed_run) == before
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("no token", "no token found"),
-    ("bad token", "rejected the token (401"),
-    ("other owner", "it is under 'bob', but the token belongs to 'alice'"),
-    ("network down", "Cannot reach the Hugging Face Hub"),
-    ("offline", "offline mode is on"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no token", "no token found"),
+        ("bad token", "rejected the token (401"),
+        ("other owner", "it is under 'bob', but the token belongs to 'alice'"),
+        ("network down", "Cannot reach the Hugging Face Hub"),
+        ("offline", "offline mode is on"),
+    ],
+)
 def test_push_errors_are_clear_and_change_nothing(hub, pushed_run, monkeypatch, capsys, case, expected):
     from huggingface_hub import constants
 
@@ -282,7 +327,9 @@ def test_adapter_config_is_pushed_with_the_hub_base_model(hub, pushed_run, tmp_p
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert "adapter/README.md" not in files
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in files["README.md"].decode()
-    assert json.loads((copy / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "/local/minilm"
+    assert (
+        json.loads((copy / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "/local/minilm"
+    )
 
 
 def test_push_in_a_recipe_without_a_token_fails_before_training(text_recipe, monkeypatch, tmp_path):

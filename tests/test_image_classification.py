@@ -1,6 +1,7 @@
 """The image-classification task: tiny random ViT / ResNet checkpoints on generated stripes, every strategy,
 preprocessing (grey -> RGB, augmentation in training only), bad images, ``model.init_from``, the shipped
 recipes, and the real EfficientNet-Lite0 on Fashion-MNIST."""
+
 from __future__ import annotations
 
 import io
@@ -57,16 +58,25 @@ def stripes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random 'pretrained' backbones (no head) with their image processors, as local checkpoint folders."""
-    from transformers import (ConvNextImageProcessor, ResNetConfig, ResNetModel, ViTConfig, ViTImageProcessor,
-                              ViTModel)
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel, ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(0)
     vit, resnet = tmp_path_factory.mktemp("tiny-vit"), tmp_path_factory.mktemp("tiny-resnet")
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37), add_pooling_layer=False).save_pretrained(vit)
+    ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(vit)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                             layer_type="basic")).save_pretrained(resnet)
+    ResNetModel(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ).save_pretrained(resnet)
     ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(resnet)
     return {"vit": vit, "resnet": resnet}
 
@@ -141,20 +151,37 @@ def test_every_strategy_trains_what_its_plan_says(image_recipe, checkpoints, mod
 @pytest.mark.parametrize("family", ["convnext", "deit"])
 def test_more_checkpoint_families_train_and_use_their_processor(image_recipe, tmp_path, family):
     """ConvNeXt (shortest-edge resize) and DeiT (resize 36 then centre crop 32), two steps each."""
-    from transformers import (ConvNextConfig, ConvNextImageProcessor, ConvNextModel, DeiTConfig, DeiTImageProcessor,
-                              DeiTModel)
+    from transformers import (
+        ConvNextConfig,
+        ConvNextImageProcessor,
+        ConvNextModel,
+        DeiTConfig,
+        DeiTImageProcessor,
+        DeiTModel,
+    )
 
     torch.manual_seed(0)
     folder = tmp_path / family
     if family == "convnext":
-        ConvNextModel(ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
-                                     patch_size=2)).save_pretrained(folder)
+        ConvNextModel(
+            ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, patch_size=2)
+        ).save_pretrained(folder)
         ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
     else:
-        DeiTModel(DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=37), add_pooling_layer=False).save_pretrained(folder)
-        DeiTImageProcessor(size={"height": 36, "width": 36},
-                           crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+        DeiTModel(
+            DeiTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+            ),
+            add_pooling_layer=False,
+        ).save_pretrained(folder)
+        DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(
+            folder
+        )
     recipe = load_recipe(image_recipe(model={"checkpoint": str(folder)}, train={"max_steps": 2}))
     features = [{"image": undecoded(Image.new("L", (50, 40))), "labels": 0, "split": "train", "index": 0}]
     processor = TASK.load_processor(recipe)
@@ -170,8 +197,10 @@ def test_grey_rgba_and_palette_images_become_three_channels(image_recipe, checkp
     recipe = load_recipe(image_recipe("resnet"))
     processor = TASK.load_processor(recipe)
     grey = Image.fromarray(stripes("vertical", np.random.default_rng(1)))
-    features = [{"image": undecoded(grey.convert(mode)), "labels": 1, "split": "train", "index": i}
-                for i, mode in enumerate(["L", "RGBA", "P", "RGB"])]
+    features = [
+        {"image": undecoded(grey.convert(mode)), "labels": 1, "split": "train", "index": i}
+        for i, mode in enumerate(["L", "RGBA", "P", "RGB"])
+    ]
     for train in (True, False):
         batch = TASK.collator(processor, recipe, train=train)(features)
         assert batch["pixel_values"].shape == (4, 3, 32, 32)
@@ -185,14 +214,17 @@ def test_augmentation_only_in_training_and_configurable(image_recipe):
     recipe = load_recipe(image_recipe("resnet", data={"augment": {"min_scale": 0.3}}))
     processor = TASK.load_processor(recipe)
     rng = np.random.default_rng(2)
-    features = [{"image": undecoded(Image.fromarray(stripes("horizontal", rng))), "labels": 0, "split": "train",
-                 "index": i} for i in range(6)]
+    features = [
+        {"image": undecoded(Image.fromarray(stripes("horizontal", rng))), "labels": 0, "split": "train", "index": i}
+        for i in range(6)
+    ]
     train, evaluate = TASK.collator(processor, recipe, train=True), TASK.collator(processor, recipe, train=False)
     torch.manual_seed(0)
     first, second = train(features)["pixel_values"], train(features)["pixel_values"]
     assert not torch.equal(first, second)  # random crops and flips differ from call to call
-    expected = processor(images=[Image.open(io.BytesIO(f["image"]["bytes"])).convert("RGB") for f in features],
-                         return_tensors="pt")["pixel_values"]
+    expected = processor(
+        images=[Image.open(io.BytesIO(f["image"]["bytes"])).convert("RGB") for f in features], return_tensors="pt"
+    )["pixel_values"]
     assert torch.equal(evaluate(features)["pixel_values"], expected)  # evaluation: exactly the processor
     assert torch.equal(evaluate(features)["pixel_values"], expected)
 
@@ -238,8 +270,7 @@ def bad_images(tmp_path) -> datasets.DatasetDict:
             data = png_bytes(Image.fromarray(stripes("vertical", rng, side=64)), "JPEG")[:400]
         path.write_bytes(data)
         paths.append(str(path))
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"file": paths, "label": ["v"] * 6})})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"file": paths, "label": ["v"] * 6})})
 
 
 def test_bad_images_are_reported_with_split_and_index(image_recipe, bad_images):
@@ -276,10 +307,15 @@ def test_a_column_without_images_is_a_clear_error(image_recipe):
 def trained_run(tmp_path_factory, stripes_dir, checkpoints) -> Path:
     """A completed run of the tiny ResNet on the stripes (horizontal / vertical)."""
     folder = tmp_path_factory.mktemp("trained")
-    doc = {"name": "stripes", "task": "image-classification", "model": {"checkpoint": str(checkpoints["resnet"])},
-           "data": {"source": str(stripes_dir)},
-           "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-           "train": {"min_steps": 0, "epochs": 6, "batch_size": 16, "seed": 0}, "output": {"dir": str(folder / "run")}}
+    doc = {
+        "name": "stripes",
+        "task": "image-classification",
+        "model": {"checkpoint": str(checkpoints["resnet"])},
+        "data": {"source": str(stripes_dir)},
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
+        "train": {"min_steps": 0, "epochs": 6, "batch_size": 16, "seed": 0},
+        "output": {"dir": str(folder / "run")},
+    }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(doc))
     result = run(load_recipe(folder / "recipe.yaml"))
     assert result.metrics["test"]["accuracy"] >= 0.9, result.metrics
@@ -312,8 +348,10 @@ def test_init_from_keeps_the_body_and_renews_a_head_for_other_labels(image_recip
 def test_init_from_refuses_a_folder_that_is_not_a_completed_run(image_recipe, tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "run_status.json").write_text(json.dumps({"status": "running"}))
-    for folder, problem in ((tmp_path / "half", "is not a completed hftl run .status: running"),
-                            (tmp_path / "missing", "folder does not exist")):
+    for folder, problem in (
+        (tmp_path / "half", "is not a completed hftl run .status: running"),
+        (tmp_path / "missing", "folder does not exist"),
+    ):
         recipe = load_recipe(image_recipe("resnet", model={"checkpoint": None, "init_from": str(folder)}))
         with pytest.raises(RecipeError, match=f"model.init_from.*{problem}"):
             TASK.build_model(recipe, ["a", "b"])
@@ -341,10 +379,20 @@ def test_efficientnet_lite0_export_is_a_working_imagenet_classifier():
 
 def test_efficientnet_recipe_feature_extraction_on_fashion_mnist(tmp_path, capsys):
     """The offline recipe's checkpoint and data, as a linear probe: 200 images, 64 px, 30 steps."""
-    overrides = ["strategy.name=feature_extraction", "data.max_train_samples=200",
-                 "data.max_eval_samples=200", "data.image_size=64", "data.augment.random_resized_crop=false",
-                 "data.augment.hflip=false", "train.max_steps=30", "train.batch_size=20",
-                 "train.eval_steps=30", "optim.head_lr=0.01", "optim.warmup_ratio=0", f"output.dir={tmp_path / 'run'}"]
+    overrides = [
+        "strategy.name=feature_extraction",
+        "data.max_train_samples=200",
+        "data.max_eval_samples=200",
+        "data.image_size=64",
+        "data.augment.random_resized_crop=false",
+        "data.augment.hflip=false",
+        "train.max_steps=30",
+        "train.batch_size=20",
+        "train.eval_steps=30",
+        "optim.head_lr=0.01",
+        "optim.warmup_ratio=0",
+        f"output.dir={tmp_path / 'run'}",
+    ]
     result = run(load_recipe(RECIPES / "fashion-mnist-efficientnet.yaml", overrides))
     assert result.metrics["test"]["accuracy"] > 0.35, result.metrics  # chance is 0.1
 
@@ -361,8 +409,12 @@ def test_multistage_recipes_run_a_few_steps(tmp_path):
     """Pre-train on Fashion-MNIST, transfer to MNIST digits with model.init_from, and the scratch baseline."""
     small = ["data.max_train_samples=64", "data.max_eval_samples=32", "train.max_steps=4", "train.eval_steps=4"]
     pre = run(load_recipe(RECIPES / "fashion-mnist-pretrain.yaml", [*small, f"output.dir={tmp_path / 'pre'}"]))
-    transfer = run(load_recipe(RECIPES / "mnist-transfer.yaml",
-                               [*small, f"model.init_from={pre.run_dir}", f"output.dir={tmp_path / 'transfer'}"]))
+    transfer = run(
+        load_recipe(
+            RECIPES / "mnist-transfer.yaml",
+            [*small, f"model.init_from={pre.run_dir}", f"output.dir={tmp_path / 'transfer'}"],
+        )
+    )
     scratch = run(load_recipe(RECIPES / "mnist-scratch.yaml", [*small, f"output.dir={tmp_path / 'scratch'}"]))
     digits = [str(d) for d in range(10)]
     for result, labels in ((pre, None), (transfer, digits), (scratch, digits)):

@@ -1,29 +1,56 @@
 """Layer-group mappers, table-driven over every registered model type with tiny random models."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
 from torch import nn
 from transformers import (
-    AutoModel, AutoModelForImageClassification, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, BeitConfig, BertConfig, CamembertConfig, ConvNextConfig, ConvNextV2Config,
-    Data2VecVisionConfig, DeiTConfig, DeiTForImageClassification, DeiTForImageClassificationWithTeacher,
-    Dinov2Config, DistilBertConfig, ElectraConfig, ResNetConfig, RobertaConfig, TimmWrapperConfig,
-    TimmWrapperForImageClassification, TimmWrapperModel, ViTConfig, XLMRobertaConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BeitConfig,
+    BertConfig,
+    CamembertConfig,
+    ConvNextConfig,
+    ConvNextV2Config,
+    Data2VecVisionConfig,
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    Dinov2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    ResNetConfig,
+    RobertaConfig,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    TimmWrapperModel,
+    ViTConfig,
+    XLMRobertaConfig,
 )
 
 from hftl.errors import HftlError
-from hftl.layers import LAYER_MAPPERS, LayerGroup, describe_groups, map_layer_groups
+from hftl.layers import LAYER_MAPPERS, describe_groups, map_layer_groups
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
-VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-              patch_size=8, num_labels=3)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    num_labels=3,
+)
 CNN = dict(hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
 TEXT_BODY = ["embeddings", "layer.0", "layer.1"]
 CLASSIFIER = {"classifier.weight", "classifier.bias"}
@@ -58,59 +85,145 @@ def _timm_head(*modules: str) -> set[str]:
 
 
 CASES = [
-    Case("bert-seq", lambda: AutoModelForSequenceClassification.from_config(bert()), TEXT_BODY + ["pooler", "head"],
-         CLASSIFIER),
+    Case(
+        "bert-seq",
+        lambda: AutoModelForSequenceClassification.from_config(bert()),
+        TEXT_BODY + ["pooler", "head"],
+        CLASSIFIER,
+    ),
     Case("bert-token", lambda: AutoModelForTokenClassification.from_config(bert()), TEXT_BODY + ["head"], CLASSIFIER),
-    Case("bert-qa", lambda: AutoModelForQuestionAnswering.from_config(bert()), TEXT_BODY + ["head"],
-         {"qa_outputs.weight", "qa_outputs.bias"}),
+    Case(
+        "bert-qa",
+        lambda: AutoModelForQuestionAnswering.from_config(bert()),
+        TEXT_BODY + ["head"],
+        {"qa_outputs.weight", "qa_outputs.bias"},
+    ),
     Case("bert-bare", lambda: AutoModel.from_config(bert()), TEXT_BODY + ["pooler"], set()),
     Case("bert-mean-pooled", lambda: pooled_classifier(bert()), TEXT_BODY + ["head"], CLASSIFIER),
-    Case("roberta-seq", lambda: AutoModelForSequenceClassification.from_config(RobertaConfig(**TEXT)),
-         TEXT_BODY + ["head"], {f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}),
-    Case("xlm-roberta-token", lambda: AutoModelForTokenClassification.from_config(XLMRobertaConfig(**TEXT)),
-         TEXT_BODY + ["head"], CLASSIFIER),
+    Case(
+        "roberta-seq",
+        lambda: AutoModelForSequenceClassification.from_config(RobertaConfig(**TEXT)),
+        TEXT_BODY + ["head"],
+        {f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")},
+    ),
+    Case(
+        "xlm-roberta-token",
+        lambda: AutoModelForTokenClassification.from_config(XLMRobertaConfig(**TEXT)),
+        TEXT_BODY + ["head"],
+        CLASSIFIER,
+    ),
     Case("camembert-bare", lambda: AutoModel.from_config(CamembertConfig(**TEXT)), TEXT_BODY + ["pooler"], set()),
-    Case("electra-token", lambda: AutoModelForTokenClassification.from_config(ElectraConfig(**TEXT, embedding_size=16)),
-         TEXT_BODY + ["head"], CLASSIFIER),
-    Case("distilbert-seq", lambda: AutoModelForSequenceClassification.from_config(
-        DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100)),
-        TEXT_BODY + ["head"], CLASSIFIER | {"pre_classifier.weight", "pre_classifier.bias"}),
-    Case("vit-image", lambda: AutoModelForImageClassification.from_config(ViTConfig(**VISION)),
-         TEXT_BODY + ["neck", "head"], CLASSIFIER),
+    Case(
+        "electra-token",
+        lambda: AutoModelForTokenClassification.from_config(ElectraConfig(**TEXT, embedding_size=16)),
+        TEXT_BODY + ["head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "distilbert-seq",
+        lambda: AutoModelForSequenceClassification.from_config(
+            DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100)
+        ),
+        TEXT_BODY + ["head"],
+        CLASSIFIER | {"pre_classifier.weight", "pre_classifier.bias"},
+    ),
+    Case(
+        "vit-image",
+        lambda: AutoModelForImageClassification.from_config(ViTConfig(**VISION)),
+        TEXT_BODY + ["neck", "head"],
+        CLASSIFIER,
+    ),
     Case("vit-bare", lambda: AutoModel.from_config(ViTConfig(**VISION)), TEXT_BODY + ["neck"], set()),
     # AutoModelForImageClassification.from_config(DeiTConfig()) raises a TypeError in transformers 5.23.
-    Case("deit-image", lambda: DeiTForImageClassification(DeiTConfig(**VISION)), TEXT_BODY + ["neck", "head"],
-         CLASSIFIER),
-    Case("deit-teacher", lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**VISION)),
-         TEXT_BODY + ["neck", "head"], {f"{c}_classifier.{p}" for c in ("cls", "distillation") for p in ("weight", "bias")}),
-    Case("beit-image", lambda: AutoModelForImageClassification.from_config(BeitConfig(**VISION)),
-         TEXT_BODY + ["neck", "head"], CLASSIFIER),
-    Case("beit-shared-bias", lambda: AutoModel.from_config(BeitConfig(
-        **VISION, use_mask_token=True, use_shared_relative_position_bias=True, use_mean_pooling=False)),
-        TEXT_BODY + ["neck"], set()),
-    Case("dinov2-image", lambda: AutoModelForImageClassification.from_config(Dinov2Config(**VISION)),
-         TEXT_BODY + ["neck", "head"], CLASSIFIER),
-    Case("data2vec-vision-image", lambda: AutoModelForImageClassification.from_config(Data2VecVisionConfig(**VISION)),
-         TEXT_BODY + ["neck", "head"], CLASSIFIER),
-    Case("resnet-image", lambda: AutoModelForImageClassification.from_config(
-        ResNetConfig(**CNN, embedding_size=8, layer_type="basic")), ["stem", "stage.0", "stage.1", "head"],
-        {"classifier.1.weight", "classifier.1.bias"}),
-    Case("resnet-bare", lambda: AutoModel.from_config(ResNetConfig(**CNN, embedding_size=8)),
-         ["stem", "stage.0", "stage.1"], set()),
-    Case("convnext-image", lambda: AutoModelForImageClassification.from_config(ConvNextConfig(**CNN, num_stages=2)),
-         ["stem", "stage.0", "stage.1", "neck", "head"], CLASSIFIER),
-    Case("convnextv2-image", lambda: AutoModelForImageClassification.from_config(
-        ConvNextV2Config(**CNN, num_stages=2)), ["stem", "stage.0", "stage.1", "neck", "head"], CLASSIFIER),
-    Case("timm-efficientnet", lambda: timm("efficientnet_lite0"),
-         ["stem", *(f"blocks.{i}" for i in range(7)), "neck", "head"], _timm_head("classifier")),
-    Case("timm-efficientnet-bare", lambda: timm("efficientnet_lite0", head=False),
-         ["stem", *(f"blocks.{i}" for i in range(7)), "neck"], set()),
-    Case("timm-resnet", lambda: timm("resnet18"), ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
-         _timm_head("fc")),
-    Case("timm-vit", lambda: timm("vit_tiny_patch16_224", depth=2, embed_dim=32, num_heads=2, img_size=32),
-         ["stem", "blocks.0", "blocks.1", "neck", "head"], _timm_head("head")),
-    Case("timm-convnext", lambda: timm("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)),
-         ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "neck", "head"], _timm_head("head.fc")),
+    Case(
+        "deit-image", lambda: DeiTForImageClassification(DeiTConfig(**VISION)), TEXT_BODY + ["neck", "head"], CLASSIFIER
+    ),
+    Case(
+        "deit-teacher",
+        lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**VISION)),
+        TEXT_BODY + ["neck", "head"],
+        {f"{c}_classifier.{p}" for c in ("cls", "distillation") for p in ("weight", "bias")},
+    ),
+    Case(
+        "beit-image",
+        lambda: AutoModelForImageClassification.from_config(BeitConfig(**VISION)),
+        TEXT_BODY + ["neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "beit-shared-bias",
+        lambda: AutoModel.from_config(
+            BeitConfig(**VISION, use_mask_token=True, use_shared_relative_position_bias=True, use_mean_pooling=False)
+        ),
+        TEXT_BODY + ["neck"],
+        set(),
+    ),
+    Case(
+        "dinov2-image",
+        lambda: AutoModelForImageClassification.from_config(Dinov2Config(**VISION)),
+        TEXT_BODY + ["neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "data2vec-vision-image",
+        lambda: AutoModelForImageClassification.from_config(Data2VecVisionConfig(**VISION)),
+        TEXT_BODY + ["neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "resnet-image",
+        lambda: AutoModelForImageClassification.from_config(ResNetConfig(**CNN, embedding_size=8, layer_type="basic")),
+        ["stem", "stage.0", "stage.1", "head"],
+        {"classifier.1.weight", "classifier.1.bias"},
+    ),
+    Case(
+        "resnet-bare",
+        lambda: AutoModel.from_config(ResNetConfig(**CNN, embedding_size=8)),
+        ["stem", "stage.0", "stage.1"],
+        set(),
+    ),
+    Case(
+        "convnext-image",
+        lambda: AutoModelForImageClassification.from_config(ConvNextConfig(**CNN, num_stages=2)),
+        ["stem", "stage.0", "stage.1", "neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "convnextv2-image",
+        lambda: AutoModelForImageClassification.from_config(ConvNextV2Config(**CNN, num_stages=2)),
+        ["stem", "stage.0", "stage.1", "neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "timm-efficientnet",
+        lambda: timm("efficientnet_lite0"),
+        ["stem", *(f"blocks.{i}" for i in range(7)), "neck", "head"],
+        _timm_head("classifier"),
+    ),
+    Case(
+        "timm-efficientnet-bare",
+        lambda: timm("efficientnet_lite0", head=False),
+        ["stem", *(f"blocks.{i}" for i in range(7)), "neck"],
+        set(),
+    ),
+    Case(
+        "timm-resnet",
+        lambda: timm("resnet18"),
+        ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
+        _timm_head("fc"),
+    ),
+    Case(
+        "timm-vit",
+        lambda: timm("vit_tiny_patch16_224", depth=2, embed_dim=32, num_heads=2, img_size=32),
+        ["stem", "blocks.0", "blocks.1", "neck", "head"],
+        _timm_head("head"),
+    ),
+    Case(
+        "timm-convnext",
+        lambda: timm("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)),
+        ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "neck", "head"],
+        _timm_head("head.fc"),
+    ),
 ]
 IDS = [case.id for case in CASES]
 
@@ -174,12 +287,14 @@ def test_group_modules_put_their_dropout_and_batchnorm_in_eval_mode(case: Case) 
     for group in groups:
         for module in group.modules:  # a listed module holds nothing of another group
             assert {f"{module}.{p}".lstrip(".") for p, _ in model.get_submodule(module).named_parameters()} <= set(
-                group.params)
+                group.params
+            )
         model.train()
         for module in group.modules:
             model.get_submodule(module).eval()
         assert {n for n in stateful if not model.get_submodule(n).training} == {
-            n for n in stateful if under(n, group.modules)}
+            n for n in stateful if under(n, group.modules)
+        }
     model.train()
 
 
@@ -193,10 +308,17 @@ def test_many_layers_sort_numerically() -> None:
 
 def test_shared_and_special_embeddings_are_depth_zero() -> None:
     names = set(map_layer_groups(model_of("beit-shared-bias"))[0].params)
-    assert {"embeddings.cls_token", "embeddings.mask_token", "shared_position_bias.relative_position_bias_table"} <= names
+    assert {
+        "embeddings.cls_token",
+        "embeddings.mask_token",
+        "shared_position_bias.relative_position_bias_table",
+    } <= names
     deit = set(map_layer_groups(model_of("deit-image"))[0].params)
-    assert {"deit.embeddings.cls_token", "deit.embeddings.distillation_token",
-            "deit.embeddings.position_embeddings"} <= deit
+    assert {
+        "deit.embeddings.cls_token",
+        "deit.embeddings.distillation_token",
+        "deit.embeddings.position_embeddings",
+    } <= deit
     assert "electra.embeddings_project.weight" in map_layer_groups(model_of("electra-token"))[0].params
 
 
@@ -237,14 +359,23 @@ def test_custom_groups_override_a_mapper() -> None:
     assert [len(g.params) for g in groups] == [len(params(model)) - 2, 2] and groups[-1].is_head
 
 
-@pytest.mark.parametrize("custom, message", [
-    ([("embed", ["^embed"]), ("nothing", ["^encoder"]), ("out", ["."])], r"'\^encoder' of group 'nothing' matches no"),
-    ([("embed", ["^embed["])], r"'\^embed\[' of group 'embed' is not a valid regex"),
-    ([("all", ["."]), ("out", ["score"])], r"group\(s\) out get no parameter"),
-    ([("a", ["embed"]), ("a", ["score"])], "'a' is given twice"),
-    ([("embed", ["^embed"]), ("out", ["^score"])], r"belong to no layer group in strategy.layer_groups: block.0.weight"),
-    ([], "is empty"),
-])
+@pytest.mark.parametrize(
+    "custom, message",
+    [
+        (
+            [("embed", ["^embed"]), ("nothing", ["^encoder"]), ("out", ["."])],
+            r"'\^encoder' of group 'nothing' matches no",
+        ),
+        ([("embed", ["^embed["])], r"'\^embed\[' of group 'embed' is not a valid regex"),
+        ([("all", ["."]), ("out", ["score"])], r"group\(s\) out get no parameter"),
+        ([("a", ["embed"]), ("a", ["score"])], "'a' is given twice"),
+        (
+            [("embed", ["^embed"]), ("out", ["^score"])],
+            r"belong to no layer group in strategy.layer_groups: block.0.weight",
+        ),
+        ([], "is empty"),
+    ],
+)
 def test_bad_custom_groups_are_named(custom: list, message: str) -> None:
     with pytest.raises(HftlError, match=message):
         map_layer_groups(Mystery(), custom=custom)
@@ -253,8 +384,11 @@ def test_bad_custom_groups_are_named(custom: list, message: str) -> None:
 def test_unassigned_parameter_is_named_with_the_model_type() -> None:
     model = AutoModelForTokenClassification.from_config(bert())
     model.extra_scale = nn.Parameter(torch.ones(1))
-    with pytest.raises(HftlError, match=r"1 parameter\(s\) of this 'bert' model belong to no layer group in the "
-                                        r"'bert' mapper: extra_scale\. .*strategy\.layer_groups"):
+    with pytest.raises(
+        HftlError,
+        match=r"1 parameter\(s\) of this 'bert' model belong to no layer group in the "
+        r"'bert' mapper: extra_scale\. .*strategy\.layer_groups",
+    ):
         map_layer_groups(model)
 
 
@@ -263,8 +397,9 @@ def test_peft_lora_params_join_their_groups_and_real_names_are_kept() -> None:
 
     base = AutoModelForSequenceClassification.from_config(bert())
     expected = [g.name for g in map_layer_groups(base)]
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"],
-                                            modules_to_save=["classifier"]))
+    model = get_peft_model(
+        base, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
     groups = map_layer_groups(model)
     assert [g.name for g in groups] == expected
     assert sorted(p for g in groups for p in g.params) == sorted(params(model))
@@ -272,8 +407,11 @@ def test_peft_lora_params_join_their_groups_and_real_names_are_kept() -> None:
     for i in range(2):
         lora = [p for p in by_name[f"layer.{i}"].params if ".lora_" in p]
         assert len(lora) == 4 and all(p.startswith(f"base_model.model.bert.encoder.layer.{i}.") for p in lora)
-    assert set(by_name["head"].params) == {f"base_model.model.classifier.{copy}.{p}" for p in ("weight", "bias")
-                                           for copy in ("original_module", "modules_to_save.default")}
+    assert set(by_name["head"].params) == {
+        f"base_model.model.classifier.{copy}.{p}"
+        for p in ("weight", "bias")
+        for copy in ("original_module", "modules_to_save.default")
+    }
     assert by_name["head"].modules == ("base_model.model.dropout", "base_model.model.classifier")
     assert by_name["layer.0"].modules == ("base_model.model.bert.encoder.layer.0",)  # holds the lora_dropout
 
@@ -301,6 +439,9 @@ def test_describe_groups_counts_parameters() -> None:
     model = model_of("bert-seq")
     rows = describe_groups(map_layer_groups(model), model)
     assert [r["depth"] for r in rows] == list(range(5)) and rows[-1] == {
-        "name": "head", "depth": 4, "n_params": 32 * 2 + 2, "is_head": True}
+        "name": "head",
+        "depth": 4,
+        "n_params": 32 * 2 + 2,
+        "is_head": True,
+    }
     assert sum(r["n_params"] for r in rows) == sum(p.numel() for p in model.parameters())
-

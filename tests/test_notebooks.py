@@ -4,6 +4,7 @@ The notebooks read ``HFTL_NOTEBOOK_SMOKE=1`` (tiny subsets, a few steps) and
 ``HFTL_NOTEBOOK_RUNS`` (where run folders go); the kernel inherits them, and the
 offline / one-thread settings of conftest.py, from this process.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,9 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HFTL_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("HFTL_NOTEBOOK_RUNS", str(tmp_path))
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on any cell error
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()  # raises on any cell error
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, "the notebook showed no plot"
     assert list(tmp_path.rglob("README.md")), "no run folder (with its model card) was written"

@@ -1,4 +1,5 @@
 """The head reads what the checkpoint was trained to produce (model.pooling), and `model.pretrained: false`."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,16 @@ def sentence_transformers_copy(folder, tmp_path, **modes):
     return copy
 
 
-@pytest.mark.parametrize(("modes", "expected"), [
-    ({"pooling_mode_mean_tokens": True}, "mean"), ({"pooling_mode_cls_token": True}, "cls"),
-    ({"pooling_mode_max_tokens": True}, "max"), ({"pooling_mode_mean_sqrt_len_tokens": True}, "mean"), ({}, None)])
+@pytest.mark.parametrize(
+    ("modes", "expected"),
+    [
+        ({"pooling_mode_mean_tokens": True}, "mean"),
+        ({"pooling_mode_cls_token": True}, "cls"),
+        ({"pooling_mode_max_tokens": True}, "max"),
+        ({"pooling_mode_mean_sqrt_len_tokens": True}, "mean"),
+        ({}, None),
+    ],
+)
 def test_pooling_is_read_from_the_checkpoint(tiny_bert_dir, tmp_path, modes, expected):
     assert checkpoint_pooling(str(sentence_transformers_copy(tiny_bert_dir, tmp_path, **modes))) == expected
     assert checkpoint_pooling(str(tiny_bert_dir)) is None  # a plain BERT folder: its own head class
@@ -73,13 +81,16 @@ def test_pooled_run_reloads_with_pipeline_and_remote_code(text_recipe, tiny_bert
     texts = ["a very good movie", "the plot was awful", "dull and boring film", "warm fun story"]
     ours = [r[0]["label"] for r in predict(run_dir, texts)]
     assert ours == [r[0]["label"] for r in pipeline("text-classification", model=str(run_dir))(texts, top_k=1)]
-    code = ("import json, sys\nfrom transformers import pipeline\n"
-            f"p = pipeline('text-classification', model={str(run_dir)!r}, trust_remote_code=True)\n"
-            f"print(json.dumps([r['label'] for r in p({texts!r})]))\n"
-            "assert 'hftl' not in sys.modules\n")
+    code = (
+        "import json, sys\nfrom transformers import pipeline\n"
+        f"p = pipeline('text-classification', model={str(run_dir)!r}, trust_remote_code=True)\n"
+        f"print(json.dumps([r['label'] for r in p({texts!r})]))\n"
+        "assert 'hftl' not in sys.modules\n"
+    )
     env = {**os.environ, "PYTHONPATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ours
     card = (run_dir / "README.md").read_text()
@@ -88,8 +99,9 @@ def test_pooled_run_reloads_with_pipeline_and_remote_code(text_recipe, tiny_bert
 
 def test_pooling_is_refused_where_the_task_does_not_pool(text_recipe):
     with pytest.raises(RecipeError, match="model.pooling.*only applies to text-classification"):
-        load_recipe(text_recipe(task="token-classification", model={"pooling": "mean"},
-                                data={"columns": {}, "source": "x.csv"}))
+        load_recipe(
+            text_recipe(task="token-classification", model={"pooling": "mean"}, data={"columns": {}, "source": "x.csv"})
+        )
 
 
 def test_pretrained_false_is_the_same_architecture_with_random_weights(text_recipe, tiny_bert_dir):

@@ -1,4 +1,5 @@
 """The converged linear probe: L-BFGS logistic regression checked against scikit-learn, and in a real run."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def test_probe_fits_the_chains_linear_layer_in_place_and_picks_l2_on_validation(
 def test_heads_that_are_not_one_linear_layer_are_not_probed():
     assert linear_head([nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)]) is None
     assert linear_head([nn.LayerNorm(4), nn.Linear(4, 2)]) is None
-    assert fit_probe([nn.Linear(4, 2)], [torch.zeros(3, 4)] * 4, [[0, 1, 0]] * 4, [torch.zeros(3, 4)], [[0, 1, 0]]) is None
+    assert (
+        fit_probe([nn.Linear(4, 2)], [torch.zeros(3, 4)] * 4, [[0, 1, 0]] * 4, [torch.zeros(3, 4)], [[0, 1, 0]]) is None
+    )
 
 
 def test_feature_extraction_run_fits_the_probe_first_and_keeps_it_when_best(text_recipe, tmp_path, monkeypatch, capsys):

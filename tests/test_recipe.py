@@ -4,6 +4,7 @@ One table row per kind of mistake; each asserts on the words of the message, sin
 the message is what the user gets. Cases that need the data (splits, columns,
 labels) or the model (unfreezing schedule) come after the table.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from hftl.errors import DataError, HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
@@ -44,8 +46,9 @@ def write(tmp_path: Path, doc: dict | None = None, changes: dict | None = None, 
     return path
 
 
-def assert_error(path: Path, fragments: list[str], overrides: tuple[str, ...] = (),
-                 error: type[Exception] = RecipeError) -> str:
+def assert_error(
+    path: Path, fragments: list[str], overrides: tuple[str, ...] = (), error: type[Exception] = RecipeError
+) -> str:
     with pytest.raises(error) as info:
         load_recipe(path, overrides)
     message = str(info.value)
@@ -57,8 +60,10 @@ def assert_error(path: Path, fragments: list[str], overrides: tuple[str, ...] = 
 
 # (changes to BASE, words the message must contain)
 MISTAKES = {
-    "unknown-key": ({"train.epocs": 2}, ["key 'train.epocs' is not allowed", "Did you mean 'epochs'?",
-                                         "Allowed here: epochs,"]),
+    "unknown-key": (
+        {"train.epocs": 2},
+        ["key 'train.epocs' is not allowed", "Did you mean 'epochs'?", "Allowed here: epochs,"],
+    ),
     "unknown-section": ({"optimizer": {"lr": 1e-3}}, ["key 'optimizer' is not allowed", "Did you mean 'optim'?"]),
     "unknown-key-deep": ({"strategy.llrd": {"decai": 0.9}}, ["strategy.llrd.decai", "Did you mean 'decay'?"]),
     "wrong-type": ({"train.batch_size": "big"}, ["key 'train.batch_size'", "valid integer", "(got 'big')"]),
@@ -72,18 +77,28 @@ MISTAKES = {
     "not-a-number": ({"optim.weight_decay": math.nan}, ["key 'optim.weight_decay'", "finite number"]),
     "missing-section": ({"data": DROP}, ["key 'data' is required"]),
     "missing-key": ({"data.source": DROP}, ["key 'data.source' is required"]),
-    "missing-checkpoint": ({"model.checkpoint": DROP}, ["key 'model.checkpoint'", "is required for text-classification",
-                                                       "all-MiniLM-L6-v2"]),
+    "missing-checkpoint": (
+        {"model.checkpoint": DROP},
+        ["key 'model.checkpoint'", "is required for text-classification", "all-MiniLM-L6-v2"],
+    ),
     "bad-name": ({"name": "my run/1"}, ["key 'name'", "should match pattern"]),
-    "unknown-task": ({"task": "text-clasification"}, ["key 'task'", "unknown task 'text-clasification'",
-                                                      "Did you mean 'text-classification'?", "Allowed:"]),
-    "unknown-strategy": ({"strategy.name": "ful"}, ["key 'strategy.name'", "unknown strategy 'ful'",
-                                                    "Did you mean 'full'?", "Allowed:"]),
-    "options-of-another-strategy": ({"strategy.progressive": {"every": 2}},
-                                    ["key 'strategy.progressive'", "only applies with strategy.name: progressive"]),
+    "unknown-task": (
+        {"task": "text-clasification"},
+        ["key 'task'", "unknown task 'text-clasification'", "Did you mean 'text-classification'?", "Allowed:"],
+    ),
+    "unknown-strategy": (
+        {"strategy.name": "ful"},
+        ["key 'strategy.name'", "unknown strategy 'ful'", "Did you mean 'full'?", "Allowed:"],
+    ),
+    "options-of-another-strategy": (
+        {"strategy.progressive": {"every": 2}},
+        ["key 'strategy.progressive'", "only applies with strategy.name: progressive"],
+    ),
     "strategy-without-options": ({"strategy.name": "partial"}, ["key 'strategy.partial'", "is required"]),
-    "two-lr-shapes": ({"strategy.llrd": {"decay": 0.9}, "strategy.discriminative": {"range": [1e-5, 1e-3]}},
-                      ["use either 'llrd' or 'discriminative'"]),
+    "two-lr-shapes": (
+        {"strategy.llrd": {"decay": 0.9}, "strategy.discriminative": {"range": [1e-5, 1e-3]}},
+        ["use either 'llrd' or 'discriminative'"],
+    ),
     "column-role-typo": ({"data.columns": {"txt": "review"}}, ["key 'data.columns.txt'", "Did you mean 'text'?"]),
     "one-label": ({"data.label_names": ["pos"]}, ["key 'data.label_names'", "at least 2 labels"]),
     "duplicate-labels": ({"data.label_names": ["pos", "pos"]}, ["labels must be unique"]),
@@ -111,8 +126,10 @@ FILE_MISTAKES = {
     "invalid-yaml": ("name: [toy\n", ["is not valid YAML at line"]),
     "tab-indent": ("name: toy\nmodel:\n\tcheckpoint: x\n", ["is not valid YAML"]),
     "python-object": ("!!python/object/apply:os.system ['echo pwned']\n", ["python/object/apply", "refused"]),
-    "python-object-in-value": ("name: toy\ndescription: !!python/object/new:builtins.dict {}\n",
-                               ["python/object/new", "refused"]),
+    "python-object-in-value": (
+        "name: toy\ndescription: !!python/object/new:builtins.dict {}\n",
+        ["python/object/new", "refused"],
+    ),
     "python-name": ("name: !!python/name:os.system\n", ["python/name", "refused"]),
     "non-string-keys": ("1: 2\n", ["Keys should be strings"]),
 }
@@ -140,8 +157,10 @@ def test_missing_file_is_named(tmp_path):
 OVERRIDE_MISTAKES = {
     "no-equals": (["train.epochs"], ["override 'train.epochs' is not of the form key.path=value"]),
     "no-key": (["=3"], ["is not of the form key.path=value"]),
-    "sub-key-of-a-value": (["data.source.x=1"], ["key 'data.source'", "is a value, so it has no sub-keys",
-                                                 "Override it directly: data.source=..."]),
+    "sub-key-of-a-value": (
+        ["data.source.x=1"],
+        ["key 'data.source'", "is a value, so it has no sub-keys", "Override it directly: data.source=..."],
+    ),
     "unknown-key": (["train.epocs=2"], ["key 'train.epocs' is not allowed", "Did you mean 'epochs'?"]),
     "wrong-type": (["train.batch_size=big"], ["key 'train.batch_size'", "(got 'big')"]),
     "out-of-range": (["train.epochs=0"], ["key 'train.epochs'", "greater than 0"]),
@@ -154,11 +173,22 @@ def test_override_mistake_is_named(tmp_path, overrides, fragments):
 
 
 def test_overrides_are_typed_like_yaml(tmp_path):
-    recipe = load_recipe(write(tmp_path), [
-        "train.epochs=2", "optim.lr=3e-5", "train.batch_size=8", "train.group_by_length=false",
-        "train.trackers=[tensorboard]", "data.label_names=[neg, pos]", "optim.max_grad_norm=null",
-        "description=a: b = c", "strategy.name=feature_extraction", "output.dir=runs/x",
-        "data.columns={text: review}"])
+    recipe = load_recipe(
+        write(tmp_path),
+        [
+            "train.epochs=2",
+            "optim.lr=3e-5",
+            "train.batch_size=8",
+            "train.group_by_length=false",
+            "train.trackers=[tensorboard]",
+            "data.label_names=[neg, pos]",
+            "optim.max_grad_norm=null",
+            "description=a: b = c",
+            "strategy.name=feature_extraction",
+            "output.dir=runs/x",
+            "data.columns={text: review}",
+        ],
+    )
     assert recipe.train.epochs == 2.0 and recipe.train.batch_size == 8
     assert recipe.optim.lr == pytest.approx(3e-5) and recipe.optim.max_grad_norm is None
     assert recipe.train.group_by_length is False and recipe.train.trackers == ["tensorboard"]
@@ -177,7 +207,7 @@ def test_override_creates_a_missing_section_and_does_not_touch_the_file(tmp_path
 
 def test_recipe_is_frozen_and_round_trips(tmp_path):
     recipe = load_recipe(write(tmp_path))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         recipe.train.epochs = 3  # type: ignore[misc]
     again = tmp_path / "again.yaml"
     again.write_text(recipe.to_yaml())
@@ -199,15 +229,26 @@ def load_data(path: Path):
 
 
 DATA_MISTAKES = {
-    "missing-split": ({"splits": {"validation": "dev"}}, RecipeError,
-                      ["key 'data.splits.validation'", "split 'dev' is not in", "Available splits: train"]),
-    "missing-column": ({"columns": {"text": "review"}}, RecipeError,
-                       ["key 'data.columns.text'", "column 'review' is not in", "Columns: text, label, movie"]),
-    "missing-group-column": ({"group_column": "film"}, RecipeError,
-                             ["key 'data.group_column'", "column 'film' is not in the data"]),
-    "label-not-in-label-names": ({"label_names": ["pos", "negative"]}, DataError,
-                                 ["label 'neg' is not one of ['pos', 'negative']", "data.label_names",
-                                  "data.on_error: skip"]),
+    "missing-split": (
+        {"splits": {"validation": "dev"}},
+        RecipeError,
+        ["key 'data.splits.validation'", "split 'dev' is not in", "Available splits: train"],
+    ),
+    "missing-column": (
+        {"columns": {"text": "review"}},
+        RecipeError,
+        ["key 'data.columns.text'", "column 'review' is not in", "Columns: text, label, movie"],
+    ),
+    "missing-group-column": (
+        {"group_column": "film"},
+        RecipeError,
+        ["key 'data.group_column'", "column 'film' is not in the data"],
+    ),
+    "label-not-in-label-names": (
+        {"label_names": ["pos", "negative"]},
+        DataError,
+        ["label 'neg' is not one of ['pos', 'negative']", "data.label_names", "data.on_error: skip"],
+    ),
 }
 
 
@@ -225,8 +266,9 @@ def test_data_mistake_is_named(text_recipe, data, error, fragments):
 def test_unfreeze_schedule_longer_than_the_run(text_recipe):
     from hftl.build import describe_plan
 
-    path = text_recipe(strategy={"name": "progressive", "progressive": {"every": 3, "unit": "epoch"}},
-                       train={"epochs": 2})
+    path = text_recipe(
+        strategy={"name": "progressive", "progressive": {"every": 3, "unit": "epoch"}}, train={"epochs": 2}
+    )
     with pytest.raises(RecipeError, match=r"key 'strategy.progressive'.*longer than the run.*would never train"):
         describe_plan(load_recipe(path))
 

@@ -1,5 +1,6 @@
 """Property: whatever document or override a user writes, the loader answers with a valid
 Recipe or an HftlError (a message the CLI shows without a traceback), never another exception."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,12 @@ from hypothesis import strategies as st
 from hftl.errors import HftlError
 from hftl.recipe import Recipe, Section, load_recipe
 
-BASE = {"name": "toy", "task": "text-classification", "model": {"checkpoint": "all-MiniLM-L6-v2"},
-        "data": {"source": "rotten-tomatoes"}}
+BASE = {
+    "name": "toy",
+    "task": "text-classification",
+    "model": {"checkpoint": "all-MiniLM-L6-v2"},
+    "data": {"source": "rotten-tomatoes"},
+}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -37,18 +42,40 @@ def schema_paths(model: Any = Recipe, prefix: str = "") -> list[str]:
 
 PATHS = schema_paths()
 NAMES = sorted({p.rsplit(".", 1)[-1] for p in PATHS})
-CHOICES = ["text-classification", "token-classification", "image-classification", "full", "progressive", "partial",
-           "lora", "two_stage", "feature_extraction", "epoch", "step", "linear", "tensorboard", "skip", "raise"]
+CHOICES = [
+    "text-classification",
+    "token-classification",
+    "image-classification",
+    "full",
+    "progressive",
+    "partial",
+    "lora",
+    "two_stage",
+    "feature_extraction",
+    "epoch",
+    "step",
+    "linear",
+    "tensorboard",
+    "skip",
+    "raise",
+]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(CHOICES))
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(CHOICES),
+)
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.sampled_from(NAMES), st.text(max_size=6), st.integers()),
-                                            inner, max_size=4)),
-    max_leaves=12)
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(NAMES), st.text(max_size=6), st.integers()), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
 # mostly sensible values, so that many documents pass the schema and reach the cross-field checks
 plausible = st.one_of(st.integers(1, 8), st.floats(0.01, 0.99), st.booleans(), st.sampled_from(CHOICES), st.none())
 
@@ -76,14 +103,40 @@ def documents(draw) -> Any:
 
 override_values = st.one_of(
     st.text(max_size=15),
-    st.sampled_from(["1", "-1", "0", "3e-5", "1.5", ".inf", ".nan", "null", "true", "[a, b]", "{x: 1}", "[", "{",
-                     "a: b", "!!python/object/apply:os.system ['true']", "*alias", "&a 1", "'unclosed", "- x"]
-                    + CHOICES),
-    values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()))
-overrides = st.lists(st.one_of(
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS), st.one_of(plausible.map(str), override_values)),
-    st.builds(lambda k, v: f"{k}={v}", st.text(max_size=10), override_values),
-    st.text(max_size=20)), max_size=3)
+    st.sampled_from(
+        [
+            "1",
+            "-1",
+            "0",
+            "3e-5",
+            "1.5",
+            ".inf",
+            ".nan",
+            "null",
+            "true",
+            "[a, b]",
+            "{x: 1}",
+            "[",
+            "{",
+            "a: b",
+            "!!python/object/apply:os.system ['true']",
+            "*alias",
+            "&a 1",
+            "'unclosed",
+            "- x",
+        ]
+        + CHOICES
+    ),
+    values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()),
+)
+overrides = st.lists(
+    st.one_of(
+        st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS), st.one_of(plausible.map(str), override_values)),
+        st.builds(lambda k, v: f"{k}={v}", st.text(max_size=10), override_values),
+        st.text(max_size=20),
+    ),
+    max_size=3,
+)
 
 
 def check(text: str, extra: list[str]) -> None:
@@ -110,9 +163,22 @@ def test_random_documents_and_overrides_give_a_recipe_or_a_clear_error(doc, extr
     check(text, extra)
 
 
-YAML_PIECES = ["name: toy\n", "model:\n", "  checkpoint: x\n", "- a\n", "data: {source: d}\n", "&a [*a]\n",
-               "!!python/object:os.system\n", "key: *b\n", "\t", ": :\n", "%YAML 1.1\n---\n", "--- !!binary aGk=\n",
-               "...\n", "? [a]\n: 1\n"]
+YAML_PIECES = [
+    "name: toy\n",
+    "model:\n",
+    "  checkpoint: x\n",
+    "- a\n",
+    "data: {source: d}\n",
+    "&a [*a]\n",
+    "!!python/object:os.system\n",
+    "key: *b\n",
+    "\t",
+    ": :\n",
+    "%YAML 1.1\n---\n",
+    "--- !!binary aGk=\n",
+    "...\n",
+    "? [a]\n: 1\n",
+]
 
 
 @FUZZ
@@ -125,8 +191,8 @@ VALID_HEAD = "name: toy\ntask: text-classification\nmodel: {checkpoint: x}\ndata
 NASTY = {
     "deep-list": "[" * 5000 + "]" * 5000,
     "deep-mapping": VALID_HEAD + "description: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
-    "alias-bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{k}: &{k} [{', '.join(['*' + p] * 9)}]\n" for p, k in zip("abcdef", "bcdefg")),
+    "alias-bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{k}: &{k} [{', '.join(['*' + p] * 9)}]\n" for p, k in zip("abcdef", "bcdefg")),
     "self-reference": VALID_HEAD.replace("data: {source: y}", "data: &d {source: y, columns: *d}"),
     "nul-byte": "name: t\x00oy\n",
     "date-as-name": VALID_HEAD.replace("name: toy", "name: 2024-01-01"),

@@ -6,6 +6,7 @@ Children are forked from the test process (torch and transformers are already
 imported, so a child starts in a fraction of a second instead of ~10 s); one test
 launches ``python -m hftl`` for real to check the exit status and message of SIGTERM.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,26 +21,39 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftl.run_folder import read_status
-from hftl.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 from hftl.errors import CheckpointError, DataError, HftlError
 from hftl.recipe import load_recipe
+from hftl.run_folder import read_status
 from hftl.train import run
+from hftl.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 
 # A short run with many events: eval every 3 steps, save every 4, log every 2; validation loss picks the
 # best model, so the best folder is rewritten several times (steps 3, 9, 12 on this data).
 TOY = {
     "data": {"max_train_samples": 96, "max_eval_samples": 32},
     "optim": {"lr": 2e-3, "warmup_ratio": 0.0, "scheduler": "linear"},
-    "train": {"min_steps": 0, "epochs": 3, "batch_size": 16, "log_steps": 2, "eval_steps": 3, "save_steps": 4, "seed": 0,
-              "metric": "loss", "save_total_limit": 2},
+    "train": {
+        "min_steps": 0,
+        "epochs": 3,
+        "batch_size": 16,
+        "log_steps": 2,
+        "eval_steps": 3,
+        "save_steps": 4,
+        "seed": 0,
+        "metric": "loss",
+        "save_total_limit": 2,
+    },
 }
 
 
 def write_recipe(folder: Path, bert: Path, csv: Path, **sections) -> Path:
-    doc = {"name": "toy", "task": "text-classification", "model": {"checkpoint": str(bert)},
-           "data": {"source": str(csv), "group_column": "movie", "max_length": 16},
-           "output": {"dir": str(folder / "run")}}
+    doc = {
+        "name": "toy",
+        "task": "text-classification",
+        "model": {"checkpoint": str(bert)},
+        "data": {"source": str(csv), "group_column": "movie", "max_length": 16},
+        "output": {"dir": str(folder / "run")},
+    }
     for key, value in {**TOY, **sections}.items():
         doc[key] = {**doc.get(key, {}), **value}
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,8 +62,14 @@ def write_recipe(folder: Path, bert: Path, csv: Path, **sections) -> Path:
     return path
 
 
-def run_child(argv: list[str], log: Path, processes: int = 1, main_env: dict[str, str] | None = None,
-              timeout: float = 300, **env: str) -> int:
+def run_child(
+    argv: list[str],
+    log: Path,
+    processes: int = 1,
+    main_env: dict[str, str] | None = None,
+    timeout: float = 300,
+    **env: str,
+) -> int:
     """Run ``hftl <argv>`` in ``processes`` forked children (a CPU DDP job when 2+); the job's exit code.
 
     Like ``accelerate launch``/``torchrun``: each rank gets RANK/WORLD_SIZE/MASTER_* and, once one rank fails,
@@ -110,9 +130,15 @@ def _child(argv: list[str], log: Path, env: dict[str, str]) -> None:
 def _rank_env(rank: int, processes: int, port: int) -> dict[str, str]:
     if processes == 1:
         return {}
-    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes),
-            "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "ACCELERATE_USE_CPU": "true"}
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "ACCELERATE_USE_CPU": "true",
+    }
 
 
 def _free_port() -> int:
@@ -196,8 +222,9 @@ def test_sigterm_saves_state_exits_130_and_resume_finishes(tmp_path, tiny_bert_d
     """A real ``python -m hftl run`` gets SIGTERM during step 5: it finishes the step, saves, says how to resume."""
     recipe = write_recipe(tmp_path, tiny_bert_dir, reviews_csv)
     env = {**os.environ, "HFTL_TEST_KILL_AT": "step:5", "HFTL_TEST_KILL_SIGNAL": "TERM"}
-    proc = subprocess.run([sys.executable, "-m", "hftl", "run", str(recipe)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hftl", "run", str(recipe)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 130, proc.stderr[-3000:]
     run_dir = tmp_path / "run"
     # the run folder's recipe.yaml is the resolved recipe: resuming with it keeps any command-line overrides
@@ -214,14 +241,16 @@ def reference_2p(tmp_path_factory, tiny_bert_dir, reviews_csv) -> Path:
     """The uninterrupted 2-process job (forked ranks match ``accelerate launch --multi_gpu`` on CPU bit for bit)."""
     folder = tmp_path_factory.mktemp("reference-2p")
     log = folder / "children.log"
-    assert run_child(["run", str(write_recipe(folder, tiny_bert_dir, reviews_csv))], log, processes=2) == 0, \
+    assert run_child(["run", str(write_recipe(folder, tiny_bert_dir, reviews_csv))], log, processes=2) == 0, (
         log.read_text()[-3000:]
+    )
     return folder / "run"
 
 
 @pytest.mark.distributed
-def test_sigkill_under_two_processes_then_resume_gives_the_same_model(tmp_path, tiny_bert_dir, reviews_csv,
-                                                                      reference_2p):
+def test_sigkill_under_two_processes_then_resume_gives_the_same_model(
+    tmp_path, tiny_bert_dir, reviews_csv, reference_2p
+):
     """2 CPU processes (gloo DDP), 3 steps an epoch. First only the main process dies, mid-save, while the other
     waits at the barrier (the launcher then ends it); then both die inside step 6. Resumed, the job must end
     exactly where an uninterrupted 2-process job ends."""
@@ -286,8 +315,8 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
         save_checkpoint(OneProcess(), model, optimizer, tmp_path, {"step": step}, keep=2)
     root = tmp_path / "checkpoints"
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
-    (root / ".tmp-step-00000009").mkdir()                      # killed mid-save
-    (root / "step-00000010").mkdir()                           # renamed by hand, no state file
+    (root / ".tmp-step-00000009").mkdir()  # killed mid-save
+    (root / "step-00000010").mkdir()  # renamed by hand, no state file
     (root / ".tmp-step-00000011").mkdir()
     (root / ".tmp-step-00000011" / "trainer_state.json").write_text("{}")
     assert complete_checkpoints(tmp_path)[-1].name == "step-00000003"
@@ -300,11 +329,15 @@ def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
     from hftl.run_folder import truncate_log
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 2, "loss": 0.5}\n\n{"step": 4, "loss": 0.4}\n{"step": 6, "loss": 0.3}\n'
-                   '{"step": 4, "final": {}}\n{"step": 8, "lo')  # killed in the middle of a write
+    log.write_text(
+        '{"step": 2, "loss": 0.5}\n\n{"step": 4, "loss": 0.4}\n{"step": 6, "loss": 0.3}\n'
+        '{"step": 4, "final": {}}\n{"step": 8, "lo'
+    )  # killed in the middle of a write
     truncate_log(tmp_path, 4)
-    assert [json.loads(line) for line in log.read_text().splitlines()] == [{"step": 2, "loss": 0.5},
-                                                                          {"step": 4, "loss": 0.4}]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"step": 2, "loss": 0.5},
+        {"step": 4, "loss": 0.4},
+    ]
 
 
 def test_model_saves_are_atomic_and_safetensors_only(tmp_path, tiny_bert_dir):
@@ -321,8 +354,11 @@ def test_model_saves_are_atomic_and_safetensors_only(tmp_path, tiny_bert_dir):
 
 
 def assert_no_pickles(folder: Path) -> None:
-    pickles = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-               and "checkpoints" not in p.parts]
+    pickles = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt") and "checkpoints" not in p.parts
+    ]
     assert not pickles, f"pickled files in a model folder: {pickles}"
 
 
@@ -386,8 +422,16 @@ def test_bad_text_example_fails_naming_the_example(tmp_path, text_recipe, rows, 
 
 def test_skip_counts_bad_examples_and_names_the_first(tmp_path, text_recipe):
     data = write_csv(tmp_path / "bad.csv", [rows[0] for rows, _ in BAD_ROWS], repeat=30)
-    path = text_recipe(data={"source": str(data), "group_column": None, "label_names": ["pos", "neg"],
-                             "on_error": "skip", "validation_size": 0.3, "test_size": 0.3})
+    path = text_recipe(
+        data={
+            "source": str(data),
+            "group_column": None,
+            "label_names": ["pos", "neg"],
+            "on_error": "skip",
+            "validation_size": 0.3,
+            "test_size": 0.3,
+        }
+    )
     encoded, reports = encode_splits(path)
     skipped = sum(int(re.search(r"skipped (\d+) bad", r).group(1)) for r in reports)
     assert skipped == len(BAD_ROWS), reports
@@ -397,9 +441,16 @@ def test_skip_counts_bad_examples_and_names_the_first(tmp_path, text_recipe):
 
 def test_empty_training_set_after_filtering_is_a_clear_error(tmp_path, text_recipe):
     data = write_csv(tmp_path / "bad.csv", [("", "pos"), (" ", "neg")] * 20, repeat=0)
-    path = text_recipe(data={"source": str(data), "group_column": None, "label_names": ["pos", "neg"],
-                             "on_error": "skip", "splits": {"train": "train", "validation": None, "test": None}},
-                       train={"max_steps": 1})
+    path = text_recipe(
+        data={
+            "source": str(data),
+            "group_column": None,
+            "label_names": ["pos", "neg"],
+            "on_error": "skip",
+            "splits": {"train": "train", "validation": None, "test": None},
+        },
+        train={"max_steps": 1},
+    )
     with pytest.raises(HftlError, match="training split is empty after filtering bad examples"):
         run(load_recipe(path))
 
@@ -454,6 +505,7 @@ TOKEN = "hf_PlantedSecretToken0123456789abcdefXYZ"
 
 def test_hub_token_never_reaches_any_output(tmp_path, tiny_bert_dir, reviews_csv, monkeypatch, capfd):
     import tensorboard  # noqa: F401  (a dev dependency: the tracker under test must be installed)
+
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", TOKEN)
     token_file = tmp_path / "hf-home" / "token"

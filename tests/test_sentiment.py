@@ -1,4 +1,5 @@
 """Integration: the shipped sentiment recipe on the real all-MiniLM-L6-v2 and real Rotten Tomatoes data."""
+
 from __future__ import annotations
 
 import collections
@@ -15,9 +16,21 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "sentiment.yaml"
 
 @pytest.mark.integration
 def test_sentiment_recipe_learns_on_real_checkpoint(tmp_path):
-    recipe = load_recipe(RECIPE, [f"output.dir={tmp_path / 'run'}", "train.max_steps=60", "train.batch_size=32", "optim.lr=1e-4", "optim.head_lr=2e-3", "data.max_length=48",
-                                  "data.max_train_samples=1920", "data.max_eval_samples=300", "train.eval_steps=60",
-                                  "optim.warmup_ratio=0.1"])
+    recipe = load_recipe(
+        RECIPE,
+        [
+            f"output.dir={tmp_path / 'run'}",
+            "train.max_steps=60",
+            "train.batch_size=32",
+            "optim.lr=1e-4",
+            "optim.head_lr=2e-3",
+            "data.max_length=48",
+            "data.max_train_samples=1920",
+            "data.max_eval_samples=300",
+            "train.eval_steps=60",
+            "optim.warmup_ratio=0.1",
+        ],
+    )
     result = run(recipe)
     from hftl.tasks import TASKS
 

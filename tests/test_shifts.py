@@ -1,4 +1,5 @@
 """Domain shifts: identity at severity 0, strength monotone in severity, deterministic per seed (table-driven)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,12 @@ from PIL import Image
 from hftl.errors import HftlError
 from hftl.shifts import SHIFTS, apply_shift
 
-TEXTS = ["a warm , funny and beautifully acted film that never loses its nerve",
-         "the plot is thin but the actors make the most of every single scene",
-         "boring", "an awful , dull movie with a silly ending and a cold heart"]
+TEXTS = [
+    "a warm , funny and beautifully acted film that never loses its nerve",
+    "the plot is thin but the actors make the most of every single scene",
+    "boring",
+    "an awful , dull movie with a silly ending and a cold heart",
+]
 
 
 def images() -> list[Image.Image]:
@@ -88,8 +92,9 @@ def test_recipe_shift_changes_only_the_named_splits(text_recipe):
 
     task = TASKS.get("text-classification")
     plain = task.load_splits(load_recipe(text_recipe()))
-    shifted = task.load_splits(load_recipe(text_recipe(
-        data={"shift": {"name": "char_noise", "severity": 5, "seed": 1, "splits": ["test"]}})))
+    shifted = task.load_splits(
+        load_recipe(text_recipe(data={"shift": {"name": "char_noise", "severity": 5, "seed": 1, "splits": ["test"]}}))
+    )
     assert shifted["train"]["text"] == plain["train"]["text"]
     changed = sum(a != b for a, b in zip(shifted["test"]["text"], plain["test"]["text"]))
     assert changed > 0.5 * len(plain["test"])

@@ -6,6 +6,7 @@ step, that exactly the planned parameters changed (frozen weights and BatchNorm
 statistics bitwise unchanged) and that every group ran at its planned LR. Slower
 tests run the real loop: LoRA save and reload, and resuming mid-schedule.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,23 +14,29 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch import nn
-from transformers import (BertConfig, BertForSequenceClassification, ResNetConfig, ResNetForImageClassification,
-                          TimmWrapperConfig, TimmWrapperForImageClassification, ViTConfig, ViTForImageClassification)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
+from hftl.build import build_optimizer, plan_for
 from hftl.errors import HftlError, RecipeError
-from hftl.build import build_optimizer
-from hftl.strategies import wrap_model
-from hftl.build import plan_for
 from hftl.recipe import load_recipe, validate_recipe
-from hftl.strategies import STRATEGIES
+from hftl.strategies import STRATEGIES, wrap_model
 from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps
@@ -38,8 +45,10 @@ LR, HEAD_LR, WD = 1e-2, 5e-2, 0.01
 
 # --------------------------------------------------------------------------- architectures
 def _images(n_labels: int, size: int) -> Callable[[torch.Generator], dict]:
-    return lambda g: {"pixel_values": torch.randn(4, 3, size, size, generator=g),
-                      "labels": torch.randint(0, n_labels, (4,), generator=g)}
+    return lambda g: {
+        "pixel_values": torch.randn(4, 3, size, size, generator=g),
+        "labels": torch.randint(0, n_labels, (4,), generator=g),
+    }
 
 
 def _tokens(g: torch.Generator) -> dict:
@@ -57,17 +66,57 @@ class Arch:
 
 
 ARCHS = [
-    Arch("bert", "text-classification", lambda: BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
-        max_position_embeddings=16)), _tokens, r"encoder\.layer\.1\..*LayerNorm", ("query", "value")),
-    Arch("vit", "image-classification", lambda: ViTForImageClassification(ViTConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20, image_size=16, patch_size=8,
-        num_labels=3)), _images(3, 16), r"layers\.1\.layernorm_after", ("q_proj", "v_proj")),
-    Arch("resnet", "image-classification", lambda: ResNetForImageClassification(ResNetConfig(
-        hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, layer_type="basic", num_labels=3)), _images(3, 32),
-        r"stages\.1\..*normalization"),
-    Arch("timm-efficientnet", "image-classification", lambda: TimmWrapperForImageClassification(TimmWrapperConfig(
-        architecture="efficientnet_lite0", num_labels=3)), _images(3, 32), r"blocks\.5\..*bn"),
+    Arch(
+        "bert",
+        "text-classification",
+        lambda: BertForSequenceClassification(
+            BertConfig(
+                vocab_size=50,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=20,
+                max_position_embeddings=16,
+            )
+        ),
+        _tokens,
+        r"encoder\.layer\.1\..*LayerNorm",
+        ("query", "value"),
+    ),
+    Arch(
+        "vit",
+        "image-classification",
+        lambda: ViTForImageClassification(
+            ViTConfig(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=20,
+                image_size=16,
+                patch_size=8,
+                num_labels=3,
+            )
+        ),
+        _images(3, 16),
+        r"layers\.1\.layernorm_after",
+        ("q_proj", "v_proj"),
+    ),
+    Arch(
+        "resnet",
+        "image-classification",
+        lambda: ResNetForImageClassification(
+            ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, layer_type="basic", num_labels=3)
+        ),
+        _images(3, 32),
+        r"stages\.1\..*normalization",
+    ),
+    Arch(
+        "timm-efficientnet",
+        "image-classification",
+        lambda: TimmWrapperForImageClassification(TimmWrapperConfig(architecture="efficientnet_lite0", num_labels=3)),
+        _images(3, 32),
+        r"blocks\.5\..*bn",
+    ),
 ]
 
 
@@ -98,35 +147,83 @@ def _geometric(lo: float, hi: float, n: int) -> list[float]:
 CASES = [
     Case("full", lambda a: {"name": "full"}, lambda n: [0] * n),
     Case("feature_extraction", lambda a: {"name": "feature_extraction"}, lambda n: [None] * (n - 1) + [0]),
-    Case("feature_extraction-bn-train", lambda a: {"name": "feature_extraction", "batchnorm": "train"},
-         lambda n: [None] * (n - 1) + [0], archs=("resnet", "timm-efficientnet")),
-    Case("partial-groups", lambda a: {"name": "partial", "partial": {"freeze_groups": 2}},
-         lambda n: [None, None] + [0] * (n - 2)),
-    Case("partial-fraction", lambda a: {"name": "partial", "partial": {"freeze_fraction": 0.5}},
-         lambda n: [None] * ((n - 1) // 2) + [0] * (n - (n - 1) // 2)),
+    Case(
+        "feature_extraction-bn-train",
+        lambda a: {"name": "feature_extraction", "batchnorm": "train"},
+        lambda n: [None] * (n - 1) + [0],
+        archs=("resnet", "timm-efficientnet"),
+    ),
+    Case(
+        "partial-groups",
+        lambda a: {"name": "partial", "partial": {"freeze_groups": 2}},
+        lambda n: [None, None] + [0] * (n - 2),
+    ),
+    Case(
+        "partial-fraction",
+        lambda a: {"name": "partial", "partial": {"freeze_fraction": 0.5}},
+        lambda n: [None] * ((n - 1) // 2) + [0] * (n - (n - 1) // 2),
+    ),
     Case("partial-patterns", lambda a: {"name": "partial", "partial": {"freeze_patterns": [a.freeze_pattern]}}, None),
-    Case("full-llrd", lambda a: {"name": "full", "llrd": {"decay": 0.5}}, lambda n: [0] * n,
-         peaks=lambda n: [LR * 0.5 ** (n - 1 - d) for d in range(n - 1)] + [HEAD_LR]),
-    Case("full-discriminative-range", lambda a: {"name": "full", "discriminative": {"range": [1e-4, 1e-2]}},
-         lambda n: [0] * n, peaks=lambda n: _geometric(1e-4, 1e-2, n), optim={"head_lr": None}),
-    Case("two_stage", lambda a: {"name": "two_stage", "two_stage": {"head_epochs": 1, "body_lr_scale": 0.1}},
-         lambda n: [PER_EPOCH] * (n - 1) + [0], peaks=lambda n: [LR * 0.1] * (n - 1) + [HEAD_LR]),
-    Case("progressive-steps", lambda a: {"name": "progressive", "progressive": {"unit": "step", "every": 1,
-                                                                               "groups_per_stage": 3}},
-         lambda n: _progressive_starts(n, 3, 1)),
-    Case("progressive-epochs-until", lambda a: {"name": "progressive", "progressive": {"every": 1, "until": 2}},
-         lambda n: _progressive_starts(n, 1, PER_EPOCH, until=2)),
-    Case("lora", lambda a: {"name": "lora", "lora": {"r": 2, "target_modules": list(a.lora_targets)}}, None,
-         archs=("bert", "vit")),
+    Case(
+        "full-llrd",
+        lambda a: {"name": "full", "llrd": {"decay": 0.5}},
+        lambda n: [0] * n,
+        peaks=lambda n: [LR * 0.5 ** (n - 1 - d) for d in range(n - 1)] + [HEAD_LR],
+    ),
+    Case(
+        "full-discriminative-range",
+        lambda a: {"name": "full", "discriminative": {"range": [1e-4, 1e-2]}},
+        lambda n: [0] * n,
+        peaks=lambda n: _geometric(1e-4, 1e-2, n),
+        optim={"head_lr": None},
+    ),
+    Case(
+        "two_stage",
+        lambda a: {"name": "two_stage", "two_stage": {"head_epochs": 1, "body_lr_scale": 0.1}},
+        lambda n: [PER_EPOCH] * (n - 1) + [0],
+        peaks=lambda n: [LR * 0.1] * (n - 1) + [HEAD_LR],
+    ),
+    Case(
+        "progressive-steps",
+        lambda a: {"name": "progressive", "progressive": {"unit": "step", "every": 1, "groups_per_stage": 3}},
+        lambda n: _progressive_starts(n, 3, 1),
+    ),
+    Case(
+        "progressive-epochs-until",
+        lambda a: {"name": "progressive", "progressive": {"every": 1, "until": 2}},
+        lambda n: _progressive_starts(n, 1, PER_EPOCH, until=2),
+    ),
+    Case(
+        "lora",
+        lambda a: {"name": "lora", "lora": {"r": 2, "target_modules": list(a.lora_targets)}},
+        None,
+        archs=("bert", "vit"),
+    ),
 ]
-TABLE = [pytest.param(arch, case, id=f"{case.id}-{arch.id}") for case in CASES for arch in ARCHS
-         if not case.archs or arch.id in case.archs]
+TABLE = [
+    pytest.param(arch, case, id=f"{case.id}-{arch.id}")
+    for case in CASES
+    for arch in ARCHS
+    if not case.archs or arch.id in case.archs
+]
 
 
-def make_recipe(section: dict, task: str = "text-classification", **optim) -> "Recipe":  # noqa: F821
-    doc = {"name": "t", "task": task, "model": {"checkpoint": "tiny"}, "data": {"source": "x.csv"},
-           "strategy": section, "optim": {"lr": LR, "head_lr": HEAD_LR, "weight_decay": WD, "scheduler": "constant",
-                                          "warmup_steps": 0, **optim}}
+def make_recipe(section: dict, task: str = "text-classification", **optim) -> Recipe:  # noqa: F821
+    doc = {
+        "name": "t",
+        "task": task,
+        "model": {"checkpoint": "tiny"},
+        "data": {"source": "x.csv"},
+        "strategy": section,
+        "optim": {
+            "lr": LR,
+            "head_lr": HEAD_LR,
+            "weight_decay": WD,
+            "scheduler": "constant",
+            "warmup_steps": 0,
+            **optim,
+        },
+    }
     doc["optim"] = {k: v for k, v in doc["optim"].items() if v is not None}
     return validate_recipe(doc, "recipe.yaml")
 
@@ -183,8 +280,12 @@ def expected_trainable(case: Case, arch: Arch, model: nn.Module, plan: Plan, ste
     if case.starts is None:  # freeze by pattern
         return {n for n in names if not re.search(arch.freeze_pattern, n)}
     starts = case.starts(len(plan.groups))
-    return {p for g, start in zip(plan.groups, starts) if start is not None and start <= step
-            for p in g.params + g.frozen_params}
+    return {
+        p
+        for g, start in zip(plan.groups, starts)
+        if start is not None and start <= step
+        for p in g.params + g.frozen_params
+    }
 
 
 def expected_changed(model: nn.Module, trainable: set[str], batchnorm: str) -> set[str]:
@@ -206,17 +307,21 @@ def test_strategy_trains_what_it_plans(arch: Arch, case: Case) -> None:
     if case.starts is not None:
         assert [g.start_step for g in plan.groups] == case.starts(n), [g.name for g in plan.groups]
     batch = arch.batch(torch.Generator().manual_seed(0))
-    for step, changed, lrs, optimizer in train_and_watch(model, plan, recipe, batch):
+    for step, changed, lrs, optimizer in train_and_watch(model, plan, recipe, batch):  # noqa: B007 (used after)
         trainable = expected_trainable(case, arch, model, plan, step)
         expected = expected_changed(model, trainable, recipe.strategy.batchnorm)
-        assert changed == expected, (f"step {step}: changed but should not {sorted(changed - expected)[:5]}, "
-                                     f"should change but did not {sorted(expected - changed)[:5]}")
+        assert changed == expected, (
+            f"step {step}: changed but should not {sorted(changed - expected)[:5]}, "
+            f"should change but did not {sorted(expected - changed)[:5]}"
+        )
         for group, peak in zip(plan.groups, case.peaks(n)):
             trains_now = bool(set(group.params) & trainable)
             for suffix in ("", "/no_decay"):
                 if group.name + suffix in lrs:
-                    assert lrs[group.name + suffix] == pytest.approx(peak if trains_now else 0.0, rel=1e-12), \
-                        (step, group.name + suffix)
+                    assert lrs[group.name + suffix] == pytest.approx(peak if trains_now else 0.0, rel=1e-12), (
+                        step,
+                        group.name + suffix,
+                    )
     wd = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert all(v == (0.0 if k.endswith("/no_decay") else WD) for k, v in wd.items()), wd
 
@@ -226,14 +331,26 @@ def test_bert_peak_lrs_are_exactly_the_documented_formulas() -> None:
     arch = ARCHS[0]
     expected = {
         "flat + head_lr": ({"name": "full"}, {}, [1e-2, 1e-2, 1e-2, 1e-2, 5e-2]),
-        "llrd 0.8": ({"name": "full", "llrd": {"decay": 0.8}}, {},
-                     [1e-2 * 0.4096, 1e-2 * 0.512, 1e-2 * 0.64, 1e-2 * 0.8, 5e-2]),
-        "discriminative lrs": ({"name": "full", "discriminative": {"lrs": [1e-5, 2e-5, 3e-5, 4e-5, 1e-3]}},
-                               {"head_lr": None}, [1e-5, 2e-5, 3e-5, 4e-5, 1e-3]),
-        "discriminative range": ({"name": "full", "discriminative": {"range": [1e-5, 1e-3]}}, {"head_lr": None},
-                                 [1e-5, 10 ** -4.5, 1e-4, 10 ** -3.5, 1e-3]),
-        "two_stage body x0.1": ({"name": "two_stage", "two_stage": {"body_lr_scale": 0.1}}, {},
-                                [1e-3, 1e-3, 1e-3, 1e-3, 5e-2]),
+        "llrd 0.8": (
+            {"name": "full", "llrd": {"decay": 0.8}},
+            {},
+            [1e-2 * 0.4096, 1e-2 * 0.512, 1e-2 * 0.64, 1e-2 * 0.8, 5e-2],
+        ),
+        "discriminative lrs": (
+            {"name": "full", "discriminative": {"lrs": [1e-5, 2e-5, 3e-5, 4e-5, 1e-3]}},
+            {"head_lr": None},
+            [1e-5, 2e-5, 3e-5, 4e-5, 1e-3],
+        ),
+        "discriminative range": (
+            {"name": "full", "discriminative": {"range": [1e-5, 1e-3]}},
+            {"head_lr": None},
+            [1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3],
+        ),
+        "two_stage body x0.1": (
+            {"name": "two_stage", "two_stage": {"body_lr_scale": 0.1}},
+            {},
+            [1e-3, 1e-3, 1e-3, 1e-3, 5e-2],
+        ),
     }
     for label, (section, optim, lrs) in expected.items():
         _, plan = build(arch, make_recipe(section, **optim))
@@ -244,8 +361,11 @@ def test_bert_peak_lrs_are_exactly_the_documented_formulas() -> None:
 def test_joining_groups_ramp_up_on_the_shared_schedule() -> None:
     """Progressive warmup: a group joining at step s gets (k+1)/warmup of its LR at s+k, times the linear schedule."""
     arch = ARCHS[0]
-    recipe = make_recipe({"name": "progressive", "progressive": {"unit": "step", "every": 2, "warmup_steps": 2}},
-                         scheduler="linear", warmup_steps=1)
+    recipe = make_recipe(
+        {"name": "progressive", "progressive": {"unit": "step", "every": 2, "warmup_steps": 2}},
+        scheduler="linear",
+        warmup_steps=1,
+    )
     total = 12
     model, plan = build(arch, recipe, total)
     base = lambda s: 1 / 2 if s < 1 else 1 - (s - 1) / (total - 1)  # noqa: E731  linear, 1 warmup step
@@ -275,21 +395,51 @@ def test_frozen_layers_below_the_lowest_trainable_one_build_no_graph() -> None:
 
 
 # --------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("section, optim, total, message", [
-    ({"name": "partial", "partial": {"freeze_patterns": ["encoder", "no_such_layer"]}}, {}, STEPS,
-     r"recipe\.yaml, key 'strategy\.partial\.freeze_patterns': 'no_such_layer' matches no parameter name"),
-    ({"name": "partial", "partial": {"freeze_patterns": ["(unclosed"]}}, {}, STEPS, r"not a valid regular expression"),
-    ({"name": "partial", "partial": {"freeze_groups": 5}}, {}, STEPS,
-     r"recipe\.yaml, key 'strategy\.partial\.freeze_groups': asks to freeze 5 groups but the model has only 4 body"),
-    ({"name": "partial", "partial": {"freeze_patterns": ["."]}}, {}, STEPS, r"leaves no parameter to train"),
-    ({"name": "progressive", "progressive": {"every": 1}}, {}, 8,
-     r"schedule is longer than the run \(8 optimizer steps, 2 per epoch\): embeddings \(from step 8\) would never"),
-    ({"name": "progressive", "progressive": {"until": 7}}, {}, STEPS,
-     r"'strategy\.progressive\.until': asks to unfreeze 7 body groups but the model has only 4"),
-    ({"name": "two_stage", "two_stage": {"head_epochs": 3}}, {}, STEPS, r"schedule is longer than the run"),
-    ({"name": "full", "discriminative": {"lrs": [1e-3, 1e-3]}}, {"head_lr": None}, STEPS,
-     r"'strategy\.discriminative\.lrs': needs one LR per layer group, 5 here \(embeddings, layer\.0"),
-])
+@pytest.mark.parametrize(
+    "section, optim, total, message",
+    [
+        (
+            {"name": "partial", "partial": {"freeze_patterns": ["encoder", "no_such_layer"]}},
+            {},
+            STEPS,
+            r"recipe\.yaml, key 'strategy\.partial\.freeze_patterns': 'no_such_layer' matches no parameter name",
+        ),
+        (
+            {"name": "partial", "partial": {"freeze_patterns": ["(unclosed"]}},
+            {},
+            STEPS,
+            r"not a valid regular expression",
+        ),
+        (
+            {"name": "partial", "partial": {"freeze_groups": 5}},
+            {},
+            STEPS,
+            r"recipe\.yaml, key 'strategy\.partial\.freeze_groups': asks to freeze 5 groups but the model has only "
+            r"4 body",
+        ),
+        ({"name": "partial", "partial": {"freeze_patterns": ["."]}}, {}, STEPS, r"leaves no parameter to train"),
+        (
+            {"name": "progressive", "progressive": {"every": 1}},
+            {},
+            8,
+            r"schedule is longer than the run \(8 optimizer steps, 2 per epoch\): "
+            r"embeddings \(from step 8\) would never",
+        ),
+        (
+            {"name": "progressive", "progressive": {"until": 7}},
+            {},
+            STEPS,
+            r"'strategy\.progressive\.until': asks to unfreeze 7 body groups but the model has only 4",
+        ),
+        ({"name": "two_stage", "two_stage": {"head_epochs": 3}}, {}, STEPS, r"schedule is longer than the run"),
+        (
+            {"name": "full", "discriminative": {"lrs": [1e-3, 1e-3]}},
+            {"head_lr": None},
+            STEPS,
+            r"'strategy\.discriminative\.lrs': needs one LR per layer group, 5 here \(embeddings, layer\.0",
+        ),
+    ],
+)
 def test_bad_strategies_fail_with_the_key_and_the_fix(section: dict, optim: dict, total: int, message: str) -> None:
     recipe = make_recipe(section, **optim)
     torch.manual_seed(0)
@@ -303,7 +453,9 @@ def test_discriminative_lrs_and_head_lr_conflict_at_validation() -> None:
 
 
 def test_unknown_strategy_lists_the_known_ones() -> None:
-    with pytest.raises(HftlError, match=r"'strategy\.name': unknown strategy 'progresive'\. Did you mean 'progressive'\?"):
+    with pytest.raises(
+        HftlError, match=r"'strategy\.name': unknown strategy 'progresive'\. Did you mean 'progressive'\?"
+    ):
         make_recipe({"name": "progresive"})
     assert set(STRATEGIES.names()) == {"full", "feature_extraction", "partial", "two_stage", "progressive", "lora"}
 
@@ -312,18 +464,34 @@ def test_unknown_strategy_lists_the_known_ones() -> None:
 def test_plan_table_shows_groups_lrs_decay_schedule_and_stage_totals(text_recipe, capsys) -> None:
     from hftl.cli import main
 
-    path = text_recipe(strategy={"name": "progressive", "progressive": {"every": 1, "until": 2, "warmup_steps": 3},
-                                 "llrd": {"decay": 0.5}}, optim={"lr": 1e-3, "head_lr": 1e-2, "weight_decay": 0.05})
+    path = text_recipe(
+        strategy={
+            "name": "progressive",
+            "progressive": {"every": 1, "until": 2, "warmup_steps": 3},
+            "llrd": {"decay": 0.5},
+        },
+        optim={"lr": 1e-3, "head_lr": 1e-2, "weight_decay": 0.05},
+    )
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     for column in ("group", "depth", "params", "trainable", "peak LR", "weight decay", "trains"):
         assert column in out
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in out.splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│")
+    }
     # 384 training examples / batch 16 = 24 steps per epoch, 4 epochs
     assert rows["embeddings"] == ["0", "3,232", "0", "-", "-", "never (frozen)"]
     assert rows["layer.0"][2:] == ["0", "-", "-", "never (frozen)"]
-    assert rows["layer.1"] == ["2", "6,789", "6,789", "2.50e-04", "0.05", "from step 48 (epoch 2), LR ramp over 3 steps"]
+    assert rows["layer.1"] == [
+        "2",
+        "6,789",
+        "6,789",
+        "2.50e-04",
+        "0.05",
+        "from step 48 (epoch 2), LR ramp over 3 steps",
+    ]
     assert rows["pooler"] == ["3", "1,056", "1,056", "5.00e-04", "0.05", "from step 24 (epoch 1), LR ramp over 3 steps"]
     assert rows["head"] == ["4", "66", "66", "1.00e-02", "0.05", "steps 0-95"]
     assert "stage 0, from step 0 (epoch 0): 66 trainable parameters (+head)" in out
@@ -332,8 +500,11 @@ def test_plan_table_shows_groups_lrs_decay_schedule_and_stage_totals(text_recipe
 
 
 # --------------------------------------------------------------------------- the real loop: resume mid-schedule
-PROGRESSIVE = {"name": "progressive", "llrd": {"decay": 0.8},
-               "progressive": {"unit": "step", "every": 6, "until": 3, "warmup_steps": 3}}
+PROGRESSIVE = {
+    "name": "progressive",
+    "llrd": {"decay": 0.8},
+    "progressive": {"unit": "step", "every": 6, "until": 3, "warmup_steps": 3},
+}
 
 
 def run_killed_after_checkpoint(path: Path, overrides: list[str], step: int) -> int:
@@ -368,9 +539,11 @@ def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recip
     ramp and mid-epoch. Resumed, it must end where the uninterrupted run ends, logging the same LRs."""
     from hftl.train import run
 
-    path = text_recipe(strategy=PROGRESSIVE, optim={"lr": 2e-3, "head_lr": 5e-3, "scheduler": "linear",
-                                                    "warmup_ratio": 0.1},
-                       train={"epochs": 1, "save_steps": 7, "log_steps": 1})
+    path = text_recipe(
+        strategy=PROGRESSIVE,
+        optim={"lr": 2e-3, "head_lr": 5e-3, "scheduler": "linear", "warmup_ratio": 0.1},
+        train={"epochs": 1, "save_steps": 7, "log_steps": 1},
+    )
     straight = run(load_recipe(path, [f"output.dir={tmp_path / 'straight'}"])).run_dir
     killed = tmp_path / "killed"
     assert run_killed_after_checkpoint(path, [f"output.dir={killed}"], step=7) == -signal.SIGKILL
@@ -384,7 +557,9 @@ def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recip
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     initial = weights(Path(load_recipe(path).model.checkpoint) / "model.safetensors")
     assert torch.equal(a["bert.embeddings.word_embeddings.weight"], initial["embeddings.word_embeddings.weight"])
-    assert not torch.equal(a["bert.encoder.layer.0.output.dense.weight"], initial["encoder.layer.0.output.dense.weight"])
+    assert not torch.equal(
+        a["bert.encoder.layer.0.output.dense.weight"], initial["encoder.layer.0.output.dense.weight"]
+    )
 
     def lr_log(run_dir: Path) -> list[dict]:
         return [r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
@@ -401,21 +576,24 @@ def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recip
     assert plan["scheduler"] == "linear" and plan["warmup_steps"] == 2
     assert [s["step"] for s in plan["stages"]] == [0, 6, 12, 18]
     assert plan["stages"][1]["groups"] == ["pooler", "head"]
-    assert {g["name"]: g["lr"] for g in plan["groups"]}["layer.1"] == pytest.approx(2e-3 * 0.8 ** 2)
+    assert {g["name"]: g["lr"] for g in plan["groups"]}["layer.1"] == pytest.approx(2e-3 * 0.8**2)
 
 
 # --------------------------------------------------------------------------- the real loop: LoRA save and reload
 def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> None:
-    import hftl.train
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = text_recipe(strategy={"name": "lora", "lora": {"r": 4, "target_modules": ["query", "value"]}},
-                       optim={"lr": 1e-2})
+    import hftl.train
+
+    path = text_recipe(
+        strategy={"name": "lora", "lora": {"r": 4, "target_modules": ["query", "value"]}}, optim={"lr": 1e-2}
+    )
     recipe = load_recipe(path)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model.checkpoint)
-    batch = tokenizer(["a great movie", "an awful plot", "the film was dull and cold"], return_tensors="pt",
-                      padding=True)
+    batch = tokenizer(
+        ["a great movie", "an awful plot", "the film was dull and cold"], return_tensors="pt", padding=True
+    )
     at_end: dict[str, torch.Tensor] = {}
     publish = hftl.train.publish_model
 
@@ -440,8 +618,10 @@ def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> Non
             logits = model.eval()(**batch).logits
         assert torch.allclose(logits, at_end["logits"], atol=1e-5), how
     assert reloaded["merged run folder"].config.id2label == {0: "neg", 1: "pos"}
-    assert sorted(p.name for p in (run_dir / "adapter").glob("adapter_*")) == ["adapter_config.json",
-                                                                             "adapter_model.safetensors"]
+    assert sorted(p.name for p in (run_dir / "adapter").glob("adapter_*")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     from safetensors.torch import load_file
 
     saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))

@@ -3,9 +3,11 @@
 Trials run a tiny random BERT for 2 steps (tests/conftest.py), so a trial is a few seconds, most of it
 the runner's fixed costs. The per-trial bookkeeping of the study engine is printed (run with -s).
 """
+
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -51,16 +53,31 @@ def hftl_study(*args: str, **kw) -> subprocess.Popen:
 
 # --------------------------------------------------------------------------- validation and expansion
 def test_grid_expands_every_point_with_multi_key_values(write_study):
-    study = load_study(write_study(axes={
-        "strategy.name": ["full", {"label": "full+llrd", "set": {"strategy.name": "full", "strategy.llrd": {"decay": 0.8}}}],
-        "lr_mult": {"values": [{"label": 0.1, "set": {"optim.lr": 1e-5, "optim.head_lr": 1e-4}},
-                               {"label": 1.0, "set": {"optim.lr": 1e-4, "optim.head_lr": 1e-4}}], "kind": "lr_multiplier"},
-        "train.seed": [0, 1, 2]}))
+    study = load_study(
+        write_study(
+            axes={
+                "strategy.name": [
+                    "full",
+                    {"label": "full+llrd", "set": {"strategy.name": "full", "strategy.llrd": {"decay": 0.8}}},
+                ],
+                "lr_mult": {
+                    "values": [
+                        {"label": 0.1, "set": {"optim.lr": 1e-5, "optim.head_lr": 1e-4}},
+                        {"label": 1.0, "set": {"optim.lr": 1e-4, "optim.head_lr": 1e-4}},
+                    ],
+                    "kind": "lr_multiplier",
+                },
+                "train.seed": [0, 1, 2],
+            }
+        )
+    )
     assert len(study.points) == 2 * 2 * 3
     assert study.metric == "test.accuracy" and study.direction == "maximize"
     assert [a.kind for a in study.axes] == ["strategy", "lr_multiplier", "seed"]
     overrides = study.trial_overrides({"strategy.name": "full+llrd", "lr_mult": 0.1, "train.seed": 2})
-    assert 'strategy.llrd={"decay": 0.8}' in overrides and "optim.lr=1.0e-05" in overrides and "train.seed=2" in overrides
+    assert (
+        'strategy.llrd={"decay": 0.8}' in overrides and "optim.lr=1.0e-05" in overrides and "train.seed=2" in overrides
+    )
     from hftl.recipe import load_recipe
 
     recipe = load_recipe(study.recipe_file, overrides)
@@ -77,12 +94,18 @@ def test_override_text_reads_back_as_the_same_value(value):
 
 BAD = {
     "bad-axis-key": ({"axes": {"train.seeed": [0, 1]}}, "axis 'train.seeed', value 0", "Did you mean 'seed'?"),
-    "bad-value": ({"axes": {"strategy.name": ["full", "fulll"]}}, "axis 'strategy.name', value 'fulll'",
-                  "unknown strategy 'fulll'"),
+    "bad-value": (
+        {"axes": {"strategy.name": ["full", "fulll"]}},
+        "axis 'strategy.name', value 'fulll'",
+        "unknown strategy 'fulll'",
+    ),
     "bad-number": ({"axes": {"optim.lr": [1e-3, -1]}}, "axis 'optim.lr', value -1", "greater than 0"),
     "bad-study-key": ({"axess": {}}, "key 'axess' is not allowed", "Did you mean 'axes'?"),
-    "range-in-grid": ({"axes": {"optim.lr": {"low": 1e-5, "high": 1e-3, "log": True}}}, "axis 'optim.lr' is a range",
-                      "search: tpe"),
+    "range-in-grid": (
+        {"axes": {"optim.lr": {"low": 1e-5, "high": 1e-3, "log": True}}},
+        "axis 'optim.lr' is a range",
+        "search: tpe",
+    ),
     "tpe-without-budget": ({"search": "tpe"}, "needs a budget", "trials: N"),
     "reserved-key": ({"overrides": {"output.dir": "x"}}, "key 'output.dir' is set by the study", ""),
     "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "test.accuracy"),
@@ -105,7 +128,9 @@ def test_invalid_studies_exit_2_naming_file_axis_and_value(case, write_study, ca
 def test_a_bad_combination_names_the_point(write_study):
     # each value is fine alone; together the head LR would be ignored
     path = write_study(axes={"optim.head_lr": [None, 1e-3], "strategy.discriminative": [{"range": [1e-5, 1e-3]}]})
-    with pytest.raises(HftlError, match=r"point optim.head_lr=0.001, strategy.discriminative=.*head_lr would be ignored"):
+    with pytest.raises(
+        HftlError, match=r"point optim.head_lr=0.001, strategy.discriminative=.*head_lr would be ignored"
+    ):
         load_study(path)
     # a value that fails alone is named alone
     path = write_study(axes={"strategy.name": ["full"], "strategy.partial": [{"freeze_groups": 1}]})
@@ -114,8 +139,11 @@ def test_a_bad_combination_names_the_point(write_study):
 
 
 def test_tpe_validates_each_value_and_range_end(write_study):
-    study = load_study(write_study(search="tpe", trials=3,
-                                   axes={"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}, "train.seed": [0]}))
+    study = load_study(
+        write_study(
+            search="tpe", trials=3, axes={"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}, "train.seed": [0]}
+        )
+    )
     assert study.points == [] and study.axes[0].is_range
     with pytest.raises(HftlError, match=r"axis 'optim.lr', value 0.0"):
         load_study(write_study(search="tpe", trials=3, axes={"optim.lr": {"low": 0.0, "high": 1e-2}}))
@@ -138,11 +166,16 @@ def completed_points(rows: list[dict[str, str]], axes=("strategy.name", "train.s
 def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     path = write_study()
     assert main(["study", str(path)]) == 0
-    out = capsys.readouterr().out
+    capsys.readouterr()
     folder = path.parent / path.stem
     rows = read_csv(folder / "results.csv")
     assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
-    assert completed_points(rows) == [("feature_extraction", "0"), ("feature_extraction", "1"), ("full", "0"), ("full", "1")]
+    assert completed_points(rows) == [
+        ("feature_extraction", "0"),
+        ("feature_extraction", "1"),
+        ("full", "0"),
+        ("full", "1"),
+    ]
     assert all(0.0 <= float(r["test.accuracy"]) <= 1.0 and float(r["train_seconds"]) >= 0 for r in rows)
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
@@ -153,8 +186,10 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     overhead = [float(r["overhead_seconds"]) for r in rows]
     run = [float(r["run_seconds"]) for r in rows]
     with capsys.disabled():
-        print(f"\n[measure] per-trial study overhead {min(overhead):.3f}-{max(overhead):.3f} s "
-              f"(median {sorted(overhead)[2]:.3f} s); hftl.train.run {min(run):.1f}-{max(run):.1f} s per 2-step trial")
+        print(
+            f"\n[measure] per-trial study overhead {min(overhead):.3f}-{max(overhead):.3f} s "
+            f"(median {sorted(overhead)[2]:.3f} s); hftl.train.run {min(run):.1f}-{max(run):.1f} s per 2-step trial"
+        )
     # rerunning a finished study trains nothing
     assert main(["study", str(path)]) == 0
     assert "[study] trial" not in capsys.readouterr().out
@@ -234,14 +269,16 @@ def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
     assert len(completed_points(rows)) == len(set(completed_points(rows))) == 6
     import optuna
 
-    trials = optuna.load_study(study_name="toy-study", storage=f"sqlite:///{path.parent / path.stem / 'study.db'}").trials
+    trials = optuna.load_study(
+        study_name="toy-study", storage=f"sqlite:///{path.parent / path.stem / 'study.db'}"
+    ).trials
     assert len(trials) == 6  # no extra trial was created
     workers = {t.user_attrs["hftl_worker"]["pid"] for t in trials}
     with capsys.disabled():
         print(f"\n[measure] --jobs 2: 6 trials taken by {len(workers)} worker process(es)")
 
 
-def _pop_all(url: str, folder: str, out: "multiprocessing.Queue") -> None:
+def _pop_all(url: str, folder: str, out: multiprocessing.Queue) -> None:
     from hftl.study_engine import _next_trial, open_storage, storage_lock
 
     study = _POP_STUDY
@@ -305,12 +342,33 @@ def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
     def axis(name, kind, labels):
         return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
 
-    study = Study(tmp_path / "s.yaml", StudySpec(recipe="r.yaml", axes={"x": [1]}), "s", tmp_path, tmp_path / "r.yaml",
-                  [axis("lr", "lr_multiplier", [0, 0.1, 1.0]), axis("model.pretrained", "pretrained", [True, False]),
-                   axis("data.shift.severity", "shift_severity", [0, 3, 5]), axis("train.seed", "seed", [0, 1])],
-                  "test.accuracy", "maximize")
-    cells = [{"labels": {"lr": lr, "model.pretrained": p, "data.shift.severity": s}, "n": 2, "total": 2,
-              "mean": 0.5 + 0.1 * p - 0.02 * s + lr / 10, "std": 0.01, "train_seconds": 1.0}
-             for lr in (0, 0.1, 1.0) for p in (True, False) for s in (0, 3, 5)]
+    study = Study(
+        tmp_path / "s.yaml",
+        StudySpec(recipe="r.yaml", axes={"x": [1]}),
+        "s",
+        tmp_path,
+        tmp_path / "r.yaml",
+        [
+            axis("lr", "lr_multiplier", [0, 0.1, 1.0]),
+            axis("model.pretrained", "pretrained", [True, False]),
+            axis("data.shift.severity", "shift_severity", [0, 3, 5]),
+            axis("train.seed", "seed", [0, 1]),
+        ],
+        "test.accuracy",
+        "maximize",
+    )
+    cells = [
+        {
+            "labels": {"lr": lr, "model.pretrained": p, "data.shift.severity": s},
+            "n": 2,
+            "total": 2,
+            "mean": 0.5 + 0.1 * p - 0.02 * s + lr / 10,
+            "std": 0.01,
+            "train_seconds": 1.0,
+        }
+        for lr in (0, 0.1, 1.0)
+        for p in (True, False)
+        for s in (0, 3, 5)
+    ]
     assert write_plots(study, cells) == ["metric_vs_lr_multiplier.png", "transfer_gain_vs_shift.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in write_plots(study, cells))

@@ -1,4 +1,5 @@
 """Token classification (NER): sub-word alignment, bad input, entity metrics, training + pipeline reload."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,31 @@ from hftl.tasks.token_classification import IGNORE, align_labels, continuation_i
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "john", "mary", "smith", "lives", "in", "works", "at", "visits",
-         "paris", "ber", "##lin", "london", "new", "york", "acme", "google", "today", "."]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "john",
+    "mary",
+    "smith",
+    "lives",
+    "in",
+    "works",
+    "at",
+    "visits",
+    "paris",
+    "ber",
+    "##lin",
+    "london",
+    "new",
+    "york",
+    "acme",
+    "google",
+    "today",
+    ".",
+]
 PEOPLE = [["john"], ["mary"], ["john", "smith"], ["mary", "smith"]]
 PLACES = [["paris"], ["berlin"], ["london"], ["new", "york"]]
 ORGS = [["acme"], ["google"]]
@@ -56,8 +80,16 @@ def ner_bert_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ner-bert")
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=32)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(folder)
     return folder
 
 
@@ -68,14 +100,19 @@ def ner_jsonl(tmp_path_factory) -> Path:
     return path
 
 
-def recipe_for(checkpoint: Path, source: Path | str, tmp_path: Path, **data) -> "object":
-    return validate_recipe({
-        "name": "ner-toy", "task": "token-classification", "model": {"checkpoint": str(checkpoint)},
-        "data": {"source": str(source), "max_length": 24, **data},
-        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "train": {"min_steps": 0, "epochs": 5, "batch_size": 16, "log_steps": 5, "seed": 0},
-        "output": {"dir": str(tmp_path / "run")},
-    }, str(tmp_path / "recipe.yaml"))
+def recipe_for(checkpoint: Path, source: Path | str, tmp_path: Path, **data) -> object:
+    return validate_recipe(
+        {
+            "name": "ner-toy",
+            "task": "token-classification",
+            "model": {"checkpoint": str(checkpoint)},
+            "data": {"source": str(source), "max_length": 24, **data},
+            "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
+            "train": {"min_steps": 0, "epochs": 5, "batch_size": 16, "log_steps": 5, "seed": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        },
+        str(tmp_path / "recipe.yaml"),
+    )
 
 
 def encode(rows: list[dict], recipe, tokenizer, labels=LABELS):
@@ -86,10 +123,13 @@ def encode(rows: list[dict], recipe, tokenizer, labels=LABELS):
 
 
 # --------------------------------------------------------------------------- alignment
-@pytest.mark.parametrize("label_all, expected", [
-    (False, [IGNORE, 1, 2, 0, 3, IGNORE, IGNORE]),  # [CLS] john smith visits ber ##lin [SEP]
-    (True, [IGNORE, 1, 2, 0, 3, 4, IGNORE]),         # the B-LOC word's second sub-word becomes I-LOC
-])
+@pytest.mark.parametrize(
+    "label_all, expected",
+    [
+        (False, [IGNORE, 1, 2, 0, 3, IGNORE, IGNORE]),  # [CLS] john smith visits ber ##lin [SEP]
+        (True, [IGNORE, 1, 2, 0, 3, 4, IGNORE]),  # the B-LOC word's second sub-word becomes I-LOC
+    ],
+)
 def test_align_labels_first_or_all_subtokens(label_all, expected):
     word_ids = [None, 0, 1, 2, 3, 3, None]
     assert align_labels(word_ids, [1, 2, 0, 3], continuation_ids(LABELS), label_all) == expected
@@ -118,20 +158,29 @@ def test_truncated_sentences_are_reported(ner_bert_dir, tmp_path):
     from transformers import AutoTokenizer
 
     recipe = recipe_for(ner_bert_dir, "unused", tmp_path, max_length=5)
-    rows = [{"tokens": ["john", "smith", "lives", "in", "new", "york"], "ner_tags": ["B-PER", "I-PER", "O", "O",
-                                                                                  "B-LOC", "I-LOC"]}]
+    rows = [
+        {
+            "tokens": ["john", "smith", "lives", "in", "new", "york"],
+            "ner_tags": ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"],
+        }
+    ]
     encoded, reports = encode(rows, recipe, AutoTokenizer.from_pretrained(ner_bert_dir))
     assert len(encoded["train"][0]["input_ids"]) == 5
-    assert reports == ["1 train sentence(s) are longer than data.max_length=5 sub-word tokens; "
-                       "their last words are cut off"]
+    assert reports == [
+        "1 train sentence(s) are longer than data.max_length=5 sub-word tokens; their last words are cut off"
+    ]
 
 
 # --------------------------------------------------------------------------- bad input
 BAD_ROWS = {
-    "unknown-tag": ({"tokens": ["john", "visits", "paris"], "ner_tags": ["B-PER", "O", "B-CITY"]},
-                    "tag 'B-CITY' (token 2, 'paris') is not in the label set"),
-    "length-mismatch": ({"tokens": ["john", "visits", "paris"], "ner_tags": ["B-PER", "O"]},
-                        "3 tokens but 2 tags in column 'ner_tags'"),
+    "unknown-tag": (
+        {"tokens": ["john", "visits", "paris"], "ner_tags": ["B-PER", "O", "B-CITY"]},
+        "tag 'B-CITY' (token 2, 'paris') is not in the label set",
+    ),
+    "length-mismatch": (
+        {"tokens": ["john", "visits", "paris"], "ner_tags": ["B-PER", "O"]},
+        "3 tokens but 2 tags in column 'ner_tags'",
+    ),
     "empty-sentence": ({"tokens": [], "ner_tags": []}, "empty sentence (no tokens in column 'tokens')"),
 }
 
@@ -146,8 +195,9 @@ def test_bad_sentence_is_named_or_skipped_and_counted(ner_bert_dir, tmp_path, ro
         encode([good, good, row], recipe_for(ner_bert_dir, "unused", tmp_path), tokenizer)
     assert f"train example 2: {problem}" in str(info.value) and "data.on_error: skip" in str(info.value)
 
-    encoded, reports = encode([good, row, good], recipe_for(ner_bert_dir, "unused", tmp_path, on_error="skip"),
-                              tokenizer)
+    encoded, reports = encode(
+        [good, row, good], recipe_for(ner_bert_dir, "unused", tmp_path, on_error="skip"), tokenizer
+    )
     assert len(encoded["train"]) == 2
     assert len(reports) == 1 and reports[0].startswith(f"skipped 1 bad train example(s) (first: #1: {problem}")
 
@@ -158,10 +208,15 @@ def test_label_names_from_classlabel_strings_or_recipe(tmp_path, ner_bert_dir):
     recipe = recipe_for(ner_bert_dir, "unused", tmp_path)
     strings = datasets.DatasetDict({"train": datasets.Dataset.from_list(make_sentences(50))})
     assert task().label_names(strings, recipe) == ["O", "B-LOC", "I-LOC", "B-ORG", "B-PER", "I-PER"]
-    feature = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
-                                 "ner_tags": datasets.Sequence(datasets.ClassLabel(names=LABELS))})
-    ids = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"tokens": [["john"]], "ner_tags": [[1]]}, features=feature)})
+    feature = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
+        }
+    )
+    ids = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"tokens": [["john"]], "ner_tags": [[1]]}, features=feature)}
+    )
     assert task().label_names(ids, recipe) == LABELS
     numbers = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"tokens": [["john"]], "ner_tags": [[1]]})})
     with pytest.raises(DataError, match="numbers without names.*data.label_names"):
@@ -215,9 +270,17 @@ def test_wnut_recipe_on_real_minilm(tmp_path):
 
     from hftl.train import run
 
-    recipe = load_recipe(RECIPES / "wnut-ner.yaml", [
-        f"output.dir={tmp_path / 'run'}", "train.max_steps=40", "train.eval_steps=40", "data.max_length=48",
-        "data.max_eval_samples=120", "optim.warmup_ratio=0.05"])
+    recipe = load_recipe(
+        RECIPES / "wnut-ner.yaml",
+        [
+            f"output.dir={tmp_path / 'run'}",
+            "train.max_steps=40",
+            "train.eval_steps=40",
+            "data.max_length=48",
+            "data.max_eval_samples=120",
+            "optim.warmup_ratio=0.05",
+        ],
+    )
     result = run(recipe)
     log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]

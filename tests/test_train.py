@@ -1,9 +1,8 @@
 """The training loop end to end on a tiny random BERT and a learnable toy task."""
+
 from __future__ import annotations
 
 import json
-
-import pytest
 
 from hftl.recipe import load_recipe
 from hftl.train import run

@@ -13,10 +13,12 @@ Adding a strategy: a module here with its options model and one ``@strategy``
 function, imported at the bottom of this file, and its row in
 ``tests/test_strategies.py``'s tables.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hftl.errors import RecipeError
 from hftl.registry import Registry
@@ -40,8 +42,9 @@ class Where:
 
 
 class StartSteps(Protocol):
-    def __call__(self, groups: "list[LayerGroup]", options: Any, steps_per_epoch: int, total_steps: int,
-                 where: Where) -> "list[int | None]": ...
+    def __call__(
+        self, groups: list[LayerGroup], options: Any, steps_per_epoch: int, total_steps: int, where: Where
+    ) -> list[int | None]: ...
 
 
 @dataclass(frozen=True)
@@ -51,17 +54,17 @@ class Strategy:
     name: str
     start_steps: StartSteps
     summary: str
-    options: "type[Section] | None" = None          # the model of recipe section strategy.<name>
-    options_required: bool = False                   # e.g. partial: what to freeze has no sensible default
-    options_example: str = ""                        # shown when required options are missing
-    changes_mid_run: bool = False                    # groups join during the run (staged strategies)
-    lr_scale: "Callable[[LayerGroup, Any], float] | None" = None      # extra LR factor per group
-    join_warmup: "Callable[[Any], int] | None" = None                 # LR ramp (steps) of groups that join late
-    frozen_params: "Callable[[list[LayerGroup], Any, Where], set[str]] | None" = None  # frozen one by one
-    wrap_model: "Callable[[torch.nn.Module, Recipe, Any], torch.nn.Module] | None" = None  # e.g. peft LoRA
-    fit_head_first: "Callable[[Any], bool] | None" = None  # converge the head on cached features first (L-BFGS)
+    options: type[Section] | None = None  # the model of recipe section strategy.<name>
+    options_required: bool = False  # e.g. partial: what to freeze has no sensible default
+    options_example: str = ""  # shown when required options are missing
+    changes_mid_run: bool = False  # groups join during the run (staged strategies)
+    lr_scale: Callable[[LayerGroup, Any], float] | None = None  # extra LR factor per group
+    join_warmup: Callable[[Any], int] | None = None  # LR ramp (steps) of groups that join late
+    frozen_params: Callable[[list[LayerGroup], Any, Where], set[str]] | None = None  # frozen one by one
+    wrap_model: Callable[[torch.nn.Module, Recipe, Any], torch.nn.Module] | None = None  # e.g. peft LoRA
+    fit_head_first: Callable[[Any], bool] | None = None  # converge the head on cached features first (L-BFGS)
 
-    def options_of(self, section: "StrategySection") -> Any:
+    def options_of(self, section: StrategySection) -> Any:
         """This strategy's validated options from a strategy section (defaults when the recipe gives none)."""
         given = (section.model_extra or {}).get(self.name)
         if given is not None or self.options is None:
@@ -83,19 +86,20 @@ def strategy(name: str, **description: Any) -> Callable[[StartSteps], StartSteps
     return add
 
 
-def changes_mid_run(section: "StrategySection") -> bool:
+def changes_mid_run(section: StrategySection) -> bool:
     """True when the set of trainable parameters changes during the run (here or in any tower)."""
-    return (STRATEGIES.get(section.name).changes_mid_run
-            or any(changes_mid_run(s) for s in (section.towers or {}).values()))
+    return STRATEGIES.get(section.name).changes_mid_run or any(
+        changes_mid_run(s) for s in (section.towers or {}).values()
+    )
 
 
-def fit_head_first(recipe: "Recipe") -> bool:
+def fit_head_first(recipe: Recipe) -> bool:
     """Whether the strategy wants its linear head fitted by L-BFGS on cached frozen features before the loop."""
     spec = STRATEGIES.get(recipe.strategy.name)
     return bool(spec.fit_head_first and spec.fit_head_first(spec.options_of(recipe.strategy)))
 
 
-def wrap_model(model: "torch.nn.Module", recipe: "Recipe") -> "torch.nn.Module":
+def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     """The model as the recipe's strategy trains it (e.g. wrapped with peft LoRA adapters)."""
     spec = STRATEGIES.get(recipe.strategy.name)
     if spec.wrap_model is None:
@@ -104,8 +108,10 @@ def wrap_model(model: "torch.nn.Module", recipe: "Recipe") -> "torch.nn.Module":
 
 
 # Importing the strategy modules registers them (input-to-head order of adaptivity, roughly).
-from hftl.strategies import basic  # noqa: E402,F401
-from hftl.strategies import partial  # noqa: E402,F401
-from hftl.strategies import two_stage  # noqa: E402,F401
-from hftl.strategies import progressive  # noqa: E402,F401
-from hftl.strategies import lora  # noqa: E402,F401
+from hftl.strategies import (  # noqa: E402
+    basic,  # noqa: E402,F401
+    lora,  # noqa: E402,F401
+    partial,  # noqa: E402,F401
+    progressive,  # noqa: E402,F401
+    two_stage,  # noqa: E402,F401
+)

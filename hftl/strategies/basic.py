@@ -1,4 +1,5 @@
 """The two one-stage strategies without options: everything trains, or only the new head."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -11,9 +12,11 @@ from hftl.strategies import strategy
 
 class FeatureExtractionOptions(Section):
     head_solver: Literal["lbfgs", "adamw"] = Field(
-        "lbfgs", description="lbfgs: when the features are cached, first fit the linear head to convergence by "
+        "lbfgs",
+        description="lbfgs: when the features are cached, first fit the linear head to convergence by "
         "full-batch L-BFGS (L2 picked on validation; the loop's epochs then continue from it, and the best model on "
-        "validation is kept); adamw: only the loop's epochs.")
+        "validation is kept); adamw: only the loop's epochs.",
+    )
 
 
 @strategy("full")
@@ -22,8 +25,11 @@ def full_finetuning(groups, options, steps_per_epoch, total_steps, where):
     return [0 for _ in groups]
 
 
-@strategy("feature_extraction", options=FeatureExtractionOptions,
-          fit_head_first=lambda options: options.head_solver == "lbfgs")
+@strategy(
+    "feature_extraction",
+    options=FeatureExtractionOptions,
+    fit_head_first=lambda options: options.head_solver == "lbfgs",
+)
 def feature_extraction(groups, options, steps_per_epoch, total_steps, where):
     """The pretrained body is frozen; only the new head trains."""
     return [0 if g.is_head else None for g in groups]

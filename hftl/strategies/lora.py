@@ -1,4 +1,5 @@
 """LoRA (Hu et al. 2021) through peft: low-rank adapters train, the pretrained weights stay frozen."""
+
 from __future__ import annotations
 
 from pydantic import Field
@@ -12,7 +13,8 @@ class LoraOptions(Section):
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; peft's default for the model type when omitted.")
+        None, description="Module names to adapt; peft's default for the model type when omitted."
+    )
 
 
 def wrap_lora(model, recipe, options: LoraOptions):
@@ -24,11 +26,21 @@ def wrap_lora(model, recipe, options: LoraOptions):
 
     custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
     # the head group's modules, e.g. `classifier`, or `timm_model.classifier` inside a timm wrapper
-    head = [m for g in map_layer_groups(model, custom=custom) if g.is_head for m in g.modules
-            if any(True for _ in model.get_submodule(m).parameters())]  # not `dropout`: peft would match lora_dropout
-    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                        task_type=TASKS.get(recipe.task).peft_task_type, target_modules=options.target_modules,
-                        modules_to_save=head or None)
+    head = [
+        m
+        for g in map_layer_groups(model, custom=custom)
+        if g.is_head
+        for m in g.modules
+        if any(True for _ in model.get_submodule(m).parameters())
+    ]  # not `dropout`: peft would match lora_dropout
+    config = LoraConfig(
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        task_type=TASKS.get(recipe.task).peft_task_type,
+        target_modules=options.target_modules,
+        modules_to_save=head or None,
+    )
     return get_peft_model(model, config)
 
 

@@ -21,11 +21,13 @@ tests/test_distributed.py proves it on 2 CPU processes; tests/test_strategies.py
 checks every (strategy x architecture) step by step and resumes a run killed
 mid-schedule.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from hftl.errors import RecipeError
 from hftl.strategies import STRATEGIES, Where
@@ -44,13 +46,13 @@ class GroupPlan:
     name: str
     depth: int
     is_head: bool
-    params: tuple[str, ...]          # parameters of this group that train (from start_step on)
-    frozen_params: tuple[str, ...]   # parameters of this group that never train
+    params: tuple[str, ...]  # parameters of this group that train (from start_step on)
+    frozen_params: tuple[str, ...]  # parameters of this group that never train
     modules: tuple[str, ...]
-    lr: float                        # peak LR, before the shared warmup/decay schedule
-    start_step: int | None           # first optimizer step it trains at; None = never
-    warmup_steps: int = 0            # LR ramp after start_step (groups that join late)
-    weight_decay: float = 0.0        # AdamW decay of its weight matrices (biases and norm weights get 0)
+    lr: float  # peak LR, before the shared warmup/decay schedule
+    start_step: int | None  # first optimizer step it trains at; None = never
+    warmup_steps: int = 0  # LR ramp after start_step (groups that join late)
+    weight_decay: float = 0.0  # AdamW decay of its weight matrices (biases and norm weights get 0)
 
     def factor(self, step: int) -> float:
         """This group's LR multiplier at ``step`` (0 while frozen, ramping after it joins)."""
@@ -70,8 +72,8 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     batchnorm: str = "frozen"
-    scheduler: str = "linear"        # the schedule shared by every group (times each group's join factor)
-    warmup_steps: int = 0            # optimizer steps of the shared warmup
+    scheduler: str = "linear"  # the schedule shared by every group (times each group's join factor)
+    warmup_steps: int = 0  # optimizer steps of the shared warmup
     options: dict = field(default_factory=dict)  # the recipe's strategy section as applied (decay factors, ...)
 
     def trainable_at(self, step: int) -> list[GroupPlan]:
@@ -97,8 +99,10 @@ class Plan:
 
     def stages(self) -> list[dict]:
         """One entry per change of the trainable set: from which step (and epoch) which groups train."""
-        return [{"step": s, "epoch": round(s / self.steps_per_epoch, 4),
-                 "groups": [g.name for g in self.trainable_at(s)]} for s in self.stage_starts]
+        return [
+            {"step": s, "epoch": round(s / self.steps_per_epoch, 4), "groups": [g.name for g in self.trainable_at(s)]}
+            for s in self.stage_starts
+        ]
 
     def schedule(self, step: int) -> float:
         """The multiplier shared by every group at ``step``: warmup, then linear / cosine decay or constant."""
@@ -117,7 +121,7 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- planning
-def count_steps(recipe: "Recipe", n_batches: int, num_processes: int) -> tuple[int, int]:
+def count_steps(recipe: Recipe, n_batches: int, num_processes: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps) for ``n_batches`` training batches split over the processes.
 
     The budget is ``max_steps`` when given, else ``epochs``, extended to ``min_steps`` at small data.
@@ -128,12 +132,12 @@ def count_steps(recipe: "Recipe", n_batches: int, num_processes: int) -> tuple[i
     return steps_per_epoch, t.max_steps or max(math.ceil(t.epochs * steps_per_epoch), t.min_steps)
 
 
-def warmup_steps(optim: "OptimSection", total_steps: int) -> int:
+def warmup_steps(optim: OptimSection, total_steps: int) -> int:
     """Optimizer steps of the shared warmup: ``warmup_steps`` when given, else ``warmup_ratio`` of the run."""
     return optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_ratio * total_steps)
 
 
-def layer_groups_of(model: "torch.nn.Module", section: "StrategySection", prefix: str = "") -> "list[LayerGroup]":
+def layer_groups_of(model: torch.nn.Module, section: StrategySection, prefix: str = "") -> list[LayerGroup]:
     """The model's layer groups, input to head: the recipe's own regex groups when it gives them, else mapped."""
     from hftl.layers import map_layer_groups
 
@@ -141,16 +145,23 @@ def layer_groups_of(model: "torch.nn.Module", section: "StrategySection", prefix
     return map_layer_groups(model, custom=custom, prefix=prefix)
 
 
-def plan_model(model: "torch.nn.Module", recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> Plan:
+def plan_model(model: torch.nn.Module, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
     """Map a single model's layer groups and plan the recipe's strategy over them (peft's frozen weights stay so)."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return plan_strategy(layer_groups_of(model, recipe.strategy), recipe, steps_per_epoch, total_steps,
-                         trainable=trainable)
+    return plan_strategy(
+        layer_groups_of(model, recipe.strategy), recipe, steps_per_epoch, total_steps, trainable=trainable
+    )
 
 
-def plan_strategy(groups: "list[LayerGroup]", recipe: "Recipe", steps_per_epoch: int, total_steps: int,
-                  trainable: set[str] | None = None, section: "StrategySection | None" = None,
-                  key: str = "strategy") -> Plan:
+def plan_strategy(
+    groups: list[LayerGroup],
+    recipe: Recipe,
+    steps_per_epoch: int,
+    total_steps: int,
+    trainable: set[str] | None = None,
+    section: StrategySection | None = None,
+    key: str = "strategy",
+) -> Plan:
     """Turn a strategy section (default: the recipe's) into a :class:`Plan` for these layer groups.
 
     ``trainable`` is the set of parameter names allowed to train at all (peft
@@ -171,27 +182,56 @@ def plan_strategy(groups: "list[LayerGroup]", recipe: "Recipe", steps_per_epoch:
         frozen = tuple(p for p in group.params if p not in allowed)
         if spec.lr_scale:
             lr *= spec.lr_scale(group, options)
-        plans.append(GroupPlan(group.name, depth, group.is_head, tuple(allowed), frozen, tuple(group.modules), lr,
-                               start if allowed else None, join_warmup, recipe.optim.weight_decay))
+        plans.append(
+            GroupPlan(
+                group.name,
+                depth,
+                group.is_head,
+                tuple(allowed),
+                frozen,
+                tuple(group.modules),
+                lr,
+                start if allowed else None,
+                join_warmup,
+                recipe.optim.weight_decay,
+            )
+        )
     optim = recipe.optim
-    applied = {**section.model_dump(mode="json", exclude_none=True, exclude={"towers", "layer_groups"}),
-               "lr": optim.lr, "head_lr": optim.head_lr}
-    plan = Plan(section.name, tuple(plans), steps_per_epoch, total_steps, section.batchnorm, optim.scheduler,
-                warmup_steps(optim, total_steps), applied)
+    applied = {
+        **section.model_dump(mode="json", exclude_none=True, exclude={"towers", "layer_groups"}),
+        "lr": optim.lr,
+        "head_lr": optim.head_lr,
+    }
+    plan = Plan(
+        section.name,
+        tuple(plans),
+        steps_per_epoch,
+        total_steps,
+        section.batchnorm,
+        optim.scheduler,
+        warmup_steps(optim, total_steps),
+        applied,
+    )
     if late := [g for g in plan.groups if g.start_step is not None and g.start_step >= total_steps]:
-        raise RecipeError(recipe.source_file, f"{key}.{section.name}",
-                          f"the schedule is longer than the run ({total_steps} optimizer steps, {steps_per_epoch} per "
-                          f"epoch): {', '.join(f'{g.name} (from step {g.start_step})' for g in late)} would never train",
-                          hint="Train longer (train.epochs), unfreeze sooner (every / unit / groups_per_stage / "
-                          "head_epochs), or stop earlier (progressive.until).")
+        raise RecipeError(
+            recipe.source_file,
+            f"{key}.{section.name}",
+            f"the schedule is longer than the run ({total_steps} optimizer steps, {steps_per_epoch} per "
+            f"epoch): {', '.join(f'{g.name} (from step {g.start_step})' for g in late)} would never train",
+            hint="Train longer (train.epochs), unfreeze sooner (every / unit / groups_per_stage / "
+            "head_epochs), or stop earlier (progressive.until).",
+        )
     if not plan.ever_trainable():
-        raise RecipeError(recipe.source_file, key, f"'{section.name}' leaves no parameter to train",
-                          hint="Check strategy.partial (it may freeze everything, the head included).")
+        raise RecipeError(
+            recipe.source_file,
+            key,
+            f"'{section.name}' leaves no parameter to train",
+            hint="Check strategy.partial (it may freeze everything, the head included).",
+        )
     return plan
 
 
-def group_lrs(groups: "list[LayerGroup]", recipe: "Recipe", section: "StrategySection",
-              key: str = "strategy") -> list[float]:
+def group_lrs(groups: list[LayerGroup], recipe: Recipe, section: StrategySection, key: str = "strategy") -> list[float]:
     """Peak LR per group, input first: flat, layer-wise decayed from the head, or discriminative.
 
     - flat: ``optim.lr`` for the body, ``optim.head_lr`` (default ``optim.lr``) for the head;
@@ -203,9 +243,13 @@ def group_lrs(groups: "list[LayerGroup]", recipe: "Recipe", section: "StrategySe
     disc = section.discriminative
     if disc is not None and disc.lrs is not None:
         if len(disc.lrs) != len(groups):
-            raise RecipeError(recipe.source_file, f"{key}.discriminative.lrs",
-                              f"needs one LR per layer group, {len(groups)} here ({', '.join(g.name for g in groups)})",
-                              disc.lrs, hint="Or use range: [lo, hi] to spread LRs over the groups.")
+            raise RecipeError(
+                recipe.source_file,
+                f"{key}.discriminative.lrs",
+                f"needs one LR per layer group, {len(groups)} here ({', '.join(g.name for g in groups)})",
+                disc.lrs,
+                hint="Or use range: [lo, hi] to spread LRs over the groups.",
+            )
         return list(disc.lrs)
     if disc is not None:
         lo, hi = disc.range
@@ -223,7 +267,7 @@ def lr_lambdas(plan: Plan, param_group_names: list[str]) -> list[Callable[[int],
     return [lambda step, g=by_name[name]: plan.schedule(step) * g.factor(step) for name in param_group_names]
 
 
-def apply_plan(model: "torch.nn.Module", plan: Plan, step: int) -> None:
+def apply_plan(model: torch.nn.Module, plan: Plan, step: int) -> None:
     """Set requires_grad and train/eval mode for ``step`` (call after every ``model.train()``).
 
     Frozen groups run in eval mode: their dropout is off (faster, deterministic
@@ -255,7 +299,7 @@ def apply_plan(model: "torch.nn.Module", plan: Plan, step: int) -> None:
                 module.eval()
 
 
-def format_plan(plan: Plan, model: "torch.nn.Module | None" = None) -> str:
+def format_plan(plan: Plan, model: torch.nn.Module | None = None) -> str:
     """The table a user needs to trust a strategy: group, depth, params, LR, weight decay, when it trains."""
     from io import StringIO
 
@@ -280,16 +324,26 @@ def format_plan(plan: Plan, model: "torch.nn.Module | None" = None) -> str:
         else:
             when = f"from step {g.start_step} (epoch {g.start_step / per_epoch:.3g})"
             when += f", LR ramp over {g.warmup_steps} steps" if g.warmup_steps else ""
-        table.add_row(g.name + (" (head)" if g.is_head and g.name != "head" else ""), str(g.depth),
-                      f"{count(g.params + g.frozen_params):,}", f"{count(g.params):,}" if trains else "0",
-                      f"{g.lr:.2e}" if trains else "-", f"{g.weight_decay:g}" if trains else "-", when)
+        table.add_row(
+            g.name + (" (head)" if g.is_head and g.name != "head" else ""),
+            str(g.depth),
+            f"{count(g.params + g.frozen_params):,}",
+            f"{count(g.params):,}" if trains else "0",
+            f"{g.lr:.2e}" if trains else "-",
+            f"{g.weight_decay:g}" if trains else "-",
+            when,
+        )
     lines = []
     for i, stage in enumerate(plan.stages()):
         new = [g.name for g in plan.groups if g.start_step == stage["step"]]
-        lines.append(f"  stage {i}, from step {stage['step']} (epoch {stage['epoch']:.3g}): "
-                     f"{count(plan.trainable_params_at(stage['step'])):,} trainable parameters (+{', '.join(new)})")
+        lines.append(
+            f"  stage {i}, from step {stage['step']} (epoch {stage['epoch']:.3g}): "
+            f"{count(plan.trainable_params_at(stage['step'])):,} trainable parameters (+{', '.join(new)})"
+        )
     buf = StringIO()
     Console(file=buf, width=120, force_terminal=False).print(table)
-    shared = (f"  LR schedule (all groups): {plan.scheduler}, {plan.warmup_steps} warmup steps; weight decay applies to "
-              f"weight matrices (biases and norm weights: 0); batchnorm in frozen groups: {plan.batchnorm}")
+    shared = (
+        f"  LR schedule (all groups): {plan.scheduler}, {plan.warmup_steps} warmup steps; weight decay applies to "
+        f"weight matrices (biases and norm weights: 0); batchnorm in frozen groups: {plan.batchnorm}"
+    )
     return buf.getvalue() + "\n".join(lines) + "\n" + shared

@@ -1,4 +1,5 @@
 """Two-stage fine-tuning (fastai's ``fine_tune``): the new head alone first, then every group."""
+
 from __future__ import annotations
 
 from pydantic import Field
@@ -13,9 +14,13 @@ class TwoStageOptions(Section):
     warmup_steps: int = Field(0, ge=0, description="Ramp the body's LR from 0 over this many steps when it joins.")
 
 
-@strategy("two_stage", options=TwoStageOptions, changes_mid_run=True,
-          lr_scale=lambda group, options: 1.0 if group.is_head else options.body_lr_scale,
-          join_warmup=lambda options: options.warmup_steps)
+@strategy(
+    "two_stage",
+    options=TwoStageOptions,
+    changes_mid_run=True,
+    lr_scale=lambda group, options: 1.0 if group.is_head else options.body_lr_scale,
+    join_warmup=lambda options: options.warmup_steps,
+)
 def two_stage(groups, options: TwoStageOptions, steps_per_epoch, total_steps, where):
     """Head alone for ``two_stage.head_epochs`` epochs, then every group."""
     start = max(1, round(options.head_epochs * steps_per_epoch))

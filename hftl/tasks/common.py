@@ -1,7 +1,9 @@
 """Pieces shared by the tasks: column roles, split loading, label encoding, bad-example policy."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from hftl.errors import DataError, RecipeError
 
@@ -11,69 +13,101 @@ if TYPE_CHECKING:
     from hftl.schema import Recipe
 
 
-def check_columns_section(recipe: "Recipe", roles: dict[str, str | None]) -> None:
+def check_columns_section(recipe: Recipe, roles: dict[str, str | None]) -> None:
     """Reject column roles the task does not read (a typo would otherwise be ignored)."""
     from hftl.registry import did_you_mean
 
     for role in recipe.data.columns:
         if role not in roles:
-            raise RecipeError(recipe.source_file, f"data.columns.{role}",
-                              f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(roles))}",
-                              hint=f"Roles: {', '.join(roles)}.")
+            raise RecipeError(
+                recipe.source_file,
+                f"data.columns.{role}",
+                f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(roles))}",
+                hint=f"Roles: {', '.join(roles)}.",
+            )
 
 
-def refuse_pooling(recipe: "Recipe", own: str) -> None:
+def refuse_pooling(recipe: Recipe, own: str) -> None:
     """For tasks whose head keeps the checkpoint's own pooling: ``model.pooling`` must stay ``auto``."""
     if recipe.model.pooling != "auto":
-        raise RecipeError(recipe.source_file, "model.pooling", f"only applies to text-classification; "
-                          f"{recipe.task} uses {own}", recipe.model.pooling, hint="Remove model.pooling.")
+        raise RecipeError(
+            recipe.source_file,
+            "model.pooling",
+            f"only applies to text-classification; {recipe.task} uses {own}",
+            recipe.model.pooling,
+            hint="Remove model.pooling.",
+        )
 
 
-def column(recipe: "Recipe", roles: dict[str, str | None], role: str) -> str | None:
+def column(recipe: Recipe, roles: dict[str, str | None], role: str) -> str | None:
     """The dataset column playing ``role`` (recipe mapping first, then the task default)."""
     return recipe.data.columns.get(role, roles[role])
 
 
-def load_splits(recipe: "Recipe", roles: dict[str, str | None], required: tuple[str, ...]) -> "datasets.DatasetDict":
+def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[str, ...]) -> datasets.DatasetDict:
     """Load the data source, carve missing splits, subsample, and check every needed column exists."""
     import datasets
 
     from hftl import data
+    from hftl import splits as splits_of
 
     d = recipe.data
     raw = data.load_source(d.source, config_name=d.config_name, revision=d.revision, recipe_file=recipe.source_file)
     wanted = {"train": d.splits.train, "validation": d.splits.validation, "test": d.splits.test}
     for role, name in wanted.items():
         if name is not None and name not in raw and name != role:
-            raise RecipeError(recipe.source_file, f"data.splits.{role}", f"split '{name}' is not in {d.source}", name,
-                              hint=f"Available splits: {', '.join(raw)}.")
+            raise RecipeError(
+                recipe.source_file,
+                f"data.splits.{role}",
+                f"split '{name}' is not in {d.source}",
+                name,
+                hint=f"Available splits: {', '.join(raw)}.",
+            )
     if d.splits.train not in raw:
-        raise RecipeError(recipe.source_file, "data.splits.train", f"split '{d.splits.train}' is not in {d.source}",
-                          hint=f"Available splits: {', '.join(raw)}.")
-    renamed = datasets.DatasetDict({role: raw[name] for role, name in wanted.items() if name is not None and name in raw})
+        raise RecipeError(
+            recipe.source_file,
+            "data.splits.train",
+            f"split '{d.splits.train}' is not in {d.source}",
+            hint=f"Available splits: {', '.join(raw)}.",
+        )
+    renamed = datasets.DatasetDict(
+        {role: raw[name] for role, name in wanted.items() if name is not None and name in raw}
+    )
     if d.group_column is not None and d.group_column not in renamed["train"].column_names:
-        raise RecipeError(recipe.source_file, "data.group_column", f"column '{d.group_column}' is not in the data",
-                          hint=f"Columns: {', '.join(renamed['train'].column_names)}.")
-    splits = data.ensure_splits(renamed, validation=d.validation_size, test=d.test_size, seed=recipe.train.seed,
-                                group_column=d.group_column)
+        raise RecipeError(
+            recipe.source_file,
+            "data.group_column",
+            f"column '{d.group_column}' is not in the data",
+            hint=f"Columns: {', '.join(renamed['train'].column_names)}.",
+        )
+    splits = splits_of.ensure_splits(
+        renamed,
+        validation=d.validation_size,
+        test=d.test_size,
+        seed=recipe.train.seed if d.split_seed is None else d.split_seed,
+        group_column=d.group_column,
+    )
     if d.splits.test is None and "test" in splits:
         splits.pop("test")
-    splits["train"] = data.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
+    splits["train"] = splits_of.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
     for name in [s for s in splits if s != "train"]:
-        splits[name] = data.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
+        splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
     if d.shift is not None:
         splits = shift_splits(splits, recipe, roles)
     present = splits["train"].column_names
     for role in required:
         col = column(recipe, roles, role)
         if col not in present:
-            raise RecipeError(recipe.source_file, f"data.columns.{role}", f"column '{col}' is not in {d.source}",
-                              hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.")
+            raise RecipeError(
+                recipe.source_file,
+                f"data.columns.{role}",
+                f"column '{col}' is not in {d.source}",
+                hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.",
+            )
     return splits
 
 
-def shift_splits(splits: "datasets.DatasetDict", recipe: "Recipe", roles: dict[str, str | None]
-                 ) -> "datasets.DatasetDict":
+def shift_splits(splits: datasets.DatasetDict, recipe: Recipe, roles: dict[str, str | None]) -> datasets.DatasetDict:
     """Apply ``data.shift`` to the input column it names (after carving and subsampling, before encoding)."""
     from hftl.shifts import SHIFTS, apply_shift
 
@@ -82,12 +116,15 @@ def shift_splits(splits: "datasets.DatasetDict", recipe: "Recipe", roles: dict[s
     fn = apply_shift(shift.name, shift.severity, shift.seed)
     for name in shift.splits:
         if name in splits and shift.severity > 0:
-            splits[name] = splits[name].map(lambda batch: {col: [fn(x) for x in batch[col]]}, batched=True,
-                                            desc=f"Shifting {name} ({shift.name}, severity {shift.severity})")
+            splits[name] = splits[name].map(
+                lambda batch: {col: [fn(x) for x in batch[col]]},
+                batched=True,
+                desc=f"Shifting {name} ({shift.name}, severity {shift.severity})",
+            )
     return splits
 
 
-def classification_labels(splits: "datasets.DatasetDict", recipe: "Recipe", label_column: str) -> list[str]:
+def classification_labels(splits: datasets.DatasetDict, recipe: Recipe, label_column: str) -> list[str]:
     """Label names: recipe first, then a ClassLabel feature, then the sorted distinct values."""
     import datasets
 
@@ -98,12 +135,14 @@ def classification_labels(splits: "datasets.DatasetDict", recipe: "Recipe", labe
         return list(feature.names)
     values = sorted({v for v in splits["train"][label_column] if v is not None}, key=str)
     if len(values) < 2:
-        raise DataError(f"{recipe.source_file}: the label column '{label_column}' has {len(values)} distinct "
-                        "value(s) in the training split; classification needs at least 2.")
+        raise DataError(
+            f"{recipe.source_file}: the label column '{label_column}' has {len(values)} distinct "
+            "value(s) in the training split; classification needs at least 2."
+        )
     return [str(v) for v in values]
 
 
-def label_encoder(splits: "datasets.DatasetDict", label_column: str, labels: list[str]) -> Callable[[Any], int | None]:
+def label_encoder(splits: datasets.DatasetDict, label_column: str, labels: list[str]) -> Callable[[Any], int | None]:
     """Map a raw label (ClassLabel id, name, or value) to its index in ``labels``; None if unknown."""
     import datasets
 
@@ -127,9 +166,14 @@ def text_problem(text: Any, column_name: str) -> str | None:
     return None
 
 
-def select_valid(ds: "datasets.Dataset", recipe: "Recipe", split: str, rows: Iterable[tuple[str | None, Any]],
-                 to_id: Callable[[Any], int | None], labels: list[str]
-                 ) -> tuple["datasets.Dataset", list[int], list[int], str | None]:
+def select_valid(
+    ds: datasets.Dataset,
+    recipe: Recipe,
+    split: str,
+    rows: Iterable[tuple[str | None, Any]],
+    to_id: Callable[[Any], int | None],
+    labels: list[str],
+) -> tuple[datasets.Dataset, list[int], list[int], str | None]:
     """Keep the examples with no input problem and a known label (``data.on_error`` decides the rest).
 
     ``rows`` yields ``(input problem or None, raw label)`` per example, in order. Returns the kept
@@ -161,14 +205,16 @@ def without_length(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict
 class BadExamples:
     """Collects bad examples: raise at once (``on_error: raise``) or count and report (``skip``)."""
 
-    def __init__(self, recipe: "Recipe", split: str) -> None:
+    def __init__(self, recipe: Recipe, split: str) -> None:
         self.policy, self.split, self.file = recipe.data.on_error, split, recipe.source_file
         self.skipped: list[tuple[int, str]] = []
 
     def bad(self, index: int, problem: str) -> None:
         if self.policy == "raise":
-            raise DataError(f"{self.file}: {self.split} example {index}: {problem}. Fix the data, or set "
-                            "data.on_error: skip to drop bad examples (they are counted and reported).")
+            raise DataError(
+                f"{self.file}: {self.split} example {index}: {problem}. Fix the data, or set "
+                "data.on_error: skip to drop bad examples (they are counted and reported)."
+            )
         self.skipped.append((index, problem))
 
     def report(self) -> str | None:
@@ -188,8 +234,7 @@ def classification_metrics(predictions: Any, references: Any) -> dict[str, float
     """Accuracy and macro F1 (hftl's evaluate module) of single-label predictions."""
     from hftl.metrics import load_metric
 
-    return load_metric("hftl_classification").compute(predictions=predictions.tolist(),
-                                                       references=references.tolist())
+    return load_metric("hftl_classification").compute(predictions=predictions.tolist(), references=references.tolist())
 
 
 def pipeline_predict(run_dir: Any, pipeline_tag: str, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:

@@ -18,6 +18,7 @@ A saved model is a folder with ``config.json`` (tower checkpoints and architectu
 options, label names), ``model.safetensors`` and both towers' processor files side by side;
 :func:`load_fusion` rebuilds it from that folder alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,12 +48,16 @@ class FusionConfig:
     dropout: float = 0.1
 
     def save(self, folder: Path) -> None:
-        doc = {"hftl_task": "fusion", **dataclasses.asdict(self),
-               "id2label": dict(enumerate(self.labels)), "label2id": {n: i for i, n in enumerate(self.labels)}}
+        doc = {
+            "hftl_task": "fusion",
+            **dataclasses.asdict(self),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {n: i for i, n in enumerate(self.labels)},
+        }
         (folder / CONFIG_NAME).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "FusionConfig":
+    def load(cls, folder: Path) -> FusionConfig:
         doc = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
         if doc.get("hftl_task") != "fusion":
             raise HftlError(f"{folder / CONFIG_NAME} is not an hftl fusion model config.")
@@ -70,8 +75,15 @@ def feature_size(tower: nn.Module) -> int:
 class FusionHead(nn.Module):
     """Normalise both pooled features, fuse them (concat or gated), classify with a one-hidden-layer MLP."""
 
-    def __init__(self, vision_size: int, text_size: int, n_labels: int, method: str = "concat",
-                 hidden_size: int = 256, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vision_size: int,
+        text_size: int,
+        n_labels: int,
+        method: str = "concat",
+        hidden_size: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.method = method
         self.norm_vision, self.norm_text = nn.LayerNorm(vision_size), nn.LayerNorm(text_size)
@@ -80,8 +92,13 @@ class FusionHead(nn.Module):
             self.project_text = nn.Linear(text_size, hidden_size)
             self.gate = nn.Linear(vision_size + text_size, hidden_size)
         width = hidden_size if method == "gated" else vision_size + text_size
-        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden_size), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_size, n_labels))
+        self.mlp = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(width, hidden_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, n_labels),
+        )
 
     def forward(self, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         vision, text = self.norm_vision(vision), self.norm_text(text)
@@ -101,12 +118,23 @@ class FusionModel(nn.Module):
         if getattr(text, "pooler", None) is not None:
             text.pooler = None  # mean pooling is used instead; an unused pooler would stall DDP
         self.vision, self.text, self.fusion_config = vision, text, config
-        self.head = FusionHead(feature_size(vision), feature_size(text), len(config.labels), config.method,
-                               config.hidden_size, config.dropout)
+        self.head = FusionHead(
+            feature_size(vision),
+            feature_size(text),
+            len(config.labels),
+            config.method,
+            config.hidden_size,
+            config.dropout,
+        )
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
         seen = self.vision(pixel_values=pixel_values)
         vision = seen.pooler_output if getattr(seen, "pooler_output", None) is not None else seen.last_hidden_state
         if vision.dim() == 3:  # patch tokens [B, T, C]
@@ -155,7 +183,7 @@ class FusionProcessor:
         (Path(folder) / PROCESSOR_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "FusionProcessor":
+    def from_pretrained(cls, folder: str | Path) -> FusionProcessor:
         import transformers
 
         # Built from preprocessor_config.json directly: timm's processor would read config.json, the fusion config here.

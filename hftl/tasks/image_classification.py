@@ -9,6 +9,7 @@ get torchvision augmentation (random resized crop, horizontal flip, from
 ``data.augment``); evaluation uses the processor itself, exactly as
 ``pipeline("image-classification")`` does on the saved run.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,9 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
-from hftl.tasks.common import (refuse_pooling, BadExamples, argmax_predictions, check_columns_section, classification_labels,
-                               classification_metrics, column, label_encoder, pipeline_predict,
-                               load_splits, select_valid)
+from hftl.tasks.common import (
+    BadExamples,
+    argmax_predictions,
+    check_columns_section,
+    classification_labels,
+    classification_metrics,
+    column,
+    label_encoder,
+    load_splits,
+    pipeline_predict,
+    refuse_pooling,
+    select_valid,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -29,6 +40,7 @@ if TYPE_CHECKING:
 
     from hftl.schema import Recipe
     from hftl.strategies.plan import Plan
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -50,8 +62,10 @@ def processor_geometry(processor: Any) -> Geometry:
     if not (height and width):
         height = width = size.get("shortest_edge")
     if not height:
-        raise CheckpointError(f"Cannot tell the input size from the image processor {type(processor).__name__} "
-                              f"(size {dict(size)}); set data.image_size.")
+        raise CheckpointError(
+            f"Cannot tell the input size from the image processor {type(processor).__name__} "
+            f"(size {dict(size)}); set data.image_size."
+        )
     if not getattr(processor, "do_normalize", True):
         return Geometry((height, width), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return Geometry((height, width), tuple(processor.image_mean), tuple(processor.image_std))
@@ -60,8 +74,10 @@ def processor_geometry(processor: Any) -> Geometry:
 def resize_processor(processor: Any, pixels: int) -> Any:
     """The same processor making ``pixels`` x ``pixels`` inputs (``data.image_size``)."""
     if getattr(processor, "data_config", None) is not None:  # timm: the size lives in its pretrained_cfg
-        return type(processor)(pretrained_cfg={**processor.data_config, "input_size": (3, pixels, pixels)},
-                               architecture=processor.architecture)
+        return type(processor)(
+            pretrained_cfg={**processor.data_config, "input_size": (3, pixels, pixels)},
+            architecture=processor.architecture,
+        )
     square = {"height": pixels, "width": pixels}
     processor.size = {"shortest_edge": pixels} if processor.size.get("shortest_edge") else square
     if getattr(processor, "crop_size", None):
@@ -69,7 +85,7 @@ def resize_processor(processor: Any, pixels: int) -> Any:
     return processor
 
 
-def decode_image(value: dict[str, Any]) -> "Image.Image":
+def decode_image(value: dict[str, Any]) -> Image.Image:
     """An undecoded ``datasets.Image`` value ({bytes, path}) as an RGB PIL image (grey and RGBA included)."""
     import datasets
 
@@ -97,12 +113,14 @@ def crop_transform(geometry: Geometry, min_scale: float) -> Any:
     import torch
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(geometry.size, scale=(min_scale, 1.0), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(geometry.mean), list(geometry.std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(geometry.size, scale=(min_scale, 1.0), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(geometry.mean), list(geometry.std)),
+        ]
+    )
 
 
 class ImageCollator:
@@ -112,16 +130,19 @@ class ImageCollator:
     resize and crop by a random resized crop, and flips half the images horizontally.
     """
 
-    def __init__(self, processor: Any, recipe: "Recipe", train: bool) -> None:
+    def __init__(self, processor: Any, recipe: Recipe, train: bool) -> None:
         from torchvision.transforms import v2
 
         augment = recipe.data.augment
         self.processor, self.recipe = processor, recipe
-        self.crop = (crop_transform(processor_geometry(processor), augment.min_scale)
-                     if train and augment.random_resized_crop else None)
+        self.crop = (
+            crop_transform(processor_geometry(processor), augment.min_scale)
+            if train and augment.random_resized_crop
+            else None
+        )
         self.flip = v2.RandomHorizontalFlip() if train and augment.hflip else None
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, "torch.Tensor"]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         import torch
 
         images, labels = [], []
@@ -153,31 +174,40 @@ class ImageClassification:
     peft_task_type = None  # peft has no image TaskType: its generic wrapper
     card = CardInfo("image-classification", '"path/to/image.png"', "AutoPeftModelForImageClassification")
 
-    def check(self, recipe: "Recipe") -> None:
+    def check(self, recipe: Recipe) -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
-            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for image-classification "
-                              "(or model.init_from, an earlier run)",
-                              hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).")
+            raise RecipeError(
+                recipe.source_file,
+                "model.checkpoint",
+                "is required for image-classification (or model.init_from, an earlier run)",
+                hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).",
+            )
         refuse_pooling(recipe, "the checkpoint's own pooling (ViT: CLS token; CNNs: global average)")
         check_columns_section(recipe, self.roles)
 
-    def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
+    def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         return load_splits(recipe, self.roles, self.required_roles)
 
-    def load_processor(self, recipe: "Recipe") -> Any:
+    def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
 
         from hftl.pretrained import load_pretrained, model_source
 
-        processor = load_pretrained(AutoImageProcessor, model_source(recipe), revision=recipe.model.revision,
-                                    trust_remote_code=recipe.model.trust_remote_code, what="image processor")
+        processor = load_pretrained(
+            AutoImageProcessor,
+            model_source(recipe),
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            what="image processor",
+        )
         return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
 
-    def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
+    def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
         return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
 
-    def encode(self, splits: "datasets.DatasetDict", processor: Any, recipe: "Recipe",
-               labels: list[str]) -> tuple["datasets.DatasetDict", list[str]]:
+    def encode(
+        self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
+    ) -> tuple[datasets.DatasetDict, list[str]]:
         """Check every image's header and label; keep images encoded (the collator decodes each batch).
 
         Encoded columns: ``image`` (undecoded), ``labels``, and ``split`` + ``index``, the example's
@@ -189,19 +219,23 @@ class ImageClassification:
         for split in list(splits):
             ds = splits[split].select_columns(list(dict.fromkeys([image_col, label_col])))
             ds = undecoded(ds, image_col, recipe)
-            rows = ((image_problem(value), raw) for batch in ds.iter(batch_size=1000)
-                    for value, raw in zip(batch[image_col], batch[label_col]))
+            rows = (
+                (image_problem(value), raw)
+                for batch in ds.iter(batch_size=1000)
+                for value, raw in zip(batch[image_col], batch[label_col])
+            )
             ds, keep, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
             reports += [report] if report else []
             ds = ds.select_columns([image_col]).rename_columns({image_col: "image"} if image_col != "image" else {})
-            splits[split] = (ds.add_column("labels", ids).add_column("split", [split] * len(keep))
-                             .add_column("index", keep))
+            splits[split] = (
+                ds.add_column("labels", ids).add_column("split", [split] * len(keep)).add_column("index", keep)
+            )
         return splits, reports
 
-    def collator(self, processor: Any, recipe: "Recipe", train: bool) -> ImageCollator:
+    def collator(self, processor: Any, recipe: Recipe, train: bool) -> ImageCollator:
         return ImageCollator(processor, recipe, train)
 
-    def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
+    def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForImageClassification
 
         from hftl.pretrained import load_model_for_labels
@@ -211,7 +245,7 @@ class ImageClassification:
             fit_image_size(model, recipe.data.image_size, recipe)
         return model
 
-    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+    def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         from hftl.strategies.plan import plan_model
 
         return plan_model(model, recipe, steps_per_epoch, total_steps)
@@ -226,7 +260,7 @@ class ImageClassification:
         return pipeline_predict(run_dir, "image-classification", inputs, top_k)
 
 
-def undecoded(ds: "datasets.Dataset", image_col: str, recipe: "Recipe") -> "datasets.Dataset":
+def undecoded(ds: datasets.Dataset, image_col: str, recipe: Recipe) -> datasets.Dataset:
     """``ds`` with ``image_col`` as an undecoded ``datasets.Image`` (file paths in a text column are accepted)."""
     import datasets
 
@@ -234,12 +268,14 @@ def undecoded(ds: "datasets.Dataset", image_col: str, recipe: "Recipe") -> "data
     if isinstance(feature, datasets.Image) and not feature.decode:
         return ds
     if not (isinstance(feature, datasets.Image) or feature == datasets.Value("string")):
-        raise DataError(f"{recipe.source_file}: column '{image_col}' holds {feature}, not images or image paths. "
-                        "Map the image column with data.columns.image: <column>.")
+        raise DataError(
+            f"{recipe.source_file}: column '{image_col}' holds {feature}, not images or image paths. "
+            "Map the image column with data.columns.image: <column>."
+        )
     return ds.cast_column(image_col, datasets.Image(decode=False))
 
 
-def fit_image_size(model: Any, pixels: int, recipe: "Recipe") -> None:
+def fit_image_size(model: Any, pixels: int, recipe: Recipe) -> None:
     """Record ``data.image_size`` in a timm config (its processor is rebuilt from it); check the model takes it."""
     import torch
 
@@ -251,10 +287,13 @@ def fit_image_size(model: Any, pixels: int, recipe: "Recipe") -> None:
         with torch.no_grad():
             model.eval()(pixel_values=torch.zeros(1, 3, pixels, pixels))
     except (ValueError, RuntimeError) as exc:
-        raise RecipeError(recipe.source_file, "data.image_size", f"does not suit this checkpoint: "
-                          f"{(str(exc).splitlines() or [''])[0]}", pixels,
-                          hint="Models with fixed position embeddings (ViT, DeiT, ...) need their own size: "
-                               "remove data.image_size.") from None
+        raise RecipeError(
+            recipe.source_file,
+            "data.image_size",
+            f"does not suit this checkpoint: {(str(exc).splitlines() or [''])[0]}",
+            pixels,
+            hint="Models with fixed position embeddings (ViT, DeiT, ...) need their own size: remove data.image_size.",
+        ) from None
     finally:
         model.train(training)
 

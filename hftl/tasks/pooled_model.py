@@ -15,14 +15,14 @@ model=RUN, trust_remote_code=True)`` loads a run anywhere, and after
 factories) without ``trust_remote_code``. This module imports only torch and
 transformers, so it is the remote code itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig,
-                          PreTrainedModel)
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 POOLINGS = ("mean", "max", "cls")
@@ -32,8 +32,9 @@ class PooledClassifierConfig(PretrainedConfig):
     model_type = "hftl-pooled-classifier"
     sub_configs = {}
 
-    def __init__(self, body: dict[str, Any] | None = None, pooling: str = "mean", classifier_dropout: float = 0.1,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, body: dict[str, Any] | None = None, pooling: str = "mean", classifier_dropout: float = 0.1, **kwargs: Any
+    ) -> None:
         self.body = dict(body or {})
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
@@ -76,8 +77,13 @@ class PooledModelForSequenceClassification(PreTrainedModel):
             module.weight.data.normal_(mean=0.0, std=std)
             module.bias.data.zero_()
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **inputs: Any) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **inputs: Any,
+    ) -> SequenceClassifierOutput:
         inputs = {k: v for k, v in inputs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, **inputs)
         logits = self.classifier(self.dropout(pool(out.last_hidden_state, attention_mask, self.config.pooling)))
@@ -86,7 +92,6 @@ class PooledModelForSequenceClassification(PreTrainedModel):
 
 
 AutoConfig.register(PooledClassifierConfig.model_type, PooledClassifierConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledModelForSequenceClassification,
-                                            exist_ok=True)
+AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledModelForSequenceClassification, exist_ok=True)
 PooledClassifierConfig.register_for_auto_class()
 PooledModelForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -1,13 +1,24 @@
 """Text classification (sentiment, topic, ...): one label per text, or per text pair."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from hftl.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
-from hftl.tasks.common import (argmax_predictions, check_columns_section, classification_labels,
-                               classification_metrics, column, label_encoder, load_splits, pipeline_predict,
-                               select_valid, text_problem, without_length)
+from hftl.tasks.common import (
+    argmax_predictions,
+    check_columns_section,
+    classification_labels,
+    classification_metrics,
+    column,
+    label_encoder,
+    load_splits,
+    pipeline_predict,
+    select_valid,
+    text_problem,
+    without_length,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -23,33 +34,43 @@ class TextClassification:
     metric = "accuracy"
     towers = ()
     peft_task_type = "SEQ_CLS"
-    card = CardInfo("text-classification", '"A warm, funny and very smart film."',
-                    "AutoPeftModelForSequenceClassification")
+    card = CardInfo(
+        "text-classification", '"A warm, funny and very smart film."', "AutoPeftModelForSequenceClassification"
+    )
 
-    def check(self, recipe: "Recipe") -> None:
+    def check(self, recipe: Recipe) -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
-            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for text-classification "
-                              "(or model.init_from, an earlier run)",
-                              hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).")
+            raise RecipeError(
+                recipe.source_file,
+                "model.checkpoint",
+                "is required for text-classification (or model.init_from, an earlier run)",
+                hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).",
+            )
         check_columns_section(recipe, self.roles)
 
-    def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
+    def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         needed = self.required_roles + (("text_pair",) if column(recipe, self.roles, "text_pair") else ())
         return load_splits(recipe, self.roles, needed)
 
-    def load_processor(self, recipe: "Recipe") -> Any:
+    def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoTokenizer
 
         from hftl.pretrained import load_pretrained, model_source
 
-        return load_pretrained(AutoTokenizer, model_source(recipe), revision=recipe.model.revision,
-                               trust_remote_code=recipe.model.trust_remote_code, what="tokenizer")
+        return load_pretrained(
+            AutoTokenizer,
+            model_source(recipe),
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            what="tokenizer",
+        )
 
-    def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
+    def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
         return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
 
-    def encode(self, splits: "datasets.DatasetDict", processor: Any, recipe: "Recipe",
-               labels: list[str]) -> tuple["datasets.DatasetDict", list[str]]:
+    def encode(
+        self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
+    ) -> tuple[datasets.DatasetDict, list[str]]:
         """Tokenize without padding (the collator pads each batch to its own longest text)."""
         text_col, pair_col = column(recipe, self.roles, "text"), column(recipe, self.roles, "text_pair")
         label_col = column(recipe, self.roles, "label")
@@ -58,11 +79,17 @@ class TextClassification:
         for split in list(splits):
             ds = splits[split]
             pairs = ds[pair_col] if pair_col else [None] * len(ds)
-            rows = ((text_problem(text, text_col) or (pair_col and text_problem(pair, pair_col)) or None, raw)
-                    for text, pair, raw in zip(ds[text_col], pairs, ds[label_col]))
+            rows = (
+                (text_problem(text, text_col) or (pair_col and text_problem(pair, pair_col)) or None, raw)
+                for text, pair, raw in zip(ds[text_col], pairs, ds[label_col])
+            )
             ds, _, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
             reports += [report] if report else []
-            ds = ds.add_column("labels", ids) if "labels" not in ds.column_names else ds.remove_columns("labels").add_column("labels", ids)
+            ds = (
+                ds.add_column("labels", ids)
+                if "labels" not in ds.column_names
+                else ds.remove_columns("labels").add_column("labels", ids)
+            )
 
             def tokenize(batch: dict[str, list]) -> dict[str, list]:
                 args = (batch[text_col], batch[pair_col]) if pair_col else (batch[text_col],)
@@ -71,19 +98,23 @@ class TextClassification:
                 return out
 
             keep_cols = {"labels"}
-            splits[split] = ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep_cols],
-                                   desc=f"Tokenizing {split}")
+            splits[split] = ds.map(
+                tokenize,
+                batched=True,
+                remove_columns=[c for c in ds.column_names if c not in keep_cols],
+                desc=f"Tokenizing {split}",
+            )
         return splits, reports
 
-    def collator(self, processor: Any, recipe: "Recipe", train: bool) -> Any:
+    def collator(self, processor: Any, recipe: Recipe, train: bool) -> Any:
         from transformers import DataCollatorWithPadding
 
         return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=None))
 
-    def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
+    def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification
 
-        from hftl.pretrained import load_body, load_model_for_labels, model_source
+        from hftl.pretrained import label_config, load_body, load_model_for_labels, model_source
         from hftl.tasks import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
 
         pooling = resolve_pooling(recipe)
@@ -92,12 +123,10 @@ class TextClassification:
         from hftl.tasks.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
 
         body = load_body(recipe, model_source(recipe), recipe.model.revision)
-        config = PooledClassifierConfig(body=body.config.to_dict(), pooling=pooling, num_labels=len(labels),
-                                        id2label=dict(enumerate(labels)),
-                                        label2id={name: i for i, name in enumerate(labels)})
+        config = PooledClassifierConfig(body=body.config.to_dict(), pooling=pooling, **label_config(labels))
         return PooledModelForSequenceClassification(config, body=body)
 
-    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+    def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         from hftl.strategies.plan import plan_model
 
         return plan_model(model, recipe, steps_per_epoch, total_steps)
@@ -114,7 +143,7 @@ class TextClassification:
         return pipeline_predict(run_dir, "text-classification", inputs, top_k)
 
 
-def resolve_pooling(recipe: "Recipe") -> str:
+def resolve_pooling(recipe: Recipe) -> str:
     """``model.pooling``, with ``auto`` resolved: the checkpoint's own pooling (sentence-transformers), else
     ``pooler`` (the checkpoint's head class). An ``init_from`` run keeps the head class it was trained with."""
     from hftl.pretrained import checkpoint_pooling

@@ -7,14 +7,23 @@ gets its tag and the rest get -100 (ignored by the loss and the metrics), or, wi
 sub-words get ``I-X``). Metrics are entity-level (seqeval): an entity counts only when its
 whole span and type are right.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from hftl.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
-from hftl.tasks.common import (refuse_pooling, BadExamples, argmax_predictions, check_columns_section, column, load_splits,
-                               without_length)
+from hftl.tasks.common import (
+    BadExamples,
+    argmax_predictions,
+    check_columns_section,
+    column,
+    load_splits,
+    refuse_pooling,
+    without_length,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -28,8 +37,9 @@ IGNORE = -100
 _PREFIX_SPACE_TYPES = {"roberta", "gpt2", "bloom", "longformer", "bart", "deberta"}
 
 
-def align_labels(word_ids: Sequence[int | None], tags: Sequence[int], continuation: Sequence[int],
-                 label_all_subtokens: bool = False) -> list[int]:
+def align_labels(
+    word_ids: Sequence[int | None], tags: Sequence[int], continuation: Sequence[int], label_all_subtokens: bool = False
+) -> list[int]:
     """One label per sub-word token: the word's tag on its first sub-word; later sub-words get -100,
     or ``continuation[tag]`` (B-X -> I-X) when ``label_all_subtokens``. Special tokens get -100."""
     labels, previous = [], None
@@ -50,7 +60,7 @@ def continuation_ids(labels: list[str]) -> list[int]:
     return [index.get("I-" + name[2:], i) if name.startswith("B-") else i for i, name in enumerate(labels)]
 
 
-def _tag_feature(splits: "datasets.DatasetDict", tags_column: str) -> Any:
+def _tag_feature(splits: datasets.DatasetDict, tags_column: str) -> Any:
     """The per-tag feature inside the tags column's list feature (a ClassLabel on Hub NER datasets)."""
     return getattr(splits["train"].features[tags_column], "feature", None)
 
@@ -64,37 +74,54 @@ class TokenClassification:
     peft_task_type = "TOKEN_CLS"
     # "first": a word takes its first sub-word's tag, as hftl trains and scores it ("simple" splits a word
     # whose later sub-words, never trained, come out as B-X).
-    card = CardInfo("token-classification", '"Jamie flew to Berlin to see the Rolling Stones."',
-                    "AutoPeftModelForTokenClassification", ', aggregation_strategy="first"')
+    card = CardInfo(
+        "token-classification",
+        '"Jamie flew to Berlin to see the Rolling Stones."',
+        "AutoPeftModelForTokenClassification",
+        ', aggregation_strategy="first"',
+    )
 
-    def check(self, recipe: "Recipe") -> None:
+    def check(self, recipe: Recipe) -> None:
         if not recipe.model.checkpoint:
-            raise RecipeError(recipe.source_file, "model.checkpoint", "is required for token-classification",
-                              hint="e.g. all-MiniLM-L6-v2 (offline) or dmis-lab/biobert-base-cased-v1.2 (Hub).")
+            raise RecipeError(
+                recipe.source_file,
+                "model.checkpoint",
+                "is required for token-classification",
+                hint="e.g. all-MiniLM-L6-v2 (offline) or dmis-lab/biobert-base-cased-v1.2 (Hub).",
+            )
         refuse_pooling(recipe, "every token's state (no pooling)")
         check_columns_section(recipe, self.roles)
 
-    def load_splits(self, recipe: "Recipe") -> "datasets.DatasetDict":
+    def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         return load_splits(recipe, self.roles, self.required_roles)
 
-    def load_processor(self, recipe: "Recipe") -> Any:
+    def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoConfig, AutoTokenizer
 
         from hftl.pretrained import load_pretrained
 
         m = recipe.model
-        config = load_pretrained(AutoConfig, m.checkpoint, revision=m.revision, trust_remote_code=m.trust_remote_code,
-                                 what="config")
+        config = load_pretrained(
+            AutoConfig, m.checkpoint, revision=m.revision, trust_remote_code=m.trust_remote_code, what="config"
+        )
         extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
-        tokenizer = load_pretrained(AutoTokenizer, m.checkpoint, revision=m.revision,
-                                    trust_remote_code=m.trust_remote_code, what="tokenizer", **extra)
+        tokenizer = load_pretrained(
+            AutoTokenizer,
+            m.checkpoint,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            what="tokenizer",
+            **extra,
+        )
         if not tokenizer.is_fast:
-            raise CheckpointError(f"model.checkpoint '{m.checkpoint}' has only a slow (Python) tokenizer; "
-                                  "token-classification needs a fast one to map words to sub-words (word_ids). "
-                                  "Use a checkpoint that ships tokenizer.json.")
+            raise CheckpointError(
+                f"model.checkpoint '{m.checkpoint}' has only a slow (Python) tokenizer; "
+                "token-classification needs a fast one to map words to sub-words (word_ids). "
+                "Use a checkpoint that ships tokenizer.json."
+            )
         return tokenizer
 
-    def label_names(self, splits: "datasets.DatasetDict", recipe: "Recipe") -> list[str]:
+    def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
         """Recipe first, then the tags' ClassLabel names, then the distinct tags found ('O' first)."""
         import datasets
 
@@ -106,12 +133,15 @@ class TokenClassification:
             return list(feature.names)
         found = {str(tag) for tags in splits["train"][tags_col] if tags for tag in tags}
         if found and all(tag.lstrip("-").isdigit() for tag in found):
-            raise DataError(f"{recipe.source_file}: the tags in column '{tags_col}' are numbers without names; "
-                            "list the tag names in id order with data.label_names: [O, B-..., I-...].")
+            raise DataError(
+                f"{recipe.source_file}: the tags in column '{tags_col}' are numbers without names; "
+                "list the tag names in id order with data.label_names: [O, B-..., I-...]."
+            )
         return sorted(found, key=lambda tag: (tag != "O", tag[2:], tag))
 
-    def encode(self, splits: "datasets.DatasetDict", processor: Any, recipe: "Recipe",
-               labels: list[str]) -> tuple["datasets.DatasetDict", list[str]]:
+    def encode(
+        self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
+    ) -> tuple[datasets.DatasetDict, list[str]]:
         """Check every sentence, then tokenize the words and align their tags to sub-words."""
         import datasets
 
@@ -129,8 +159,11 @@ class TokenClassification:
                     bad.bad(i, f"empty sentence (no tokens in column '{tokens_col}')")
                     continue
                 if tags is None or len(words) != len(tags):
-                    bad.bad(i, f"{len(words)} tokens but {0 if tags is None else len(tags)} tags in column "
-                            f"'{tags_col}' (one tag per token is needed)")
+                    bad.bad(
+                        i,
+                        f"{len(words)} tokens but {0 if tags is None else len(tags)} tags in column "
+                        f"'{tags_col}' (one tag per token is needed)",
+                    )
                     continue
                 if any(not isinstance(word, str) or not word for word in words):
                     bad.bad(i, f"a token in column '{tokens_col}' is empty or not text ({words!r})")
@@ -138,16 +171,23 @@ class TokenClassification:
                 named = [names[t] if names is not None and isinstance(t, int) else str(t) for t in tags]
                 unknown = next(((pos, tag) for pos, tag in enumerate(named) if tag not in index), None)
                 if unknown is not None:
-                    bad.bad(i, f"tag {unknown[1]!r} (token {unknown[0]}, {words[unknown[0]]!r}) is not in the label "
-                            f"set {labels}; set data.label_names to change it")
+                    bad.bad(
+                        i,
+                        f"tag {unknown[1]!r} (token {unknown[0]}, {words[unknown[0]]!r}) is not in the label "
+                        f"set {labels}; set data.label_names to change it",
+                    )
                     continue
                 keep.append(i)
                 tag_ids.append([index[tag] for tag in named])
             if bad.report():
                 reports.append(bad.report())
             ds = ds.select(keep) if len(keep) < len(ds) else ds
-            enc = processor([list(words) for words in ds[tokens_col]], is_split_into_words=True, truncation=True,
-                            max_length=recipe.data.max_length)
+            enc = processor(
+                [list(words) for words in ds[tokens_col]],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=recipe.data.max_length,
+            )
             aligned, truncated = [], 0
             for row, tags in enumerate(tag_ids):
                 word_ids = enc.word_ids(row)
@@ -155,35 +195,47 @@ class TokenClassification:
                 seen = [w for w in word_ids if w is not None]
                 truncated += bool(seen) and seen[-1] < len(tags) - 1
             if truncated:
-                reports.append(f"{truncated} {split} sentence(s) are longer than data.max_length="
-                               f"{recipe.data.max_length} sub-word tokens; their last words are cut off")
+                reports.append(
+                    f"{truncated} {split} sentence(s) are longer than data.max_length="
+                    f"{recipe.data.max_length} sub-word tokens; their last words are cut off"
+                )
             columns = {key: list(values) for key, values in enc.items()}
             columns["labels"] = aligned
             columns["length"] = [len(ids) for ids in columns["input_ids"]]
             splits[split] = datasets.Dataset.from_dict(columns)
         return splits, reports
 
-    def collator(self, processor: Any, recipe: "Recipe", train: bool) -> Any:
+    def collator(self, processor: Any, recipe: Recipe, train: bool) -> Any:
         from transformers import DataCollatorForTokenClassification
 
         return without_length(DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE))
 
-    def build_model(self, recipe: "Recipe", labels: list[str]) -> Any:
+    def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        from hftl.pretrained import load_pretrained
+        from hftl.pretrained import label_config, load_pretrained
 
         m = recipe.model
-        label_args = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                      "label2id": {name: i for i, name in enumerate(labels)}}
+        label_args = label_config(labels)
         if not m.pretrained:  # the same architecture with random weights (the from-scratch baseline)
-            config = load_pretrained(AutoConfig, m.checkpoint, revision=m.revision,
-                                     trust_remote_code=m.trust_remote_code, what="config", **label_args)
+            config = load_pretrained(
+                AutoConfig,
+                m.checkpoint,
+                revision=m.revision,
+                trust_remote_code=m.trust_remote_code,
+                what="config",
+                **label_args,
+            )
             return AutoModelForTokenClassification.from_config(config, trust_remote_code=m.trust_remote_code)
-        return load_pretrained(AutoModelForTokenClassification, m.checkpoint, revision=m.revision,
-                               trust_remote_code=m.trust_remote_code, **label_args)
+        return load_pretrained(
+            AutoModelForTokenClassification,
+            m.checkpoint,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            **label_args,
+        )
 
-    def plan(self, model: Any, recipe: "Recipe", steps_per_epoch: int, total_steps: int) -> "Plan":
+    def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         from hftl.strategies.plan import plan_model
 
         return plan_model(model, recipe, steps_per_epoch, total_steps)
@@ -191,8 +243,9 @@ class TokenClassification:
     def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         return argmax_predictions(outputs, batch)
 
-    def compute_metrics(self, predictions: "torch.Tensor", references: "torch.Tensor",
-                        labels: list[str]) -> dict[str, float]:
+    def compute_metrics(
+        self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]
+    ) -> dict[str, float]:
         """Entity-level precision / recall / F1 and tag accuracy over the labelled positions."""
         from hftl.metrics import load_metric
 
@@ -209,8 +262,11 @@ class TokenClassification:
         from transformers import pipeline
 
         pipe = pipeline("token-classification", model=str(run_dir), aggregation_strategy="first")
-        return [[{"label": f"{e['entity_group']}:{e['word']}", "score": float(e["score"])} for e in out] or
-                [{"label": "(no entities)", "score": 1.0}] for out in pipe(inputs)]
+        return [
+            [{"label": f"{e['entity_group']}:{e['word']}", "score": float(e["score"])} for e in out]
+            or [{"label": "(no entities)", "score": 1.0}]
+            for out in pipe(inputs)
+        ]
 
 
 TASKS.register("token-classification")(TokenClassification())

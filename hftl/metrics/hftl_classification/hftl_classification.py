@@ -1,4 +1,5 @@
 """Accuracy and macro F1 as an `evaluate` module that ships inside hftl, so it loads offline."""
+
 import datasets
 import evaluate
 from sklearn.metrics import accuracy_score, f1_score
