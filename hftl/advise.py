@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hftl.advice_rules import (ADVICE_KEY, AUTO, FE, FULL, LADDER, PARTIAL, Decision, Measurements, decide,
-                               describe_table, neighbours, rung, rung_settings)
+from hftl.advice_rules import (ADVICE_KEY, AUTO, FE, FEW_EXAMPLES, FULL, LADDER, PARTIAL, Decision, Measurements,
+                               decide, describe_table, neighbours, rung, rung_settings)
 from hftl.errors import HftlError
 
 if TYPE_CHECKING:
@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 
     from hftl.schema import Recipe
 
-SAMPLE = 3_000   # training examples whose frozen features are extracted (all of them when fewer)
+# Training examples whose frozen features are extracted (all of them when fewer): MiniLM on 2 idle cores extracts a
+# few hundred snippets a second (README, benchmark 2b), so seconds, not minutes. Equal to FEW_EXAMPLES: when the advice
+# is the probe because the data is small, the whole training split is already in the feature cache for the run.
+SAMPLE = FEW_EXAMPLES
 FOLDS = 3
 TIMED_STEPS = 2  # forward+backward steps timed (after one untimed warm-up step)
 
@@ -118,8 +121,8 @@ def advise(recipe: "Recipe", *, step_times: bool = True, sample: int = SAMPLE, s
     features["baseline"], features["baseline_cv_accuracy"] = raw_baseline(subset, data.processor, task, probe_recipe,
                                                                          y, folds)
     timings["baseline"] = time.time() - clock
-    features["majority_cv_accuracy"] = float(np.mean([np.mean(y[test] == Counter(y[train_].tolist()).most_common(1)[0][0])
-                                                      for train_, test in folds]))
+    commonest = [Counter(y[fit].tolist()).most_common(1)[0][0] for fit, _ in folds]
+    features["majority_cv_accuracy"] = float(np.mean([np.mean(y[test] == c) for (_, test), c in zip(folds, commonest)]))
     measured = Measurements(profile["n_train"], features["majority_cv_accuracy"], features["probe_cv_accuracy"],
                             features["baseline_cv_accuracy"])
     decision = decide(measured)
@@ -181,7 +184,8 @@ def profile_data(data: Any, images: bool, recipe: "Recipe") -> dict[str, Any]:
     if "length" in train.column_names:
         lengths = np.asarray(list(train["length"]))
         profile["tokens"] = {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
-                             "max": int(lengths.max()), "cut_at_max_length": float(np.mean(lengths >= recipe.data.max_length))}
+                             "max": int(lengths.max()),
+                             "cut_at_max_length": float(np.mean(lengths >= recipe.data.max_length))}
     if images:
         profile["image_sizes"] = _image_sizes(train)
     return profile
@@ -198,7 +202,7 @@ def frozen_features(model: "torch.nn.Module", recipe: "Recipe", task: Any, proce
 
     from hftl.build import plan_for
     from hftl.feature_cache import (cache_file, cache_key, extract, read_rows, rng_untouched, skip_reason, trace_head,
-                                    write_rows, _rows, _to)
+                                    write_rows, _rows)
     from hftl.probe import head_inputs
 
     plan = plan_for(model, recipe, 1, 1)
@@ -220,7 +224,7 @@ def frozen_features(model: "torch.nn.Module", recipe: "Recipe", task: Any, proce
         write_rows(path, rows)
     labels = list(subset["labels"])
     if isinstance(labels[0], list):  # one row per labelled token
-        x = torch.cat([r.reshape(len(l), -1) for r, l in zip(rows, labels)])
+        x = torch.cat([row.reshape(len(tags), -1) for row, tags in zip(rows, labels)])
         y = torch.tensor([t for seq in labels for t in seq])
         keep = y >= 0
         return x[keep].numpy(), y[keep].numpy(), cached
@@ -300,8 +304,6 @@ def estimate_times(model: "torch.nn.Module", recipe: "Recipe", task: Any, data: 
     training (full) and with the partial rung's plan applied (its frozen groups in eval mode, no gradient).
     Feature extraction: one forward pass over every split (at the measured extraction rate) plus the head.
     """
-    import torch
-
     from hftl.build import plan_for
     from hftl.strategies.plan import apply_plan, count_steps
 
@@ -317,7 +319,7 @@ def estimate_times(model: "torch.nn.Module", recipe: "Recipe", task: Any, data: 
         model.train()
         apply_plan(model, plan, 0)
         times = []
-        for i in range(TIMED_STEPS + 1):
+        for _ in range(TIMED_STEPS + 1):
             inputs = collate([dict(zip(rows.column_names, v)) for v in zip(*rows[:].values())])
             clock = time.perf_counter()
             loss = model(**inputs).loss
@@ -369,8 +371,8 @@ def format_advice(advice: Advice) -> str:
               + (f"{f['baseline_cv_accuracy']:.3f}" if f["baseline_cv_accuracy"] is not None else "-")]
     if advice.estimates:
         e = advice.estimates
-        lines.append(f"  step time (forward + backward, batch {advice.batch_size}): full {e['step_seconds_full']:.2f} s,"
-                     f" bottom half frozen {e['step_seconds_partial']:.2f} s")
+        lines.append(f"  step time (forward + backward, batch {advice.batch_size}): full "
+                     f"{e['step_seconds_full']:.2f} s, bottom half frozen {e['step_seconds_partial']:.2f} s")
     lines += ["== decision table (rows: training examples; columns: what the frozen features do)", describe_table(),
               f"  branch: {d.branch} -> {d.rung.label} ({d.why})",
               f"  runner-up: {d.runner_up.label}"]
@@ -411,7 +413,8 @@ def resolve_strategy(recipe: "Recipe") -> "Recipe":
     d = advice.decision
     print(f"[advise] strategy.name: auto -> {d.rung.label} (branch {d.branch}: {d.why}; probe "
           f"{advice.features['probe_cv_accuracy']:.3f}, baseline {_fmt(advice.features['baseline_cv_accuracy'])}, "
-          f"majority {advice.data['majority']:.3f}, {advice.data['n_train']:,} training examples; {advice.seconds:.0f} s)")
+          f"majority {advice.data['majority']:.3f}, {advice.data['n_train']:,} training examples; "
+          f"{advice.seconds:.0f} s)")
     for flag in d.flags:
         print(f"[advise] warning: {flag}")
     doc = recipe.model_dump(mode="json")
@@ -534,7 +537,7 @@ def _sample_rows(n: int, cap: int, seed: int) -> list[int]:
 
 
 def _folds(y: "np.ndarray", k: int, seed: int) -> list:
-    """Stratified k folds (each class dealt round-robin after a seeded shuffle); k=2 when a class is that rare."""
+    """Stratified k folds: each class's examples, shuffled (seeded), dealt round-robin to the folds."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -543,7 +546,8 @@ def _folds(y: "np.ndarray", k: int, seed: int) -> list:
         idx = rng.permutation(np.flatnonzero(y == c))
         fold_of[idx] = np.arange(len(idx)) % k
     if len(y) < 2 * k:
-        raise HftlError(f"too few examples ({len(y)}) for {k}-fold cross-validation; hftl advise needs at least {2 * k}.")
+        raise HftlError(f"too few examples ({len(y)}) for {k}-fold cross-validation; hftl advise needs at least "
+                        f"{2 * k}.")
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
 
 

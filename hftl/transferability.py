@@ -71,7 +71,9 @@ def evidence_at(features: np.ndarray, y: np.ndarray, alpha: float, beta: float) 
 
 def _maximise(z: np.ndarray, sigma: np.ndarray, yy: float, n: int, d: int) -> Evidence:
     alpha, beta = 1.0, 1.0
-    for iteration in range(1, MAX_ITER + 1):
+    iteration = 0
+    while iteration < MAX_ITER:
+        iteration += 1
         s2 = sigma ** 2
         gamma = float(np.sum(beta * s2 / (alpha + beta * s2)))
         _, mm, residual = _evidence(z, sigma, yy, n, d, alpha, beta)
