@@ -219,3 +219,28 @@ def test_advice_record_is_json(text_recipe, cache):
     advice = advise(load_recipe(text_recipe()), step_times=False)
     assert json.loads(json.dumps(advice.record()))["strategy"] == advice.decision.rung.label
     assert yaml.safe_load(yaml.safe_dump(advice.record()))["branch"] == advice.decision.branch
+
+
+# --------------------------------------------------------------------------- images and token tags
+from test_image_classification import checkpoints, image_recipe, stripes_dir  # noqa: E402,F401  (fixtures)
+from test_token_classification import ner_bert_dir, ner_jsonl, recipe_for  # noqa: E402,F401  (fixtures)
+
+
+def test_images_get_sizes_a_pixel_baseline_and_an_uncached_augmentation_free_probe(image_recipe, cache):
+    from hftl.advise import advise, format_advice
+
+    advice = advise(load_recipe(image_recipe("resnet", data={"max_train_samples": 60})))
+    assert advice.data["image_sizes"]["checked"] == 60 and "20x20" in advice.data["image_sizes"]["common"]
+    assert advice.features["baseline"].startswith("pooled raw pixels") and advice.features["baseline_cv_accuracy"] > 0.5
+    fe = rung_settings(LADDER[0], 60, 8, images=True, pooling=None)
+    assert fe["data.augment"] == {"random_resized_crop": False, "hflip": False}
+    assert advice.estimates["step_seconds_full"] > 0 and "image sizes" in format_advice(advice)
+
+
+def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ner_jsonl, tmp_path, cache):
+    from hftl.advise import advise
+
+    advice = advise(recipe_for(ner_bert_dir, ner_jsonl, tmp_path), step_times=False)
+    assert advice.data["per_class_unit"] == "entities" and set(advice.data["per_class"]) == {"PER", "LOC", "ORG"}
+    assert advice.features["rows"] > advice.data["n_train"]  # one row per labelled token
+    assert advice.features["baseline"].startswith("token identity") and advice.features["baseline_cv_accuracy"] > 0.9
