@@ -305,47 +305,51 @@ def estimate_times(model: "torch.nn.Module", recipe: "Recipe", task: Any, data: 
     """Estimated training seconds of each rung: its optimizer steps x the measured step time, plus evaluations.
 
     Step times are forward + backward of one training batch (optimizer update excluded), with everything
-    training (full) and with the partial rung's plan applied (its frozen groups in eval mode, no gradient).
-    Feature extraction: one forward pass over every split (at the measured extraction rate) plus the head.
+    training (full) and with the partial rung's plan applied (its frozen groups in eval mode, no gradient),
+    measured in alternation (so a change in the machine's load hits both alike), the first round dropped.
+    Feature extraction: one inference pass over every split at the measured rate, plus the probe.
     """
+    import torch
+
     from hftl.build import plan_for
+    from hftl.feature_cache import _rows
     from hftl.strategies.plan import apply_plan, count_steps
 
     n_train = data.encoded["train"].num_rows
-    n_eval = sum(len(ds) for s, ds in data.encoded.items() if s != "train")
+    n_val, n_test = (len(data.encoded[s]) if s in data.encoded else 0 for s in ("validation", "test"))
     batch = recipe.train.batch_size
-    collate = task.collator(data.processor, recipe, train=True)
-    rows = subset.select(range(min(batch, len(subset))))
-    step = {}
-    for label in (FULL, PARTIAL):
-        on = on_rung(recipe, label, n_train, images)
-        plan = plan_for(model, on, 1, 1)
-        model.train()
-        apply_plan(model, plan, 0)
-        times = []
-        for _ in range(TIMED_STEPS + 1):
-            inputs = collate([dict(zip(rows.column_names, v)) for v in zip(*rows[:].values())])
+    rows = _rows(subset, range(min(batch, len(subset))))
+    inputs = task.collator(data.processor, recipe, train=True)(rows)
+    plans = {label: plan_for(model, on_rung(recipe, label, n_train, images), 1, 1) for label in (FULL, PARTIAL)}
+    times: dict[str, list[float]] = {label: [] for label in plans}
+    for _ in range(TIMED_STEPS + 1):
+        for label, plan in plans.items():
+            model.train()
+            apply_plan(model, plan, 0)
             clock = time.perf_counter()
-            loss = model(**inputs).loss
-            loss.backward()
-            times.append(time.perf_counter() - clock)
+            model(**inputs).loss.backward()
+            times[label].append(time.perf_counter() - clock)
             model.zero_grad(set_to_none=True)
-        step[label] = statistics.median(times[1:])
+    step = {label: statistics.median(t[1:]) for label, t in times.items()}
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    forward_per_example = timings["features"] / max(1, features["sampled"])
+    eval_inputs = task.collator(data.processor, recipe, train=False)(rows)
+    clock = time.perf_counter()
+    with torch.inference_mode():
+        model(**{k: v for k, v in eval_inputs.items() if k != "labels"})
+    forward_per_example = (time.perf_counter() - clock) / len(rows)
     estimates = {}
     for r in LADDER:
         on = on_rung(recipe, r.label, n_train, images)
         steps_per_epoch, total = count_steps(on, math.ceil(n_train / batch), 1)
-        evals = max(1, min(10, math.ceil(total / steps_per_epoch)))
-        eval_cost = evals * n_eval * forward_per_example
-        if r.lr is None:
-            estimates[r.label] = (n_train + n_eval) * forward_per_example + timings.get("probe", 0.0)
-        else:
-            estimates[r.label] = total * step[r.label] + eval_cost
+        evals = math.ceil(total / (on.train.eval_steps or max(steps_per_epoch, math.ceil(total / 10))))
+        if r.lr is None:  # extract every split once, then the head alone
+            estimates[r.label] = (n_train + n_val + n_test) * forward_per_example + timings.get("probe", 0.0)
+        else:  # the steps, an evaluation of validation every eval_steps, and the test split once
+            estimates[r.label] = total * step[r.label] + (evals * n_val + n_test) * forward_per_example
     estimates["step_seconds_full"], estimates["step_seconds_partial"] = step[FULL], step[PARTIAL]
+    estimates["forward_seconds_per_example"] = forward_per_example
     return estimates
 
 
