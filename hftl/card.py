@@ -237,6 +237,14 @@ def _usage(run: RunFiles, repo_id: str | None) -> str:
 def _strategy(run: RunFiles) -> str:
     s, plan = run.recipe["strategy"], run.plan
     lines = ["## Transfer strategy", "", f"**{s['name']}**: {_strategy_doc(s['name'])}", ""]
+    if advice := s.get("advice"):  # strategy.name: auto, resolved by hftl advise at the start of the run
+        m = advice.get("measurements", {})
+        lines += [
+            f"Chosen by `hftl advise` (`strategy.name: auto`), branch *{advice.get('branch')}*: "
+            f"{advice.get('because')}. Measured: {_kv(m)}; runner-up {advice.get('runner_up')}."
+            + "".join(f" Warning: {flag}." for flag in advice.get("flags", [])),
+            "",
+        ]
     optim = run.recipe["optim"]
     if s.get("llrd"):
         lines.append(

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the run folder's last saved state")
     recipe_command("validate", "check a recipe without loading weights or data")
     recipe_command("plan", "print the layer groups, LRs and unfreezing schedule without training")
+    advise = recipe_command("advise", "measure the data and checkpoint and recommend a strategy (about a minute)")
+    advise.add_argument("--write", metavar="OUT.yaml", help="write the recipe with the recommended keys")
+    advise.add_argument("--verify", action="store_true", help="run a small study: recommended vs its neighbours")
+    advise.add_argument("--seeds", type=int, default=1, help="seeds per strategy for --verify (default 1)")
+    advise.add_argument("--verify-steps", type=int, help="cap each --verify trial at this many optimizer steps")
     predict = sub.add_parser("predict", help="predict with a trained run folder")
     predict.add_argument("run_dir")
     predict.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
@@ -100,6 +105,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     print(describe_plan(load_recipe(args.recipe, args.overrides)))
     return 0
+
+
+@command
+def cmd_advise(args: argparse.Namespace) -> int:
+    from hftl.advise import run_advise
+
+    return run_advise(args.recipe, args.overrides, args.write, args.verify, args.seeds, args.verify_steps)
 
 
 @command

@@ -137,6 +137,13 @@ def _load_files(builder: str, config_name: str | None = None, **kwargs: object) 
     except datasets.exceptions.DatasetGenerationError as error:
         files = kwargs.get("data_dir") or ", ".join(map(str, dict(kwargs.get("data_files") or {}).values()))
         raise DataError(f"Cannot read the {builder} data in {files}: {error.__cause__ or error}") from error
+    except (
+        ValueError
+    ) as error:  # datasets' words for a file with no rows: 'Instruction "train" corresponds to no data!'
+        if "corresponds to no data" not in str(error):
+            raise
+        files = kwargs.get("data_dir") or ", ".join(map(str, dict(kwargs.get("data_files") or {}).values()))
+        raise DataError(f"The {builder} data in {files} has no rows (a split is empty).") from None
 
 
 def _load_local(path: pathlib.Path) -> datasets.DatasetDict:

@@ -137,7 +137,7 @@ def maybe_use_cache(
     splits = {"train": train_dl, **eval_dls}
     cached = {}
     for split, dl in splits.items():
-        path = cache_dir() / f"{_digest(key, dataset_digest(encoded[split]))}.safetensors"
+        path = cache_file(key, encoded[split])
         started = time.time()
         with rng_untouched():
             rows, built = load_or_build(
@@ -345,6 +345,11 @@ def cache_key(model: nn.Module, plan: Plan, recipe: Recipe, processor: Any, hook
             digest.update(name.encode())
             digest.update(_bytes(tensor))
     return digest.hexdigest()
+
+
+def cache_file(key: str, ds: datasets.Dataset) -> Path:
+    """Where the features of split ``ds`` under ``key`` (:func:`cache_key`) live (``hftl advise`` shares them)."""
+    return cache_dir() / f"{_digest(key, dataset_digest(ds))}.safetensors"
 
 
 def dataset_digest(ds: datasets.Dataset) -> str:

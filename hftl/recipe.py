@@ -158,10 +158,14 @@ def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
 
 def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:
     """Known name, options typed by the strategy's own model and only for that strategy, LR options that agree."""
+    from hftl.advice_rules import ADVICE_KEY, AUTO, check_auto
     from hftl.strategies import STRATEGIES
     from hftl.tasks import TASKS
 
     file = recipe.source_file
+    if section.name == AUTO:  # resolved at the start of the run by hftl advise (hftl/advise.py)
+        check_auto(section, file, key)
+        return section
     if section.name not in STRATEGIES:
         raise RecipeError(
             file,
@@ -173,6 +177,8 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
     with_options = [name for name, s in STRATEGIES.items() if s.options is not None]
     typed: dict[str, Any] = {}
     for option, given in (section.model_extra or {}).items():
+        if option == ADVICE_KEY:  # what hftl advise measured and decided for `auto`: kept as a record, not read
+            continue
         if option not in with_options:
             allowed = [*(f for f in StrategySection.model_fields), *with_options]
             raise RecipeError(

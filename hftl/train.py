@@ -66,12 +66,14 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from tqdm.auto import tqdm
 
     from hftl import feature_cache
+    from hftl.advise import resolve_strategy
     from hftl.hub import check_can_push
     from hftl.strategies import changes_mid_run, fit_head_first
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
     from hftl.trackers import check_trackers
 
+    recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/advise.py)
     resume = recipe.train.resume if resume is None else resume
     set_threads(recipe.train.num_threads)
     task, run_dir = TASKS.get(recipe.task), recipe.run_dir

@@ -17,6 +17,10 @@ ALLOWED = {
     ("schema.py", "full"): "the schema's default strategy",
     ("tasks/fusion_model.py", "fusion"): "the fusion task's own model module (config tag)",
     ("tasks/pooled_model.py", "text-classification"): "the text task's own model module (docstring)",
+    **{
+        ("advice_rules.py", name): "the advisor's ladder: the strategies it recommends"
+        for name in ("feature_extraction", "partial", "full")
+    },
 }
 MEMBERS = [name for name in dir(Task) if not name.startswith("_")] + list(Task.__annotations__)
 
