@@ -6,6 +6,7 @@ functions, so the plan a user inspects is the plan a run applies.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,10 @@ def load_data(recipe: Recipe, accelerator: Any) -> PreparedData:
 
     with accelerator.main_process_first():
         data = prepare_data(recipe)
+    from hftl.log import say
+
     for report in data.reports:
-        accelerator.print(f"[data] {report}")
+        say(f"[data] {report}", logging.WARNING)
     if len(data.encoded["train"]) == 0:
         raise HftlError(f"{recipe.source_file}: the training split is empty after filtering bad examples.")
     return data

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 CARD_FILE = "README.md"
 # Catalog datasets that are the same data as a Hub dataset (for the `datasets:` metadata).
 DATASET_HUB_IDS = {"fashion-mnist": "zalando-datasets/fashion_mnist"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A Hub model id: NAMESPACE/NAME, or a bare NAME (canonical repos such as bert-base-uncased). Data sources need the
+# namespace: a bare name may be an offline catalog entry registered only when its task loads data.
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def write_report(run_dir: str | Path, repo_id: str | None = None) -> list[Path]:
@@ -74,7 +77,7 @@ def card_data(run: RunFiles, repo_id: str | None = None) -> Any:
     """Hub metadata: library, base model, datasets, pipeline tag, tags and model-index results."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    task, source = run.recipe["task"], run.recipe["data"]["source"]
+    task, source = run.recipe["task"], _source_name(run.recipe["data"])
     pipeline_tag = _task(run).card.pipeline_tag
     dataset = _dataset_hub_id(source)
     results = [
@@ -362,7 +365,7 @@ def _data(run: RunFiles) -> str:
     lines = [
         "## Data",
         "",
-        f"- Source: `{_short_source(d['source'])}`"
+        f"- Source: `{_short_source(_source_name(d))}`"
         + (f" (config `{d['config_name']}`)" if d.get("config_name") else "")
         + (f" at revision `{d['revision']}`" if d.get("revision") else "")
         + ".",
@@ -449,14 +452,30 @@ def _checkpoint_hub_id(checkpoint: str) -> str | None:
 
     if checkpoint in CHECKPOINTS:
         entry = CHECKPOINTS.get(checkpoint)
-        return next((name for name, fn in CHECKPOINTS.items() if fn is entry and _HUB_ID.match(name)), None)
+        # the alias with a namespace: the catalog's own short name is not a Hub repo
+        return next(
+            (name for name, fn in CHECKPOINTS.items() if fn is entry and "/" in name and _HUB_ID.match(name)), None
+        )
     return checkpoint if _HUB_ID.match(checkpoint) and not Path(checkpoint).exists() else None
 
 
 def _dataset_hub_id(source: str) -> str | None:
+    """The Hub id of a data source: catalog names map through DATASET_HUB_IDS; builders, files and folders have none."""
+    from hftl.data import DATASETS, FILE_BUILDERS, PACKAGED_BUILDERS
+
     if source in DATASET_HUB_IDS:
         return DATASET_HUB_IDS[source]
-    return source if _HUB_ID.match(source) and not Path(source).exists() else None
+    if source in DATASETS or source in PACKAGED_BUILDERS or Path(source).suffix.lower() in FILE_BUILDERS:
+        return None
+    return source if _HUB_DATASET_ID.match(source) and not Path(source).exists() else None
+
+
+def _source_name(data: dict[str, Any]) -> str:
+    """``data.source``, or for ``data.files`` alone the training files (the recipe at the end lists them all)."""
+    if data.get("source"):
+        return data["source"]
+    train = (data.get("files") or {}).get("train", "local files")
+    return train if isinstance(train, str) else ", ".join(train)
 
 
 def _short_source(source: str) -> str:

@@ -30,11 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Multi-process: accelerate launch hftl/run.py RECIPE [key.path=value ...] (see README).",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings, errors and a run's final summary (no progress bars); or HFTL_LOG_LEVEL",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages too (HFTL_LOG_LEVEL=DEBUG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def recipe_command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("recipe", help="recipe YAML file, e.g. recipes/sentiment.yaml")
+        p.add_argument("recipe", help="recipe YAML file, or a shipped recipe's name (hftl recipes), e.g. sentiment")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe values")
         return p
 
@@ -68,7 +75,78 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--storage", help="Optuna RDB URL shared by workers (default: sqlite in the study folder)")
     study.add_argument("--jobs", type=int, help="local worker processes (default: the study's jobs, else 1)")
     study.add_argument("--report", action="store_true", help="rebuild results.csv, report.md and plots; no training")
+    recipes = sub.add_parser(
+        "recipes",
+        help="list the recipes that ship with hftl, or copy one (recipes cp NAME DEST)",
+        description="List the shipped recipes with one line each, or copy one to edit: "
+        "hftl recipes cp sentiment my.yaml. `hftl run NAME` runs a shipped recipe directly.",
+    )
+    recipes.add_argument("action", nargs="?", choices=["ls", "cp"], default="ls")
+    recipes.add_argument("name", nargs="?", help="cp: the shipped recipe's name, e.g. sentiment")
+    recipes.add_argument("dest", nargs="?", help="cp: file or folder to copy it to")
+    cache = sub.add_parser(
+        "cache",
+        help="list hftl's caches (datasets, exported checkpoints, features) or clear them",
+        description="List hftl's caches under $HFTL_CACHE_DIR (default ~/.cache/hftl) with their "
+        "sizes, or clear them. Entries are rebuilt when needed.",
+    )
+    cache.add_argument("action", nargs="?", choices=["ls", "clear"], default="ls", help="ls (default) or clear")
+    cache.add_argument("--all", action="store_true", help="clear: every entry")
+    cache.add_argument("--older-than", type=float, metavar="DAYS", help="clear: entries not modified for DAYS days")
+    cache.add_argument(
+        "--kind",
+        action="append",
+        choices=["datasets", "checkpoints", "features", "other"],
+        help="only this kind (repeatable)",
+    )
+    cache.add_argument("--dry-run", action="store_true", help="clear: show what would be removed, remove nothing")
     return parser
+
+
+@command
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from hftl.shipped_recipes import copy_shipped, format_list
+
+    if args.action == "ls":
+        if args.name or args.dest:
+            raise HftlError("hftl recipes lists the shipped recipes; to copy one: hftl recipes cp NAME DEST.")
+        print(format_list())
+        return 0
+    if not (args.name and args.dest):
+        raise HftlError(
+            "hftl recipes cp needs a recipe name and a destination, e.g. hftl recipes cp sentiment my.yaml."
+        )
+    print(f"copied {args.name} -> {copy_shipped(args.name, args.dest)}")
+    return 0
+
+
+@command
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from hftl.cache import cache_entries, format_entries, format_size, remove_entries, select
+    from hftl.data import cache_dir
+
+    root, now = cache_dir(), time.time()
+    entries = [e for e in cache_entries(root) if not args.kind or e.kind in args.kind]
+    if args.action == "ls":
+        if args.all or args.older_than is not None or args.dry_run:
+            raise HftlError("--all, --older-than and --dry-run go with `hftl cache clear`.")
+        print(format_entries(entries, root, now))
+        return 0
+    if args.all == (args.older_than is not None):
+        raise HftlError("hftl cache clear needs exactly one of --all or --older-than DAYS.")
+    if args.older_than is not None and args.older_than < 0:
+        raise HftlError(f"--older-than takes a number of days >= 0, got {args.older_than:g}.")
+    chosen = select(entries, everything=args.all, older_than_days=args.older_than, now=now)
+    for entry in chosen:
+        print(
+            f"{'would remove' if args.dry_run else 'removing'} {entry.kind}/{entry.path.name} "
+            f"({format_size(entry.size)})"
+        )
+    freed = sum(e.size for e in chosen) if args.dry_run else remove_entries(chosen)
+    print(f"{'would free' if args.dry_run else 'freed'} {format_size(freed)} in {len(chosen)} entries ({root})")
+    return 0
 
 
 @command
@@ -93,7 +171,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     print(
         f"{args.recipe}: ok ({recipe.task}, {model}, strategy {recipe.strategy.name}, "
-        f"data {recipe.data.source}) -> {recipe.run_dir}"
+        f"data {recipe.data.where}) -> {recipe.run_dir}"
     )
     return 0
 
@@ -127,8 +205,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         inputs = [f"{image}\t{text}" for image, text in zip(args.image, args.text)]
     if args.file:
-        with open(args.file, encoding="utf-8") as fh:
-            inputs += [line.rstrip("\n") for line in fh if line.strip()]
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                inputs += [line.rstrip("\n") for line in fh if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HftlError(
+                f"Cannot read --file {args.file}: {getattr(exc, 'strerror', None) or exc}. It should be "
+                "a UTF-8 text file with one input per line."
+            ) from None
     if not inputs:
         raise HftlError("hftl predict needs inputs: --text '...', --image PATH or --file FILE.")
     for item, result in zip(inputs, predict(args.run_dir, inputs, top_k=args.top_k)):
@@ -161,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hftl`` console script; user errors exit 2 with one clear paragraph."""
     args = build_parser().parse_args(argv)
     try:
+        from hftl.log import configure
+
+        configure(quiet=args.quiet, verbose=args.verbose)
         return COMMANDS[args.command](args)
     except HftlError as exc:
         if args.debug:

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import pathlib
 import shutil
@@ -66,11 +67,11 @@ FASHION_MNIST_CLASSES = [
 
 
 def load_source(
-    source: str,
+    source: str | None,
     *,
     config_name: str | None = None,
     revision: str | None = None,
-    data_files: dict[str, str] | None = None,
+    data_files: dict[str, str | list[str]] | None = None,
     recipe_file: str | None = None,
 ) -> datasets.DatasetDict:
     """Load ``source`` as a DatasetDict.
@@ -78,15 +79,24 @@ def load_source(
     ``source`` is tried as, in order: an offline catalog name; a local file or
     folder (relative paths are looked up next to ``recipe_file``, then in the
     cwd); a datasets builder (``csv``, ``json``, ...) fed ``data_files``; a Hub
-    dataset id. Anything the user can fix raises :class:`DataError`.
+    dataset id. ``source`` None with ``data_files``: the builder follows the files' suffix.
+    Anything the user can fix raises :class:`DataError`.
     """
+    # abspath, not resolve: recipes/ in a checkout links to hftl/recipes/, and a path is relative to where it is seen
+    base = pathlib.Path(os.path.abspath(recipe_file)).parent if recipe_file else None
+    if source is None or (data_files is not None and source in PACKAGED_BUILDERS):
+        builder, extra = (source, {}) if source else files_builder(data_files or {})
+        files = {
+            split: [_data_file(p, base) for p in ([paths] if isinstance(paths, str) else paths)]
+            for split, paths in (data_files or {}).items()
+        }
+        return _load_files(builder, config_name, data_files=files, **extra)
     if source in DATASETS:
         extras = {"config_name": config_name, "revision": revision, "data_files": data_files}
         given = [key for key, value in extras.items() if value is not None]
         if given:
             raise DataError(f"'{source}' is an offline catalog dataset; it takes no {', '.join(given)}.")
         return DATASETS.get(source)()
-    base = pathlib.Path(recipe_file).resolve().parent if recipe_file else None
     local = _find_local(source, base)
     if local is not None:
         if data_files is not None:
@@ -94,9 +104,6 @@ def load_source(
                 f"data_files goes with a builder name (csv, json, ...) or a Hub id, not the path '{source}'."
             )
         return _load_local(local)
-    if data_files is not None and source in PACKAGED_BUILDERS:
-        files = {split: _data_file(path, base) for split, path in data_files.items()}
-        return _load_files(source, config_name, data_files=files)
     return _load_hub(source, config_name, revision, data_files)
 
 
@@ -123,6 +130,28 @@ def _find_local(source: str, base: pathlib.Path | None, must_exist: bool = False
     return None
 
 
+def files_builder(data_files: dict[str, str | list[str]]) -> tuple[str, dict[str, str]]:
+    """The datasets builder (and its extra arguments) that reads every file of ``data_files``, from the suffixes."""
+    paths = [p for paths in data_files.values() for p in ([paths] if isinstance(paths, str) else paths)]
+    suffixes = {_data_suffix(p) for p in paths}
+    builders = {FILE_BUILDERS.get(s) for s in suffixes}
+    if len(builders) != 1 or None in builders or suffixes == {".csv", ".tsv"}:
+        raise DataError(
+            f"data.files must all be of one supported type ({', '.join(sorted(FILE_BUILDERS))}, "
+            f"optionally .gz/.bz2/.xz/.zst); got {', '.join(sorted(paths))}. Or name the builder in "
+            "data.source (e.g. source: csv)."
+        )
+    return builders.pop(), ({"delimiter": "\t"} if suffixes == {".tsv"} else {})
+
+
+def _data_suffix(path: str) -> str:
+    """A data file's type suffix, past a compression suffix: ``a.csv.gz`` -> ``.csv``."""
+    suffixes = [s.lower() for s in pathlib.PurePath(path).suffixes]
+    while suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
 def _data_file(path: str, base: pathlib.Path | None) -> str:
     """A data_files entry made absolute; glob patterns are joined to the recipe folder unchecked."""
     if any(char in path for char in "*?["):
@@ -131,19 +160,47 @@ def _data_file(path: str, base: pathlib.Path | None) -> str:
 
 
 def _load_files(builder: str, config_name: str | None = None, **kwargs: object) -> datasets.DatasetDict:
-    """``datasets.load_dataset`` for local files, with unreadable files reported as a DataError."""
+    """``datasets.load_dataset`` for local files, with unreadable or empty files reported as a DataError."""
+    given = kwargs.get("data_files") or {}
+    files = str(
+        kwargs.get("data_dir")
+        or ", ".join(str(p) for paths in dict(given).values() for p in ([paths] if isinstance(paths, str) else paths))
+    )
+    quiet = logging.getLogger("datasets")  # it logs its own traceback before raising; the DataError says it all
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(builder, config_name, **kwargs)
-    except datasets.exceptions.DatasetGenerationError as error:
-        files = kwargs.get("data_dir") or ", ".join(map(str, dict(kwargs.get("data_files") or {}).values()))
-        raise DataError(f"Cannot read the {builder} data in {files}: {error.__cause__ or error}") from error
-    except (
-        ValueError
-    ) as error:  # datasets' words for a file with no rows: 'Instruction "train" corresponds to no data!'
-        if "corresponds to no data" not in str(error):
-            raise
-        files = kwargs.get("data_dir") or ", ".join(map(str, dict(kwargs.get("data_files") or {}).values()))
-        raise DataError(f"The {builder} data in {files} has no rows (a split is empty).") from None
+        loaded = datasets.load_dataset(builder, config_name, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the user's file, read by datasets: any failure is about the file
+        raise DataError(f"Cannot read the {builder} data in {files}: {_why_unreadable(error)}") from error
+    finally:
+        quiet.setLevel(level)
+    empty = [split for split, ds in loaded.items() if len(ds) == 0]
+    if empty:
+        raise DataError(
+            f"The {builder} data in {files} has no rows in split {', '.join(empty)} (a header alone, "
+            "or an empty file). Add examples, or point the recipe at other files."
+        )
+    return loaded
+
+
+def _why_unreadable(error: BaseException) -> str:
+    """One line on why datasets could not read a file: the innermost cause, worded for the common ones."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        nxt = chain[-1].__cause__ or chain[-1].__context__
+        if nxt in chain or len(chain) > 10:
+            break
+        chain.append(nxt)
+    if any(isinstance(e, UnicodeDecodeError) for e in chain):
+        return "it is not UTF-8 text. Save it as UTF-8 (without a byte-order mark for JSON)."
+    if "corresponds to no data" in str(error) or isinstance(error, StopIteration):
+        return "it holds no rows (a header alone, or an empty file). Add examples."
+    if any(type(e).__name__ == "EmptyDataError" for e in chain):
+        return "it is empty: no header and no rows. Add a header line and examples."
+    shown = next((e for e in chain[1:2] + chain[:1] + chain[2:] if str(e).strip()), error)  # datasets' cause first
+    text = " ".join(str(shown).split())
+    return (text[:300] or type(shown).__name__) + ("" if text.endswith(".") else ".")
 
 
 def _load_local(path: pathlib.Path) -> datasets.DatasetDict:
@@ -155,7 +212,14 @@ def _load_local(path: pathlib.Path) -> datasets.DatasetDict:
         extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
         return _load_files(builder, data_files={"train": str(path)}, **extra)
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
-        return _load_files("imagefolder", data_dir=str(path))
+        loaded = _load_files("imagefolder", data_dir=str(path))
+        if "label" not in loaded["train"].column_names:  # datasets labels by folder only with 2+ class folders
+            classes = sorted({p.parent.name for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES})
+            raise DataError(
+                f"Image folder '{path}' has its images in {len(classes)} folder(s) ({', '.join(classes)}): "
+                "an image folder needs one sub-folder per class, at least 2 (e.g. cat/1.png, dog/2.png)."
+            )
+        return loaded
     suffixes = {p.suffix.lower() for p in path.rglob("*") if p.suffix.lower() in FILE_BUILDERS}
     builders = {FILE_BUILDERS[s] for s in suffixes}
     if len(builders) != 1 or suffixes == {".csv", ".tsv"}:
@@ -218,8 +282,19 @@ def find_package_file(package: str, *relpath: str) -> pathlib.Path:
 def cache_dir() -> pathlib.Path:
     """Root of hftl's own cache: ``$HFTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hftl`` or ``~/.cache/hftl``."""
     if os.environ.get("HFTL_CACHE_DIR"):
-        return pathlib.Path(os.environ["HFTL_CACHE_DIR"]).expanduser()
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "hftl"
+        root, name = pathlib.Path(os.environ["HFTL_CACHE_DIR"]).expanduser(), "HFTL_CACHE_DIR"
+    else:
+        root, name = (
+            pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "hftl",
+            "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default cache folder",
+        )
+    for path in [root, *root.parents]:
+        if path.exists() and not path.is_dir():
+            raise DataError(
+                f"hftl's cache folder {root} ({name}) cannot be used: {path} is a file. Point "
+                "HFTL_CACHE_DIR at a folder."
+            )
+    return root
 
 
 def build_once(target: pathlib.Path, marker: str, build: Callable[[pathlib.Path], object]) -> pathlib.Path:

@@ -112,7 +112,8 @@ def maybe_use_cache(
     """
     from accelerate.utils import broadcast_object_list
 
-    say = accelerator.print
+    from hftl.log import say  # main process only; hidden by --quiet
+
     collate = task.collator(processor, recipe, train=False)
     chain: list[str] = []
     with rng_untouched():

@@ -28,10 +28,24 @@ def set_threads(requested: int | None) -> int:
     """Give each local process its share of the cores (two processes each using all cores thrash)."""
     import torch
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    n = requested or int(os.environ.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // local)
+    local = env_int("LOCAL_WORLD_SIZE", env_int("WORLD_SIZE", 1))
+    n = requested or env_int("OMP_NUM_THREADS", 0) or max(1, (os.cpu_count() or 1) // max(1, local))
     torch.set_num_threads(n)
     return n
+
+
+def env_int(name: str, default: int) -> int:
+    """A whole-number environment variable (``default`` when unset or empty); anything else is a clear error."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HftlError(f"The environment variable {name}={raw!r} must be a whole number >= 0.") from None
+    if value < 0:
+        raise HftlError(f"The environment variable {name}={raw!r} must be a whole number >= 0.")
+    return value
 
 
 def default_mixed_precision(choice: str) -> str:

@@ -59,6 +59,8 @@ def load_pretrained(
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and Path(name).exists()
     if looks_local and not Path(path).expanduser().exists():
         raise CheckpointError(f"model.checkpoint: local folder '{name}' does not exist.")
+    from safetensors import SafetensorError
+
     if trust_remote_code:
         import warnings
 
@@ -70,7 +72,7 @@ def load_pretrained(
             trust_remote_code=trust_remote_code,
             **kwargs,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         if offline:

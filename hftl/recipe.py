@@ -21,14 +21,20 @@ from pydantic import BaseModel, ValidationError
 from hftl.errors import RecipeError
 from hftl.registry import did_you_mean
 from hftl.schema import Recipe, Section, StrategySection
+from hftl.yaml_loader import load_yaml
 
 __all__ = ["Recipe", "apply_overrides", "load_recipe", "validate_recipe"]
 
 
 # --------------------------------------------------------------------------- loading
 def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe; no weights or data are touched."""
-    file = str(path)
+    """Read, override and validate a recipe; no weights or data are touched.
+
+    ``path`` is a file, or the name of a shipped recipe (``sentiment``; see :mod:`hftl.shipped_recipes`).
+    """
+    from hftl.shipped_recipes import resolve_recipe_path
+
+    file = resolve_recipe_path(str(path))
     try:
         text = Path(file).read_text(encoding="utf-8")
     except OSError as exc:
@@ -36,14 +42,14 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
             file,
             None,
             f"cannot read the recipe file ({exc.strerror})",
-            hint="Check the path; shipped recipes live in recipes/.",
+            hint="Check the path, or name a shipped recipe (`hftl recipes` lists them).",
         ) from None
     except UnicodeDecodeError as exc:
         raise RecipeError(
             file, None, f"is not UTF-8 text (byte {exc.start})", hint="Save the recipe as UTF-8."
         ) from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text, file)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -1,4 +1,4 @@
-"""Script entry for launchers: ``accelerate launch hftl/run.py RECIPE [overrides] [--resume] [--debug]``.
+"""Script entry for launchers: ``accelerate launch hftl/run.py RECIPE [overrides] [--resume] [--debug] [--quiet]``.
 
 The same run as ``hftl run RECIPE ...``.
 """
@@ -15,5 +15,5 @@ from hftl.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    debug = ["--debug"] if "--debug" in argv else []
-    sys.exit(main([*debug, "run", *[a for a in argv if a != "--debug"]]))
+    flags = ("--debug", "--quiet", "-q", "--verbose", "-v")  # hftl's own options go before the command
+    sys.exit(main([*(a for a in argv if a in flags), "run", *[a for a in argv if a not in flags]]))

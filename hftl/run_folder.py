@@ -68,9 +68,31 @@ def truncate_log(run_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def prepare(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
-    """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one."""
+def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
+    """Refuse a run folder that cannot be used, before anything is loaded, written or deleted.
+
+    A path that is a file (or lies under one), a completed run without ``output.overwrite`` or with
+    ``--resume``, an unfinished run without ``--resume``, or a newest saved state that cannot be loaded.
+    """
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == run_dir else f"lies under {parent}, which is a file"
+            raise HftlError(
+                f"The run folder {run_dir} (output.dir) {what}, not a folder. Point output.dir at a "
+                "new or existing folder."
+            )
+    if resume and has_checkpoints:
+        from hftl.training_state import check_checkpoint, complete_checkpoints
+
+        check_checkpoint(complete_checkpoints(run_dir)[-1])
     status = read_status(run_dir).get("status")
+    if resume and status == "completed":
+        raise HftlError(
+            f"{run_dir} holds a completed run, so there is nothing to resume (a completed run keeps "
+            "no best/ copy, and its resumable states only with output.keep_checkpoints). Set "
+            "output.overwrite=true (without --resume) to train again into it, or choose another folder "
+            "with output.dir=..."
+        )
     if status == "completed" and not recipe.output.overwrite and not resume:
         raise HftlError(
             f"{run_dir} holds a completed run. Set output.overwrite=true to train again into it, "
@@ -81,6 +103,11 @@ def prepare(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) 
             f"{run_dir} holds an unfinished run with saved states. Continue it with --resume "
             "(or train.resume=true), or set output.overwrite=true to start again."
         )
+
+
+def prepare(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
+    """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one."""
+    check_run_dir(recipe, run_dir, resume, has_checkpoints)
     if not resume and recipe.output.overwrite and run_dir.exists():
         for child in ("checkpoints", "best", LOG_FILE):
             path = run_dir / child
@@ -118,7 +145,24 @@ def run_task(run_dir: str | Path) -> str:
     recipe_file = Path(run_dir) / RECIPE_FILE
     if not recipe_file.is_file():
         raise HftlError(f"{run_dir} is not an hftl run folder (no {RECIPE_FILE}). Train one with `hftl run RECIPE`.")
-    return yaml.safe_load(recipe_file.read_text(encoding="utf-8"))["task"]
+    task = _saved_recipe(recipe_file).get("task")
+    if not isinstance(task, str):
+        raise HftlError(f"{recipe_file} names no task: it is not the recipe an hftl run saves.")
+    return task
+
+
+def _saved_recipe(recipe_file: Path) -> dict[str, Any]:
+    """A run folder's recipe.yaml as a mapping; a clear error when it was edited into something else."""
+    try:
+        doc = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise HftlError(
+            f"{recipe_file} is not readable YAML ({type(exc).__name__}): the run folder's recipe was "
+            "changed or damaged. Restore it, or train the run again."
+        ) from None
+    if not isinstance(doc, dict):
+        raise HftlError(f"{recipe_file} is not a recipe mapping: the run folder's recipe was changed or damaged.")
+    return doc
 
 
 @dataclass
@@ -163,7 +207,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     labels_file = run_dir / LABELS_FILE
     return RunFiles(
         run_dir=run_dir,
-        recipe=yaml.safe_load(text),
+        recipe=_saved_recipe(run_dir / RECIPE_FILE),
         recipe_text=text,
         plan=read_json(run_dir, PLAN_FILE),
         final=read_json(run_dir, FINAL_FILE),

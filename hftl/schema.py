@@ -91,7 +91,16 @@ class ShiftSection(Section):
 
 
 class DataSection(Section):
-    source: str = Field(description="Catalog name, Hub dataset id, local file (csv/json/jsonl/parquet) or folder.")
+    source: str | None = Field(
+        None,
+        description="Catalog name, Hub dataset id, local file (csv/json/jsonl/parquet) "
+        "or folder; with `files`, a builder name (csv, json, ...) or Hub id, or omitted.",
+    )
+    files: dict[str, str | list[str]] | None = Field(
+        None,
+        description="Split -> file, glob or list of them (datasets.load_dataset's data_files), e.g. "
+        "{train: a.csv, validation: b.csv}; relative to the recipe's folder. The builder follows the suffix.",
+    )
     config_name: str | None = None
     revision: str | None = None
     splits: SplitsSection = SplitsSection()
@@ -104,6 +113,7 @@ class DataSection(Section):
         description="Seed of the validation/test carve (default: train.seed). "
         "Fix it to vary train.seed over runs without moving examples between splits.",
     )
+    stratify: bool = Field(False, description="Carve missing splits keeping each label's share (classification).")
     columns: dict[str, str] = Field(default_factory=dict, description="Role -> column, e.g. {text: review}.")
     label_names: list[str] | None = Field(None, description="Label order; inferred from the data when omitted.")
     max_length: int = Field(128, gt=0, le=8192, description="Token limit for text inputs.")
@@ -120,6 +130,27 @@ class DataSection(Section):
     label_all_subtokens: bool = Field(False, description="NER: label every sub-word, not just the first.")
     augment: AugmentSection = AugmentSection()
     shift: ShiftSection | None = Field(None, description="A named, seeded, graded domain shift of the inputs.")
+
+    @model_validator(mode="after")
+    def _where_the_data_is(self) -> DataSection:
+        if self.source is None and not self.files:
+            raise ValueError(
+                "data.source is required (a catalog name, Hub id, file or folder), unless data.files "
+                "names the files ({train: a.csv, ...})"
+            )
+        if self.files is not None and "train" not in self.files and self.splits.train not in self.files:
+            raise ValueError(
+                f"data.files needs a '{self.splits.train}' entry (the split to train on), got {sorted(self.files)}"
+            )
+        if self.stratify and self.group_column:
+            raise ValueError("use either group_column (keep groups together) or stratify (keep label shares), not both")
+        return self
+
+    @property
+    def where(self) -> str:
+        """The data source as a user would name it in a message."""
+        files = ", ".join(f"{k}: {v}" for k, v in (self.files or {}).items())
+        return " ".join(part for part in (self.source, files and f"files {{{files}}}") if part)
 
     @field_validator("label_names")
     @classmethod
@@ -243,6 +274,12 @@ class TrainSection(Section):
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run folder (default: runs/<name>).")
     overwrite: bool = Field(False, description="Allow training into a folder that holds a completed run.")
+    keep_checkpoints: Literal["none", "last", "all"] = Field(
+        "none",
+        description="Resumable states left in checkpoints/ once a run completes: none (the folder holds "
+        "the model and small files), the last one, or all that save_total_limit kept. best/ is always removed "
+        "once its model is published to the folder's root.",
+    )
 
 
 class HubSection(Section):

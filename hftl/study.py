@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hftl.errors import HftlError, RecipeError
 from hftl.registry import did_you_mean
+from hftl.yaml_loader import load_yaml
 
 Kind = Literal["data_size", "seed", "strategy", "lr_multiplier", "pretrained", "shift_severity"]
 # Axes whose role the report knows from the key path alone; others are marked with `kind:`.
@@ -194,9 +195,11 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     """
     file = Path(path)
     try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        doc = load_yaml(file.read_text(encoding="utf-8"), str(file))
     except OSError as exc:
         raise HftlError(f"{file}: cannot read the study file ({exc.strerror}).") from None
+    except UnicodeDecodeError as exc:
+        raise HftlError(f"{file}: is not UTF-8 text (byte {exc.start}); save the study as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise HftlError(f"{file}: is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict):

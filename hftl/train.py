@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hftl import run_folder
+from hftl import log, run_folder
 from hftl.build import (
     build_loaders,
     build_model,
@@ -37,6 +37,7 @@ from hftl.training_state import (
     publish_model,
     save_checkpoint,
     save_model_atomic,
+    tidy_completed,
 )
 
 
@@ -78,15 +79,13 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     set_threads(recipe.train.num_threads)
     task, run_dir = TASKS.get(recipe.task), recipe.run_dir
     check_trackers(recipe.train.trackers)
+    run_folder.check_run_dir(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))  # before any work
     if recipe.hub.push:  # fail now, not after hours of training
         check_can_push()
 
     # -- set-up: accelerator, run folder, data, model, loaders, plan, optimizer and scheduler from the plan
     accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
-    say = accelerator.print
-    if accelerator.is_main_process:
-        run_folder.prepare(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))
-    accelerator.wait_for_everyone()
+    say = log.say  # main process only; hidden by --quiet
     set_seed(recipe.train.seed)
     data = load_data(recipe, accelerator)
     model = build_model(recipe, task, data.labels)
@@ -103,8 +102,10 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     scheduler = build_scheduler(optimizer, plan, group_names)  # not prepared: stepped once per optimizer step
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
+        run_folder.prepare(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))
         run_folder.write_start(run_dir, recipe, plan, data.labels)
+    accelerator.wait_for_everyone()
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     state = restore(accelerator, model, optimizer, run_dir, resume)
     set_step_lrs(optimizer, scheduler, state.step)
@@ -122,9 +123,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     bar = tqdm(
         total=plan.total_steps,
         initial=state.step,
-        disable=not accelerator.is_local_main_process,
         desc=recipe.name,
         dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process or not log.shows(),
     )
     started = time.time()
     while state.step < plan.total_steps and not state.done:
@@ -189,7 +190,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     if recipe.hub.push and accelerator.is_main_process:  # after the process group ends: others need not wait
         from hftl.hub import push_run
 
-        print(f"[hub] pushed: {push_run(run_dir, recipe.hub.repo_id, recipe.hub.private, recipe.hub.revision)}")
+        log.summary(f"[hub] pushed: {push_run(run_dir, recipe.hub.repo_id, recipe.hub.private, recipe.hub.revision)}")
     return RunResult(run_dir, final)
 
 
@@ -202,9 +203,9 @@ def fit_probe_head(chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], ac
     train, val = train_dl.dataset, eval_dls["validation"].dataset
     fit = fit_probe(chain, train.rows, train.labels, val.rows, val.labels)
     if fit is None:
-        accelerator.print("[probe] skipped: the head is not one linear layer on per-example features")
+        log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
-    accelerator.print(
+    log.say(
         f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
         f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
         + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
@@ -219,7 +220,7 @@ def restore(accelerator: Any, model: Any, optimizer: Any, run_dir: Path, resume:
     last = complete_checkpoints(run_dir)
     if resume and last:
         state = LoopState(**load_checkpoint(accelerator, model, optimizer, last[-1]))
-        accelerator.print(f"[resume] continuing from {last[-1]} (step {state.step})")
+        log.say(f"[resume] continuing from {last[-1]} (step {state.step})")
     if resume and accelerator.is_main_process:  # lines logged after the state we start from are written again
         run_folder.truncate_log(run_dir, state.step)
     return state
@@ -271,14 +272,14 @@ def evaluate_and_keep_best(
         save_model_atomic(accelerator, model, data.processor, recipe.run_dir / "best")
     else:
         state.bad_evals += 1
-    accelerator.print(
+    log.say(
         f"[eval] step {state.step}/{total_steps} epoch {state.epoch:.2f}  "
         + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
         + ("  (best)" if improved else f"  (best {state.best_metric:.4f} at step {state.best_step})")
     )
     patience = recipe.train.early_stopping_patience
     if patience and state.bad_evals >= patience:
-        accelerator.print(f"[early stop] no improvement in {metric} for {patience} evaluations")
+        log.say(f"[early stop] no improvement in {metric} for {patience} evaluations")
         state.done = True
 
 
@@ -318,7 +319,8 @@ def finish(
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
         write_report(run_dir)  # plots + README.md model card
-    accelerator.print(
+        tidy_completed(run_dir)  # best/ and the resumable states (output.keep_checkpoints) go
+    log.summary(
         "[done] "
         + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final for k, v in final[s].items())
         + f"  -> {run_dir}"

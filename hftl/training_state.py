@@ -76,6 +76,30 @@ def save_checkpoint(accelerator, model, optimizer, run_dir: Path, state: dict[st
     return final
 
 
+def check_checkpoint(path: Path) -> None:
+    """Refuse a saved state that cannot be loaded, before resuming touches the run folder (headers only)."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    from hftl.errors import HftlError
+
+    problem = None
+    try:
+        json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        with safe_open(str(path / "model.safetensors"), framework="pt"):
+            pass
+        if not zipfile.is_zipfile(path / "optimizer.pt"):
+            problem = "optimizer.pt is not a saved torch state"
+    except (OSError, ValueError, SafetensorError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if problem:
+        raise HftlError(
+            f"The saved state {path} cannot be loaded ({problem}). Delete that folder to resume from "
+            "the one before it (if any), or set output.overwrite=true to start again."
+        )
+
+
 def load_checkpoint(accelerator, model, optimizer, path: Path) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns the loop state."""
     import torch
@@ -96,6 +120,7 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    loadable_by_timm(tmp / "config.json")
     if processor is not None:
         processor.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
@@ -107,6 +132,20 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
     kill_point("save-model", dest.name)  # test hook: dies between the two renames
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def loadable_by_timm(config_file: Path) -> None:
+    """Let ``timm.create_model("local-dir:RUN")`` load a saved timm-wrapper model, as transformers already can.
+
+    transformers writes ``"model_args": null`` for a ``TimmWrapper`` model; timm reads that key as a mapping and
+    fails (``'NoneType' object has no attribute 'get'``). Without the key both libraries load the folder.
+    """
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") == "timm_wrapper" and "model_args" in config and config["model_args"] is None:
+        del config["model_args"]
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_saved_weights(model, folder: Path) -> None:
@@ -136,6 +175,7 @@ def publish_model(src: Path, run_dir: Path, model=None) -> None:
         _replace_folder(src, run_dir / "adapter")
         shutil.rmtree(merged, ignore_errors=True)
         copy.deepcopy(model).merge_and_unload().save_pretrained(merged, safe_serialization=True)
+        loadable_by_timm(merged / "config.json")
         files = [f for f in files if not f.name.startswith("adapter_") and f.name != "README.md"]
         files += sorted(merged.iterdir())
     for item in files:
@@ -144,6 +184,25 @@ def publish_model(src: Path, run_dir: Path, model=None) -> None:
         kill_point("publish", item.name)  # test hook: dies with the run folder half published
         os.replace(tmp, run_dir / item.name)
     shutil.rmtree(merged, ignore_errors=True)
+
+
+def tidy_completed(run_dir: Path) -> None:
+    """After a run completed: drop ``best/`` (published at the root) and the states ``output.keep_checkpoints`` lets go.
+
+    Read from the run folder's own resolved recipe, so what is kept is what that run asked for. Called after the
+    status says completed: a kill before this leaves a folder that resumes; a kill during it, a completed one.
+    """
+    import yaml
+
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    keep = (recipe.get("output") or {}).get("keep_checkpoints", "none")
+    shutil.rmtree(run_dir / "best", ignore_errors=True)
+    states = complete_checkpoints(run_dir)
+    if keep == "none":
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    elif keep == "last":
+        for old in states[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _replace_folder(src: Path, dest: Path) -> None:

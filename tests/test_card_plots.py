@@ -154,7 +154,9 @@ def test_plots_and_cards_need_a_run_folder(tmp_path):
         ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),  # catalog name -> its Hub alias
         ("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
         ("/some/local/folder", None),
-        ("bert-base-uncased", None),  # legacy ids without a namespace are not valid base_model metadata
+        ("bert-base-uncased", "bert-base-uncased"),  # canonical ids without a namespace (the Hub redirects them)
+        ("./bert", None),
+        ("..", None),
     ],
 )
 def test_checkpoint_hub_ids(checkpoint, hub_id):

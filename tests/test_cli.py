@@ -99,8 +99,8 @@ def test_run_script_passes_debug_and_resume_through(monkeypatch):
 
     seen = []
     monkeypatch.setattr("hftl.cli.main", lambda argv: seen.append(argv) or 0)
-    monkeypatch.setattr(sys, "argv", ["hftl/run.py", "r.yaml", "train.epochs=1", "--resume", "--debug"])
+    monkeypatch.setattr(sys, "argv", ["hftl/run.py", "r.yaml", "train.epochs=1", "--resume", "--debug", "--quiet"])
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(Path(__file__).resolve().parents[1] / "hftl" / "run.py"), run_name="__main__")
     assert info.value.code == 0
-    assert seen == [["--debug", "run", "r.yaml", "train.epochs=1", "--resume"]]
+    assert seen == [["--debug", "--quiet", "run", "r.yaml", "train.epochs=1", "--resume"]]

@@ -191,7 +191,7 @@ def pushed_run(hub, tmp_path_factory, tiny_bert_dir, reviews_csv):
                     "seed": 0,
                     "trackers": ["tensorboard"],
                 },
-                "output": {"dir": str(folder / "run")},
+                "output": {"dir": str(folder / "run"), "keep_checkpoints": "last"},
                 "hub": {"push": True, "repo_id": "alice/toy-sentiment", "private": True},
             }
         )

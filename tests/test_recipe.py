@@ -76,7 +76,7 @@ MISTAKES = {
     "not-finite": ({"train.epochs": math.inf}, ["key 'train.epochs'", "finite number"]),
     "not-a-number": ({"optim.weight_decay": math.nan}, ["key 'optim.weight_decay'", "finite number"]),
     "missing-section": ({"data": DROP}, ["key 'data' is required"]),
-    "missing-key": ({"data.source": DROP}, ["key 'data.source' is required"]),
+    "missing-key": ({"data.source": DROP}, ["key 'data': data.source is required", "unless data.files"]),
     "missing-checkpoint": (
         {"model.checkpoint": DROP},
         ["key 'model.checkpoint'", "is required for text-classification", "all-MiniLM-L6-v2"],
@@ -149,7 +149,7 @@ def test_python_tags_never_run(tmp_path):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(RecipeError, match=r"no-such\.yaml: cannot read the recipe file.*recipes/"):
+    with pytest.raises(RecipeError, match=r"no-such\.yaml: cannot read the recipe file.*hftl recipes"):
         load_recipe(tmp_path / "no-such.yaml")
 
 

@@ -41,7 +41,42 @@ def wrap_lora(model, recipe, options: LoraOptions):
         target_modules=options.target_modules,
         modules_to_save=head or None,
     )
-    return get_peft_model(model, config)
+    check_target_modules(model, options.target_modules, recipe.source_file)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. no default target modules for this model type
+        raise _target_error(model, recipe.source_file, str(exc).splitlines()[0]) from None
+
+
+def check_target_modules(model, targets: list[str] | None, file: str | None) -> None:
+    """Every name in ``strategy.lora.target_modules`` must name a module (peft matches whole name parts)."""
+    if targets is None:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise _target_error(model, file, f"names no module of this model: {', '.join(missing)}", missing)
+
+
+def _target_error(model, file: str | None, problem: str, value=...):
+    import torch
+
+    from hftl.errors import RecipeError
+
+    short = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+        }
+    )
+    return RecipeError(
+        file,
+        "strategy.lora.target_modules",
+        problem,
+        value,
+        hint=f"This model's Linear/Conv2d layers are named: {', '.join(short)}.",
+    )
 
 
 @strategy("lora", options=LoraOptions, wrap_model=wrap_lora)

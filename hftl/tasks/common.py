@@ -52,14 +52,16 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
     from hftl import splits as splits_of
 
     d = recipe.data
-    raw = data.load_source(d.source, config_name=d.config_name, revision=d.revision, recipe_file=recipe.source_file)
+    raw = data.load_source(
+        d.source, config_name=d.config_name, revision=d.revision, data_files=d.files, recipe_file=recipe.source_file
+    )
     wanted = {"train": d.splits.train, "validation": d.splits.validation, "test": d.splits.test}
     for role, name in wanted.items():
         if name is not None and name not in raw and name != role:
             raise RecipeError(
                 recipe.source_file,
                 f"data.splits.{role}",
-                f"split '{name}' is not in {d.source}",
+                f"split '{name}' is not in {d.where}",
                 name,
                 hint=f"Available splits: {', '.join(raw)}.",
             )
@@ -67,7 +69,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
         raise RecipeError(
             recipe.source_file,
             "data.splits.train",
-            f"split '{d.splits.train}' is not in {d.source}",
+            f"split '{d.splits.train}' is not in {d.where}",
             hint=f"Available splits: {', '.join(raw)}.",
         )
     renamed = datasets.DatasetDict(
@@ -86,6 +88,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
         test=d.test_size,
         seed=recipe.train.seed if d.split_seed is None else d.split_seed,
         group_column=d.group_column,
+        stratify_column=stratify_column(recipe, roles, renamed),
     )
     if d.splits.test is None and "test" in splits:
         splits.pop("test")
@@ -101,7 +104,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
             raise RecipeError(
                 recipe.source_file,
                 f"data.columns.{role}",
-                f"column '{col}' is not in {d.source}",
+                f"column '{col}' is not in {d.where}",
                 hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.",
             )
     return splits
@@ -122,6 +125,33 @@ def shift_splits(splits: datasets.DatasetDict, recipe: Recipe, roles: dict[str, 
                 desc=f"Shifting {name} ({shift.name}, severity {shift.severity})",
             )
     return splits
+
+
+def stratify_column(recipe: Recipe, roles: dict[str, str | None], splits: datasets.DatasetDict) -> str | None:
+    """The label column to carve by when ``data.stratify`` is on (one label per example; checked here)."""
+    if not recipe.data.stratify:
+        return None
+    if "label" not in roles:
+        raise RecipeError(
+            recipe.source_file,
+            "data.stratify",
+            f"needs one label per example; task '{recipe.task}' has none",
+            True,
+            hint="Remove data.stratify.",
+        )
+    col = column(recipe, roles, "label")
+    train = splits["train"]
+    if col not in train.column_names:
+        return None  # the missing column is reported with the other roles
+    if any(isinstance(v, (list, dict)) for v in train[col][:100]):
+        raise RecipeError(
+            recipe.source_file,
+            "data.stratify",
+            f"needs one label per example, but column '{col}' holds lists or mappings",
+            True,
+            hint="Remove data.stratify.",
+        )
+    return col
 
 
 def classification_labels(splits: datasets.DatasetDict, recipe: Recipe, label_column: str) -> list[str]:
