@@ -204,8 +204,12 @@ class StrategySection(Section):
     name: str = Field("full", description="What trains when: see `hftl.strategies.STRATEGIES`.")
     llrd: LLRDSection | None = Field(None, description="Layer-wise LR decay.")
     discriminative: DiscriminativeSection | None = Field(None, description="Explicit per-group LRs.")
-    batchnorm: Literal["frozen", "train"] = Field(
-        "frozen", description="BatchNorm in frozen groups: 'frozen' keeps eval mode (statistics fixed)."
+    batchnorm: Literal["frozen", "train", "eval"] = Field(
+        "frozen",
+        description="BatchNorm: 'frozen' keeps frozen groups in eval mode (statistics fixed); 'train' lets their "
+        "statistics update; 'eval' keeps every BatchNorm on its pretrained statistics for the whole run, also in "
+        "groups that train (two_stage / progressive on small-batch CNNs: the join no longer swaps the statistics "
+        "the head learned on).",
     )
     layer_groups: list[LayerGroupPattern] | None = Field(
         None, description="Describe layer groups by regex (input to head; last is the head) for unmapped models."

@@ -204,7 +204,7 @@ def write_csv(path, rows):
 
 BAD_DATA = {  # rows of the CSV, and what the error says
     "one-class": ([{"text": f"good movie {i}", "label": "pos"} for i in range(60)], "needs at least 2"),
-    "empty": ([], "has no rows"),
+    "empty": ([], "no rows"),
     "too-few-to-fold": (
         [
             {"text": w, "label": "pos" if i % 2 else "neg"}

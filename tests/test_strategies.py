@@ -184,6 +184,12 @@ CASES = [
         peaks=lambda n: [LR * 0.1] * (n - 1) + [HEAD_LR],
     ),
     Case(
+        "two_stage-bn-eval",
+        lambda a: {"name": "two_stage", "batchnorm": "eval", "two_stage": {"head_epochs": 1}},
+        lambda n: [PER_EPOCH] * (n - 1) + [0],
+        archs=("resnet", "timm-efficientnet"),
+    ),
+    Case(
         "progressive-steps",
         lambda a: {"name": "progressive", "progressive": {"unit": "step", "every": 1, "groups_per_stage": 3}},
         lambda n: _progressive_starts(n, 3, 1),
@@ -293,7 +299,8 @@ def expected_changed(model: nn.Module, trainable: set[str], batchnorm: str) -> s
     out = set(trainable)
     for name, module in model.named_modules():
         own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-        if is_batchnorm(module) and (batchnorm == "train" or (own and set(own) <= trainable)):
+        updating = batchnorm == "train" or (batchnorm == "frozen" and own and set(own) <= trainable)
+        if is_batchnorm(module) and updating:
             out |= {f"{name}.{b}" for b, _ in module.named_buffers(recurse=False)}
     return out
 

@@ -288,14 +288,15 @@ def apply_plan(model: torch.nn.Module, plan: Plan, step: int) -> None:
             continue
         for module_name in group.modules:
             module = modules[module_name]
-            if plan.batchnorm == "frozen":
+            if plan.batchnorm in ("frozen", "eval"):
                 module.eval()
             else:  # keep BatchNorm in train mode (statistics update), the rest in eval mode
                 for sub in module.modules():
                     sub.train(isinstance(sub, _BatchNorm))
-    if plan.batchnorm == "frozen":
+    if plan.batchnorm in ("frozen", "eval"):
         for module in modules.values():
-            if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            frozen = not any(p.requires_grad for p in module.parameters())
+            if isinstance(module, _BatchNorm) and (frozen or plan.batchnorm == "eval"):
                 module.eval()
 
 
