@@ -208,6 +208,10 @@ def test_torchrun_on_cpu_starts_one_two_process_run(text_recipe, tmp_path) -> No
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4
     assert sum("final" in r for r in read_log(tmp_path / "run")) == 1
+    # logs appear once on a 2-process run: the plan, each evaluation and the summary come from rank 0 only
+    out = proc.stdout + proc.stderr
+    counts = [out.count(line) for line in ("[done]", "[eval] step 4/4", "strategy: full")]
+    assert counts == [1, 1, 1], out[-3000:]
 
 
 @pytest.mark.parametrize(

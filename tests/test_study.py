@@ -150,11 +150,18 @@ def test_tpe_validates_each_value_and_range_end(write_study):
 
 
 def test_shipped_studies_validate():
-    for name in ("sentiment-strategies.yaml", "fashion-mnist-strategies.yaml", "lr-multiplier.yaml"):
+    for name in (
+        "sentiment-strategies.yaml",
+        "fashion-mnist-strategies.yaml",
+        "lr-multiplier.yaml",
+        "domain-shift.yaml",
+    ):
         study = load_study(ROOT / "studies" / name)
         assert study.points and study.metric == "test.accuracy", name
-    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 5 * 4 * 3
-    assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 5 * 3 * 3
+    # 6 strategies (scratch included) x sizes x 3 seeds; the shift study: pretrained/scratch x 6 severities x 3 seeds
+    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
+    assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 6 * 3 * 3
+    assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
 
 
