@@ -72,9 +72,9 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
             generator=torch.Generator(),
             collate_fn=task.collator(data.processor, recipe, train=False),
         )
-        for split in ("validation", "test")
+        for split in ("validation", "test", "target_test")
         if split in data.encoded
-    }
+    }  # target: adaptation
     return train_dl, eval_dls
 
 
@@ -90,6 +90,9 @@ def build_plan(model: torch.nn.Module, recipe: Recipe, task: Task, n_batches: in
     from hftl.strategies.plan import count_steps
 
     plan = task.plan(model, recipe, *count_steps(recipe, n_batches, num_processes))
+    from hftl.adaptation import check_adaptation_plan
+
+    check_adaptation_plan(recipe, plan)  # strategy.adaptation needs a body that trains
     ever = plan.ever_trainable()
     for name, param in model.named_parameters():
         param.requires_grad_(name in ever)
@@ -147,7 +150,10 @@ def describe_plan(recipe: Recipe, num_processes: int = 1) -> str:
     splits = task.load_splits(recipe)
     model = build_model(recipe, task, task.label_names(splits, recipe))
     plan = build_plan(model, recipe, task, math.ceil(len(splits["train"]) / recipe.train.batch_size), num_processes)
-    return format_plan(plan, model) + "\n" + describe_model(model)
+    from hftl.adaptation import describe_adaptation
+
+    adaptation = describe_adaptation(recipe.model_dump(mode="json"))
+    return format_plan(plan, model) + "\n" + describe_model(model) + (f"\n  {adaptation}" if adaptation else "")
 
 
 def describe_model(model: torch.nn.Module) -> str:

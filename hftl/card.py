@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hftl.adaptation import describe_adaptation
 from hftl.errors import HftlError
 from hftl.plots import CURVES_PNG, LR_PNG, plot_run
 from hftl.pretrained import describe_head_input
@@ -135,7 +136,7 @@ def _summary(run: RunFiles, repo_id: str | None) -> str:
 
 
 def _results(run: RunFiles) -> str:
-    splits = [s for s in ("validation", "test") if isinstance(run.final.get(s), dict)]
+    splits = [s for s in ("validation", "test", "target_test") if isinstance(run.final.get(s), dict)]
     if not splits:
         return ""
     names = list(dict.fromkeys(k for s in splits for k in run.final[s]))
@@ -294,6 +295,8 @@ def _strategy(run: RunFiles) -> str:
         )
         + ")."
     )
+    if adaptation := describe_adaptation(run.recipe):
+        lines.append(f"- Target domain: {adaptation}.")
     if run.adapter_dir is not None:
         lines.append(f"- peft adapter: {_kv(_adapter_settings(run.adapter_dir))}.")
     for tower, sub in (s.get("towers") or {}).items():

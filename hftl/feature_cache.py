@@ -90,7 +90,9 @@ _ROW_SETTINGS = {
     "max_eval_samples",
     "on_error",
     "augment",
-}
+    "shots",
+    "target",
+}  # shots selects rows; the target's rows are hashed like any split's
 
 
 def maybe_use_cache(

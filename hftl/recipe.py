@@ -136,6 +136,9 @@ def check_recipe(recipe: Recipe) -> Recipe:
     if recipe.data.shift is not None:
         check_shift(recipe, task.roles)
     task.check(recipe)
+    from hftl.adaptation import check_adaptation
+
+    check_adaptation(recipe, task)  # data.target / strategy.adaptation
     return recipe
 
 

@@ -90,6 +90,34 @@ class ShiftSection(Section):
     )
 
 
+class TargetSection(Section):
+    """Unlabeled target-domain data for domain adaptation (``strategy.adaptation``), and its labeled test split."""
+
+    source: str = Field(description="Catalog name, Hub dataset id, local file or folder, as data.source.")
+    config_name: str | None = None
+    revision: str | None = None
+    split: str = Field("train", description="Split whose inputs (never its labels) are the unlabeled target data.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Role -> column in the target data (default: the source's column for that role).",
+    )
+    test_split: str | None = Field(None, description="A labeled target split, scored as 'target_test'.")
+    test_size: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Carve this labeled fraction of the target "
+        "split as 'target_test' (seeded by train.seed); the rest is the unlabeled data.",
+    )
+    max_samples: int | None = Field(None, gt=0, description="At most this many unlabeled target examples.")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> TargetSection:
+        if self.test_split is not None and self.test_size is not None:
+            raise ValueError("give test_split (a labeled split) or test_size (carved), not both")
+        return self
+
+
 class DataSection(Section):
     source: str | None = Field(
         None,
@@ -126,10 +154,21 @@ class DataSection(Section):
     )
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
+    shots: int | None = Field(
+        None,
+        gt=0,
+        description="Few-shot: keep K labeled training examples per class (seeded "
+        "by train.seed, after max_train_samples); the rest of the training split is unused.",
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad examples: fail, or skip and report.")
     label_all_subtokens: bool = Field(False, description="NER: label every sub-word, not just the first.")
     augment: AugmentSection = AugmentSection()
     shift: ShiftSection | None = Field(None, description="A named, seeded, graded domain shift of the inputs.")
+    target: TargetSection | None = Field(
+        None,
+        description="Target-domain data (domain adaptation; see "
+        "strategy.adaptation); its labeled test split is scored as target_test.",
+    )
 
     @model_validator(mode="after")
     def _where_the_data_is(self) -> DataSection:
@@ -190,6 +229,16 @@ class LayerGroupPattern(Section):
     patterns: list[str] = Field(min_length=1)
 
 
+class AdaptationSection(Section):
+    method: Literal["dann", "coral"] = Field(
+        description="dann: a domain classifier behind gradient reversal "
+        "(Ganin & Lempitsky 2015); coral: match feature covariances (Sun & "
+        "Saenko 2016). See hftl/adaptation.py."
+    )
+    weight: float = Field(1.0, gt=0.0, description="Weight of the adaptation loss beside the task loss.")
+    hidden_size: int = Field(256, gt=0, description="dann: width of the domain classifier's two hidden layers.")
+
+
 class StrategySection(Section):
     """What trains when (``name``) and how LRs are shaped (``llrd`` / ``discriminative``).
 
@@ -216,6 +265,9 @@ class StrategySection(Section):
     )
     towers: dict[Literal["vision", "text"], StrategySection] | None = Field(
         None, description="Fusion: a strategy per tower."
+    )
+    adaptation: AdaptationSection | None = Field(
+        None, description="Domain adaptation toward data.target, combined with any strategy that trains the body."
     )
 
     @model_validator(mode="after")

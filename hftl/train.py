@@ -67,9 +67,11 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from tqdm.auto import tqdm
 
     from hftl import feature_cache
+    from hftl.adaptation import build_adaptation, load_target
     from hftl.advise import resolve_strategy
+    from hftl.errors import RecipeError
     from hftl.hub import check_can_push
-    from hftl.strategies import changes_mid_run, fit_head_first
+    from hftl.strategies import changes_mid_run, fit_head_first, head_fitter
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
     from hftl.trackers import check_trackers
@@ -88,6 +90,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     say = log.say  # main process only; hidden by --quiet
     set_seed(recipe.train.seed)
     data = load_data(recipe, accelerator)
+    unlabeled_target = load_target(recipe, task, data, accelerator)  # [adaptation] data.target (hftl/adaptation.py)
     model = build_model(recipe, task, data.labels)
     train_dl, eval_dls = build_loaders(recipe, task, data)
     plan = build_plan(model, recipe, task, len(train_dl.batch_sampler), accelerator.num_processes)
@@ -97,9 +100,23 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
         model, plan, recipe, task, data.processor, data.encoded, train_dl, eval_dls, accelerator
     )
-    probed = head_chain and fit_head_first(recipe) and fit_probe_head(head_chain, train_dl, eval_dls, accelerator)
+    fitter = head_fitter(recipe)  # [probe] a strategy's own closed-form head (prototypes) instead of L-BFGS
+    if fitter and not head_chain:
+        raise RecipeError(
+            recipe.source_file,
+            "strategy.name",
+            "sets the head from cached frozen features, which this run cannot use",
+            recipe.strategy.name,
+            hint="The [cache] line above says why.",
+        )
+    probed = (
+        head_chain and fit_head_first(recipe) and fit_probe_head(head_chain, train_dl, eval_dls, accelerator, fitter)
+    )
     optimizer, group_names = build_optimizer(model, plan, recipe.optim)
     scheduler = build_scheduler(optimizer, plan, group_names)  # not prepared: stepped once per optimizer step
+    # [adaptation] target batches beside the source ones and the method's extra loss (None without it)
+    adaptation = build_adaptation(recipe, task, data, unlabeled_target, model, plan, optimizer, scheduler, accelerator)
+    extra_modules = adaptation.modules if adaptation else {}
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
     if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
@@ -107,7 +124,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         run_folder.write_start(run_dir, recipe, plan, data.labels)
     accelerator.wait_for_everyone()
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
-    state = restore(accelerator, model, optimizer, run_dir, resume)
+    state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
     set_step_lrs(optimizer, scheduler, state.step)
     metric = recipe.train.metric or task.metric
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
@@ -136,7 +153,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         apply_plan(model, plan, state.step, accelerator, train_mode=True)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = adaptation.loss(model, batch, state.step, accelerator) if adaptation else model(**batch).loss
                 accelerator.backward(loss)
                 kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
                 if accelerator.sync_gradients and recipe.optim.max_grad_norm:
@@ -166,7 +183,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
-                save_checkpoint(accelerator, model, optimizer, run_dir, asdict(state), train.save_total_limit)
+                save_checkpoint(
+                    accelerator, model, optimizer, run_dir, asdict(state), train.save_total_limit, extra_modules
+                )
             if stopping:
                 if accelerator.is_main_process:
                     run_folder.set_status(run_dir, "interrupted", step=state.step)
@@ -195,16 +214,22 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
 
 # --------------------------------------------------------------------------- the loop's named steps
-def fit_probe_head(chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], accelerator: Any) -> bool:
-    """[probe] Fit a linear head on the cached features by L-BFGS (L2 picked on validation) before the loop."""
+def fit_probe_head(
+    chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], accelerator: Any, fitter: Any = None
+) -> bool:
+    """[probe] Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
+    strategy's own ``fitter``, before the loop."""
     from hftl.probe import fit_probe
 
     started = time.time()
     train, val = train_dl.dataset, eval_dls["validation"].dataset
-    fit = fit_probe(chain, train.rows, train.labels, val.rows, val.labels)
+    fit = (fitter or fit_probe)(chain, train.rows, train.labels, val.rows, val.labels)
     if fit is None:
         log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
+    if fitter is not None:
+        log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
+        return True
     log.say(
         f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
         f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
@@ -214,12 +239,19 @@ def fit_probe_head(chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], ac
     return True
 
 
-def restore(accelerator: Any, model: Any, optimizer: Any, run_dir: Path, resume: bool) -> LoopState:
+def restore(
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    run_dir: Path,
+    resume: bool,
+    extra_modules: dict[str, Any] | None = None,
+) -> LoopState:
     """The loop state to start from: the last complete saved state when resuming, else a fresh one."""
     state = LoopState()
     last = complete_checkpoints(run_dir)
     if resume and last:
-        state = LoopState(**load_checkpoint(accelerator, model, optimizer, last[-1]))
+        state = LoopState(**load_checkpoint(accelerator, model, optimizer, last[-1], extra_modules))
         log.say(f"[resume] continuing from {last[-1]} (step {state.step})")
     if resume and accelerator.is_main_process:  # lines logged after the state we start from are written again
         run_folder.truncate_log(run_dir, state.step)

@@ -42,10 +42,19 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def save_checkpoint(accelerator, model, optimizer, run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    accelerator,
+    model,
+    optimizer,
+    run_dir: Path,
+    state: dict[str, Any],
+    keep: int,
+    extra_modules: dict[str, Any] | None = None,
+) -> Path:
     """Save model, optimizer, per-rank RNG and loop state for ``state['step']``; rotate old ones.
 
     Called on every process: each writes its own RNG state, the main process the rest.
+    ``extra_modules`` train beside the model (a domain classifier) and are saved as ``<name>.safetensors``.
     """
     import torch
     from safetensors.torch import save_model
@@ -61,6 +70,8 @@ def save_checkpoint(accelerator, model, optimizer, run_dir: Path, state: dict[st
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+        for name, module in (extra_modules or {}).items():
+            save_model(accelerator.unwrap_model(module), str(tmp / f"{name}.safetensors"))
         kill_point("save", state["step"])  # test hook: dies with a half-written checkpoint
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the folder complete
@@ -100,12 +111,16 @@ def check_checkpoint(path: Path) -> None:
         )
 
 
-def load_checkpoint(accelerator, model, optimizer, path: Path) -> dict[str, Any]:
+def load_checkpoint(
+    accelerator, model, optimizer, path: Path, extra_modules: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns the loop state."""
     import torch
     from safetensors.torch import load_model
 
     load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
+    for name, module in (extra_modules or {}).items():
+        load_model(accelerator.unwrap_model(module), str(path / f"{name}.safetensors"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng = path / f"rng_{accelerator.process_index}.pt"
     if rng.is_file():

@@ -63,6 +63,9 @@ class Strategy:
     frozen_params: Callable[[list[LayerGroup], Any, Where], set[str]] | None = None  # frozen one by one
     wrap_model: Callable[[torch.nn.Module, Recipe, Any], torch.nn.Module] | None = None  # e.g. peft LoRA
     fit_head_first: Callable[[Any], bool] | None = None  # converge the head on cached features first (L-BFGS)
+    # ... with this closed-form fit instead of the L-BFGS probe: options -> fit(chain, train_rows, train_labels,
+    # val_rows, val_labels) -> a printable result, or None when the head is not one linear layer (prototypes)
+    fit_head: Callable[[Any], Callable[..., Any]] | None = None
 
     def options_of(self, section: StrategySection) -> Any:
         """This strategy's validated options from a strategy section (defaults when the recipe gives none)."""
@@ -99,6 +102,12 @@ def fit_head_first(recipe: Recipe) -> bool:
     return bool(spec.fit_head_first and spec.fit_head_first(spec.options_of(recipe.strategy)))
 
 
+def head_fitter(recipe: Recipe) -> Callable[..., Any] | None:
+    """The strategy's own closed-form head fit on cached features (replacing the L-BFGS probe), or None."""
+    spec = STRATEGIES.get(recipe.strategy.name)
+    return spec.fit_head(spec.options_of(recipe.strategy)) if spec.fit_head else None
+
+
 def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     """The model as the recipe's strategy trains it (e.g. wrapped with peft LoRA adapters)."""
     spec = STRATEGIES.get(recipe.strategy.name)
@@ -113,5 +122,6 @@ from hftl.strategies import (  # noqa: E402
     lora,  # noqa: E402,F401
     partial,  # noqa: E402,F401
     progressive,  # noqa: E402,F401
+    prototypes,  # noqa: E402,F401
     two_stage,  # noqa: E402,F401
 )

@@ -93,6 +93,10 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
     if d.splits.test is None and "test" in splits:
         splits.pop("test")
     splits["train"] = splits_of.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
+    if d.shots is not None:
+        splits["train"] = take_shots(
+            splits["train"], recipe, column(recipe, roles, "label") if "label" in roles else None
+        )
     for name in [s for s in splits if s != "train"]:
         splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
     if d.shift is not None:
@@ -152,6 +156,39 @@ def stratify_column(recipe: Recipe, roles: dict[str, str | None], splits: datase
             hint="Remove data.stratify.",
         )
     return col
+
+
+def take_shots(ds: datasets.Dataset, recipe: Recipe, label_column: str | None) -> datasets.Dataset:
+    """``data.shots`` examples of each class: a seeded permutation per class (``train.seed``), rows kept in order.
+
+    Like :func:`hftl.data.subsample`, a smaller K gives a subset of a larger one with the same seed.
+    """
+    import numpy as np
+
+    k = recipe.data.shots
+    if label_column is None or label_column not in ds.column_names:
+        raise RecipeError(
+            recipe.source_file,
+            "data.shots",
+            f"needs one label per example; task '{recipe.task}' has none in column {label_column!r}",
+            k,
+            hint="Remove data.shots.",
+        )
+    values = [str(v) for v in ds[label_column]]
+    classes, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    if k > counts.min():
+        smallest = str(classes[counts.argmin()])
+        raise RecipeError(
+            recipe.source_file,
+            "data.shots",
+            f"asks for {k} examples per class, but class "
+            f"{smallest!r} has only {int(counts.min())} in the training split ({len(ds)} rows)",
+            k,
+            hint=f"Use data.shots <= {int(counts.min())} (or raise data.max_train_samples).",
+        )
+    rng = np.random.default_rng([recipe.train.seed, 0x5407])  # its own stream: not the carve's or subsample's
+    keep = [i for c in range(len(classes)) for i in rng.permutation(np.flatnonzero(inverse == c))[:k]]
+    return ds.select(sorted(keep))
 
 
 def classification_labels(splits: datasets.DatasetDict, recipe: Recipe, label_column: str) -> list[str]:
