@@ -186,6 +186,8 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
     with_options = [name for name, s in STRATEGIES.items() if s.options is not None]
     typed: dict[str, Any] = {}
     for option, given in (section.model_extra or {}).items():
+        if given is None:  # `strategy.two_stage: null` (e.g. an override clearing it) means not given
+            continue
         if option == ADVICE_KEY:  # what hftl advise measured and decided for `auto`: kept as a record, not read
             continue
         if option not in with_options:

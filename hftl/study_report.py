@@ -310,8 +310,8 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
         "",
         "## Notes",
         "",
-        "- `train.seed` also seeds the carved validation/test split and the `data.max_train_samples` subset, "
-        "so the spread over seeds includes the choice of evaluation data, not only the training noise.",
+        "- `train.seed` seeds the `data.max_train_samples` subset and the initialisation; it also seeds the "
+        "carved validation/test split unless the study fixes `data.split_seed` (the shipped studies do).",
         "- Every number comes from `results.csv` (one row per trial; a trial whose worker died was run again "
         "and only its last attempt is listed). Study bookkeeping per trial (all but the run itself): "
         + (f"median {statistics.median(overhead):.3f} s." if overhead else "-"),

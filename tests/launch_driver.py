@@ -14,8 +14,8 @@ import hftl.train
 from hftl.cli import main
 
 
-def _save_and_watch(accelerator, model, optimizer, run_dir, state, keep):
-    path = _save_checkpoint(accelerator, model, optimizer, run_dir, state, keep)
+def _save_and_watch(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs):
+    path = _save_checkpoint(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs)
     if dump := os.environ.get("HFTL_TEST_DUMP"):
         from safetensors.torch import save_file
 

@@ -464,7 +464,15 @@ def test_unknown_strategy_lists_the_known_ones() -> None:
         HftlError, match=r"'strategy\.name': unknown strategy 'progresive'\. Did you mean 'progressive'\?"
     ):
         make_recipe({"name": "progresive"})
-    assert set(STRATEGIES.names()) == {"full", "feature_extraction", "partial", "two_stage", "progressive", "lora"}
+    assert set(STRATEGIES.names()) == {
+        "full",
+        "feature_extraction",
+        "partial",
+        "two_stage",
+        "progressive",
+        "lora",
+        "prototypes",
+    }
 
 
 # --------------------------------------------------------------------------- hftl plan and plan.json
