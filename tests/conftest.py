@@ -31,11 +31,16 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A random 2-layer BERT (hidden 32) + WordPiece tokenizer saved as a local checkpoint folder."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def save_tiny_bert(folder: Path) -> Path:
+    """Write the tiny random BERT and its tokenizer into ``folder`` (tests and benchmarks/study_overhead.py)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
@@ -67,8 +72,12 @@ def make_reviews(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def reviews_csv(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("reviews") / "reviews.csv"
-    rows = make_reviews(480)
+    return write_reviews_csv(tmp_path_factory.mktemp("reviews") / "reviews.csv")
+
+
+def write_reviews_csv(path: Path, n: int = 480) -> Path:
+    """Write ``n`` toy reviews (text, label, movie) as a CSV file."""
+    rows = make_reviews(n)
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -7,6 +7,7 @@ the runner's fixed costs. The per-trial bookkeeping of the study engine is print
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing
 import os
 import signal
@@ -183,7 +184,10 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
         ("full", "0"),
         ("full", "1"),
     ]
-    assert all(0.0 <= float(r["test.accuracy"]) <= 1.0 and float(r["train_seconds"]) >= 0 for r in rows)
+    for r in rows:  # each row is its trial's own final metrics
+        final = json.loads((folder / "trials" / r["trial"] / "metrics.json").read_text())
+        assert float(r["test.accuracy"]) == pytest.approx(final["test"]["accuracy"])
+        assert float(r["train_seconds"]) == pytest.approx(final["train_seconds"])
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
     assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
@@ -213,7 +217,7 @@ def test_failed_trial_is_recorded_and_the_others_go_on(write_study, capsys):
     assert "## Failed trials" in (path.parent / path.stem / "report.md").read_text()
 
 
-def test_report_rebuilds_from_storage_without_training(write_study, capsys):
+def test_report_rebuilds_from_storage_without_training(write_study, capsys, monkeypatch):
     path = write_study(axes={"data.max_train_samples": [40, 80], "strategy.name": ["full"], "train.seed": [0, 1]})
     assert main(["study", str(path)]) == 0
     folder = path.parent / path.stem
@@ -221,9 +225,8 @@ def test_report_rebuilds_from_storage_without_training(write_study, capsys):
     for name in ("results.csv", "report.md", "metric_vs_data_size.png"):
         (folder / name).unlink()
     capsys.readouterr()
-    started = time.perf_counter()
+    monkeypatch.setattr("hftl.train.run", lambda *a, **k: pytest.fail("--report must not train"))
     assert main(["study", str(path), "--report"]) == 0
-    assert time.perf_counter() - started < 20
     assert read_csv(folder / "results.csv") == before
     assert (folder / "metric_vs_data_size.png").stat().st_size > 1000
     assert "| 40 | full |" in (folder / "report.md").read_text()
