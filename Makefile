@@ -43,6 +43,7 @@ lint: setup
 	$(VENV)/bin/ruff check hftl tests benchmarks
 	$(VENV)/bin/ruff format --check hftl tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/run.py

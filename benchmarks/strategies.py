@@ -86,10 +86,10 @@ def main() -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="hftl-strategies-") as work:
-        import hftl.training.feature_cache
+        import hftl.training.feature_key
 
         # A cold feature cache for every run: extracting the features is part of feature extraction's cost.
-        hftl.training.feature_cache.cache_dir = lambda: Path(tempfile.mkdtemp(dir=work, prefix="features-"))
+        hftl.training.feature_key.cache_dir = lambda: Path(tempfile.mkdtemp(dir=work, prefix="features-"))
         for n_train in (int(s) for s in args.sizes.split(",")):
             for label, overrides in strategies(n_train).items():
                 scores = measure(n_train, overrides, args.threads, Path(work) / "run")

@@ -58,7 +58,8 @@ def main() -> None:
     )
     import yaml
 
-    from hftl.analysis.study import load_study, report_study, run_study
+    from hftl.analysis.study import load_study
+    from hftl.analysis.study_engine import report_study, run_study
 
     started = time.perf_counter()
     n_recipes = len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points)

@@ -103,7 +103,7 @@ def test_ladder_neighbours_and_settings_are_valid_recipes(text_recipe):
     for r in LADDER:
         assert r.strategy in STRATEGIES
         sets = rung_settings(r, 1_000, 32, images=False, pooling="pooler")
-        from hftl.analysis.study import to_yaml_text
+        from hftl.config.recipe import to_yaml_text
 
         recipe = load_recipe(path, [f"{k}={to_yaml_text(v)}" for k, v in sets.items()])
         assert recipe.strategy.name == r.strategy and recipe.optim.head_lr == sets["optim.head_lr"]
@@ -158,10 +158,10 @@ def test_larger_bands_are_reached_from_a_dataset_with_patched_thresholds(text_re
 
 
 def test_strategy_auto_is_resolved_at_the_start_of_the_run_and_recorded(text_recipe, cache, capsys):
-    from hftl.training.run_folder import read_json
-    from hftl.training.train import run
+    from hftl import run_recipe
+    from hftl.config.run_folder import read_json
 
-    result = run(load_recipe(text_recipe(strategy={"name": "auto"}, train={"max_steps": 3, "eval_steps": 3})))
+    result = run_recipe(load_recipe(text_recipe(strategy={"name": "auto"}, train={"max_steps": 3, "eval_steps": 3})))
     assert "[advise] strategy.name: auto ->" in capsys.readouterr().out
     plan = read_json(result.run_dir, "plan.json")
     advice = plan["options"]["advice"]

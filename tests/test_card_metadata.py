@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hftl.config.run_folder import RunFiles
 from hftl.publish.card import card_data
-from hftl.training.run_folder import RunFiles
 
 RECIPE = {
     "name": "toy",

@@ -160,9 +160,9 @@ def test_plots_and_cards_need_a_run_folder(tmp_path):
     ],
 )
 def test_checkpoint_hub_ids(checkpoint, hub_id):
-    from hftl.publish.card import _checkpoint_hub_id
+    from hftl.publish.card_metadata import checkpoint_hub_id
 
-    assert _checkpoint_hub_id(checkpoint) == hub_id
+    assert checkpoint_hub_id(checkpoint) == hub_id
 
 
 def test_missing_tracker_is_a_clear_error(monkeypatch):

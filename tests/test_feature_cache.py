@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from hftl.config.recipe import load_recipe
 from hftl.strategies.plan import apply_plan
 from hftl.tasks import prepare_data
-from hftl.training import feature_cache, feature_store
+from hftl.training import feature_eligibility, feature_extraction, feature_key, feature_store
 from hftl.training.build import plan_for
 from hftl.training.train import run
 
@@ -93,7 +93,7 @@ def test_cached_head_matches_uncached_run_then_cache_is_reused_and_invalidated(t
 def test_skip_reasons(text_recipe, sections, reason):
     recipe = load_recipe(text_recipe(**sections))
     model, plan, encoded = build(recipe)
-    found = feature_cache.skip_reason(model, plan, recipe, TASK(), encoded)
+    found = feature_eligibility.skip_reason(model, plan, recipe, TASK(), encoded)
     assert (found is None) if reason is None else (reason in found), found
 
 
@@ -113,17 +113,17 @@ def test_cache_key_follows_the_frozen_weights_and_digest_follows_the_rows(text_r
     recipe = load_recipe(text_recipe(strategy={"name": "feature_extraction"}))
     model, plan, encoded = build(recipe)
     processor = TASK().load_processor(recipe)
-    key = feature_cache.cache_key(model, plan, recipe, processor, "dropout")
+    key = feature_key.cache_key(model, plan, recipe, processor, "dropout")
     with torch.no_grad():
         model.classifier.weight.add_(1.0)  # the head does not change what is cached
-    assert feature_cache.cache_key(model, plan, recipe, processor, "dropout") == key
+    assert feature_key.cache_key(model, plan, recipe, processor, "dropout") == key
     with torch.no_grad():
         model.bert.encoder.layer[0].output.dense.bias.add_(1e-3)
-    assert feature_cache.cache_key(model, plan, recipe, processor, "dropout") != key
+    assert feature_key.cache_key(model, plan, recipe, processor, "dropout") != key
     train = encoded["train"]
-    assert feature_cache.dataset_digest(train) == feature_cache.dataset_digest(train.select(range(len(train))))
-    assert feature_cache.dataset_digest(train) != feature_cache.dataset_digest(train.select(range(len(train) - 1)))
-    assert feature_cache.dataset_digest(train) == feature_cache.dataset_digest(train.remove_columns("labels"))
+    assert feature_key.dataset_digest(train) == feature_key.dataset_digest(train.select(range(len(train))))
+    assert feature_key.dataset_digest(train) != feature_key.dataset_digest(train.select(range(len(train) - 1)))
+    assert feature_key.dataset_digest(train) == feature_key.dataset_digest(train.remove_columns("labels"))
 
 
 # --------------------------------------------------------------------------- heads of other architectures
@@ -196,7 +196,7 @@ def test_trace_head_finds_the_chain_to_replay(make, chain, shape, text_recipe):
     model, batch = make()
     recipe = load_recipe(text_recipe(strategy={"name": "feature_extraction"}))
     plan = plan_for(model, recipe, 10, 30)
-    found, reason = feature_cache.trace_head(model, plan, batch)
+    found, reason = feature_eligibility.trace_head(model, plan, batch)
     if chain is None:
         assert found == [] and shape in reason
         return
@@ -219,7 +219,7 @@ def test_trace_head_finds_the_chain_to_replay(make, chain, shape, text_recipe):
 def test_token_level_features_drop_padding_and_collate_back():
     features = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    rows = feature_cache._per_example(features, mask)
+    rows = feature_extraction._per_example(features, mask)
     assert [tuple(r.shape) for r in rows] == [(4, 3), (2, 3)]
     batch = feature_store.collate_cached([(rows[0], [0, 1, 2, -100]), (rows[1], [1, 2])])
     assert batch["features"].shape == (2, 4, 3)

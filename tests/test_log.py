@@ -3,12 +3,14 @@ HFTL_LOG_LEVEL set the level; a bad HFTL_LOG_LEVEL is a user error."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from hftl.cli import main
 from hftl.config import log
@@ -81,3 +83,65 @@ def test_bad_log_level_and_contradicting_flags_are_user_errors(monkeypatch, caps
     monkeypatch.delenv("HFTL_LOG_LEVEL")
     with pytest.raises(HftlError, match="contradict"):
         log.configure(quiet=True, verbose=True)
+
+
+QUIET_DRIVER = """
+import contextlib, io, json, sys
+from hftl.cli import main
+seen = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["--quiet", *argv])
+        except SystemExit as exc:  # an argparse error: its message is in err
+            code = exc.code
+    seen.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue()})
+print(json.dumps(seen))
+"""
+
+
+def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
+    """validate, plan, run, predict, advise and study with --quiet: no progress line, no warning, no bar; each
+    command's own answer (its summary line, the plan table, the predictions) and nothing else."""
+    recipe = text_recipe(train={"max_steps": 2, "eval_steps": 2, "batch_size": 8}, data={"max_eval_samples": 32})
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": recipe.name,
+                "overrides": {"train.max_steps": 2},
+                "axes": {"train.seed": [0]},
+            }
+        )
+    )
+    commands = [
+        ["validate", str(recipe)],
+        ["plan", str(recipe)],
+        ["run", str(recipe)],
+        ["predict", str(tmp_path / "run"), "--text", "a fine film", "--text", "dull"],
+        ["advise", str(recipe)],
+        ["study", str(study)],
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HFTL_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET_DRIVER, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["argv"][0]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    for name, r in results.items():
+        assert r["code"] == 0 and r["err"] == "", (name, r["err"][-2000:])
+    lines = {name: r["out"].strip().splitlines() for name, r in results.items()}
+    assert len(lines["validate"]) == 1 and ": ok (text-classification" in lines["validate"][0]
+    assert lines["plan"][0].strip().startswith("strategy: full") and not any(
+        line.startswith("[") for line in lines["plan"]
+    ), lines["plan"]
+    assert len(lines["run"]) == 1 and lines["run"][0].startswith("[done] validation accuracy"), lines["run"]
+    assert [line.split("\t")[0] for line in lines["predict"]] == ["a fine film", "dull"], lines["predict"]
+    assert len(lines["advise"]) == 1 and lines["advise"][0].startswith("[advise] recommended strategy: ")
+    assert len(lines["study"]) == 1 and lines["study"][0].startswith("[study] 1 complete, 0 failed"), lines["study"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hftl.config.recipe import load_recipe
-from hftl.training.probe import fit_logistic, fit_probe, linear_head
+from hftl.models.probe import fit_logistic, fit_probe, linear_head
 
 
 def blobs(n: int, seed: int):

@@ -23,7 +23,7 @@ import yaml
 
 from hftl.config.errors import CheckpointError, DataError, HftlError
 from hftl.config.recipe import load_recipe
-from hftl.training.run_folder import read_status
+from hftl.config.run_folder import read_status
 from hftl.training.train import run
 from hftl.training.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 
@@ -327,7 +327,7 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
 
 
 def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
-    from hftl.training.run_folder import truncate_log
+    from hftl.config.run_folder import truncate_log
 
     log = tmp_path / "metrics.jsonl"
     log.write_text(

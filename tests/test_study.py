@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftl.analysis.study import load_study, point_key, to_yaml_text
+from hftl.analysis.study import load_study, point_key
 from hftl.cli import main
 from hftl.config.errors import HftlError
+from hftl.config.recipe import to_yaml_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"train.max_steps": 2, "train.eval_steps": 2, "data.max_eval_samples": 32, "train.batch_size": 8}
@@ -171,8 +172,9 @@ def completed_points(rows: list[dict[str, str]], axes=("strategy.name", "train.s
     return sorted(tuple(r[a] for a in axes) for r in rows if r["state"] == "COMPLETE")
 
 
-def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
+def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys, monkeypatch):
     path = write_study()
+    monkeypatch.chdir(path.parent)  # run from the study's folder, as from a repository's root
     assert main(["study", str(path)]) == 0
     capsys.readouterr()
     folder = path.parent / path.stem
@@ -193,7 +195,10 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
     assert not kept & {"model.safetensors", "checkpoints", "best", "config.json"}, kept
     report = (folder / "report.md").read_text()
-    assert "| full | " in report and "2/2" in report and "optuna-dashboard sqlite:///" in report
+    assert "| full | " in report and "2/2" in report
+    # paths as typed from where the study ran, not this machine's folders
+    assert f"hftl study {path.name} --report" in report and f"sqlite:///{path.stem}/study.db" in report
+    assert str(path.parent) not in report
     overhead = [float(r["overhead_seconds"]) for r in rows]
     run = [float(r["run_seconds"]) for r in rows]
     with capsys.disabled():
@@ -290,7 +295,8 @@ def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
 
 
 def _pop_all(url: str, folder: str, out: multiprocessing.Queue) -> None:
-    from hftl.analysis.study_engine import _next_trial, open_storage, storage_lock
+    from hftl.analysis.study_engine import _next_trial
+    from hftl.analysis.study_storage import open_storage, storage_lock
 
     study = _POP_STUDY
     storage = open_storage(study)
@@ -315,7 +321,7 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
     """Four processes race to pop 40 enqueued grid points (no training): each point goes to exactly one."""
     import multiprocessing
 
-    from hftl.analysis.study_engine import ensure_study, open_storage
+    from hftl.analysis.study_storage import ensure_study, open_storage
 
     global _POP_STUDY
     study = load_study(write_study(axes={"train.seed": list(range(40))}), check=False)
@@ -334,7 +340,7 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
 
 
 def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
-    from hftl.analysis.study_engine import ensure_study, open_storage
+    from hftl.analysis.study_storage import ensure_study, open_storage
 
     path = write_study()
     study = load_study(path)

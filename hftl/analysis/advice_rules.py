@@ -1,7 +1,7 @@
 """The advisor's decision table: (training-set size x what the frozen features already do) -> strategy.
 
 Pure and light (no torch): :mod:`hftl.analysis.advise` measures, this module decides, and
-:mod:`hftl.config.recipe` reads :data:`AUTO` from here. The table is data: one row per
+:mod:`hftl.config.recipe` checks ``strategy.name: auto`` (:data:`AUTO`). The table is data: one row per
 (size band, feature class), each naming the recommended rung of the adaptivity
 ladder, the runner-up and why. The thresholds are constants with the measurement
 they come from; most are provisional until the strategy-vs-size studies
@@ -17,8 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-AUTO = "auto"  # strategy.name that asks the advisor at the start of the run
-ADVICE_KEY = "advice"  # strategy.advice: the advisor's record in a resolved recipe (informational)
+from hftl.config.recipe import ADVICE_KEY, AUTO  # noqa: F401  (the advisor's names in a recipe)
 
 # --------------------------------------------------------------------------- thresholds (update from studies/)
 # all-MiniLM-L6-v2 on Rotten Tomatoes (OFFLINE.md; README "Strategies on the real checkpoint"): a converged probe on
@@ -212,18 +211,3 @@ def describe_table() -> str:
     for band in SIZE_BANDS:
         lines.append(f"  {band:<8}" + "".join(f"{TABLE[(band, k)].rung:<22}" for k in FEATURE_CLASSES))
     return "\n".join(lines)
-
-
-def check_auto(section: Any, file: str | None, key: str) -> None:
-    """``strategy.name: auto`` leaves the strategy, its options and the LR shape to the advisor."""
-    from hftl.config.errors import RecipeError
-
-    given = [k for k in (section.model_extra or {}) if k != ADVICE_KEY]
-    given += [k for k in ("llrd", "discriminative", "towers") if getattr(section, k) is not None]
-    if given:
-        raise RecipeError(
-            file,
-            f"{key}.{given[0]}",
-            f"does not go with {key}.name: {AUTO} (the advisor chooses the strategy, its options and the LRs)",
-            hint=f"Remove {key}.{given[0]}, or name a strategy.",
-        )

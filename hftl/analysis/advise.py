@@ -5,11 +5,11 @@ What is measured, on the recipe's own data and checkpoint, in about a minute on 
 - the data: examples per split, per class (per entity type for BIO tags), class balance,
   token lengths (and the share cut at ``data.max_length``) or image sizes;
 - the frozen checkpoint: the model is built as a ``feature_extraction`` run would build it, the
-  head's input is extracted with :func:`hftl.training.feature_cache.extract` on a seeded sub-sample of the
+  head's input is extracted with :func:`hftl.training.feature_extraction.extract` on a seeded sub-sample of the
   training split (at most ``SAMPLE`` examples) and stored in the feature cache under the key the
   run uses (so a following probe run on the same rows reuses it); on it, LogME
   (:mod:`hftl.analysis.transferability`, also with shuffled labels as the no-information reference) and a
-  3-fold linear probe (:func:`hftl.training.probe.fit_logistic`);
+  3-fold linear probe (:func:`hftl.models.probe.fit_logistic`);
 - a no-transfer baseline on the same folds: TF-IDF + logistic regression for text (on the texts
   as tokenized, so the same truncation), pooled raw pixels + logistic regression for images, token
   identity + logistic regression for token tags (scikit-learn);
@@ -50,6 +50,7 @@ from hftl.analysis.advice_rules import (
     rung,
     rung_settings,
 )
+from hftl.config import log
 from hftl.config.errors import HftlError
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Advice:
 
 
 # --------------------------------------------------------------------------- measuring
-def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say: Any = print) -> Advice:
+def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say: Any = log.say) -> Advice:
     """Measure the recipe's data and checkpoint and decide (``step_times=False``: the cheap path of ``auto``)."""
     import torch
 
@@ -260,19 +261,13 @@ def frozen_features(
     import numpy as np
     import torch
 
+    from hftl.models.probe import head_inputs
     from hftl.training.build import plan_for
-    from hftl.training.feature_cache import (
-        _rows,
-        cache_file,
-        cache_key,
-        extract,
-        read_rows,
-        rng_untouched,
-        skip_reason,
-        trace_head,
-        write_rows,
-    )
-    from hftl.training.probe import head_inputs
+    from hftl.training.feature_eligibility import skip_reason, trace_head
+    from hftl.training.feature_extraction import extract, rng_untouched
+    from hftl.training.feature_extraction import rows_of as _rows
+    from hftl.training.feature_key import cache_file, cache_key
+    from hftl.training.feature_store import read_rows, write_rows
 
     plan = plan_for(model, recipe, 1, 1)
     reason = skip_reason(model, plan, recipe, task, {"train": subset})
@@ -327,7 +322,7 @@ def probe_cv(x: np.ndarray, y: np.ndarray, folds: list) -> float:
     import numpy as np
     import torch
 
-    from hftl.training.probe import fit_logistic
+    from hftl.models.probe import fit_logistic
 
     n_classes = int(y.max()) + 1
     scores = []
@@ -396,7 +391,7 @@ def estimate_times(
 
     from hftl.strategies.plan import apply_plan, count_steps
     from hftl.training.build import plan_for
-    from hftl.training.feature_cache import _rows
+    from hftl.training.feature_extraction import rows_of as _rows
 
     n_train = data.encoded["train"].num_rows
     n_val, n_test = (len(data.encoded[s]) if s in data.encoded else 0 for s in ("validation", "test"))
@@ -519,14 +514,14 @@ def resolve_strategy(recipe: Recipe) -> Recipe:
 
     advice = advise(recipe, step_times=False, say=lambda *a: None)
     d = advice.decision
-    print(
+    log.say(
         f"[advise] strategy.name: auto -> {d.rung.label} (branch {d.branch}: {d.why}; probe "
         f"{advice.features['probe_cv_accuracy']:.3f}, baseline {_fmt(advice.features['baseline_cv_accuracy'])}, "
         f"majority {advice.data['majority']:.3f}, {advice.data['n_train']:,} training examples; "
         f"{advice.seconds:.0f} s)"
     )
     for flag in d.flags:
-        print(f"[advise] warning: {flag}")
+        log.warn(f"[advise] warning: {flag}")
     doc = recipe.model_dump(mode="json")
     doc["strategy"] = _plain_strategy(doc["strategy"])
     doc = apply_overrides(doc, _overrides(advice.settings), recipe.source_file)
@@ -552,7 +547,7 @@ def verify(
 
     import yaml
 
-    from hftl.analysis.study import run_study
+    from hftl.analysis.study_engine import run_study
 
     folder.mkdir(parents=True, exist_ok=True)
     base = recommended_recipe(recipe_file, overrides, advice)
@@ -622,7 +617,7 @@ def run_advise(
 
     recipe = load_recipe(recipe_file, overrides)
     advice = advise(recipe, sample=sample)
-    print(format_advice(advice))
+    log.say(format_advice(advice))
     if write:
         doc = recommended_recipe(recipe_file, overrides, advice)
         header = (
@@ -630,12 +625,16 @@ def run_advise(
             f"(branch {advice.decision.branch}: {advice.decision.why})\n"
         )
         Path(write).write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        print(f"[advise] wrote {write}")
+        log.say(f"[advise] wrote {write}")
     if verify_study:
         folder = Path(write).with_suffix("") if write else recipe.run_dir.with_name(recipe.name + "-advice")
         held, text = verify(recipe_file, overrides, advice, Path(str(folder) + "-verify"), seeds, verify_steps)
-        print(text)
+        *details, verdict = text.splitlines()
+        log.say("\n".join(details))
+        log.summary(verdict.strip())
         return 0 if held else 1
+    d = advice.decision
+    log.summary(f"[advise] recommended strategy: {d.rung.label} (branch {d.branch})")
     return 0
 
 
@@ -662,7 +661,7 @@ def _plain_strategy(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def _overrides(sets: dict[str, Any]) -> list[str]:
-    from hftl.analysis.study import to_yaml_text
+    from hftl.config.recipe import to_yaml_text
 
     return [f"{k}={to_yaml_text(v)}" for k, v in sets.items()]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hftl.config.errors import HftlError, RecipeError
+from hftl.config.recipe import to_yaml_text
 from hftl.config.registry import did_you_mean
 from hftl.config.yaml_loader import load_yaml
 
@@ -346,45 +346,3 @@ def _is_scalar(value: Any) -> bool:
 def _label(value: Any) -> Any:
     """A plain value's label: itself when scalar (a storage parameter), else compact text."""
     return value if _is_scalar(value) else json.dumps(value, sort_keys=True)
-
-
-def to_yaml_text(value: Any) -> str:
-    """A value as the text of a ``key=value`` override that YAML reads back as the same value.
-
-    Needed because PyYAML reads ``1e-05`` (Python's repr of 0.00001) as a string.
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-        text = repr(value)
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exp = text.split("e")
-            text = f"{mantissa}.0e{exp if exp[0] in '+-' else '+' + exp}"
-        return text
-    if isinstance(value, str):
-        return json.dumps(value)  # double-quoted YAML: never re-typed
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_yaml_text(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(to_yaml_text(v) for v in value) + "]"
-    raise HftlError(f"cannot write {value!r} ({type(value).__name__}) as a recipe value")
-
-
-def run_study(path: str | Path, storage: str | None = None, jobs: int | None = None) -> int:
-    """Validate, then run the study's unfinished trials and write its report (``hftl study``)."""
-    from hftl.analysis.study_engine import run
-
-    return run(load_study(path, storage), jobs)
-
-
-def report_study(path: str | Path, storage: str | None = None) -> Path:
-    """Rebuild results.csv, report.md and the plots from the storage, without training (``hftl study --report``)."""
-    from hftl.analysis.study_report import write_report
-
-    return write_report(load_study(path, storage))

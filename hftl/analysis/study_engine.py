@@ -16,7 +16,6 @@ A trial that raises is FAIL with its error, and the worker goes on with the next
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -26,16 +25,15 @@ import sys
 import threading
 import time
 import traceback
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hftl.analysis.study import Study, load_study, point_key
+from hftl.analysis.study_report import current_trials, write_report, write_results
+from hftl.analysis.study_storage import HEARTBEAT_SECONDS, ensure_study, load_optuna, open_storage, storage_lock
+from hftl.config import log
 from hftl.config.errors import HftlError
 
-HEARTBEAT_SECONDS = 20
-GRACE_SECONDS = 120  # another host's trial is stale after this long without a heartbeat
 # What a trial folder keeps for the report; the rest (weights, processor, checkpoints/, best/) is deleted.
 KEEP = {
     "metrics.json",
@@ -50,99 +48,19 @@ KEEP = {
 HOST = socket.gethostname()
 
 
-def _optuna() -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    return optuna
-
-
-# --------------------------------------------------------------------------- storage
-def open_storage(study: Study) -> Any:
-    """The study's RDB storage, with heartbeats and re-queueing of trials whose worker died.
-
-    Default: SQLite in the study folder. Why not Optuna's JournalFileStorage, which is also safe
-    for several local processes: in Optuna 4-5 only RDB storages have heartbeats (needed to find
-    trials of a killed worker on another machine), SQLite is the same code path as the PostgreSQL
-    used across machines, and ``optuna-dashboard sqlite:///...`` reads it as is. SQLite's
-    read-then-write is not atomic across processes, so our pops and repairs also take a file lock
-    (:func:`storage_lock`); the busy timeout makes other writes wait instead of failing.
-    """
-    optuna = _optuna()
-    storages = optuna.storages
-    retry_cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-    retry = retry_cls(max_retry=study.spec.max_retries)
-    url = study.storage_url
-    kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": GRACE_SECONDS}
-    if url.startswith("sqlite"):
-        study.folder.mkdir(parents=True, exist_ok=True)
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    try:
-        storage = storages.RDBStorage(url, heartbeat_stale_trial_callback=retry, **kwargs)
-    except TypeError:  # Optuna < 4.9 names it failed_trial_callback
-        storage = storages.RDBStorage(url, failed_trial_callback=retry, **kwargs)
-    except Exception as exc:  # a wrong URL, an unreachable server, a missing driver
-        raise HftlError(f"{study.file}: cannot open the study storage {url!r}: {exc}") from None
-    storage.hftl_retry = retry
-    return storage
-
-
-@contextlib.contextmanager
-def storage_lock(study: Study) -> Iterator[None]:
-    """Serialise read-then-write sections between local processes on SQLite (a server's row locks do it otherwise)."""
-    if not study.storage_url.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(study.storage_url.removeprefix("sqlite:///") + ".lock")
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def ensure_study(study: Study, storage: Any) -> Any:
-    """Create the Optuna study and enqueue the grid once; or load it (refusing a different study of that name)."""
-    optuna = _optuna()
-    sampler = (
-        optuna.samplers.TPESampler(seed=study.spec.seed)
-        if study.spec.search == "tpe"
-        else optuna.samplers.RandomSampler(seed=study.spec.seed)
-    )
-    try:
-        ostudy = optuna.create_study(
-            storage=storage, study_name=study.name, direction=study.direction, sampler=sampler, load_if_exists=False
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
-        deadline = time.time() + 15  # its creator may still be enqueueing the grid
-        while "hftl_fingerprint" not in ostudy.user_attrs and time.time() < deadline:
-            time.sleep(0.5)
-    stored = ostudy.user_attrs.get("hftl_fingerprint")
-    if stored is not None and stored != study.fingerprint():
-        raise HftlError(
-            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
-            "axes or metric. Give this one another `name:`, or delete the old storage to start again."
-        )
-    if stored is None:  # created now, or its creator died before the grid was complete: fill in what is missing
-        with storage_lock(study):
-            have = {t.user_attrs.get("hftl_key") for t in ostudy.get_trials(deepcopy=False)}
-            for labels in study.points:
-                if point_key(labels) not in have:
-                    ostudy.enqueue_trial(labels, user_attrs={"hftl_key": point_key(labels), "hftl_labels": labels})
-            ostudy.set_user_attr("hftl_metric", study.metric)
-            ostudy.set_user_attr("hftl_fingerprint", study.fingerprint())
-    return ostudy
-
-
 # --------------------------------------------------------------------------- running
+def run_study(path: str | Path, storage: str | None = None, jobs: int | None = None) -> int:
+    """Validate, then run the study's unfinished trials and write its report (``hftl study``)."""
+    return run(load_study(path, storage), jobs)
+
+
+def report_study(path: str | Path, storage: str | None = None) -> Path:
+    """Rebuild results.csv, report.md and the plots from the storage, without training (``hftl study --report``)."""
+    return write_report(load_study(path, storage))
+
+
 def run(study: Study, jobs: int | None = None) -> int:
     """Run every unfinished trial with ``jobs`` local workers, then write the report; 1 if any trial failed."""
-    from hftl.analysis.study_report import write_report
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise HftlError(
             "hftl study runs its trials itself; start it with plain `hftl study`, not under "
@@ -151,21 +69,17 @@ def run(study: Study, jobs: int | None = None) -> int:
     jobs = jobs or study.spec.jobs
     storage = open_storage(study)
     ostudy = ensure_study(study, storage)
-    print(
+    log.say(
         f"[study] {study.name}: {study.spec.search}, metric {study.metric} ({study.direction}), storage "
-        f"{study.storage_url}, {jobs} worker(s)",
-        flush=True,
+        f"{study.storage_url}, {jobs} worker(s)"
     )
     code = work(study, storage, ostudy) if jobs == 1 else _spawn_workers(study, jobs)
     write_report(study, ostudy)
-    from hftl.analysis.study_report import current_trials
-
     states = [t.state.name for t in current_trials(ostudy)]
     failed = states.count("FAIL")
-    print(
+    log.summary(
         f"[study] {states.count('COMPLETE')} complete, {failed} failed, {states.count('RUNNING')} running, "
-        f"{states.count('WAITING')} waiting -> {study.folder / 'report.md'}",
-        flush=True,
+        f"{states.count('WAITING')} waiting -> {study.folder / 'report.md'}"
     )
     return code or (1 if failed > 0 else 0)
 
@@ -173,7 +87,14 @@ def run(study: Study, jobs: int | None = None) -> int:
 def _spawn_workers(study: Study, jobs: int) -> int:
     """Start ``jobs`` worker processes on the shared storage, each with its share of the cores."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HFTL_STUDY_PARENT": str(os.getpid())}
+    level = str(log.logger().getEffectiveLevel())  # workers speak as this process was asked to (--quiet)
+    env = {
+        **os.environ,
+        "HFTL_LOG_LEVEL": level,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "HFTL_STUDY_PARENT": str(os.getpid()),
+    }
     cmd = [sys.executable, "-m", "hftl.analysis.study_engine", str(study.file), "--storage", study.storage_url]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
     try:
@@ -207,7 +128,7 @@ def work(study: Study, storage: Any, ostudy: Any) -> int:
 
 def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
     """Pop a WAITING trial (the storage lets only one worker switch it to RUNNING); tpe: else ask a new one."""
-    optuna = _optuna()
+    optuna = load_optuna()
     for frozen in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         if storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.RUNNING):
             return optuna.Trial(ostudy, frozen._trial_id)
@@ -220,7 +141,7 @@ def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
 
 def retire_dead_trials(study: Study, storage: Any, ostudy: Any) -> None:
     """FAIL and re-queue RUNNING trials whose worker is gone: a dead pid on this host, or a stale heartbeat."""
-    optuna = _optuna()
+    optuna = load_optuna()
     for frozen in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = frozen.user_attrs.get("hftl_worker") or {}
         if worker.get("host") != HOST or _alive(worker.get("pid"), worker.get("started")):
@@ -236,24 +157,26 @@ def retire_dead_trials(study: Study, storage: Any, ostudy: Any) -> None:
 
 def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
     """Run one trial in this process into trials/<number>/ and record it; False if the run was interrupted."""
+    from hftl.analysis.advise import resolve_strategy
     from hftl.config.recipe import load_recipe
 
-    optuna = _optuna()
+    optuna = load_optuna()
     started = time.perf_counter()
     labels = _suggest(study, trial)
     run_dir = study.folder / "trials" / str(trial.number)
     overrides = study.trial_overrides(labels) + [f"output.dir={run_dir.resolve()}", "output.overwrite=true"]
     shown = ", ".join(f"{k}={v}" for k, v in labels.items())
-    print(f"[study] trial {trial.number} ({shown}): running", flush=True)
+    log.say(f"[study] trial {trial.number} ({shown}): running")
     beat = _Heartbeat(storage, trial._trial_id)
     run_seconds = 0.0
     try:
-        recipe = load_recipe(study.recipe_file, overrides)
+        recipe = resolve_strategy(load_recipe(study.recipe_file, overrides))  # strategy.name: auto
         from hftl.training.train import run as train_run  # lazy: the runner may move; one line to change
 
         before = time.perf_counter()
         try:
-            result = train_run(recipe)
+            with log.hushed():  # --quiet: the trial's own summary stays in its folder
+                result = train_run(recipe)
         finally:
             run_seconds = time.perf_counter() - before
         value = lookup(result.metrics, study.metric)
@@ -265,7 +188,7 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
             trial.set_user_attr("hftl_error", "interrupted")
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
             storage.hftl_retry(ostudy, storage.get_trial(trial._trial_id))
-            print(f"[study] trial {trial.number} interrupted; it runs again when the study is rerun", flush=True)
+            log.warn(f"[study] trial {trial.number} interrupted; it runs again when the study is rerun")
             return False
         error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a trial's failure is recorded; the study goes on
@@ -279,13 +202,11 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
     trial.set_user_attr("hftl_overhead_seconds", round(time.perf_counter() - started - run_seconds, 4))
     if error is None:
         ostudy.tell(trial, value)
-        print(f"[study] trial {trial.number} ({shown}): {study.metric} {value:.4f} ({run_seconds:.1f} s)", flush=True)
+        log.say(f"[study] trial {trial.number} ({shown}): {study.metric} {value:.4f} ({run_seconds:.1f} s)")
     else:
         trial.set_user_attr("hftl_error", error[:2000])
         ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
-        print(f"[study] trial {trial.number} ({shown}) FAILED: {error}", flush=True)
-    from hftl.analysis.study_report import write_results
-
+        log.warn(f"[study] trial {trial.number} ({shown}) FAILED: {error}")
     write_results(study, ostudy)
     return True
 
@@ -403,7 +324,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         _watch_parent(int(os.environ["HFTL_STUDY_PARENT"]))
     study = load_study(args.study, args.storage, check=False)
     storage = open_storage(study)
-    optuna = _optuna()
+    optuna = load_optuna()
     sampler = optuna.samplers.TPESampler(seed=study.spec.seed) if study.spec.search == "tpe" else None
     return work(study, storage, optuna.load_study(study_name=study.name, storage=storage, sampler=sampler))
 

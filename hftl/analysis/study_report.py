@@ -72,10 +72,10 @@ def write_results(study: Study, ostudy: Any) -> Path:
 def write_report(study: Study, ostudy: Any = None) -> Path:
     """results.csv, report.md and the plots; loads the study from its storage when not given."""
     if ostudy is None:
-        from hftl.analysis.study_engine import _optuna, open_storage
+        from hftl.analysis.study_storage import load_optuna, open_storage
         from hftl.config.errors import HftlError
 
-        optuna = _optuna()
+        optuna = load_optuna()
         try:
             ostudy = optuna.load_study(study_name=study.name, storage=open_storage(study))
         except KeyError:
@@ -315,7 +315,22 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
         "- Every number comes from `results.csv` (one row per trial; a trial whose worker died was run again "
         "and only its last attempt is listed). Study bookkeeping per trial (all but the run itself): "
         + (f"median {statistics.median(overhead):.3f} s." if overhead else "-"),
-        f"- Rebuild: `hftl study {study.file} --report`. Browse: `optuna-dashboard {study.storage_url}`.",
+        f"- Rebuild: `hftl study {_from_here(study.file)} --report`. Browse: `optuna-dashboard {_shown_url(study)}`.",
         "",
     ]
     return "\n".join(out)
+
+
+def _from_here(path: str | Path) -> str:
+    """A path as typed from the folder the study runs in (the repository's root for the shipped studies):
+    relative when below it, so a committed report names no machine's folders."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _shown_url(study: Study) -> str:
+    """The storage URL for the report: a SQLite file relative to where the study runs (sqlite:///relative)."""
+    url = study.storage_url
+    return "sqlite:///" + _from_here(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else url

@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 def run_recipe(
     recipe: str | Path | Recipe, overrides: list[str] | tuple[str, ...] = (), resume: bool | None = None
 ) -> RunResult:
-    """Validate a recipe (a YAML path plus ``key.path=value`` overrides, or a Recipe) and train it."""
+    """Validate a recipe (a YAML path plus ``key.path=value`` overrides, or a Recipe) and train it.
+
+    ``strategy.name: auto`` is resolved here, before the run (the advisor measures and chooses).
+    """
+    from hftl.analysis.advise import resolve_strategy
     from hftl.config.recipe import Recipe, load_recipe
     from hftl.training.train import run
 
@@ -23,7 +27,7 @@ def run_recipe(
         from hftl.config.recipe import apply_overrides, validate_recipe
 
         recipe = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides), recipe.source_file)
-    return run(recipe, resume=resume)
+    return run(resolve_strategy(recipe), resume=resume)
 
 
 def predict_run(run_dir: str | Path, inputs: list[Any], top_k: int = 1) -> list[list[dict[str, Any]]]:

@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from hftl.config import log
 from hftl.config.errors import HftlError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -116,7 +117,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         raise HftlError(
             "hftl recipes cp needs a recipe name and a destination, e.g. hftl recipes cp sentiment my.yaml."
         )
-    print(f"copied {args.name} -> {copy_shipped(args.name, args.dest)}")
+    log.summary(f"copied {args.name} -> {copy_shipped(args.name, args.dest)}")
     return 0
 
 
@@ -140,21 +141,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise HftlError(f"--older-than takes a number of days >= 0, got {args.older_than:g}.")
     chosen = select(entries, everything=args.all, older_than_days=args.older_than, now=now)
     for entry in chosen:
-        print(
+        log.say(
             f"{'would remove' if args.dry_run else 'removing'} {entry.kind}/{entry.path.name} "
             f"({format_size(entry.size)})"
         )
     freed = sum(e.size for e in chosen) if args.dry_run else remove_entries(chosen)
-    print(f"{'would free' if args.dry_run else 'freed'} {format_size(freed)} in {len(chosen)} entries ({root})")
+    log.summary(f"{'would free' if args.dry_run else 'freed'} {format_size(freed)} in {len(chosen)} entries ({root})")
     return 0
 
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from hftl.config.recipe import load_recipe
-    from hftl.training.train import run
+    from hftl.cli.api import run_recipe
 
-    run(load_recipe(args.recipe, args.overrides), resume=args.resume or None)
+    run_recipe(args.recipe, args.overrides, resume=args.resume or None)
     return 0
 
 
@@ -169,7 +169,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         or (m.init_from and f"init_from {m.init_from}")
         or " + ".join(f"{tower} {spec.checkpoint}" for tower, spec in (m.towers or {}).items())
     )
-    print(
+    log.summary(
         f"{args.recipe}: ok ({recipe.task}, {model}, strategy {recipe.strategy.name}, "
         f"data {recipe.data.where}) -> {recipe.run_dir}"
     )
@@ -178,10 +178,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 @command
 def cmd_plan(args: argparse.Namespace) -> int:
+    from hftl.analysis.advise import resolve_strategy
     from hftl.config.recipe import load_recipe
     from hftl.training.build import describe_plan
 
-    print(describe_plan(load_recipe(args.recipe, args.overrides)))
+    print(describe_plan(resolve_strategy(load_recipe(args.recipe, args.overrides))))
     return 0
 
 
@@ -227,16 +228,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     from hftl.publish.hub import push_run
 
     url = push_run(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
-    print(f"pushed {args.run_dir} -> {url}")
+    log.summary(f"pushed {args.run_dir} -> {url}")
     return 0
 
 
 @command
 def cmd_study(args: argparse.Namespace) -> int:
-    from hftl.analysis.study import report_study, run_study
+    from hftl.analysis.study_engine import report_study, run_study
 
     if args.report:
-        print(report_study(args.study, args.storage))
+        log.summary(f"[study] report: {report_study(args.study, args.storage)}")
         return 0
     return run_study(args.study, args.storage, args.jobs)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.config.errors import HftlError
-from hftl.training.run_folder import run_task
+from hftl.config.run_folder import run_task
 
 
 def predict(run_dir: str | Path, inputs: list[Any], top_k: int = 1) -> list[list[dict[str, Any]]]:

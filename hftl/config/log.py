@@ -4,21 +4,25 @@ Progress lines (``[eval] ...``, ``[resume] ...``) are INFO, shown by default; ``
 ``HFTL_LOG_LEVEL=WARNING``) keeps only warnings, errors and the run's final summary, and hides progress bars;
 ``--verbose`` (``DEBUG``) adds detail. Messages are written as plain lines: INFO and the summary to stdout,
 warnings and errors to stderr. Like accelerate's multi-process ``get_logger`` (whose ``[RANK 0]`` prefix
-it leaves out), only the main process writes. An application that configures logging itself can replace
-the handler of ``logging.getLogger("hftl")``.
+it leaves out), only the main process writes: rank 0 of a launch, as the launchers' environment says
+(``RANK`` from ``accelerate launch`` / ``torchrun``, the MPI ranks), or a lone process. An application
+that configures logging itself can replace the handler of ``logging.getLogger("hftl")``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from hftl.config.errors import HftlError
 
 LOGGER_NAME = "hftl"
 SUMMARY = 35  # above WARNING: a run's final line is shown even with --quiet
 logging.addLevelName(SUMMARY, "SUMMARY")
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")  # torchrun / accelerate, MPI
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 
@@ -93,12 +97,12 @@ def logger() -> logging.Logger:
 
 
 def _main_process() -> bool:
-    """Whether this process speaks: the main one once accelerate knows the processes, else every (lone) one."""
-    try:
-        from accelerate.state import PartialState
-    except ImportError:
-        return True
-    return not PartialState._shared_state or PartialState().is_main_process
+    """Whether this process speaks: rank 0 of a launch (accelerate's and torchrun's RANK, MPI's), or a lone one."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value) == 0
+    return True
 
 
 def say(message: str, level: int = logging.INFO) -> None:
@@ -110,6 +114,24 @@ def say(message: str, level: int = logging.INFO) -> None:
 def summary(message: str) -> None:
     """The line a run ends with (main process only): shown even with ``--quiet``."""
     say(message, SUMMARY)
+
+
+def warn(message: str) -> None:
+    """A warning (main process only; shown with --quiet, on stderr)."""
+    say(message, logging.WARNING)
+
+
+@contextlib.contextmanager
+def hushed() -> Iterator[None]:
+    """With --quiet, nested runs (a study's trials) keep their summaries to themselves: only errors pass."""
+    base = logger()
+    level = base.level
+    if level > logging.INFO:
+        base.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        base.setLevel(level)
 
 
 def shows(level: int = logging.INFO) -> bool:

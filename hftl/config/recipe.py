@@ -11,19 +11,27 @@ value and says what is allowed.
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hftl.config.errors import RecipeError
-from hftl.config.registry import did_you_mean
+from hftl.config.errors import HftlError, RecipeError
+from hftl.config.registry import SHIFTS, STRATEGIES, TASKS, did_you_mean
 from hftl.config.schema import Recipe, Section, StrategySection
 from hftl.config.yaml_loader import load_yaml
 
-__all__ = ["Recipe", "apply_overrides", "load_recipe", "validate_recipe"]
+if TYPE_CHECKING:
+    from hftl.tasks import Task
+
+__all__ = ["AUTO", "Recipe", "apply_overrides", "load_recipe", "to_yaml_text", "validate_recipe"]
+
+AUTO = "auto"  # strategy.name that asks the advisor (hftl.analysis.advise) where the recipe is loaded for a run
+ADVICE_KEY = "advice"  # strategy.advice: the advisor's record in a resolved recipe (informational)
 
 
 # --------------------------------------------------------------------------- loading
@@ -110,6 +118,34 @@ def apply_overrides(
     return doc
 
 
+def to_yaml_text(value: Any) -> str:
+    """A value as the text of a ``key=value`` override that YAML reads back as the same value.
+
+    Needed because PyYAML reads ``1e-05`` (Python's repr of 0.00001) as a string.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exp = text.split("e")
+            text = f"{mantissa}.0e{exp if exp[0] in '+-' else '+' + exp}"
+        return text
+    if isinstance(value, str):
+        return json.dumps(value)  # double-quoted YAML: never re-typed
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_yaml_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_yaml_text(v) for v in value) + "]"
+    raise HftlError(f"cannot write {value!r} ({type(value).__name__}) as a recipe value")
+
+
 def validate_recipe(doc: dict[str, Any], file: str | None = None) -> Recipe:
     """Validate a recipe document (schema + registries + cross-field checks)."""
     try:
@@ -121,8 +157,6 @@ def validate_recipe(doc: dict[str, Any], file: str | None = None) -> Recipe:
 
 def check_recipe(recipe: Recipe) -> Recipe:
     """The checks that need the registries; returns the recipe with its strategy options typed."""
-    from hftl.tasks import TASKS  # the registries (task and strategy modules import no torch at import time)
-
     file = recipe.source_file
     if recipe.task not in TASKS:
         raise RecipeError(
@@ -136,16 +170,41 @@ def check_recipe(recipe: Recipe) -> Recipe:
     if recipe.data.shift is not None:
         check_shift(recipe, task.roles)
     task.check(recipe)
-    from hftl.training.adaptation import check_adaptation
-
     check_adaptation(recipe, task)  # data.target / strategy.adaptation
     return recipe
 
 
+def check_adaptation(recipe: Recipe, task: Task) -> None:
+    """Domain adaptation (hftl/training/adaptation.py): the method has target data, the target fits the task."""
+    target, adaptation = recipe.data.target, recipe.strategy.adaptation
+    if adaptation is not None and target is None:
+        raise RecipeError(
+            recipe.source_file,
+            "strategy.adaptation",
+            "needs unlabeled target-domain data",
+            hint="Add data.target: {source: ..., columns: {...}}.",
+        )
+    if target is None:
+        return
+    if task.towers or "label" not in task.roles:
+        raise RecipeError(
+            recipe.source_file,
+            "data.target",
+            f"domain adaptation supports tasks with one label per example and one model, not '{recipe.task}'",
+            hint="Remove data.target.",
+        )
+    for role in target.columns:
+        if role not in task.roles:
+            raise RecipeError(
+                recipe.source_file,
+                f"data.target.columns.{role}",
+                f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(task.roles))}",
+                hint=f"Roles: {', '.join(task.roles)}.",
+            )
+
+
 def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
     """A known shift, of an input the task reads (images or texts)."""
-    from hftl.data.shifts import SHIFTS
-
     shift = recipe.data.shift
     if shift.name not in SHIFTS:
         raise RecipeError(
@@ -167,12 +226,8 @@ def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
 
 def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:
     """Known name, options typed by the strategy's own model and only for that strategy, LR options that agree."""
-    from hftl.analysis.advice_rules import ADVICE_KEY, AUTO, check_auto
-    from hftl.strategies import STRATEGIES
-    from hftl.tasks import TASKS
-
     file = recipe.source_file
-    if section.name == AUTO:  # resolved at the start of the run by hftl advise (hftl/analysis/advise.py)
+    if section.name == AUTO:  # resolved where the recipe is loaded for a run (hftl.analysis.advise.resolve_strategy)
         check_auto(section, file, key)
         return section
     if section.name not in STRATEGIES:
@@ -240,6 +295,19 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
         )
     towers = {t: check_strategy(sub, recipe, f"{key}.towers.{t}") for t, sub in (section.towers or {}).items()}
     return section.model_copy(update={**typed, **({"towers": towers} if towers else {})})
+
+
+def check_auto(section: StrategySection, file: str | None, key: str) -> None:
+    """``strategy.name: auto`` leaves the strategy, its options and the LR shape to the advisor."""
+    given = [k for k in (section.model_extra or {}) if k != ADVICE_KEY]
+    given += [k for k in ("llrd", "discriminative", "towers") if getattr(section, k) is not None]
+    if given:
+        raise RecipeError(
+            file,
+            f"{key}.{given[0]}",
+            f"does not go with {key}.name: {AUTO} (the advisor chooses the strategy, its options and the LRs)",
+            hint=f"Remove {key}.{given[0]}, or name a strategy.",
+        )
 
 
 def _validate_section(model: type[BaseModel], given: Any, file: str | None, key: str) -> BaseModel:

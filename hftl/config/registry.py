@@ -1,17 +1,29 @@
 """One tiny registry type, used for every extension point (tasks, strategies,
-layer-group mappers, catalog entries).
+layer-group mappers, catalog entries), and the registries a recipe names things from.
 
 Unknown names fail with the list of valid ones and a did-you-mean, so a typo
 in a recipe is a one-line fix instead of a hunt through the source.
+
+A recipe names a task, a strategy and a shift; their registries are declared here, in the lowest
+layer, so that checking a recipe (:mod:`hftl.config.recipe`) needs no higher one. Their entries are
+defined in higher layers (``hftl/tasks``, ``hftl/strategies``, ``hftl/data/shifts.py``), whose modules
+the registry imports on its first lookup (``plugins``): importing a package never imports its plugins.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from hftl.config.errors import HftlError
+
+if TYPE_CHECKING:
+    from hftl.data.shifts import Shift
+    from hftl.strategies import Strategy
+    from hftl.tasks import Task
 
 T = TypeVar("T")
 
@@ -25,9 +37,19 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 class Registry(Generic[T]):
     """A name -> object map filled by a decorator at the place each entry is defined."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._plugins = plugins  # a module, or a package whose modules, register the entries
+
+    def _load(self) -> dict[str, T]:
+        """The entries, after importing the plugin module(s) once (they register themselves)."""
+        if self._plugins is not None:
+            name, self._plugins = self._plugins, None
+            module = importlib.import_module(name)
+            for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+                importlib.import_module(f"{name}.{info.name}")
+        return self._entries
 
     def register(self, *names: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -43,7 +65,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._load()[name]
         except KeyError:
             raise HftlError(
                 f"Unknown {self.kind} '{name}'.{did_you_mean(name, self.names())} "
@@ -51,13 +73,18 @@ class Registry(Generic[T]):
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._load()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(sorted(self._load()))
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._load())
 
     def items(self) -> list[tuple[str, T]]:
-        return sorted(self._entries.items())
+        return sorted(self._load().items())
+
+
+TASKS: Registry[Task] = Registry("task", plugins="hftl.tasks")
+STRATEGIES: Registry[Strategy] = Registry("strategy", plugins="hftl.strategies")
+SHIFTS: Registry[Shift] = Registry("shift", plugins="hftl.data.shifts")

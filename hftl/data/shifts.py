@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hftl.config.errors import HftlError
-from hftl.config.registry import Registry
+from hftl.config.registry import SHIFTS
 
 MAX_SEVERITY = 5
 
@@ -45,9 +45,6 @@ class Shift:
     modality: Literal["image", "text"]
     fn: Callable[[Any, int, np.random.Generator], Any]
     description: str
-
-
-SHIFTS: Registry[Shift] = Registry("shift")
 
 
 def shift(name: str, modality: Literal["image", "text"], description: str) -> Callable:

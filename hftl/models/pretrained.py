@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import CheckpointError, RecipeError
 from hftl.config.registry import Registry, did_you_mean
-from hftl.training.run_folder import read_status
+from hftl.config.run_folder import read_status
 
 if TYPE_CHECKING:
     from hftl.config.schema import Recipe

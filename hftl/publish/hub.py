@@ -88,8 +88,8 @@ def push_run(
     """
     from huggingface_hub import HfApi
 
+    from hftl.config.run_folder import read_status
     from hftl.publish.card import build_card
-    from hftl.training.run_folder import read_status
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -147,10 +147,11 @@ def _operations(run_dir: Path, card: bytes, token: str) -> list[CommitOperationA
 
 def _adapter_config_for_hub(run_dir: Path, path: Path) -> bytes:
     """adapter_config.json with ``base_model_name_or_path`` set to the base's Hub id (it holds a local path)."""
-    from hftl.publish.card import _base_checkpoints, _checkpoint_hub_id, read_run
+    from hftl.config.run_folder import read_run
+    from hftl.publish.card_metadata import base_checkpoints, checkpoint_hub_id
 
     config = json.loads(path.read_text(encoding="utf-8"))
-    bases = [b for b in (_checkpoint_hub_id(c) for c in _base_checkpoints(read_run(run_dir).recipe)) if b]
+    bases = [b for b in (checkpoint_hub_id(c) for c in base_checkpoints(read_run(run_dir).recipe)) if b]
     if len(bases) == 1:
         config["base_model_name_or_path"] = bases[0]
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")

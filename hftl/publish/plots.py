@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import HftlError
-from hftl.training.run_folder import FINAL_FILE, PLAN_FILE, best_metric, read_json, read_log
+from hftl.config.run_folder import FINAL_FILE, PLAN_FILE, best_metric, read_json, read_log
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -10,7 +10,8 @@ one by one, and how it wraps the model (LoRA). The card and ``hftl plan`` take
 its one-line summary from the function's docstring.
 
 Adding a strategy: a module here with its options model and one ``@strategy``
-function, imported at the bottom of this file, and its row in
+function (the registry, :data:`hftl.config.registry.STRATEGIES`, imports every
+module of this package on its first lookup), and its row in
 ``tests/test_strategies.py``'s tables.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hftl.config.errors import RecipeError
-from hftl.config.registry import Registry
+from hftl.config.registry import STRATEGIES
 
 if TYPE_CHECKING:
     import torch
@@ -75,9 +76,6 @@ class Strategy:
         return self.options()
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategy")
-
-
 def strategy(name: str, **description: Any) -> Callable[[StartSteps], StartSteps]:
     """Register ``fn`` (groups, options, steps_per_epoch, total_steps, where) -> start step per group."""
 
@@ -116,12 +114,4 @@ def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     return spec.wrap_model(model, recipe, spec.options_of(recipe.strategy))
 
 
-# Importing the strategy modules registers them (input-to-head order of adaptivity, roughly).
-from hftl.strategies import (  # noqa: E402
-    basic,  # noqa: E402,F401
-    lora,  # noqa: E402,F401
-    partial,  # noqa: E402,F401
-    progressive,  # noqa: E402,F401
-    prototypes,  # noqa: E402,F401
-    two_stage,  # noqa: E402,F401
-)
+__all__ = ["STRATEGIES", "Strategy", "Where", "strategy"]

@@ -21,8 +21,8 @@ def wrap_lora(model, recipe, options: LoraOptions):
     """Wrap the model with peft LoRA adapters; the new head trains fully and is saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
+    from hftl.config.registry import TASKS
     from hftl.models.layers import map_layer_groups
-    from hftl.tasks import TASKS
 
     custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
     # the head group's modules, e.g. `classifier`, or `timm_model.classifier` inside a timm wrapper

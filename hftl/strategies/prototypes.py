@@ -74,7 +74,7 @@ def fit_prototypes(chain, train_rows, train_labels, val_rows, val_labels, scale:
     import torch
 
     from hftl.config.errors import HftlError
-    from hftl.training.probe import head_inputs, linear_head
+    from hftl.models.probe import head_inputs, linear_head
 
     linear = linear_head(chain)
     x, x_val = head_inputs(chain, train_rows), head_inputs(chain, val_rows)

@@ -8,9 +8,9 @@ what the model card says about loading it. The loop, the card and the CLI only
 ever talk to the :class:`Task` protocol; none of them asks for a task by name.
 
 Adding a task: a module here with a class implementing every member of
-:class:`Task`, registered at its bottom and imported at the bottom of this file,
-plus its tests (``tests/test_tasks.py`` checks every registered task against
-the protocol).
+:class:`Task`, registered at its bottom (the registry, :data:`hftl.config.registry.TASKS`,
+imports every module of this package on its first lookup), plus its tests
+(``tests/test_extension_points.py`` checks every registered task against the protocol).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from hftl.config.registry import Registry
+from hftl.config.registry import TASKS
 
 if TYPE_CHECKING:
     import datasets
@@ -88,9 +88,6 @@ class Task(Protocol):
         """Labels with scores for each input, best first, from a saved run folder."""
 
 
-TASKS: Registry[Task] = Registry("task")
-
-
 class PreparedData(NamedTuple):
     processor: Any
     labels: list[str]
@@ -108,10 +105,4 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return PreparedData(processor, labels, encoded, reports)
 
 
-# Importing the task modules registers them.
-from hftl.tasks import (  # noqa: E402
-    fusion,  # noqa: E402,F401
-    image_classification,  # noqa: E402,F401
-    text_classification,  # noqa: E402,F401
-    token_classification,  # noqa: E402,F401
-)
+__all__ = ["TASKS", "CardInfo", "PreparedData", "Task", "prepare_data"]

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hftl.config import log
 from hftl.config.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -57,38 +58,8 @@ METHODS = {  # method -> one line for the card and `hftl plan`
 TARGET_TEST = "target_test"
 
 
-# --------------------------------------------------------------------------- recipe checks and the target data
-def check_adaptation(recipe: Recipe, task: Task) -> None:
-    """Recipe-time checks: the method has target data, and the target section fits the task."""
-    from hftl.config.registry import did_you_mean
-
-    target, adaptation = recipe.data.target, recipe.strategy.adaptation
-    if adaptation is not None and target is None:
-        raise RecipeError(
-            recipe.source_file,
-            "strategy.adaptation",
-            "needs unlabeled target-domain data",
-            hint="Add data.target: {source: ..., columns: {...}}.",
-        )
-    if target is None:
-        return
-    if task.towers or "label" not in task.roles:
-        raise RecipeError(
-            recipe.source_file,
-            "data.target",
-            f"domain adaptation supports tasks with one label per example and one model, not '{recipe.task}'",
-            hint="Remove data.target.",
-        )
-    for role in target.columns:
-        if role not in task.roles:
-            raise RecipeError(
-                recipe.source_file,
-                f"data.target.columns.{role}",
-                f"is not a column role of task '{recipe.task}'.{did_you_mean(role, list(task.roles))}",
-                hint=f"Roles: {', '.join(task.roles)}.",
-            )
-
-
+# --------------------------------------------------------------------------- the target data
+# (the recipe-time checks are hftl.config.recipe.check_adaptation)
 def load_target(recipe: Recipe, task: Task, data: PreparedData, accelerator: Any) -> datasets.Dataset | None:
     """Encode the target data like the source; the labeled part goes into ``data.encoded['target_test']``.
 
@@ -103,7 +74,7 @@ def load_target(recipe: Recipe, task: Task, data: PreparedData, accelerator: Any
         if test is not None:
             data.encoded[TARGET_TEST] = _encode(recipe, task, data, test, labeled=True)
         encoded = _encode(recipe, task, data, unlabeled, labeled=False) if recipe.strategy.adaptation else None
-    accelerator.print(
+    log.say(
         f"[adaptation] target {target.source}: {len(unlabeled)} unlabeled examples"
         + (f", {len(test)} labeled ({TARGET_TEST})" if test is not None else "")
     )
@@ -196,7 +167,7 @@ def _encode(recipe: Recipe, task: Task, data: PreparedData, ds: datasets.Dataset
         )
     encoded, reports = task.encode(datasets.DatasetDict(train=ds), data.processor, recipe, data.labels)
     for report in reports:
-        print(f"[adaptation] target: {report}")
+        log.say(f"[adaptation] target: {report}")
     return encoded["train"]
 
 
@@ -370,7 +341,7 @@ def build_adaptation(
         collate_fn=task.collator(data.processor, recipe, train=True),
     )
     pad_id = getattr(data.processor, "pad_token_id", None) or 0
-    accelerator.print(f"[adaptation] {options.method} (weight {options.weight:g}): {METHODS[options.method]}")
+    log.say(f"[adaptation] {options.method} (weight {options.weight:g}): {METHODS[options.method]}")
     return Adaptation(
         options.method,
         options.weight,

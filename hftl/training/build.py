@@ -140,12 +140,11 @@ def set_step_lrs(optimizer: Any, scheduler: Any, step: int) -> None:
 
 
 def describe_plan(recipe: Recipe, num_processes: int = 1) -> str:
-    """Load data and model (no training) and format the plan table, as ``hftl run`` would apply it."""
-    from hftl.analysis.advise import resolve_strategy
+    """Load data and model (no training) and format the plan table, as ``hftl run`` would apply it
+    (``strategy.name: auto`` resolved by the caller, as for a run)."""
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
 
-    recipe = resolve_strategy(recipe)  # strategy.name: auto, as the run would resolve it
     task = TASKS.get(recipe.task)
     splits = task.load_splits(recipe)
     model = build_model(recipe, task, task.label_names(splits, recipe))

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hftl.config import log
+from hftl.config import log, run_folder
 from hftl.config.schema import Recipe
-from hftl.training import run_folder
 from hftl.training.build import (
     build_loaders,
     build_model,
@@ -31,6 +30,7 @@ from hftl.training.build import (
 from hftl.training.evaluation import evaluate, is_better
 from hftl.training.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
 from hftl.training.training_state import (
+    check_resumable,
     complete_checkpoints,
     kill_point,
     load_checkpoint,
@@ -63,11 +63,14 @@ class LoopState:
 
 
 def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
-    """Train, evaluate and save one recipe; returns the final metrics."""
+    """Train, evaluate and save one recipe; returns the final metrics.
+
+    ``strategy.name: auto`` is resolved before, where the recipe is loaded for a run (``hftl run``,
+    :func:`hftl.run_recipe`, a study trial: :func:`hftl.analysis.advise.resolve_strategy`).
+    """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from hftl.analysis.advise import resolve_strategy
     from hftl.config.errors import RecipeError
     from hftl.publish.hub import check_can_push
     from hftl.strategies import changes_mid_run, fit_head_first, head_fitter
@@ -77,12 +80,12 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from hftl.training.adaptation import build_adaptation, load_target
     from hftl.training.trackers import check_trackers
 
-    recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/analysis/advise.py)
     resume = recipe.train.resume if resume is None else resume
     set_threads(recipe.train.num_threads)
     task, run_dir = TASKS.get(recipe.task), recipe.run_dir
     check_trackers(recipe.train.trackers)
     run_folder.check_run_dir(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))  # before any work
+    check_resumable(run_dir, resume)
     if recipe.hub.push:  # fail now, not after hours of training
         check_can_push()
 
@@ -222,7 +225,7 @@ def fit_probe_head(
 ) -> bool:
     """[probe] Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
     strategy's own ``fitter``, before the loop."""
-    from hftl.training.probe import fit_probe
+    from hftl.models.probe import fit_probe
 
     started = time.time()
     train, val = train_dl.dataset, eval_dls["validation"].dataset

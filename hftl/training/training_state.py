@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from hftl.training.run_folder import write_json_atomic
+from hftl.config.run_folder import write_json_atomic
 
 STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what a peft model saves instead of model.safetensors
@@ -85,6 +85,13 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     kill_point("saved", state["step"])  # test hook: dies with a complete, resumable state behind
     return final
+
+
+def check_resumable(run_dir: Path, resume: bool) -> None:
+    """Resuming: the newest complete saved state must load (checked before any work)."""
+    checkpoints = complete_checkpoints(run_dir)
+    if resume and checkpoints:
+        check_checkpoint(checkpoints[-1])
 
 
 def check_checkpoint(path: Path) -> None:

@@ -72,7 +72,8 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: 
     """Refuse a run folder that cannot be used, before anything is loaded, written or deleted.
 
     A path that is a file (or lies under one), a completed run without ``output.overwrite`` or with
-    ``--resume``, an unfinished run without ``--resume``, or a newest saved state that cannot be loaded.
+    ``--resume``, or an unfinished run without ``--resume``. (Whether the newest saved state loads:
+    :func:`hftl.training.training_state.check_resumable`.)
     """
     for parent in [run_dir, *run_dir.parents]:
         if parent.exists() and not parent.is_dir():
@@ -81,10 +82,6 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: 
                 f"The run folder {run_dir} (output.dir) {what}, not a folder. Point output.dir at a "
                 "new or existing folder."
             )
-    if resume and has_checkpoints:
-        from hftl.training.training_state import check_checkpoint, complete_checkpoints
-
-        check_checkpoint(complete_checkpoints(run_dir)[-1])
     status = read_status(run_dir).get("status")
     if resume and status == "completed":
         raise HftlError(
