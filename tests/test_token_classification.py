@@ -13,6 +13,7 @@ from hftl.config.errors import DataError
 from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.tasks import TASKS
 from hftl.tasks.token_classification import IGNORE, align_labels, continuation_ids
+from hftl.training.run_folder import read_log
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"]
@@ -245,7 +246,7 @@ def test_tiny_ner_learns_and_reloads_with_pipeline(ner_bert_dir, ner_jsonl, tmp_
     from hftl.training.train import run
 
     result = run(recipe_for(ner_bert_dir, ner_jsonl, tmp_path, label_all_subtokens=label_all))
-    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(result.run_dir)
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < 0.3 * losses[0], losses
     assert result.metrics["test"]["f1"] > 0.9, result.metrics
@@ -282,7 +283,7 @@ def test_wnut_recipe_on_real_minilm(tmp_path):
         ],
     )
     result = run(recipe)
-    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(result.run_dir)
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     assert result.metrics["validation"]["f1"] > 0, result.metrics

@@ -168,7 +168,7 @@ def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
 def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:
     """Known name, options typed by the strategy's own model and only for that strategy, LR options that agree."""
     from hftl.analysis.advice_rules import ADVICE_KEY, AUTO, check_auto
-    from hftl.strategies import STRATEGIES
+    from hftl.strategies import STRATEGIES, names_where
     from hftl.tasks import TASKS
 
     file = recipe.source_file
@@ -229,14 +229,14 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
             f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
             f"(made of the towers {', '.join(task.towers)}) does not support yet",
             section.name,
-            hint="Use a strategy per tower: feature_extraction, partial, progressive, two_stage or full.",
+            hint=f"Use a strategy per tower that does not wrap the model: {', '.join(names_where(wrap_model=None))}.",
         )
     if section.towers is not None and not task.towers:
         raise RecipeError(
             file,
             f"{key}.towers",
             f"only applies to tasks made of several towers, not '{recipe.task}'",
-            hint="Remove it, or use the fusion task.",
+            hint=f"Remove it, or use a task made of towers: {', '.join(n for n in TASKS if TASKS.get(n).towers)}.",
         )
     towers = {t: check_strategy(sub, recipe, f"{key}.towers.{t}") for t, sub in (section.towers or {}).items()}
     return section.model_copy(update={**typed, **({"towers": towers} if towers else {})})

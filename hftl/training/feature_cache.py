@@ -182,10 +182,12 @@ def skip_reason(model: nn.Module, plan: Plan, recipe: Recipe, task: Any, encoded
         return "the model has no trainable head group"
     training = [g.name for g in plan.groups if not g.is_head and g.name not in frozen]
     if training:
+        from hftl.strategies import names_where
+
         shown = ", ".join(training[:4]) + (" ..." if len(training) > 4 else "")
         return (
             f"body group(s) {shown} train during the run (strategy '{plan.strategy}'); caching needs the "
-            "whole body frozen for the whole run, e.g. strategy.name=feature_extraction"
+            f"whole body frozen for the whole run, e.g. strategy.name={' / '.join(names_where(frozen_body=True))}"
         )
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
