@@ -23,13 +23,9 @@ import pytest
 import torch
 from torch import nn
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
-    ResNetConfig,
     ResNetForImageClassification,
-    TimmWrapperConfig,
     TimmWrapperForImageClassification,
-    ViTConfig,
     ViTForImageClassification,
 )
 
@@ -39,6 +35,7 @@ from hftl.strategies import STRATEGIES, wrap_model
 from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
 from hftl.training.build import build_optimizer, plan_for
 from hftl.training.run_folder import read_log
+from tests.tiny_models import SMALL, bert_config, resnet_config, timm_config, vit_config
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps
 LR, HEAD_LR, WD = 1e-2, 5e-2, 0.01
@@ -70,16 +67,7 @@ ARCHS = [
     Arch(
         "bert",
         "text-classification",
-        lambda: BertForSequenceClassification(
-            BertConfig(
-                vocab_size=50,
-                hidden_size=16,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=20,
-                max_position_embeddings=16,
-            )
-        ),
+        lambda: BertForSequenceClassification(bert_config(**SMALL, vocab_size=50, max_position_embeddings=16)),
         _tokens,
         r"encoder\.layer\.1\..*LayerNorm",
         ("query", "value"),
@@ -87,17 +75,7 @@ ARCHS = [
     Arch(
         "vit",
         "image-classification",
-        lambda: ViTForImageClassification(
-            ViTConfig(
-                hidden_size=16,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=20,
-                image_size=16,
-                patch_size=8,
-                num_labels=3,
-            )
-        ),
+        lambda: ViTForImageClassification(vit_config(**SMALL, image_size=16, num_labels=3)),
         _images(3, 16),
         r"layers\.1\.layernorm_after",
         ("q_proj", "v_proj"),
@@ -105,16 +83,14 @@ ARCHS = [
     Arch(
         "resnet",
         "image-classification",
-        lambda: ResNetForImageClassification(
-            ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, layer_type="basic", num_labels=3)
-        ),
+        lambda: ResNetForImageClassification(resnet_config(num_labels=3)),
         _images(3, 32),
         r"stages\.1\..*normalization",
     ),
     Arch(
         "timm-efficientnet",
         "image-classification",
-        lambda: TimmWrapperForImageClassification(TimmWrapperConfig(architecture="efficientnet_lite0", num_labels=3)),
+        lambda: TimmWrapperForImageClassification(timm_config("efficientnet_lite0")),
         _images(3, 32),
         r"blocks\.5\..*bn",
     ),
