@@ -105,7 +105,10 @@ def test_bad_adaptation_recipes_name_the_key_and_exit_2(text_recipe, target_csv,
     path.write_text(__import__("yaml").safe_dump(doc))
     command = "run" if key == "data.target.columns.text" else "plan"  # the input type is known once the data is read
     assert main([command, str(path)]) == 2
-    assert f"key '{key}'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"key '{key}'" in err
+    if "strategy" in change:  # the hint lists the strategies that train the body, from their registrations
+        assert "trains the body: strategy.name: full / lora / partial / progressive / two_stage." in err
 
 
 @pytest.mark.parametrize("method", ["dann", "coral"])
