@@ -9,6 +9,7 @@ another module, a comparison of an attribute with either, and a hint text that n
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import re
 from pathlib import Path
@@ -75,13 +76,43 @@ def module_name(path: Path) -> str | None:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+COLLECTIONS = {"str", "tuple", "list", "set", "frozenset", "sorted"}
+
+
+@functools.cache
 def constant_names(module: str | None) -> dict[str, set[str]]:
-    """The module-level constants of ``module`` that hold strategy / task names, e.g. ``FE = "feature_extraction"``."""
-    try:
-        values = vars(importlib.import_module(module)) if module else {}
-    except ImportError:  # `from hftl.x import name` where name is no module
-        values = {}
-    return {k: found for k, v in values.items() if k.isupper() and (found := names_in(v))}
+    """The module-level constants of ``module`` that hold strategy / task names, e.g. ``FE = "feature_extraction"``.
+
+    Literal values are read from the source; a module is imported only for a constant computed otherwise
+    (``FE, PARTIAL, FULL = (r.label for r in LADDER)``), so the check stays fast. A call of anything but a
+    collection builder (a registry, a logger) is taken to hold no names.
+    """
+    base = PACKAGE.parent / (module or "").replace(".", "/")
+    path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if module and p.is_file()), None)
+    if path is None:  # not a module of the package (or `from hftl.x import name` where name is no module)
+        return {}
+    found: dict[str, set[str]] = {}
+    computed: list[str] = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if value is not None else []
+        for target in targets:
+            names = [e.id for e in target.elts] if isinstance(target, ast.Tuple) else [getattr(target, "id", "")]
+            if not all(n.isupper() for n in names):
+                continue
+            try:
+                literal = ast.literal_eval(value)
+            except ValueError:
+                call = isinstance(value, ast.Call)
+                if not call or getattr(value.func, "id", None) in COLLECTIONS:
+                    computed += names
+                continue
+            values = literal if isinstance(target, ast.Tuple) else [literal]
+            found |= {n: held for n, v in zip(names, values) if (held := names_in(v))}
+    if computed:
+        loaded = vars(importlib.import_module(module))
+        found |= {n: held for n in computed if (held := names_in(loaded.get(n)))}
+    return found
 
 
 def name_uses(source: str, module: str | None, constants_of=constant_names) -> list[tuple[int, set[str], str]]:
