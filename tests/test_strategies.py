@@ -361,7 +361,7 @@ def test_joining_groups_ramp_up_on_the_shared_schedule() -> None:
     starts = {"pooler": 2, "layer.1": 4, "layer.0": 6, "embeddings": 8, "head": 0}
     assert {g.name: g.start_step for g in plan.groups} == starts
     peak = {g.name: g.lr for g in plan.groups}
-    for step, _, lrs, _ in train_and_watch(model, plan, recipe, arch.batch(torch.Generator().manual_seed(0)), total):
+    for step, _, lrs, _, _ in train_and_watch(model, plan, recipe, arch.batch(torch.Generator().manual_seed(0)), total):
         for name, start in starts.items():
             ramp = 0.0 if step < start else 1.0 if start == 0 else min(1.0, (step - start + 1) / 2)
             assert lrs[name] == pytest.approx(peak[name] * base(step) * ramp, rel=1e-12, abs=1e-15), (step, name)
