@@ -22,6 +22,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from tests.tiny_models import save_bert  # noqa: E402
+
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "smart"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "weak", "cold", "silly"]
 NEUTRAL = ["the", "movie", "plot", "actor", "scene", "film", "story", "was", "a", "very", "and", "it"]
@@ -36,26 +38,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 def save_tiny_bert(folder: Path) -> Path:
     """Write the tiny random BERT and its tokenizer into ``folder`` (tests and benchmarks/study_overhead.py)."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    torch.manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.1,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_bert(folder, SPECIAL + sorted(set(POSITIVE + NEGATIVE + NEUTRAL)), max_position_embeddings=64)
 
 
 def make_reviews(n: int, seed: int = 0) -> list[dict]:

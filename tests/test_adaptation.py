@@ -4,7 +4,6 @@ a run that scores target_test and keeps the domain classifier out of the publish
 from __future__ import annotations
 
 import csv
-import json
 import math
 import signal
 
@@ -14,6 +13,7 @@ import torch
 from hftl.cli import main
 from hftl.config.recipe import load_recipe
 from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, merge_batches
+from hftl.config.run_folder import read_log
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint, weights
 
@@ -42,13 +42,24 @@ def adapted(text_recipe, target_csv, method="dann", **sections):
     )
 
 
-def test_losses_match_their_definitions():
+def test_dann_coefficient_ramps_from_0_towards_1():
+    """2 / (1 + exp(-10 p)) - 1 (Ganin et al.): 0 at the start; at p = 1, 2 / (1 + e^-10) - 1 = 0.9999092."""
     assert dann_coefficient(0.0) == 0.0 and dann_coefficient(1.0) == pytest.approx(0.9999092, abs=1e-6)
+
+
+def test_coral_loss_of_a_hand_computed_case_and_its_properties():
+    """Source rows (1, 0), (-1, 0): mean 0, covariance (n - 1 = 1) [[2, 0], [0, 0]]. Target rows (0, 1), (0, -1),
+    (0, 0): covariance [[0, 0], [0, (1 + 1) / 2]] = [[0, 0], [0, 1]]. Difference [[2, 0], [0, -1]]: squared
+    Frobenius norm 4 + 1 = 5, over 4 d^2 = 16: 0.3125."""
+    s = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    t = torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 0.0]])
+    assert coral_loss(s, t).item() == pytest.approx(0.3125, abs=1e-7)
     g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(20, 3, generator=g), torch.randn(30, 3, generator=g) * 2
-    cov = lambda x: (x - x.mean(0)).T @ (x - x.mean(0)) / (len(x) - 1)  # noqa: E731
-    assert coral_loss(s, t).item() == pytest.approx(((cov(s) - cov(t)) ** 2).sum().item() / 36, rel=1e-5)
-    assert coral_loss(s, s).item() == pytest.approx(0.0, abs=1e-7)
+    a, b = torch.randn(20, 3, generator=g), torch.randn(30, 3, generator=g) * 2
+    assert coral_loss(a, a).item() == pytest.approx(0.0, abs=1e-7)  # identical batches: no distance
+    assert coral_loss(a, b).item() == pytest.approx(coral_loss(b, a).item(), rel=1e-6)  # symmetric
+    assert coral_loss(a, b + 5.0).item() == pytest.approx(coral_loss(a, b).item(), rel=1e-5)  # shift: no change
+    assert coral_loss(2 * a, 2 * b).item() == pytest.approx(16 * coral_loss(a, b).item(), rel=1e-5)  # cov x 4
 
 
 def test_target_batches_depend_only_on_seed_and_index():
@@ -94,7 +105,10 @@ def test_bad_adaptation_recipes_name_the_key_and_exit_2(text_recipe, target_csv,
     path.write_text(__import__("yaml").safe_dump(doc))
     command = "run" if key == "data.target.columns.text" else "plan"  # the input type is known once the data is read
     assert main([command, str(path)]) == 2
-    assert f"key '{key}'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"key '{key}'" in err
+    if "strategy" in change:  # the hint lists the strategies that train the body, from their registrations
+        assert "trains the body: strategy.name: full / lora / partial / progressive / two_stage." in err
 
 
 @pytest.mark.parametrize("method", ["dann", "coral"])
@@ -144,7 +158,5 @@ def test_dann_resume_after_sigkill_matches_an_uninterrupted_run(text_recipe, tar
         a = weights(straight / f"checkpoints/step-00000014/{name}.safetensors")
         b = weights(resumed / f"checkpoints/step-00000014/{name}.safetensors")
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6, name
-    losses = lambda d: [
-        r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r
-    ]  # noqa: E731
+    losses = lambda d: [r["loss"] for r in read_log(d) if "loss" in r]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6) and not any(map(math.isnan, losses(straight)))

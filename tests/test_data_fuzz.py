@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from hftl.config.errors import HftlError
 from hftl.config.recipe import load_recipe
+from tests.tiny_models import resnet_config
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -152,11 +153,11 @@ def test_random_data_files_give_batches_or_a_clear_error(workdir, tiny_bert_dir,
 @pytest.fixture(scope="module")
 def tiny_resnet_dir(tmp_path_factory) -> Path:
     import torch
-    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+    from transformers import ConvNextImageProcessor, ResNetModel
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("fuzz-resnet")
-    config = ResNetConfig(embedding_size=4, hidden_sizes=[4], depths=[1], layer_type="basic")
+    config = resnet_config(embedding_size=4, hidden_sizes=[4], depths=[1])  # the smallest: hundreds of examples
     ResNetModel(config).save_pretrained(folder)
     ConvNextImageProcessor(size={"shortest_edge": 16}).save_pretrained(folder)
     return folder

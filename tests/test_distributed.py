@@ -23,6 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hftl.config.run_folder import read_log
+
 pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,10 +117,6 @@ def assert_ranks_identical(by_step: dict) -> None:
         assert rank0.keys() == rank1.keys()
         drift = {k for k in rank0 if not torch.equal(rank0[k], rank1[k])}
         assert not drift, f"step {step}: ranks differ in {sorted(drift)[:5]}"
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_path) -> None:

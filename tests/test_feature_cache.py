@@ -19,6 +19,7 @@ from hftl.tasks import prepare_data
 from hftl.training import feature_eligibility, feature_extraction, feature_key, feature_store
 from hftl.training.build import plan_for
 from hftl.training.train import run
+from tests.tiny_models import SMALL, bert_config, distilbert_config, resnet_config, timm_config, vit_config
 
 # head_solver adamw: these tests compare the loop on cached features with the loop without them
 # (the default, an L-BFGS probe fitted first, is tested in tests/test_probe.py).
@@ -128,54 +129,38 @@ def test_cache_key_follows_the_frozen_weights_and_digest_follows_the_rows(text_r
 
 # --------------------------------------------------------------------------- heads of other architectures
 def _vit():
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
-    config = ViTConfig(
-        image_size=16,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=20,
-        num_labels=3,
-    )
+    config = vit_config(**SMALL, image_size=16, num_labels=3)
     return ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
 
 
 def _resnet():
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import ResNetForImageClassification
 
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    config = resnet_config(layer_type="bottleneck", num_labels=3)
     return ResNetForImageClassification(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 
 def _timm():
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+    from transformers import TimmWrapperForImageClassification
 
-    config = TimmWrapperConfig(architecture="test_efficientnet", num_labels=3)
+    config = timm_config()
     return TimmWrapperForImageClassification(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 
 def _bert(cls: str, dropout: float = 0.1):
     import transformers
 
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=20,
-        num_labels=3,
-        classifier_dropout=dropout,
-    )
+    config = bert_config(**SMALL, vocab_size=40, num_labels=3, classifier_dropout=dropout)
     ids = torch.randint(5, 40, (2, 7))
     return getattr(transformers, cls)(config), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _distilbert():
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import DistilBertForSequenceClassification
 
-    config = DistilBertConfig(vocab_size=40, dim=16, n_layers=2, n_heads=2, hidden_dim=20, num_labels=3)
+    config = distilbert_config(vocab_size=40, dim=16, hidden_dim=20, num_labels=3)
     ids = torch.randint(5, 40, (2, 7))
     return DistilBertForSequenceClassification(config), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 

@@ -17,6 +17,7 @@ from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.models.fusion_model import FusionConfig, FusionModel, FusionProcessor, load_fusion
 from hftl.tasks import TASKS
 from hftl.tasks.fusion import NUMBER_WORDS, digits_plus
+from tests.tiny_models import bert_config, resnet_config, vit_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEXT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "plus", *NUMBER_WORDS]
@@ -25,40 +26,20 @@ N_PRETRAIN = 2500  # digits-plus rows used to pre-train the vision tower; the ot
 
 # --------------------------------------------------------------------------- tiny towers
 def tiny_text_tower():
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    return BertModel(
-        BertConfig(
-            vocab_size=len(TEXT_VOCAB),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=37,
-            max_position_embeddings=16,
-        )
-    )
+    return BertModel(bert_config(vocab_size=len(TEXT_VOCAB), max_position_embeddings=16))
 
 
 def tiny_resnet_config(**extra):
-    from transformers import ResNetConfig
-
-    return ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", **extra)
+    return resnet_config(embedding_size=16, hidden_sizes=[16, 32], **extra)  # wider: it learns to read digits
 
 
 def tiny_vision_tower(kind: str):
-    from transformers import ResNetModel, ViTConfig, ViTModel
+    from transformers import ResNetModel, ViTModel
 
     if kind == "vit":
-        return ViTModel(
-            ViTConfig(
-                image_size=28,
-                patch_size=7,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=37,
-            )
-        )
+        return ViTModel(vit_config(image_size=28, patch_size=7))
     return ResNetModel(tiny_resnet_config())
 
 

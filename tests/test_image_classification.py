@@ -21,6 +21,7 @@ from hftl.config.errors import DataError, RecipeError
 from hftl.config.recipe import load_recipe
 from hftl.tasks import TASKS
 from hftl.training.train import run
+from tests.tiny_models import convnext_config, deit_config, resnet_config, vit_config
 
 TASK = TASKS.get("image-classification")
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -58,25 +59,13 @@ def stripes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random 'pretrained' backbones (no head) with their image processors, as local checkpoint folders."""
-    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel, ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import ConvNextImageProcessor, ResNetModel, ViTImageProcessor, ViTModel
 
     torch.manual_seed(0)
     vit, resnet = tmp_path_factory.mktemp("tiny-vit"), tmp_path_factory.mktemp("tiny-resnet")
-    ViTModel(
-        ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=37,
-        ),
-        add_pooling_layer=False,
-    ).save_pretrained(vit)
+    ViTModel(vit_config(), add_pooling_layer=False).save_pretrained(vit)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
-    ResNetModel(
-        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-    ).save_pretrained(resnet)
+    ResNetModel(resnet_config()).save_pretrained(resnet)
     ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(resnet)
     return {"vit": vit, "resnet": resnet}
 
@@ -151,34 +140,15 @@ def test_every_strategy_trains_what_its_plan_says(image_recipe, checkpoints, mod
 @pytest.mark.parametrize("family", ["convnext", "deit"])
 def test_more_checkpoint_families_train_and_use_their_processor(image_recipe, tmp_path, family):
     """ConvNeXt (shortest-edge resize) and DeiT (resize 36 then centre crop 32), two steps each."""
-    from transformers import (
-        ConvNextConfig,
-        ConvNextImageProcessor,
-        ConvNextModel,
-        DeiTConfig,
-        DeiTImageProcessor,
-        DeiTModel,
-    )
+    from transformers import ConvNextImageProcessor, ConvNextModel, DeiTImageProcessor, DeiTModel
 
     torch.manual_seed(0)
     folder = tmp_path / family
     if family == "convnext":
-        ConvNextModel(
-            ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, patch_size=2)
-        ).save_pretrained(folder)
+        ConvNextModel(convnext_config()).save_pretrained(folder)
         ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
     else:
-        DeiTModel(
-            DeiTConfig(
-                image_size=32,
-                patch_size=8,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=37,
-            ),
-            add_pooling_layer=False,
-        ).save_pretrained(folder)
+        DeiTModel(deit_config(), add_pooling_layer=False).save_pretrained(folder)
         DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(
             folder
         )

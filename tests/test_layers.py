@@ -27,7 +27,6 @@ from transformers import (
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     Dinov2Config,
-    DistilBertConfig,
     ElectraConfig,
     ResNetConfig,
     RobertaConfig,
@@ -40,24 +39,17 @@ from transformers import (
 
 from hftl.config.errors import HftlError
 from hftl.models.layers import LAYER_MAPPERS, describe_groups, map_layer_groups
+from tests import tiny_models
+from tests.tiny_models import TEXT, bert_config, distilbert_config
 
-TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
-VISION = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    num_labels=3,
-)
-CNN = dict(hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+VISION = {**tiny_models.VISION, "num_labels": 3}  # for every vision family below
+CNN = {**tiny_models.CNN, "num_labels": 3}
 TEXT_BODY = ["embeddings", "layer.0", "layer.1"]
 CLASSIFIER = {"classifier.weight", "classifier.bias"}
 
 
 def bert(**kw: object) -> BertConfig:
-    return BertConfig(**{**TEXT, **kw})
+    return bert_config(**kw)
 
 
 def timm(arch: str, head: bool = True, **model_args: object) -> nn.Module:
@@ -121,9 +113,7 @@ CASES = [
     ),
     Case(
         "distilbert-seq",
-        lambda: AutoModelForSequenceClassification.from_config(
-            DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100)
-        ),
+        lambda: AutoModelForSequenceClassification.from_config(distilbert_config()),
         TEXT_BODY + ["head"],
         CLASSIFIER | {"pre_classifier.weight", "pre_classifier.bias"},
     ),

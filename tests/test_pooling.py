@@ -98,7 +98,7 @@ def test_pooled_run_reloads_with_pipeline_and_remote_code(text_recipe, tiny_bert
 
 
 def test_pooling_is_refused_where_the_task_does_not_pool(text_recipe):
-    with pytest.raises(RecipeError, match="model.pooling.*only applies to text-classification"):
+    with pytest.raises(RecipeError, match="model.pooling.*does not apply to token-classification, which uses"):
         load_recipe(
             text_recipe(task="token-classification", model={"pooling": "mean"}, data={"columns": {}, "source": "x.csv"})
         )

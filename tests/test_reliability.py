@@ -23,7 +23,7 @@ import yaml
 
 from hftl.config.errors import CheckpointError, DataError, HftlError
 from hftl.config.recipe import load_recipe
-from hftl.config.run_folder import read_status
+from hftl.config.run_folder import read_log, read_status
 from hftl.training.train import run
 from hftl.training.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 
@@ -165,12 +165,12 @@ def assert_same_model(run_dir: Path, reference: Path) -> None:
     metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
     for key in ("validation", "test", "best_step", "steps"):
         assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-5), key
-    assert read_log(run_dir) == read_log(reference)
+    assert comparable_log(run_dir) == comparable_log(reference)
 
 
-def read_log(run_dir: Path) -> list[dict]:
+def comparable_log(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock time; losses rounded for the float comparison."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_log(run_dir)
     for line in lines:
         line.get("final", {}).pop("train_seconds", None)
     return json.loads(json.dumps(lines), parse_float=lambda x: round(float(x), 5))
@@ -335,7 +335,7 @@ def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
         '{"step": 4, "final": {}}\n{"step": 8, "lo'
     )  # killed in the middle of a write
     truncate_log(tmp_path, 4)
-    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+    assert read_log(tmp_path) == [
         {"step": 2, "loss": 0.5},
         {"step": 4, "loss": 0.4},
     ]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
 import pytest
 
 from hftl.config.recipe import load_recipe
+from hftl.config.run_folder import read_log
 from hftl.training.train import run
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "sentiment.yaml"
@@ -41,11 +41,13 @@ def test_sentiment_recipe_learns_on_real_checkpoint(tmp_path):
     accuracy = result.metrics["test"]["accuracy"]
     assert accuracy > majority + 0.08, (accuracy, majority)
 
-    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(result.run_dir)
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < losses[0]
 
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=str(result.run_dir))
-    assert {p["label"] for p in pipe(["A masterpiece.", "Dull and lifeless."])} <= {"fresh", "rotten"}
+    # Clear cases a model this far above the majority class must get right (not merely name a known label).
+    predicted = [p["label"] for p in pipe(["A masterpiece.", "Dull and lifeless.", "Moving, funny and beautiful."])]
+    assert predicted == ["fresh", "rotten", "fresh"]

@@ -23,13 +23,9 @@ import pytest
 import torch
 from torch import nn
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
-    ResNetConfig,
     ResNetForImageClassification,
-    TimmWrapperConfig,
     TimmWrapperForImageClassification,
-    ViTConfig,
     ViTForImageClassification,
 )
 
@@ -38,6 +34,8 @@ from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.strategies import STRATEGIES, wrap_model
 from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
 from hftl.training.build import build_optimizer, plan_for
+from hftl.config.run_folder import read_log
+from tests.tiny_models import SMALL, bert_config, resnet_config, timm_config, vit_config
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps
 LR, HEAD_LR, WD = 1e-2, 5e-2, 0.01
@@ -69,16 +67,7 @@ ARCHS = [
     Arch(
         "bert",
         "text-classification",
-        lambda: BertForSequenceClassification(
-            BertConfig(
-                vocab_size=50,
-                hidden_size=16,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=20,
-                max_position_embeddings=16,
-            )
-        ),
+        lambda: BertForSequenceClassification(bert_config(**SMALL, vocab_size=50, max_position_embeddings=16)),
         _tokens,
         r"encoder\.layer\.1\..*LayerNorm",
         ("query", "value"),
@@ -86,17 +75,7 @@ ARCHS = [
     Arch(
         "vit",
         "image-classification",
-        lambda: ViTForImageClassification(
-            ViTConfig(
-                hidden_size=16,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=20,
-                image_size=16,
-                patch_size=8,
-                num_labels=3,
-            )
-        ),
+        lambda: ViTForImageClassification(vit_config(**SMALL, image_size=16, num_labels=3)),
         _images(3, 16),
         r"layers\.1\.layernorm_after",
         ("q_proj", "v_proj"),
@@ -104,16 +83,14 @@ ARCHS = [
     Arch(
         "resnet",
         "image-classification",
-        lambda: ResNetForImageClassification(
-            ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, layer_type="basic", num_labels=3)
-        ),
+        lambda: ResNetForImageClassification(resnet_config(num_labels=3)),
         _images(3, 32),
         r"stages\.1\..*normalization",
     ),
     Arch(
         "timm-efficientnet",
         "image-classification",
-        lambda: TimmWrapperForImageClassification(TimmWrapperConfig(architecture="efficientnet_lite0", num_labels=3)),
+        lambda: TimmWrapperForImageClassification(timm_config("efficientnet_lite0")),
         _images(3, 32),
         r"blocks\.5\..*bn",
     ),
@@ -261,7 +238,7 @@ def is_batchnorm(module: nn.Module) -> bool:
 
 def train_and_watch(model: nn.Module, plan: Plan, recipe, batch: dict, steps: int = STEPS):
     """The loop's strategy mechanics, step by step: yields (step, changed tensor names, LR per param group,
-    the optimizer)."""
+    the optimizer, the BatchNorm modules in train mode during the step)."""
     for name, param in model.named_parameters():  # as hftl/training/train.py does before accelerator.prepare
         param.requires_grad_(name in plan.ever_trainable())
     optimizer, names = build_optimizer(model, plan, recipe.optim)
@@ -269,13 +246,15 @@ def train_and_watch(model: nn.Module, plan: Plan, recipe, batch: dict, steps: in
     for step in range(steps):
         model.train()
         apply_plan(model, plan, step)
+        training_norms = {n for n, m in model.named_modules() if is_batchnorm(m) and m.training}
         before = {k: v.clone() for k, v in model.state_dict().items()}
         lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        yield step, {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}, lrs, optimizer
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+        yield step, changed, lrs, optimizer, training_norms
 
 
 def expected_trainable(case: Case, arch: Arch, model: nn.Module, plan: Plan, step: int) -> set[str]:
@@ -294,15 +273,11 @@ def expected_trainable(case: Case, arch: Arch, model: nn.Module, plan: Plan, ste
     }
 
 
-def expected_changed(model: nn.Module, trainable: set[str], batchnorm: str) -> set[str]:
-    """Trainable weights, plus the statistics of BatchNorms that run in train mode at this step."""
-    out = set(trainable)
-    for name, module in model.named_modules():
-        own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-        updating = batchnorm == "train" or (batchnorm == "frozen" and own and set(own) <= trainable)
-        if is_batchnorm(module) and updating:
-            out |= {f"{name}.{b}" for b, _ in module.named_buffers(recurse=False)}
-    return out
+def updating_norms(model: nn.Module, trainable: set[str], batchnorm: str) -> set[str]:
+    """The BatchNorm modules whose statistics must move, as strategy.batchnorm documents it: 'train' all of them,
+    'eval' none, 'frozen' exactly those whose own weights train at this step."""
+    norms = {n for n, m in model.named_modules() if is_batchnorm(m)}
+    return {"train": norms, "eval": set(), "frozen": {n for n in norms if f"{n}.weight" in trainable}}[batchnorm]
 
 
 # --------------------------------------------------------------------------- the table
@@ -313,14 +288,21 @@ def test_strategy_trains_what_it_plans(arch: Arch, case: Case) -> None:
     n = len(plan.groups)
     if case.starts is not None:
         assert [g.start_step for g in plan.groups] == case.starts(n), [g.name for g in plan.groups]
+    body_frozen = all(g.start_step is None for g in plan.groups if not g.is_head)
+    assert STRATEGIES.get(recipe.strategy.name).frozen_body == body_frozen  # its registration tells the truth
     batch = arch.batch(torch.Generator().manual_seed(0))
-    for step, changed, lrs, optimizer in train_and_watch(model, plan, recipe, batch):  # noqa: B007 (used after)
+    params = {n for n, _ in model.named_parameters()}
+    for step, changed, lrs, optimizer, training_norms in train_and_watch(model, plan, recipe, batch):  # noqa: B007
         trainable = expected_trainable(case, arch, model, plan, step)
-        expected = expected_changed(model, trainable, recipe.strategy.batchnorm)
-        assert changed == expected, (
-            f"step {step}: changed but should not {sorted(changed - expected)[:5]}, "
-            f"should change but did not {sorted(expected - changed)[:5]}"
+        assert changed & params == trainable, (
+            f"step {step}: changed but should not {sorted((changed & params) - trainable)[:5]}, "
+            f"should change but did not {sorted(trainable - changed)[:5]}"
         )
+        # BatchNorm, seen in the model itself: which modules ran in train mode, and whose statistics moved.
+        moved = {name.rsplit(".", 1)[0] for name in changed - params}
+        norms = updating_norms(model, trainable, recipe.strategy.batchnorm)
+        assert training_norms == norms and moved == norms, (step, sorted(training_norms ^ norms)[:5])
+        assert all(b in changed for n in moved for b in (f"{n}.running_mean", f"{n}.running_var"))
         for group, peak in zip(plan.groups, case.peaks(n)):
             trains_now = bool(set(group.params) & trainable)
             for suffix in ("", "/no_decay"):
@@ -379,7 +361,7 @@ def test_joining_groups_ramp_up_on_the_shared_schedule() -> None:
     starts = {"pooler": 2, "layer.1": 4, "layer.0": 6, "embeddings": 8, "head": 0}
     assert {g.name: g.start_step for g in plan.groups} == starts
     peak = {g.name: g.lr for g in plan.groups}
-    for step, _, lrs, _ in train_and_watch(model, plan, recipe, arch.batch(torch.Generator().manual_seed(0)), total):
+    for step, _, lrs, _, _ in train_and_watch(model, plan, recipe, arch.batch(torch.Generator().manual_seed(0)), total):
         for name, start in starts.items():
             ramp = 0.0 if step < start else 1.0 if start == 0 else min(1.0, (step - start + 1) / 2)
             assert lrs[name] == pytest.approx(peak[name] * base(step) * ramp, rel=1e-12, abs=1e-15), (step, name)
@@ -578,7 +560,7 @@ def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recip
     )
 
     def lr_log(run_dir: Path) -> list[dict]:
-        return [r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+        return [r["lr"] for r in read_log(run_dir) if "lr" in r]
 
     logged = lr_log(straight)
     assert lr_log(resumed) == logged and len(logged) == 24

@@ -13,6 +13,8 @@ from hftl.config.errors import DataError
 from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.tasks import TASKS
 from hftl.tasks.token_classification import IGNORE, align_labels, continuation_ids
+from hftl.config.run_folder import read_log
+from tests.tiny_models import save_bert
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"]
@@ -74,23 +76,7 @@ def make_sentences(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="session")
 def ner_bert_dir(tmp_path_factory) -> Path:
     """A random 2-layer BERT whose WordPiece vocab splits 'berlin' into 'ber' + '##lin'."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ner-bert")
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    BertModel(
-        BertConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=37,
-            max_position_embeddings=32,
-        )
-    ).save_pretrained(folder)
-    return folder
+    return save_bert(tmp_path_factory.mktemp("ner-bert"), VOCAB, max_position_embeddings=32)
 
 
 @pytest.fixture(scope="session")
@@ -245,7 +231,7 @@ def test_tiny_ner_learns_and_reloads_with_pipeline(ner_bert_dir, ner_jsonl, tmp_
     from hftl.training.train import run
 
     result = run(recipe_for(ner_bert_dir, ner_jsonl, tmp_path, label_all_subtokens=label_all))
-    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(result.run_dir)
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < 0.3 * losses[0], losses
     assert result.metrics["test"]["f1"] > 0.9, result.metrics
@@ -282,7 +268,7 @@ def test_wnut_recipe_on_real_minilm(tmp_path):
         ],
     )
     result = run(recipe)
-    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(result.run_dir)
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     assert result.metrics["validation"]["f1"] > 0, result.metrics

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 from hftl.config.recipe import load_recipe
+from hftl.config.run_folder import read_log
 from hftl.training.train import run
-
-
-def read_log(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_loss_falls_and_model_reloads_with_pipeline(text_recipe):

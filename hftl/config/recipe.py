@@ -284,14 +284,14 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
             f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
             f"(made of the towers {', '.join(task.towers)}) does not support yet",
             section.name,
-            hint="Use a strategy per tower: feature_extraction, partial, progressive, two_stage or full.",
+            hint=f"Use a strategy per tower that does not wrap the model: {', '.join(STRATEGIES.names_where(wrap_model=None))}.",
         )
     if section.towers is not None and not task.towers:
         raise RecipeError(
             file,
             f"{key}.towers",
             f"only applies to tasks made of several towers, not '{recipe.task}'",
-            hint="Remove it, or use the fusion task.",
+            hint=f"Remove it, or use a task made of towers: {', '.join(n for n in TASKS if TASKS.get(n).towers)}.",
         )
     towers = {t: check_strategy(sub, recipe, f"{key}.towers.{t}") for t, sub in (section.towers or {}).items()}
     return section.model_copy(update={**typed, **({"towers": towers} if towers else {})})

@@ -72,6 +72,10 @@ class Registry(Generic[T]):
                 f"Known: {', '.join(self.names()) or '(none)'}."
             ) from None
 
+    def names_where(self, **fields: object) -> list[str]:
+        """The names whose entry has these attribute values (for hints that list, say, the strategies that freeze the body)."""
+        return [n for n in self.names() if all(getattr(self.get(n), k) == v for k, v in fields.items())]
+
     def __contains__(self, name: object) -> bool:
         return name in self._load()
 

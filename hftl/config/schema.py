@@ -257,8 +257,8 @@ class StrategySection(Section):
         "frozen",
         description="BatchNorm: 'frozen' keeps frozen groups in eval mode (statistics fixed); 'train' lets their "
         "statistics update; 'eval' keeps every BatchNorm on its pretrained statistics for the whole run, also in "
-        "groups that train (two_stage / progressive on small-batch CNNs: the join no longer swaps the statistics "
-        "the head learned on).",
+        "groups that train (strategies whose groups join mid-run, on small-batch CNNs: the join no longer swaps the "
+        "statistics the head learned on).",
     )
     layer_groups: list[LayerGroupPattern] | None = Field(
         None, description="Describe layer groups by regex (input to head; last is the head) for unmapped models."

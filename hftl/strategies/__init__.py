@@ -59,6 +59,7 @@ class Strategy:
     options_required: bool = False  # e.g. partial: what to freeze has no sensible default
     options_example: str = ""  # shown when required options are missing
     changes_mid_run: bool = False  # groups join during the run (staged strategies)
+    frozen_body: bool = False  # the pretrained body never trains: its features can be cached, but not adapted
     lr_scale: Callable[[LayerGroup, Any], float] | None = None  # extra LR factor per group
     join_warmup: Callable[[Any], int] | None = None  # LR ramp (steps) of groups that join late
     frozen_params: Callable[[list[LayerGroup], Any, Where], set[str]] | None = None  # frozen one by one
@@ -85,6 +86,9 @@ def strategy(name: str, **description: Any) -> Callable[[StartSteps], StartSteps
         return fn
 
     return add
+
+
+names_where = STRATEGIES.names_where  # the registered strategies whose description has these field values
 
 
 def changes_mid_run(section: StrategySection) -> bool:

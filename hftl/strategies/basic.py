@@ -28,6 +28,7 @@ def full_finetuning(groups, options, steps_per_epoch, total_steps, where):
 @strategy(
     "feature_extraction",
     options=FeatureExtractionOptions,
+    frozen_body=True,
     fit_head_first=lambda options: options.head_solver == "lbfgs",
 )
 def feature_extraction(groups, options, steps_per_epoch, total_steps, where):

@@ -96,6 +96,7 @@ def fit_prototypes(chain, train_rows, train_labels, val_rows, val_labels, scale:
 @strategy(
     "prototypes",
     options=PrototypesOptions,
+    frozen_body=True,
     fit_head_first=lambda options: True,
     fit_head=lambda options: partial(fit_prototypes, scale=options.scale),
     lr_scale=lambda group, options: 1.0 if options.finetune_head or not group.is_head else 0.0,

@@ -33,7 +33,7 @@ def refuse_pooling(recipe: Recipe, own: str) -> None:
         raise RecipeError(
             recipe.source_file,
             "model.pooling",
-            f"only applies to text-classification; {recipe.task} uses {own}",
+            f"does not apply to {recipe.task}, which uses {own}",
             recipe.model.pooling,
             hint="Remove model.pooling.",
         )

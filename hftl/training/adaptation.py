@@ -173,6 +173,8 @@ def _encode(recipe: Recipe, task: Task, data: PreparedData, ds: datasets.Dataset
 
 def check_adaptation_plan(recipe: Recipe, plan: Plan) -> None:
     """Adaptation moves the body's features: refuse a plan whose body is frozen for the whole run."""
+    from hftl.strategies import names_where
+
     body = [g for g in plan.groups if not g.is_head]
     frozen = {g.name for g in plan.frozen_for_whole_run()}
     if recipe.strategy.adaptation is not None and body and all(g.name in frozen for g in body):
@@ -181,7 +183,7 @@ def check_adaptation_plan(recipe: Recipe, plan: Plan) -> None:
             "strategy.adaptation",
             f"needs a body group that trains: with "
             f"strategy '{plan.strategy}' the whole body is frozen, so the features cannot adapt",
-            hint="Use strategy.name: full, partial, progressive, two_stage or lora.",
+            hint=f"Use a strategy that trains the body: strategy.name: {' / '.join(names_where(frozen_body=False))}.",
         )
 
 
