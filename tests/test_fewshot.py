@@ -11,9 +11,9 @@ from torch import nn
 from hftl.cli import main
 from hftl.config.errors import RecipeError
 from hftl.config.recipe import load_recipe
+from hftl.config.run_folder import read_log
 from hftl.strategies.prototypes import fit_prototypes
 from hftl.tasks import TASKS
-from hftl.config.run_folder import read_log
 
 
 def _train_split(path):

@@ -31,10 +31,10 @@ from transformers import (
 
 from hftl.config.errors import HftlError, RecipeError
 from hftl.config.recipe import load_recipe, validate_recipe
+from hftl.config.run_folder import read_log
 from hftl.strategies import STRATEGIES, wrap_model
 from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
 from hftl.training.build import build_optimizer, plan_for
-from hftl.config.run_folder import read_log
 from tests.tiny_models import SMALL, bert_config, resnet_config, timm_config, vit_config
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps

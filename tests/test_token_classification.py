@@ -11,9 +11,9 @@ import torch
 
 from hftl.config.errors import DataError
 from hftl.config.recipe import load_recipe, validate_recipe
+from hftl.config.run_folder import read_log
 from hftl.tasks import TASKS
 from hftl.tasks.token_classification import IGNORE, align_labels, continuation_ids
-from hftl.config.run_folder import read_log
 from tests.tiny_models import save_bert
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -284,7 +284,8 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
             f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
             f"(made of the towers {', '.join(task.towers)}) does not support yet",
             section.name,
-            hint=f"Use a strategy per tower that does not wrap the model: {', '.join(STRATEGIES.names_where(wrap_model=None))}.",
+            hint="Use a strategy per tower that does not wrap the model: "
+            f"{', '.join(STRATEGIES.names_where(wrap_model=None))}.",
         )
     if section.towers is not None and not task.towers:
         raise RecipeError(

@@ -73,7 +73,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names_where(self, **fields: object) -> list[str]:
-        """The names whose entry has these attribute values (for hints that list, say, the strategies that freeze the body)."""
+        """The names whose entry has these attribute values (for hints, e.g. the strategies that freeze the body)."""
         return [n for n in self.names() if all(getattr(self.get(n), k) == v for k, v in fields.items())]
 
     def __contains__(self, name: object) -> bool:

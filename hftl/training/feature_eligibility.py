@@ -47,7 +47,8 @@ def skip_reason(model: nn.Module, plan: Plan, recipe: Recipe, task: Any, encoded
         shown = ", ".join(training[:4]) + (" ..." if len(training) > 4 else "")
         return (
             f"body group(s) {shown} train during the run (strategy '{plan.strategy}'); caching needs the "
-            f"whole body frozen for the whole run, e.g. strategy.name={' / '.join(STRATEGIES.names_where(frozen_body=True))}"
+            "whole body frozen for the whole run, e.g. strategy.name="
+            + " / ".join(STRATEGIES.names_where(frozen_body=True))
         )
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
