@@ -26,11 +26,11 @@ import torch
 import yaml
 from torch import nn
 
-from hftl.build import plan_for
-from hftl.errors import RecipeError
-from hftl.layer_inference import UncertainLayout
-from hftl.layers import map_layer_groups
+from hftl.config.errors import RecipeError
+from hftl.models.layer_inference import UncertainLayout
+from hftl.models.layers import map_layer_groups
 from hftl.strategies import wrap_model
+from hftl.training.build import plan_for
 from tests.test_strategies import calibrate_batchnorm, expected_changed, make_recipe, train_and_watch
 from tests.tiny_models import EXCLUDED, model_types, task_class, tiny_batch, tiny_config, tiny_model
 
