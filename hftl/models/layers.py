@@ -1,28 +1,31 @@
-r"""Layer-group mappers: a model as ordered groups of parameters, from input to head.
+r"""Layer groups: a model as ordered groups of parameters, from input to head.
 
 Transfer strategies (freeze the first N groups, layer-wise LR decay, progressive
 unfreezing) are computed from these groups, so every parameter lands in exactly
 one group and a group's depth is its index in the list:
 
 - depth 0 is the embeddings / stem. Class and distillation tokens, position
-  embeddings, mask tokens and BEiT's shared relative position bias belong here,
-  as in timm: they are inputs to the first block.
-- then one group per encoder block (``layer.N``) or stage (``stage.N``), in numeric order;
+  embeddings, mask tokens and shared relative position biases (BEiT, DeBERTa, MPNet)
+  belong here, as in timm: they are inputs to the first block.
+- then one group per block (``layer.N``) or stage of blocks (``stage.N``), in index order;
 - then what sits after the last block: BERT's ``pooler``, or a ``neck`` holding the
-  final norm of ViT-like models and ConvNeXt (timm's ``conv_head``/``bn2``);
-- last, the newly initialised task ``head`` (``classifier``, ``qa_outputs``, ...).
+  final norm (ViT, ConvNeXt, Llama) or pretrained parts beside the backbone (ModernBERT's ``head``);
+- last, the newly initialised task ``head`` (``classifier``, ``score``, ``qa_outputs``, ...).
   A bare backbone (``AutoModel``) has no head group; groups with no parameter are dropped.
 
-A mapper, registered in :data:`LAYER_MAPPERS` under ``config.model_type``, returns
-``(group name, [regex patterns])`` pairs. A recipe's ``strategy.layer_groups`` gives the
-same pairs for models without a mapper (its last group is the head). Patterns are
-searched (``re.search``) in each parameter name as the bare model spells it: a
-``PeftModel``'s ``base_model.model.`` prefix and PEFT's own segments (``base_layer``,
-``lora_A.<adapter>``, ``modules_to_save.<adapter>``, ``original_module``) are removed
-first, so LoRA weights join the group of the module they adapt and the trainable copy
-of a head stays in the head. The first matching group wins; the shipped mappers never
-rely on that (a test checks that their patterns do not overlap). Returned names are
-always the real ones.
+Any transformers model is mapped by the generic mapper (:mod:`hftl.models.layer_inference`),
+which reads this order from the module tree and refuses, with a working example, when the
+tree leaves it unsure. A family mapper, registered in :data:`LAYER_MAPPERS` under
+``config.model_type``, is kept only where it knows more: timm models (timm's own group
+matcher) and hftl's pooled classifier. A mapper returns ``(group name, [regex patterns])``
+pairs; a recipe's ``strategy.layer_groups`` gives the same pairs and wins over both (its last
+group is the head). Patterns are searched (``re.search``) in each parameter name as the bare
+model spells it: a ``PeftModel``'s ``base_model.model.`` prefix and PEFT's own segments
+(``base_layer``, ``lora_A.<adapter>``, ``modules_to_save.<adapter>``, ``original_module``)
+are removed first, so LoRA weights join the group of the module they adapt and the trainable
+copy of a head stays in the head. The first matching group wins; the mappers never rely on
+that (a test checks that their patterns do not overlap). Returned names are always the real
+ones, and every group records which mapper made it.
 """
 
 from __future__ import annotations
