@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from transformers import (
     AutoModel,
@@ -38,7 +39,7 @@ from transformers import (
 )
 
 from hftl.config.errors import HftlError
-from hftl.models.layers import LAYER_MAPPERS, describe_groups, map_layer_groups
+from hftl.models.layers import LAYER_MAPPERS, describe_groups, map_layer_groups, mapper_spec
 from tests import tiny_models
 from tests.tiny_models import TEXT, bert_config, distilbert_config
 
@@ -137,7 +138,7 @@ CASES = [
     Case(
         "beit-image",
         lambda: AutoModelForImageClassification.from_config(BeitConfig(**VISION)),
-        TEXT_BODY + ["neck", "head"],
+        TEXT_BODY + ["pooler", "head"],
         CLASSIFIER,
     ),
     Case(
@@ -157,7 +158,7 @@ CASES = [
     Case(
         "data2vec-vision-image",
         lambda: AutoModelForImageClassification.from_config(Data2VecVisionConfig(**VISION)),
-        TEXT_BODY + ["neck", "head"],
+        TEXT_BODY + ["pooler", "head"],
         CLASSIFIER,
     ),
     Case(
@@ -260,7 +261,7 @@ def test_groups_run_from_input_to_head(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_mapper_patterns_do_not_overlap(case: Case) -> None:
     model = model_of(case.id)
-    spec = LAYER_MAPPERS.get(model.config.model_type)(model)
+    _, spec = mapper_spec(model)
     for name in params(model):
         hits = [group for group, patterns in spec if any(re.search(p, name) for p in patterns)]
         assert len(hits) == 1, (name, hits)
@@ -322,15 +323,16 @@ class Mystery(nn.Module):
         self.score = nn.Linear(4, 2)
 
 
-def test_unknown_model_type_lists_known_ones_and_shows_recipe_groups() -> None:
+def test_a_model_without_blocks_is_refused_with_its_modules_and_a_working_block() -> None:
     with pytest.raises(HftlError) as err:
         map_layer_groups(Mystery())
     text = str(err.value)
-    assert "'mystery_lm'" in text and "Known: " in text and "bert" in text and "timm_wrapper" in text
-    assert "strategy:" in text and "layer_groups:" in text and "patterns:" in text
-    assert "embed.weight" in text  # shows what this model's parameter names look like
-    with pytest.raises(HftlError, match="Did you mean 'bert'"):
-        map_layer_groups(Mystery("berts"))
+    assert "'mystery_lm'" in text and "no list of repeated blocks" in text
+    assert "embed (40), block (20), drop (0), score (10)" in text  # the model's own top-level modules
+    block = yaml.safe_load(text[text.index("  strategy:") :])["strategy"]["layer_groups"]
+    groups = map_layer_groups(Mystery(), custom=[(g["name"], g["patterns"]) for g in block])
+    assert [g.name for g in groups] == ["embed", "block", "score"]
+    assert sorted(p for g in groups for p in g.params) == sorted(params(Mystery()))
 
 
 def test_custom_groups_describe_an_unmapped_model() -> None:
@@ -371,15 +373,21 @@ def test_bad_custom_groups_are_named(custom: list, message: str) -> None:
         map_layer_groups(Mystery(), custom=custom)
 
 
-def test_unassigned_parameter_is_named_with_the_model_type() -> None:
-    model = AutoModelForTokenClassification.from_config(bert())
+def test_unassigned_parameter_is_named_with_the_mapper() -> None:
+    model = pooled_classifier(bert())
     model.extra_scale = nn.Parameter(torch.ones(1))
     with pytest.raises(
         HftlError,
-        match=r"1 parameter\(s\) of this 'bert' model belong to no layer group in the "
-        r"'bert' mapper: extra_scale\. .*strategy\.layer_groups",
+        match=r"(?s)1 parameter\(s\) of this 'hftl-pooled-classifier' model belong to no layer group in the "
+        r"hftl-pooled-classifier mapper: extra_scale\. .*strategy:\n    layer_groups:",
     ):
         map_layer_groups(model)
+
+
+def test_a_new_parameter_beside_the_backbone_is_head() -> None:
+    model = AutoModelForTokenClassification.from_config(bert())
+    model.extra_scale = nn.Parameter(torch.ones(1))
+    assert "extra_scale" in map_layer_groups(model)[-1].params
 
 
 def test_peft_lora_params_join_their_groups_and_real_names_are_kept() -> None:

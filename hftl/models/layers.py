@@ -1,28 +1,31 @@
-r"""Layer-group mappers: a model as ordered groups of parameters, from input to head.
+r"""Layer groups: a model as ordered groups of parameters, from input to head.
 
 Transfer strategies (freeze the first N groups, layer-wise LR decay, progressive
 unfreezing) are computed from these groups, so every parameter lands in exactly
 one group and a group's depth is its index in the list:
 
 - depth 0 is the embeddings / stem. Class and distillation tokens, position
-  embeddings, mask tokens and BEiT's shared relative position bias belong here,
-  as in timm: they are inputs to the first block.
-- then one group per encoder block (``layer.N``) or stage (``stage.N``), in numeric order;
+  embeddings, mask tokens and shared relative position biases (BEiT, DeBERTa, MPNet)
+  belong here, as in timm: they are inputs to the first block.
+- then one group per block (``layer.N``) or stage of blocks (``stage.N``), in index order;
 - then what sits after the last block: BERT's ``pooler``, or a ``neck`` holding the
-  final norm of ViT-like models and ConvNeXt (timm's ``conv_head``/``bn2``);
-- last, the newly initialised task ``head`` (``classifier``, ``qa_outputs``, ...).
+  final norm (ViT, ConvNeXt, Llama) or pretrained parts beside the backbone (ModernBERT's ``head``);
+- last, the newly initialised task ``head`` (``classifier``, ``score``, ``qa_outputs``, ...).
   A bare backbone (``AutoModel``) has no head group; groups with no parameter are dropped.
 
-A mapper, registered in :data:`LAYER_MAPPERS` under ``config.model_type``, returns
-``(group name, [regex patterns])`` pairs. A recipe's ``strategy.layer_groups`` gives the
-same pairs for models without a mapper (its last group is the head). Patterns are
-searched (``re.search``) in each parameter name as the bare model spells it: a
-``PeftModel``'s ``base_model.model.`` prefix and PEFT's own segments (``base_layer``,
-``lora_A.<adapter>``, ``modules_to_save.<adapter>``, ``original_module``) are removed
-first, so LoRA weights join the group of the module they adapt and the trainable copy
-of a head stays in the head. The first matching group wins; the shipped mappers never
-rely on that (a test checks that their patterns do not overlap). Returned names are
-always the real ones.
+Any transformers model is mapped by the generic mapper (:mod:`hftl.models.layer_inference`),
+which reads this order from the module tree and refuses, with a working example, when the
+tree leaves it unsure. A family mapper, registered in :data:`LAYER_MAPPERS` under
+``config.model_type``, is kept only where it knows more: timm models (timm's own group
+matcher) and hftl's pooled classifier. A mapper returns ``(group name, [regex patterns])``
+pairs; a recipe's ``strategy.layer_groups`` gives the same pairs and wins over both (its last
+group is the head). Patterns are searched (``re.search``) in each parameter name as the bare
+model spells it: a ``PeftModel``'s ``base_model.model.`` prefix and PEFT's own segments
+(``base_layer``, ``lora_A.<adapter>``, ``modules_to_save.<adapter>``, ``original_module``)
+are removed first, so LoRA weights join the group of the module they adapt and the trainable
+copy of a head stays in the head. The first matching group wins; the mappers never rely on
+that (a test checks that their patterns do not overlap). Returned names are always the real
+ones, and every group records which mapper made it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from typing import Any
 from torch import nn
 
 from hftl.config.errors import HftlError
-from hftl.config.registry import Registry, did_you_mean
+from hftl.config.registry import Registry
+from hftl.models.layer_inference import infer_layer_groups, suggest_layer_groups
 
 GroupPatterns = list[tuple[str, list[str]]]
 """``(group name, [regex patterns])`` pairs, input first, head last."""
@@ -46,11 +50,6 @@ CustomGroups = Sequence[tuple[str, Sequence[str]]] | Mapping[str, Sequence[str]]
 LAYER_MAPPERS: Registry[Callable[[nn.Module], GroupPatterns]] = Registry("layer-group mapper")
 
 _PEFT_SEGMENTS = re.compile(r"\.(?:base_layer|original_module|(?:lora_\w+|modules_to_save)\.[^.]+)(?=\.|$)")
-_YAML_EXAMPLE = r"""  strategy:
-    layer_groups:
-      - {name: embeddings, patterns: ['^model\.embed_tokens\.']}
-      - {name: layers, patterns: ['^model\.layers\.']}
-      - {name: head, patterns: ['^score\.']}"""
 
 
 @dataclass(frozen=True)
@@ -61,65 +60,17 @@ class LayerGroup:
     params: tuple[str, ...]  # full names as in model.named_parameters(), in model order
     modules: tuple[str, ...]  # shallowest modules holding the group: .eval() on them reaches its Dropout/BatchNorm
     is_head: bool = False
+    mapper: str = ""  # which mapper made it: a family's model type, "generic" or the recipe's groups
 
 
 # --------------------------------------------------------------------------- mappers
-def _base(model: nn.Module) -> str:
-    r"""'^bert\.' when a task model holds its backbone as `model.bert`, '^' for the bare backbone."""
-    prefix = getattr(model, "base_model_prefix", "")
-    return rf"^{re.escape(prefix)}\." if prefix and hasattr(model, prefix) else "^"
-
-
-def _blocks(name: str, pattern: str, count: int) -> GroupPatterns:
-    return [(f"{name}.{i}", [pattern.format(i)]) for i in range(count)]
-
-
-@LAYER_MAPPERS.register("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
-def _bert_like(model: nn.Module) -> GroupPatterns:
-    """BERT and its look-alikes; ELECTRA's `embeddings_project` and DistilBERT's `pre_classifier` included."""
-    b = _base(model)
-    layers = r"transformer\.layer" if model.config.model_type == "distilbert" else r"encoder\.layer"
-    return [
-        ("embeddings", [b + r"embeddings\.", b + r"embeddings_project\."]),
-        *_blocks("layer", b + layers + r"\.{}\.", model.config.num_hidden_layers),
-        ("pooler", [b + r"pooler\."]),
-        ("head", [r"^(pre_classifier|classifier|qa_outputs)\."]),
-    ]
-
-
 @LAYER_MAPPERS.register("hftl-pooled-classifier")
 def _pooled_classifier(model: nn.Module) -> GroupPatterns:
     """hftl's pooled text classifier (hftl/models/pooled_model.py): its body's groups, then its linear head."""
-    body = model.body
-    groups = LAYER_MAPPERS.get(str(body.config.model_type))(body)
+    _, groups = mapper_spec(model.body)
     return [
         (name, [r"^body\." + p.removeprefix("^") for p in patterns]) for name, patterns in groups if name != "head"
     ] + [("head", [r"^classifier\."])]
-
-
-@LAYER_MAPPERS.register("vit", "deit", "beit", "dinov2", "data2vec-vision")
-def _vit_like(model: nn.Module) -> GroupPatterns:
-    """ViT family. transformers 5 keeps ViT/DeiT/BEiT blocks at `layers.N`, DINOv2/data2vec at `encoder.layer.N`."""
-    b = _base(model)
-    layers = r"encoder\.layer" if model.config.model_type in ("dinov2", "data2vec-vision") else "layers"
-    return [
-        ("embeddings", [b + r"embeddings\.", b + r"shared_position_bias\."]),
-        *_blocks("layer", b + layers + r"\.{}\.", model.config.num_hidden_layers),
-        ("neck", [b + r"layernorm\.", b + r"pooler\."]),
-        ("head", [r"^(classifier|cls_classifier|distillation_classifier)\."]),
-    ]
-
-
-@LAYER_MAPPERS.register("resnet", "convnext", "convnextv2")
-def _staged_cnn(model: nn.Module) -> GroupPatterns:
-    """transformers' CNNs: stem (`embedder` / `embeddings`), `encoder.stages.N`, final norm, classifier."""
-    b = _base(model)
-    return [
-        ("stem", [b + r"embedder\.", b + r"embeddings\."]),
-        *_blocks("stage", b + r"encoder\.stages\.{}\.", len(model.config.depths)),
-        ("neck", [b + r"layernorm\."]),
-        ("head", [r"^classifier\."]),
-    ]
 
 
 @LAYER_MAPPERS.register("timm_wrapper")
@@ -139,7 +90,7 @@ def _timm_wrapper(model: nn.Module) -> GroupPatterns:
     if not isinstance(matcher, Mapping):
         raise HftlError(
             f"timm model '{model.config.architecture}' groups its layers with a function hftl cannot "
-            f"read; describe the groups in the recipe instead:\n{_YAML_EXAMPLE}"
+            f"read; describe the groups in the recipe instead, e.g.:\n{suggest_layer_groups(model)}"
         )
     keys: dict[str, tuple[float, ...]] = {}
     group_of: dict[str, str] = {}
@@ -169,6 +120,17 @@ def _timm_key(matcher: Mapping[str, Any], name: str) -> tuple[tuple[float, ...],
 
 
 # --------------------------------------------------------------------------- mapping
+def mapper_spec(model: nn.Module) -> tuple[str, GroupPatterns]:
+    """(mapper name, group patterns) for a bare transformers model: its family's mapper when one is
+    registered under its model type, else the generic one (:mod:`hftl.models.layer_inference`)."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
+    if model_type in LAYER_MAPPERS:
+        return model_type, LAYER_MAPPERS.get(model_type)(model)
+    group_of = infer_layer_groups(model)
+    patterns = _prefix_patterns(group_of)
+    return "generic", [(g, patterns[g]) for g in dict.fromkeys(group_of.values())]
+
+
 def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefix: str = "") -> list[LayerGroup]:
     """Split `model` (a transformers model, maybe a `PeftModel`) into layer groups, input first, head last.
 
@@ -184,17 +146,11 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
         raise HftlError(f"This '{model_type}' model has no parameters to put in layer groups.")
     bare = {name: _PEFT_SEGMENTS.sub("", name.removeprefix(strip)) for name in names}
     if custom is not None:
-        spec = _custom_spec(custom, list(bare.values()))
+        spec, head, mapper = _custom_spec(custom, list(bare.values())), None, "recipe (strategy.layer_groups)"
         head = spec[-1][0]
-    elif model_type in LAYER_MAPPERS:
-        spec, head = LAYER_MAPPERS.get(model_type)(inner), "head"
     else:
-        raise HftlError(
-            f"No layer-group mapper for model type '{model_type}'.{did_you_mean(model_type, LAYER_MAPPERS.names())} "
-            f"Known: {', '.join(LAYER_MAPPERS.names())}. Describe the groups in the recipe instead, input first and "
-            f"head last, with regexes searched in the parameter names (this model's go from {names[0]!r} to "
-            f"{names[-1]!r}), e.g.:\n{_YAML_EXAMPLE}"
-        )
+        mapper, spec = mapper_spec(inner)
+        head = "head"
 
     compiled = [(group, [re.compile(p) for p in patterns]) for group, patterns in spec]
     group_of: dict[str, str] = {}
@@ -204,10 +160,11 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
             group_of[name] = group
     if missing := [name for name in names if name not in group_of]:
         shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-        where = "strategy.layer_groups" if custom is not None else f"the '{model_type}' mapper"
+        where = "strategy.layer_groups" if custom is not None else f"the {mapper} mapper"
         raise HftlError(
             f"{len(missing)} parameter(s) of this '{model_type}' model belong to no layer group in "
-            f"{where}: {shown}. Add patterns for them to strategy.layer_groups, e.g.:\n{_YAML_EXAMPLE}"
+            f"{where}: {shown}. Add patterns for them to strategy.layer_groups; this block covers every "
+            f"parameter of this model:\n{suggest_layer_groups(inner)}"
         )
 
     order = [group for group, _ in spec if group in group_of.values()]
@@ -230,6 +187,7 @@ def map_layer_groups(model: nn.Module, custom: CustomGroups | None = None, prefi
             params=tuple(full(n) for n in members[group]),
             modules=tuple(full(m) for m in cover[group]),
             is_head=group == head,
+            mapper=mapper,
         )
         for group in order
     ]

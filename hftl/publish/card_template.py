@@ -192,6 +192,17 @@ def _strategy(run: RunFiles) -> str:
         if g.get("start_step") is None or g["start_step"] >= plan.get("total_steps", float("inf"))
     ]
     lines.append(f"- Frozen for the whole run: {', '.join(frozen) if frozen else 'none'}.")
+    if mapper := plan.get("mapper"):
+        lines.append(
+            f"- Layer groups ({', '.join(g['name'] for g in plan.get('groups', []))}) from the "
+            + ("generic mapper (inferred from the module tree)." if mapper == "generic" else f"{mapper} mapper.")
+        )
+    if adapters := plan.get("adapters"):
+        lines.append(
+            f"- LoRA adapters on {adapters['adapted_layers']} layers ("
+            + ", ".join(f"`{name}` x{n}" for name, n in adapters["modules"].items())
+            + f"); {adapters['trainable_params']:,} of {adapters['total_params']:,} parameters trained."
+        )
     config = read_json(run.run_dir, "config.json")
     if config:
         lines.append(f"- Head input: {describe_head_input(config)}.")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from hftl.config.errors import RecipeError
@@ -75,6 +75,8 @@ class Plan:
     scheduler: str = "linear"  # the schedule shared by every group (times each group's join factor)
     warmup_steps: int = 0  # optimizer steps of the shared warmup
     options: dict = field(default_factory=dict)  # the recipe's strategy section as applied (decay factors, ...)
+    mapper: str = ""  # which layer-group mapper made the groups: a family's model type, "generic", or the recipe's
+    adapters: dict = field(default_factory=dict)  # LoRA: adapted layers per name, trainable / total parameters
 
     def trainable_at(self, step: int) -> list[GroupPlan]:
         return [g for g in self.groups if g.start_step is not None and g.start_step <= step]
@@ -148,9 +150,14 @@ def layer_groups_of(model: torch.nn.Module, section: StrategySection, prefix: st
 def plan_model(model: torch.nn.Module, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
     """Map a single model's layer groups and plan the recipe's strategy over them (peft's frozen weights stay so)."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return plan_strategy(
+    plan = plan_strategy(
         layer_groups_of(model, recipe.strategy), recipe, steps_per_epoch, total_steps, trainable=trainable
     )
+    if callable(getattr(model, "get_base_model", None)):  # a peft model: say where the adapters went
+        from hftl.strategies.lora import describe_adapters
+
+        plan = replace(plan, adapters=describe_adapters(model))
+    return plan
 
 
 def plan_strategy(
@@ -211,6 +218,7 @@ def plan_strategy(
         optim.scheduler,
         warmup_steps(optim, total_steps),
         applied,
+        mapper=", ".join(dict.fromkeys(g.mapper for g in groups if g.mapper)),
     )
     if late := [g for g in plan.groups if g.start_step is not None and g.start_step >= total_steps]:
         raise RecipeError(
@@ -347,4 +355,18 @@ def format_plan(plan: Plan, model: torch.nn.Module | None = None) -> str:
         f"  LR schedule (all groups): {plan.scheduler}, {plan.warmup_steps} warmup steps; weight decay applies to "
         f"weight matrices (biases and norm weights: 0); batchnorm in frozen groups: {plan.batchnorm}"
     )
+    if plan.mapper:
+        lines.insert(0, f"  layer groups: {_MAPPER_TEXT.get(plan.mapper, f'the {plan.mapper!r} family mapper')}")
+    if a := plan.adapters:
+        adapted = ", ".join(f"{name} x{n}" for name, n in a["modules"].items())
+        lines.append(
+            f"  LoRA adapters on {a['adapted_layers']} layers ({adapted}); {a['trainable_params']:,} of "
+            f"{a['total_params']:,} parameters train (adapters + head)"
+        )
     return buf.getvalue() + "\n".join(lines) + "\n" + shared
+
+
+_MAPPER_TEXT = {
+    "generic": "inferred from the module tree (generic mapper: embeddings -> blocks -> neck -> head)",
+    "recipe (strategy.layer_groups)": "as the recipe's strategy.layer_groups describe them",
+}
