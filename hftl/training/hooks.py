@@ -115,8 +115,9 @@ def run_hook(name: str, *, order: int, applies: Callable[[Recipe], bool], when: 
 class Hooks:
     """The hooks one run uses, in order, and the loop's way of calling them."""
 
-    def __init__(self, hooks: list[RunHook]) -> None:
-        self.hooks = hooks
+    def __init__(self, specs: list[HookSpec]) -> None:
+        self.names = [spec.name for spec in specs]
+        self.hooks = [spec.make() for spec in specs]  # this run's instances: they hold its state
 
     def check(self, ctx: RunContext) -> None:
         for hook in self.hooks:
@@ -150,4 +151,4 @@ class Hooks:
 def hooks_for(recipe: Recipe) -> Hooks:
     """One instance of every registered hook that applies to ``recipe``, in their order."""
     specs = sorted((spec for _, spec in HOOKS.items() if spec.applies(recipe)), key=lambda spec: spec.order)
-    return Hooks([spec.make() for spec in specs])
+    return Hooks(specs)

@@ -1,10 +1,11 @@
 """The training run: recipe -> data + model -> strategy plan -> Accelerate loop -> evaluation -> saved run.
 
 :func:`run` reads top to bottom, like accelerate's complete example: set-up
-(:mod:`hftl.training.build`, :mod:`hftl.training.launch`), then the loop over a small typed
-:class:`LoopState`, then :func:`finish`. The same code runs on CPU, one GPU, or
-N processes under ``accelerate launch`` / ``torchrun``; only the main process
-prints, writes logs and saves models.
+(:mod:`hftl.training.build`, :mod:`hftl.training.launch`), then the loop, then :func:`finish`. What the run
+has built travels as one :class:`~hftl.training.context.RunContext`; features (domain adaptation, the feature
+cache, the probe head, the Hub push) plug in through the run hooks of :mod:`hftl.training.hooks` at a few fixed
+events, so the loop names none of them. The same code runs on CPU, one GPU, or N processes under
+``accelerate launch`` / ``torchrun``; only the main process prints, writes logs and saves models.
 """
 
 from __future__ import annotations
@@ -116,10 +117,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 apply_plan(ctx, train_mode=True)
             stopping = stop.agreed()  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
-                save_checkpoint(
-                    accelerator, ctx.model, ctx.optimizer, ctx.run_dir, asdict(ctx.synced_state()),
-                    train.save_total_limit, ctx.extra_modules,
-                )  # fmt: skip
+                save(ctx)
             if stopping:
                 interrupt(ctx, stop)
             if end or state.done:
@@ -183,6 +181,13 @@ def next_step(ctx: RunContext, bar: Any) -> None:
         joined = ", ".join(g.name for g in plan.trainable_at(state.step))
         log.say(f"[strategy] step {state.step}: now training {joined}")
     apply_plan(ctx)
+
+
+def save(ctx: RunContext) -> None:
+    """A resumable state of this step: model, optimizer, RNG, loop state and the hooks' extra modules."""
+    state = asdict(ctx.synced_state())
+    args = (ctx.accelerator, ctx.model, ctx.optimizer, ctx.run_dir, state, ctx.recipe.train.save_total_limit)
+    save_checkpoint(*args, ctx.extra_modules)
 
 
 def interrupt(ctx: RunContext, stop: StopFlag) -> None:
