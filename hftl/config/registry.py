@@ -37,15 +37,16 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 class Registry(Generic[T]):
     """A name -> object map filled by a decorator at the place each entry is defined."""
 
-    def __init__(self, kind: str, plugins: str | None = None) -> None:
+    def __init__(self, kind: str, plugins: str | tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._plugins = plugins  # a module, or a package whose modules, register the entries
+        # modules, or packages whose modules, that register the entries (possibly from several layers)
+        self._plugins = (plugins,) if isinstance(plugins, str) else plugins
 
     def _load(self) -> dict[str, T]:
         """The entries, after importing the plugin module(s) once (they register themselves)."""
-        if self._plugins is not None:
-            name, self._plugins = self._plugins, None
+        plugins, self._plugins = self._plugins, ()
+        for name in plugins:
             module = importlib.import_module(name)
             for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
                 importlib.import_module(f"{name}.{info.name}")

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.config import log
 from hftl.config.errors import RecipeError
+from hftl.training.hooks import ExtraGroup
 
 if TYPE_CHECKING:
     import datasets
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
     from hftl.tasks import PreparedData, Task
+    from hftl.training.context import RunContext
 
 METHODS = {  # method -> one line for the card and `hftl plan`
     "dann": "a domain classifier on the pooled features behind gradient reversal (Ganin & Lempitsky 2015), "
@@ -243,6 +245,21 @@ class Adaptation:
     modules: dict  # trained beside the model and saved in checkpoints (DANN's domain classifier)
     _batches: Any = None
 
+    def param_groups(self, recipe: Recipe, plan: Plan) -> list[ExtraGroup]:
+        """DANN's domain classifier: one more param group of the run's optimizer, at ``optim.head_lr`` on the
+        plan's shared schedule (warmup, decay), as the head's."""
+        lr = recipe.optim.head_lr or recipe.optim.lr
+        return [
+            ExtraGroup(name, list(module.parameters()), lr, recipe.optim.weight_decay, plan.schedule)
+            for name, module in self.modules.items()
+        ]
+
+    def prepare(self, accelerator: Any) -> dict[str, Any]:
+        """Prepare the extra modules and the target loader; returns the modules (saved in each checkpoint)."""
+        self.modules = {name: accelerator.prepare(module) for name, module in self.modules.items()}
+        self.target_dl = accelerator.prepare(self.target_dl)
+        return self.modules
+
     def loss(self, model: Any, batch: dict[str, Any], step: int, accelerator: Any) -> torch.Tensor:
         """Task loss on the source rows + weight x the method's loss on source and target features."""
         import torch
@@ -286,20 +303,15 @@ def merge_batches(source: dict[str, Any], target: dict[str, Any], pad_id: int) -
     return merged
 
 
-def build_adaptation(
-    recipe: Recipe,
-    task: Task,
-    data: PreparedData,
-    unlabeled: datasets.Dataset | None,
-    model: nn.Module,
-    plan: Plan,
-    optimizer: Any,
-    scheduler: Any,
-    accelerator: Any,
-) -> Adaptation | None:
-    """The run's :class:`Adaptation` (target loader prepared, domain classifier in the optimizer), or None."""
+def build_adaptation(ctx: RunContext, unlabeled: datasets.Dataset | None) -> Adaptation | None:
+    """The run's :class:`Adaptation` (feature tap on the head, DANN's domain classifier, target loader), or None.
+
+    Nothing is prepared yet: :meth:`Adaptation.param_groups` gives the classifier's optimizer group and
+    :meth:`Adaptation.prepare` prepares the classifier and the target loader (the run hook calls both).
+    """
     import torch
 
+    recipe, model, plan = ctx.recipe, ctx.model, ctx.plan
     options = recipe.strategy.adaptation
     if options is None or unlabeled is None:
         return None
@@ -318,41 +330,21 @@ def build_adaptation(
         width = next(m for name in head.modules for m in modules[name].modules() if isinstance(m, torch.nn.Linear))
         with torch.random.fork_rng():  # the model's random stream stays as without adaptation
             torch.manual_seed(recipe.train.seed)
-            classifier = domain_classifier(width.in_features, options.hidden_size)
-        lr = recipe.optim.head_lr or recipe.optim.lr
-        optimizer.add_param_group(
-            {
-                "params": list(classifier.parameters()),
-                "lr": lr,
-                "initial_lr": lr,
-                "weight_decay": recipe.optim.weight_decay,
-                "name": "domain_classifier",
-            }
-        )
-        scheduler.base_lrs.append(lr)  # the plan's shared schedule (warmup, decay), as the head's
-        scheduler.lr_lambdas.append(plan.schedule)
-        extra["domain_classifier"] = accelerator.prepare(classifier)
+            extra["domain_classifier"] = domain_classifier(width.in_features, options.hidden_size)
     per_process = plan.total_steps * recipe.train.grad_accum
     sampler = TargetBatches(
-        len(unlabeled), recipe.train.batch_size, recipe.train.seed, per_process * accelerator.num_processes
+        len(unlabeled), recipe.train.batch_size, recipe.train.seed, per_process * ctx.accelerator.num_processes
     )
     loader = torch.utils.data.DataLoader(
         unlabeled,
         batch_sampler=sampler,
         generator=torch.Generator(),
-        collate_fn=task.collator(data.processor, recipe, train=True),
+        collate_fn=ctx.task.collator(ctx.data.processor, recipe, train=True),
     )
-    pad_id = getattr(data.processor, "pad_token_id", None) or 0
+    pad_id = getattr(ctx.data.processor, "pad_token_id", None) or 0
     log.say(f"[adaptation] {options.method} (weight {options.weight:g}): {METHODS[options.method]}")
     return Adaptation(
-        options.method,
-        options.weight,
-        plan.total_steps,
-        recipe.train.grad_accum,
-        accelerator.prepare(loader),
-        features,
-        pad_id,
-        extra,
+        options.method, options.weight, plan.total_steps, recipe.train.grad_accum, loader, features, pad_id, extra
     )
 
 

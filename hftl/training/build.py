@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 from hftl.config.errors import HftlError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from hftl.config.schema import OptimSection, Recipe
     from hftl.strategies.plan import Plan
     from hftl.tasks import PreparedData, Task
+    from hftl.training.hooks import ExtraGroup
 
 
 def load_data(recipe: Recipe, accelerator: Any) -> PreparedData:
@@ -99,11 +102,14 @@ def build_plan(model: torch.nn.Module, recipe: Recipe, task: Task, n_batches: in
     return plan
 
 
-def build_optimizer(model: torch.nn.Module, plan: Plan, optim: OptimSection) -> tuple[Any, list[str]]:
+def build_optimizer(
+    model: torch.nn.Module, plan: Plan, optim: OptimSection, extra: Sequence[ExtraGroup] = ()
+) -> tuple[Any, list[str]]:
     """AdamW over every parameter that will ever train: one param group per (layer group, decay or not).
 
-    Biases and normalisation weights (1-d tensors) get no weight decay. Returns the
-    optimizer and the layer-group name of each param group (for the LR lambdas).
+    Biases and normalisation weights (1-d tensors) get no weight decay. ``extra``: groups a run hook trains
+    beside the model (DANN's domain classifier), after the plan's. Returns the optimizer and the layer-group
+    name of each of the plan's param groups (for the LR lambdas and the logged LRs).
     """
     import torch
 
@@ -118,18 +124,20 @@ def build_optimizer(model: torch.nn.Module, plan: Plan, optim: OptimSection) -> 
             if chunk:
                 groups.append({"params": chunk, "lr": group.lr, "weight_decay": wd, "name": group.name + suffix})
                 names.append(group.name)
+    groups += [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name} for g in extra]
     # The fused kernel (CPU and GPUs; transformers.Trainer's default too): on CPU a MiniLM step's AdamW update
     # takes about 1/7 of the default per-tensor loop's time.
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True), names
 
 
-def build_scheduler(optimizer: Any, plan: Plan, group_names: list[str]) -> Any:
-    """LambdaLR from the plan alone: shared schedule x each group's join factor (a pure function of the step)."""
+def build_scheduler(optimizer: Any, plan: Plan, group_names: list[str], extra: Sequence[ExtraGroup] = ()) -> Any:
+    """LambdaLR from the plan alone: shared schedule x each group's join factor (a pure function of the step);
+    each of the ``extra`` groups on its own schedule."""
     import torch
 
     from hftl.strategies.plan import lr_lambdas
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(plan, group_names))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(plan, group_names) + [g.schedule for g in extra])
 
 
 def set_step_lrs(optimizer: Any, scheduler: Any, step: int) -> None:

@@ -8,10 +8,10 @@ head, stored on disk, and every epoch (and every evaluation) then runs the head
 alone: with MiniLM that is one small matrix product per batch instead of a
 six-layer encoder.
 
-How it plugs into :func:`hftl.training.train.run` (one marked call, before
-``accelerator.prepare``): the train and eval DataLoaders are swapped for loaders
-over the cached tensors (the train loader keeps the run's batch sampler, so the
-batches and their order are the same), and the model's ``forward`` is swapped
+How it plugs into :func:`hftl.training.train.run` (the ``feature_cache`` run hook of
+:mod:`hftl.training.run_hooks`, after the plan, before the optimizer): the train
+and eval DataLoaders are swapped for loaders over the cached tensors (the train loader
+keeps the run's batch sampler, so the batches and their order are the same), and the model's ``forward`` is swapped
 for one that runs the head modules on them and returns the task's loss
 (cross-entropy, -100 ignored). The model keeps its parameters, names and
 modules, so the plan, optimizer, DDP wrapping, checkpoints, resume and
@@ -46,24 +46,14 @@ from hftl.training.feature_key import cache_file, cache_key
 from hftl.training.feature_store import CachedSplit, collate_cached
 
 if TYPE_CHECKING:
-    import datasets
-
-    from hftl.config.schema import Recipe
-    from hftl.strategies.plan import Plan
+    from hftl.training.context import RunContext
 
 
 def maybe_use_cache(
-    model: nn.Module,
-    plan: Plan,
-    recipe: Recipe,
-    task: Any,
-    processor: Any,
-    encoded: datasets.DatasetDict,
-    train_dl: torch.utils.data.DataLoader,
-    eval_dls: dict[str, torch.utils.data.DataLoader],
-    accelerator: Any,
+    ctx: RunContext,
 ) -> tuple[torch.utils.data.DataLoader, dict[str, torch.utils.data.DataLoader], list[nn.Module]]:
-    """The loop's hook: loaders over cached head inputs (and a head-only ``model.forward``), or the loaders unchanged.
+    """The run hook's work: loaders over cached head inputs (and a head-only ``model.forward``), or the loaders
+    unchanged.
 
     Also returns the head's modules run on the cached inputs, in order (empty when nothing is cached).
 
@@ -73,6 +63,8 @@ def maybe_use_cache(
 
     from hftl.config.log import say  # main process only; hidden by --quiet
 
+    model, plan, recipe, task, accelerator = ctx.model, ctx.plan, ctx.recipe, ctx.task, ctx.accelerator
+    processor, encoded, train_dl, eval_dls = ctx.data.processor, ctx.data.encoded, ctx.train_dl, ctx.eval_dls
     collate = task.collator(processor, recipe, train=False)
     chain: list[str] = []
     with rng_untouched():

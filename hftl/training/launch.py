@@ -101,9 +101,14 @@ def check_process_count(accelerator: Any) -> None:
 
 
 class StopFlag:
-    """Turns SIGTERM / Ctrl-C into a request to stop after the current step (and save)."""
+    """Turns SIGTERM / Ctrl-C into a request to stop after the current step (and save).
 
-    def __init__(self) -> None:
+    The request is accelerate's trigger (``set_trigger`` / ``check_trigger``): a signal reaches the ranks of a
+    job at slightly different steps, and the check agrees across them, so all stop at the same step.
+    """
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
         self.requested = False
         self._previous: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,19 +123,17 @@ class StopFlag:
             if handler is not None:  # None: installed outside Python, nothing to put back
                 signal.signal(sig, handler)
 
-    def agreed(self, accelerator: Any) -> bool:
-        """Whether any process was asked to stop: a signal reaches the ranks of a job at slightly different steps."""
-        if accelerator.num_processes == 1:
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (one process: no collective, no device sync)."""
+        if self.accelerator.num_processes == 1:
             return self.requested
-        import torch
-
-        flag = torch.tensor([float(self.requested)], device=accelerator.device)
-        return bool(accelerator.reduce(flag, "sum").item() > 0)
+        return self.accelerator.check_trigger()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
+        self.accelerator.set_trigger()
 
 
 def end_processes(accelerator: Any) -> None:

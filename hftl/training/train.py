@@ -1,10 +1,11 @@
 """The training run: recipe -> data + model -> strategy plan -> Accelerate loop -> evaluation -> saved run.
 
 :func:`run` reads top to bottom, like accelerate's complete example: set-up
-(:mod:`hftl.training.build`, :mod:`hftl.training.launch`), then the loop over a small typed
-:class:`LoopState`, then :func:`finish`. The same code runs on CPU, one GPU, or
-N processes under ``accelerate launch`` / ``torchrun``; only the main process
-prints, writes logs and saves models.
+(:mod:`hftl.training.build`, :mod:`hftl.training.launch`), then the loop, then :func:`finish`. What the run
+has built travels as one :class:`~hftl.training.context.RunContext`; features (domain adaptation, the feature
+cache, the probe head, the Hub push) plug in through the run hooks of :mod:`hftl.training.hooks` at a few fixed
+events, so the loop names none of them. The same code runs on CPU, one GPU, or N processes under
+``accelerate launch`` / ``torchrun``; only the main process prints, writes logs and saves models.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from hftl.training.build import (
     load_data,
     set_step_lrs,
 )
+from hftl.training.context import LoopState, RunContext
 from hftl.training.evaluation import evaluate, is_better
+from hftl.training.hooks import hooks_for
 from hftl.training.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
 from hftl.training.training_state import (
     check_resumable,
@@ -48,20 +51,6 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-@dataclass
-class LoopState:
-    """Everything the loop carries from step to step; saved with each resumable state."""
-
-    step: int = 0
-    epoch: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_scores: dict[str, float] | None = None
-    bad_evals: int = 0
-    done: bool = False
-    loss_sum: float = 0.0
-
-
 def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     """Train, evaluate and save one recipe; returns the final metrics.
 
@@ -69,249 +58,202 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     :func:`hftl.run_recipe`, a study trial: :func:`hftl.analysis.advise.resolve_strategy`).
     """
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from hftl.config.errors import RecipeError
-    from hftl.publish.hub import check_can_push
-    from hftl.strategies import changes_mid_run, fit_head_first, head_fitter
+    from hftl.strategies import changes_mid_run
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
-    from hftl.training import feature_cache
-    from hftl.training.adaptation import build_adaptation, load_target
     from hftl.training.trackers import check_trackers
 
-    resume = recipe.train.resume if resume is None else resume
+    ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, recipe.train.resume if resume is None else resume)
+    hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
     set_threads(recipe.train.num_threads)
-    task, run_dir = TASKS.get(recipe.task), recipe.run_dir
     check_trackers(recipe.train.trackers)
-    run_folder.check_run_dir(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))  # before any work
-    check_resumable(run_dir, resume)
-    if recipe.hub.push:  # fail now, not after hours of training
-        check_can_push()
+    run_folder.check_run_dir(recipe, ctx.run_dir, ctx.resume, bool(complete_checkpoints(ctx.run_dir)))
+    check_resumable(ctx.run_dir, ctx.resume)
+    hooks.check(ctx)  # all before any work
 
-    # -- set-up: accelerator, run folder, data, model, loaders, plan, optimizer and scheduler from the plan
-    accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
-    say = log.say  # main process only; hidden by --quiet
+    # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
+    ctx.accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
     set_seed(recipe.train.seed)
-    data = load_data(recipe, accelerator)
-    unlabeled_target = load_target(
-        recipe, task, data, accelerator
-    )  # [adaptation] data.target (hftl/training/adaptation.py)
-    model = build_model(recipe, task, data.labels)
-    train_dl, eval_dls = build_loaders(recipe, task, data)
-    plan = build_plan(model, recipe, task, len(train_dl.batch_sampler), accelerator.num_processes)
-    say(format_plan(plan, model) + "\n" + describe_model(model))
-    # [feature cache] body frozen for the whole run, nothing random feeding it: the loaders yield the head's
-    # inputs, computed once and cached on disk, and model.forward runs only the head (hftl/training/feature_cache.py).
-    train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
-        model, plan, recipe, task, data.processor, data.encoded, train_dl, eval_dls, accelerator
-    )
-    fitter = head_fitter(recipe)  # [probe] a strategy's own closed-form head (prototypes) instead of L-BFGS
-    if fitter and not head_chain:
-        raise RecipeError(
-            recipe.source_file,
-            "strategy.name",
-            "sets the head from cached frozen features, which this run cannot use",
-            recipe.strategy.name,
-            hint="The [cache] line above says why.",
-        )
-    probed = (
-        head_chain and fit_head_first(recipe) and fit_probe_head(head_chain, train_dl, eval_dls, accelerator, fitter)
-    )
-    optimizer, group_names = build_optimizer(model, plan, recipe.optim)
-    scheduler = build_scheduler(optimizer, plan, group_names)  # not prepared: stepped once per optimizer step
-    # [adaptation] target batches beside the source ones and the method's extra loss (None without it)
-    adaptation = build_adaptation(recipe, task, data, unlabeled_target, model, plan, optimizer, scheduler, accelerator)
-    extra_modules = adaptation.modules if adaptation else {}
-    model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
-    eval_dls = dict(zip(eval_dls, eval_list))
-    if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
-        run_folder.prepare(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))
-        run_folder.write_start(run_dir, recipe, plan, data.labels)
-    accelerator.wait_for_everyone()
-    accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
-    state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
-    set_step_lrs(optimizer, scheduler, state.step)
-    metric = recipe.train.metric or task.metric
-    if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
-        evaluate_and_keep_best(
-            state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
-        )
+    ctx.data = load_data(recipe, ctx.accelerator)
+    hooks.on_data(ctx)
+    ctx.model = build_model(recipe, ctx.task, ctx.data.labels)
+    ctx.train_dl, ctx.eval_dls = build_loaders(recipe, ctx.task, ctx.data)
+    ctx.plan = build_plan(ctx.model, recipe, ctx.task, len(ctx.train_dl.batch_sampler), ctx.accelerator.num_processes)
+    log.say(format_plan(ctx.plan, ctx.model) + "\n" + describe_model(ctx.model))
+    hooks.on_plan(ctx)
+    extra_groups = hooks.param_groups(ctx)
+    ctx.optimizer, ctx.group_names = build_optimizer(ctx.model, ctx.plan, recipe.optim, extra_groups)
+    ctx.scheduler = build_scheduler(ctx.optimizer, ctx.plan, ctx.group_names, extra_groups)  # stepped per update
+    ctx.extra_modules = hooks.before_prepare(ctx)
+    prepare(ctx)
+    state, plan, accelerator, train = ctx.state, ctx.plan, ctx.accelerator, recipe.train
+    if ctx.evaluate_first and state.step == 0:  # a head set before the loop is the first candidate for the best
+        evaluate_and_keep_best(ctx)
 
     # -- the loop
-    train, grad_accum = recipe.train, recipe.train.grad_accum
     eval_steps = train.eval_steps or max(plan.steps_per_epoch, math.ceil(plan.total_steps / 10))
     save_steps = train.save_steps or eval_steps
-    stop = StopFlag()
-    bar = tqdm(
-        total=plan.total_steps,
-        initial=state.step,
-        desc=recipe.name,
-        dynamic_ncols=True,
-        disable=not accelerator.is_local_main_process or not log.shows(),
-    )
-    started = time.time()
+    stop, bar, started = StopFlag(accelerator), progress_bar(ctx), time.time()
     while state.step < plan.total_steps and not state.done:
         epoch = state.step // plan.steps_per_epoch
-        train_dl.set_epoch(epoch)
-        skip = (state.step - epoch * plan.steps_per_epoch) * grad_accum  # resumed mid-epoch
-        batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        apply_plan(model, plan, state.step, accelerator, train_mode=True)
+        ctx.train_dl.set_epoch(epoch)
+        skip = (state.step - epoch * plan.steps_per_epoch) * train.grad_accum  # resumed mid-epoch
+        batches = accelerator.skip_first_batches(ctx.train_dl, skip) if skip else ctx.train_dl
+        apply_plan(ctx, train_mode=True)
         for batch in batches:
-            with accelerator.accumulate(model):
-                loss = adaptation.loss(model, batch, state.step, accelerator) if adaptation else model(**batch).loss
+            with accelerator.accumulate(ctx.model):
+                loss = hooks.loss(ctx, batch)
                 accelerator.backward(loss)
                 kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
-                if accelerator.sync_gradients and recipe.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], recipe.optim.max_grad_norm
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.loss_sum += loss.detach().float().item() / grad_accum
+                optimizer_step(ctx)
+            ctx.add_loss(loss, train.grad_accum)  # stays on the device until a log line
             if not accelerator.sync_gradients:
                 continue
-            state.step += 1
-            state.epoch = state.step / plan.steps_per_epoch
-            scheduler.step()
-            bar.update(1)
-            if state.step in plan.stage_starts:
-                joined = ", ".join(g.name for g in plan.trainable_at(state.step))
-                say(f"[strategy] step {state.step}: now training {joined}")
-            apply_plan(model, plan, state.step, accelerator)
+            next_step(ctx, bar)
             end = state.step == plan.total_steps
             if state.step % train.log_steps == 0 or end:
-                log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar)
+                log_training(ctx, bar)
             if state.step % eval_steps == 0 or end:
-                evaluate_and_keep_best(
-                    state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
-                )
-                apply_plan(model, plan, state.step, accelerator, train_mode=True)
-            stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
+                evaluate_and_keep_best(ctx)
+                apply_plan(ctx, train_mode=True)
+            stopping = stop.agreed()  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
-                save_checkpoint(
-                    accelerator, model, optimizer, run_dir, asdict(state), train.save_total_limit, extra_modules
-                )
+                save(ctx)
             if stopping:
-                if accelerator.is_main_process:
-                    run_folder.set_status(run_dir, "interrupted", step=state.step)
-                stop.restore()
-                # The run folder's recipe.yaml is the recipe as resolved, command-line overrides included.
-                raise Interrupted(
-                    f"Interrupted at step {state.step}; the state is saved. Resume with: "
-                    f"hftl run {run_dir / run_folder.RECIPE_FILE} --resume"
-                )
+                interrupt(ctx, stop)
             if end or state.done:
                 break
     bar.close()
     stop.restore()
 
-    final = finish(state, model, eval_dls, task, data, metric, time.time() - started, run_dir, accelerator)
-    # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
-    # after it make 2-process CPU runs abort at exit (SIGABRT) about a third of the time.
-    accelerator.free_memory()
-    del model, optimizer, train_dl, eval_dls, eval_list, scheduler
-    end_processes(accelerator)
-    if recipe.hub.push and accelerator.is_main_process:  # after the process group ends: others need not wait
-        from hftl.publish.hub import push_run
-
-        log.summary(f"[hub] pushed: {push_run(run_dir, recipe.hub.repo_id, recipe.hub.private, recipe.hub.revision)}")
-    return RunResult(run_dir, final)
+    final = finish(ctx, time.time() - started)
+    release(ctx)
+    hooks.on_finish(ctx, final)
+    return RunResult(ctx.run_dir, final)
 
 
 # --------------------------------------------------------------------------- the loop's named steps
-def fit_probe_head(
-    chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], accelerator: Any, fitter: Any = None
-) -> bool:
-    """[probe] Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
-    strategy's own ``fitter``, before the loop."""
-    from hftl.models.probe import fit_probe
-
-    started = time.time()
-    train, val = train_dl.dataset, eval_dls["validation"].dataset
-    fit = (fitter or fit_probe)(chain, train.rows, train.labels, val.rows, val.labels)
-    if fit is None:
-        log.say("[probe] skipped: the head is not one linear layer on per-example features")
-        return False
-    if fitter is not None:
-        log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
-        return True
-    log.say(
-        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
-        f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
-        + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
-        + ")"
+def prepare(ctx: RunContext) -> None:
+    """Wrap model, optimizer and loaders for the launch; create (or clear) the run folder; restore the state."""
+    accelerator, run_dir, recipe = ctx.accelerator, ctx.run_dir, ctx.recipe
+    ctx.model, ctx.optimizer, ctx.train_dl, *eval_list = accelerator.prepare(
+        ctx.model, ctx.optimizer, ctx.train_dl, *ctx.eval_dls.values()
     )
-    return True
+    ctx.eval_dls = dict(zip(ctx.eval_dls, eval_list))
+    if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
+        run_folder.prepare(recipe, run_dir, ctx.resume, bool(complete_checkpoints(run_dir)))
+        run_folder.write_start(run_dir, recipe, ctx.plan, ctx.data.labels)
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
+    ctx.state = restore(ctx)
+    set_step_lrs(ctx.optimizer, ctx.scheduler, ctx.state.step)
 
 
-def restore(
-    accelerator: Any,
-    model: Any,
-    optimizer: Any,
-    run_dir: Path,
-    resume: bool,
-    extra_modules: dict[str, Any] | None = None,
-) -> LoopState:
+def progress_bar(ctx: RunContext) -> Any:
+    """A tqdm bar over the run's optimizer steps (local main process; hidden by --quiet)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=ctx.plan.total_steps,
+        initial=ctx.state.step,
+        desc=ctx.recipe.name,
+        dynamic_ncols=True,
+        disable=not ctx.accelerator.is_local_main_process or not log.shows(),
+    )
+
+
+def optimizer_step(ctx: RunContext) -> None:
+    """Clip (at the end of an accumulation), step and clear the gradients (accelerate skips the step mid-way)."""
+    max_norm = ctx.recipe.optim.max_grad_norm
+    if ctx.accelerator.sync_gradients and max_norm:
+        ctx.accelerator.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], max_norm)
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+
+
+def next_step(ctx: RunContext, bar: Any) -> None:
+    """One optimizer step done: count it, move the LRs on, and apply the plan's trainable set for the next."""
+    state, plan = ctx.state, ctx.plan
+    state.step += 1
+    state.epoch = state.step / plan.steps_per_epoch
+    ctx.scheduler.step()
+    bar.update(1)
+    if state.step in plan.stage_starts:
+        joined = ", ".join(g.name for g in plan.trainable_at(state.step))
+        log.say(f"[strategy] step {state.step}: now training {joined}")
+    apply_plan(ctx)
+
+
+def save(ctx: RunContext) -> None:
+    """A resumable state of this step: model, optimizer, RNG, loop state and the hooks' extra modules."""
+    state = asdict(ctx.synced_state())
+    args = (ctx.accelerator, ctx.model, ctx.optimizer, ctx.run_dir, state, ctx.recipe.train.save_total_limit)
+    save_checkpoint(*args, ctx.extra_modules)
+
+
+def interrupt(ctx: RunContext, stop: StopFlag) -> None:
+    """Stopped by a signal after the state was saved: mark the run folder and exit with the resume command."""
+    if ctx.accelerator.is_main_process:
+        run_folder.set_status(ctx.run_dir, "interrupted", step=ctx.state.step)
+    stop.restore()
+    # The run folder's recipe.yaml is the recipe as resolved, command-line overrides included.
+    raise Interrupted(
+        f"Interrupted at step {ctx.state.step}; the state is saved. Resume with: "
+        f"hftl run {ctx.run_dir / run_folder.RECIPE_FILE} --resume"
+    )
+
+
+def restore(ctx: RunContext) -> LoopState:
     """The loop state to start from: the last complete saved state when resuming, else a fresh one."""
-    state = LoopState()
-    last = complete_checkpoints(run_dir)
-    if resume and last:
-        state = LoopState(**load_checkpoint(accelerator, model, optimizer, last[-1], extra_modules))
+    state, last = LoopState(), complete_checkpoints(ctx.run_dir)
+    if ctx.resume and last:
+        saved = load_checkpoint(ctx.accelerator, ctx.model, ctx.optimizer, last[-1], ctx.extra_modules)
+        state = LoopState(**saved)
         log.say(f"[resume] continuing from {last[-1]} (step {state.step})")
-    if resume and accelerator.is_main_process:  # lines logged after the state we start from are written again
-        run_folder.truncate_log(run_dir, state.step)
+    if ctx.resume and ctx.accelerator.is_main_process:  # lines logged after the state we start from are written again
+        run_folder.truncate_log(ctx.run_dir, state.step)
     return state
 
 
-def log_training(
-    state: LoopState, optimizer: Any, group_names: list[str], log_steps: int, run_dir: Path, accelerator: Any, bar: Any
-) -> None:
+def log_training(ctx: RunContext, bar: Any) -> None:
     """The mean training loss since the last log line, and every group's LR."""
+    state, log_steps = ctx.synced_state(), ctx.recipe.train.log_steps
     n = log_steps if state.step % log_steps == 0 else state.step % log_steps
     record = {
         "step": state.step,
         "epoch": round(state.epoch, 4),
         "loss": state.loss_sum / max(1, n),
-        "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)},
+        "lr": {g: ctx.optimizer.param_groups[i]["lr"] for i, g in enumerate(ctx.group_names)},
     }
-    log_record(run_dir, record, accelerator)
+    log_record(ctx.run_dir, record, ctx.accelerator)
     bar.set_postfix(loss=f"{record['loss']:.4f}")
-    state.loss_sum = 0.0
+    ctx.reset_loss()
 
 
-def apply_plan(model: Any, plan: Any, step: int, accelerator: Any, train_mode: bool = False) -> None:
-    """The plan's trainable set and train/eval modes at ``step`` (``train_mode``: after an epoch start or eval)."""
+def apply_plan(ctx: RunContext, train_mode: bool = False) -> None:
+    """The plan's trainable set and train/eval modes at this step (``train_mode``: after an epoch start or eval)."""
     from hftl.strategies.plan import apply_plan as apply
 
     if train_mode:
-        model.train()
-    apply(accelerator.unwrap_model(model), plan, step)
+        ctx.model.train()
+    apply(ctx.accelerator.unwrap_model(ctx.model), ctx.plan, ctx.state.step)
 
 
-def evaluate_and_keep_best(
-    state: LoopState,
-    model: Any,
-    dataloader: Any,
-    task: Any,
-    data: Any,
-    metric: str,
-    total_steps: int,
-    recipe: Recipe,
-    accelerator: Any,
-) -> None:
+def evaluate_and_keep_best(ctx: RunContext) -> None:
     """Score the validation split; save the model when it is the best so far; stop early when patience runs out."""
-    scores = evaluate(model, dataloader, task, data.labels, accelerator)
-    log_record(recipe.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
+    state, recipe, accelerator, metric = ctx.state, ctx.recipe, ctx.accelerator, ctx.metric
+    scores = evaluate(ctx.model, ctx.eval_dls["validation"], ctx.task, ctx.data.labels, accelerator)
+    log_record(ctx.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)
     if improved:
         state.best_metric, state.best_step, state.best_scores, state.bad_evals = scores[metric], state.step, scores, 0
-        save_model_atomic(accelerator, model, data.processor, recipe.run_dir / "best")
+        save_model_atomic(accelerator, ctx.model, ctx.data.processor, ctx.run_dir / "best")
     else:
         state.bad_evals += 1
     log.say(
-        f"[eval] step {state.step}/{total_steps} epoch {state.epoch:.2f}  "
+        f"[eval] step {state.step}/{ctx.plan.total_steps} epoch {state.epoch:.2f}  "
         + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
         + ("  (best)" if improved else f"  (best {state.best_metric:.4f} at step {state.best_step})")
     )
@@ -321,42 +263,30 @@ def evaluate_and_keep_best(
         state.done = True
 
 
-def finish(
-    state: LoopState,
-    model: Any,
-    eval_dls: dict[str, Any],
-    task: Any,
-    data: Any,
-    metric: str,
-    train_seconds: float,
-    run_dir: Path,
-    accelerator: Any,
-) -> dict[str, Any]:
-    """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
-    from hftl.publish.card import write_report
-
+def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
+    """The best model becomes the run's model; test it and write the final metrics (the card: a run hook)."""
+    state, accelerator, run_dir, metric = ctx.state, ctx.accelerator, ctx.run_dir, ctx.metric
     accelerator.wait_for_everyone()
     best = run_dir / "best"
     if best.is_dir():
-        load_saved_weights(accelerator.unwrap_model(model), best)
+        load_saved_weights(accelerator.unwrap_model(ctx.model), best)
     final: dict[str, Any] = {
         "best_step": state.best_step,
         f"best_validation_{metric}": state.best_metric,
         "train_seconds": round(train_seconds, 1),
         "steps": state.step,
         "num_processes": accelerator.num_processes,
-        "examples": {split: len(ds) for split, ds in data.encoded.items()},
+        "examples": {split: len(ds) for split, ds in ctx.data.encoded.items()},
     }
-    for split, dl in eval_dls.items():  # the best model's validation scores are known already
+    for split, dl in ctx.eval_dls.items():  # the best model's validation scores are known already
         known = state.best_scores if split == "validation" else None
-        final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
+        final[split] = known or evaluate(ctx.model, dl, ctx.task, ctx.data.labels, accelerator)
     if accelerator.is_main_process:
         if best.is_dir():
-            publish_model(best, run_dir, accelerator.unwrap_model(model))
+            publish_model(best, run_dir, accelerator.unwrap_model(ctx.model))
         run_folder.write_final(run_dir, final)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
-        write_report(run_dir)  # plots + README.md model card
         tidy_completed(run_dir)  # best/ and the resumable states (output.keep_checkpoints) go
     log.summary(
         "[done] "
@@ -364,6 +294,18 @@ def finish(
         + f"  -> {run_dir}"
     )
     return final
+
+
+def release(ctx: RunContext) -> None:
+    """Drop the prepared model, optimizer and loaders, then end the process group.
+
+    DDP objects destroyed after the process group ends make 2-process CPU runs abort at exit (SIGABRT) about a
+    third of the time.
+    """
+    ctx.accelerator.free_memory()
+    ctx.model = ctx.optimizer = ctx.train_dl = ctx.scheduler = None
+    ctx.eval_dls = {}
+    end_processes(ctx.accelerator)
 
 
 def log_record(run_dir: Path, record: dict[str, Any], accelerator: Any) -> None:

@@ -1,0 +1,88 @@
+"""The run's context: one object that carries what a training run has built, from set-up to finish.
+
+:func:`hftl.training.train.run` fills it in the order things are built (recipe and task first, then the
+accelerator, data, model, loaders, plan, optimizer and scheduler, then the loop state) and hands it, whole,
+to its named steps and to the run hooks (:mod:`hftl.training.hooks`), instead of passing its pieces one by
+one. A field is ``None`` until the step that builds it has run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from hftl.config.schema import Recipe
+    from hftl.strategies.plan import Plan
+    from hftl.tasks import PreparedData, Task
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step; saved with each resumable state."""
+
+    step: int = 0
+    epoch: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_scores: dict[str, float] | None = None
+    bad_evals: int = 0
+    done: bool = False
+    loss_sum: float = 0.0  # the training loss summed since the last log line (synced from the device when read)
+
+
+@dataclass
+class RunContext:
+    """What one run has built so far (see the module docstring)."""
+
+    recipe: Recipe
+    task: Task
+    run_dir: Path
+    resume: bool
+    accelerator: Any = None
+    data: PreparedData | None = None
+    model: Any = None
+    plan: Plan | None = None
+    train_dl: Any = None
+    eval_dls: dict[str, Any] = field(default_factory=dict)
+    optimizer: Any = None
+    scheduler: Any = None
+    group_names: list[str] = field(default_factory=list)  # the plan's layer group of each optimizer param group
+    extra_modules: dict[str, Any] = field(default_factory=dict)  # trained beside the model, saved in checkpoints
+    head_chain: list[Any] = field(default_factory=list)  # the head modules run on cached features (if cached)
+    evaluate_first: bool = False  # a hook set the head before the loop: its weights are the first best candidate
+    state: LoopState = field(default_factory=LoopState)
+    running_loss: torch.Tensor | None = None  # the loss since the last log line, on the device (no per-batch sync)
+
+    @property
+    def metric(self) -> str:
+        """The validation metric that picks the best model."""
+        return self.recipe.train.metric or self.task.metric
+
+    def add_loss(self, loss: torch.Tensor, grad_accum: int) -> None:
+        """Accumulate one micro-batch's loss on the device; read back only at log and save steps.
+
+        Float64, as the Python floats it replaces: ``float32 -> float64`` is exact and each ``/`` and ``+`` is the
+        same IEEE operation, so the logged means are bit for bit those of ``loss.item()`` summed on the host.
+        """
+        import torch
+
+        if self.running_loss is None:
+            dtype = torch.float32 if loss.device.type == "mps" else torch.float64  # MPS has no float64
+            self.running_loss = torch.tensor(self.state.loss_sum, dtype=dtype, device=loss.device)
+        self.running_loss += loss.detach().float().to(self.running_loss.dtype) / grad_accum
+
+    def synced_state(self) -> LoopState:
+        """The loop state with the device-side loss sum read back (a log line or a saved state needs it)."""
+        if self.running_loss is not None:
+            self.state.loss_sum = self.running_loss.item()
+        return self.state
+
+    def reset_loss(self) -> None:
+        """Start a new log interval."""
+        self.state.loss_sum = 0.0
+        if self.running_loss is not None:
+            self.running_loss.zero_()

@@ -1,0 +1,126 @@
+"""The training loop's own run hooks (see :mod:`hftl.training.hooks`); the card and the Hub push are
+publishing's (:mod:`hftl.publish.run_hooks`).
+
+Each class is only the wiring: the feature's own code stays in its module (domain adaptation in
+:mod:`hftl.training.adaptation`, the feature cache in :mod:`hftl.training.feature_cache`, the probe in
+:mod:`hftl.models.probe`). Their order, at every event: feature cache (10), probe head (20), domain
+adaptation (30), then the card (35) and the Hub push (40).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from hftl.config import log
+from hftl.training.hooks import ExtraGroup, RunHook, run_hook
+
+if TYPE_CHECKING:
+    import torch
+
+    from hftl.training.context import RunContext
+
+
+@run_hook(
+    "feature_cache",
+    order=10,
+    applies=lambda recipe: True,
+    when="every run: it caches only when the body is frozen for the whole run, and logs why not otherwise",
+)
+class FeatureCache(RunHook):
+    """The head trains on the frozen body's outputs, computed once and cached on disk."""
+
+    def on_plan(self, ctx: RunContext) -> None:
+        from hftl.training import feature_cache
+
+        ctx.train_dl, ctx.eval_dls, ctx.head_chain = feature_cache.maybe_use_cache(ctx)
+
+
+def _fits_head(recipe: Any) -> bool:
+    from hftl.strategies import fit_head_first, head_fitter
+
+    return fit_head_first(recipe) or head_fitter(recipe) is not None
+
+
+@run_hook(
+    "probe_head",
+    order=20,
+    applies=_fits_head,
+    when="the strategy fits its head before the loop (feature_extraction's L-BFGS probe, prototypes)",
+)
+class ProbeHead(RunHook):
+    """The linear head set on cached features before the loop (L-BFGS, or the strategy's closed form)."""
+
+    def on_plan(self, ctx: RunContext) -> None:
+        from hftl.config.errors import RecipeError
+        from hftl.strategies import fit_head_first, head_fitter
+
+        fitter = head_fitter(ctx.recipe)  # a strategy's own closed-form head (prototypes) instead of L-BFGS
+        if fitter and not ctx.head_chain:
+            raise RecipeError(
+                ctx.recipe.source_file,
+                "strategy.name",
+                "sets the head from cached frozen features, which this run cannot use",
+                ctx.recipe.strategy.name,
+                hint="The [cache] line above says why.",
+            )
+        if ctx.head_chain and fit_head_first(ctx.recipe) and fit_probe_head(ctx, fitter):
+            ctx.evaluate_first = True  # the fitted probe is the first candidate for the best model
+
+
+def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
+    """Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
+    strategy's own ``fitter``; False when the head is not one linear layer on per-example features."""
+    from hftl.models.probe import fit_probe
+
+    started = time.time()
+    train, val = ctx.train_dl.dataset, ctx.eval_dls["validation"].dataset
+    fit = (fitter or fit_probe)(ctx.head_chain, train.rows, train.labels, val.rows, val.labels)
+    if fit is None:
+        log.say("[probe] skipped: the head is not one linear layer on per-example features")
+        return False
+    if fitter is not None:
+        log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
+        return True
+    log.say(
+        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
+        f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
+        + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
+        + ")"
+    )
+    return True
+
+
+@run_hook(
+    "adaptation",
+    order=30,
+    applies=lambda recipe: recipe.data.target is not None,
+    when="data.target is set: its labeled part is scored as target_test; strategy.adaptation adds the method",
+)
+class DomainAdaptation(RunHook):
+    """Target-domain batches beside the source ones and the adaptation method's loss on their features."""
+
+    def __init__(self) -> None:
+        self.unlabeled: Any = None
+        self.adaptation: Any = None  # hftl.training.adaptation.Adaptation, with strategy.adaptation
+
+    def on_data(self, ctx: RunContext) -> None:
+        from hftl.training.adaptation import load_target
+
+        self.unlabeled = load_target(ctx.recipe, ctx.task, ctx.data, ctx.accelerator)
+
+    def on_plan(self, ctx: RunContext) -> None:
+        from hftl.training.adaptation import build_adaptation
+
+        self.adaptation = build_adaptation(ctx, self.unlabeled)
+
+    def param_groups(self, ctx: RunContext) -> list[ExtraGroup]:
+        return self.adaptation.param_groups(ctx.recipe, ctx.plan) if self.adaptation else []
+
+    def before_prepare(self, ctx: RunContext) -> dict[str, Any]:
+        return self.adaptation.prepare(ctx.accelerator) if self.adaptation else {}
+
+    def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.adaptation is None:
+            return None
+        return self.adaptation.loss(ctx.model, batch, ctx.state.step, ctx.accelerator)
