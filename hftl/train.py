@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl import log, run_folder
+from hftl.backend import check_sharding_applied
 from hftl.build import (
     build_loaders,
     build_model,
@@ -27,13 +28,22 @@ from hftl.build import (
     set_step_lrs,
 )
 from hftl.evaluation import evaluate, is_better
-from hftl.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
+from hftl.launch import (
+    Interrupted,
+    StopFlag,
+    build_accelerator,
+    check_shared_run_dir,
+    end_processes,
+    resolve_launch,
+    set_threads,
+)
 from hftl.schema import Recipe
 from hftl.training_state import (
     complete_checkpoints,
+    is_sharded,
     kill_point,
+    load_best,
     load_checkpoint,
-    load_saved_weights,
     publish_model,
     save_checkpoint,
     save_model_atomic,
@@ -63,6 +73,7 @@ class LoopState:
 
 def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     """Train, evaluate and save one recipe; returns the final metrics."""
+    import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -77,6 +88,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from hftl.trackers import check_trackers
 
     recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/advise.py)
+    recipe, backend = resolve_launch(recipe)  # accelerate config / launch flags vs the recipe (hftl/backend.py)
     resume = recipe.train.resume if resume is None else resume
     set_threads(recipe.train.num_threads)
     task, run_dir = TASKS.get(recipe.task), recipe.run_dir
@@ -88,6 +100,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     # -- set-up: accelerator, run folder, data, model, loaders, plan, optimizer and scheduler from the plan
     accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
     say = log.say  # main process only; hidden by --quiet
+    check_sharding_applied(backend, accelerator)
+    say(backend.describe(accelerator.num_processes))
     set_seed(recipe.train.seed)
     data = load_data(recipe, accelerator)
     unlabeled_target = load_target(recipe, task, data, accelerator)  # [adaptation] data.target (hftl/adaptation.py)
@@ -123,6 +137,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         run_folder.prepare(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))
         run_folder.write_start(run_dir, recipe, plan, data.labels)
     accelerator.wait_for_everyone()
+    check_shared_run_dir(run_dir, accelerator)  # several machines: one run folder that every one of them sees
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
     set_step_lrs(optimizer, scheduler, state.step)
@@ -145,6 +160,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         disable=not accelerator.is_local_main_process or not log.shows(),
     )
     started = time.time()
+    running_loss = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per micro-batch
     while state.step < plan.total_steps and not state.done:
         epoch = state.step // plan.steps_per_epoch
         train_dl.set_epoch(epoch)
@@ -157,12 +173,11 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 accelerator.backward(loss)
                 kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
                 if accelerator.sync_gradients and recipe.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], recipe.optim.max_grad_norm
-                    )
+                    # over the model's own parameters, so FSDP clips its shards (frozen ones hold no gradient)
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            state.loss_sum += loss.detach().float().item() / grad_accum
+            running_loss += loss.detach().float() / grad_accum
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -175,6 +190,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             apply_plan(model, plan, state.step, accelerator)
             end = state.step == plan.total_steps
             if state.step % train.log_steps == 0 or end:
+                state.loss_sum += running_loss.item()  # host syncs at log and save steps only
+                running_loss.zero_()
                 log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar)
             if state.step % eval_steps == 0 or end:
                 evaluate_and_keep_best(
@@ -183,6 +200,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
+                state.loss_sum += running_loss.item()
+                running_loss.zero_()
                 save_checkpoint(
                     accelerator, model, optimizer, run_dir, asdict(state), train.save_total_limit, extra_modules
                 )
@@ -200,7 +219,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     bar.close()
     stop.restore()
 
-    final = finish(state, model, eval_dls, task, data, metric, time.time() - started, run_dir, accelerator)
+    rebuild = (lambda: build_model(recipe, task, data.labels)) if is_sharded(accelerator) else None  # [FSDP]
+    final = finish(state, model, eval_dls, task, data, metric, time.time() - started, run_dir, accelerator, rebuild)
     # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
     # after it make 2-process CPU runs abort at exit (SIGABRT) about a third of the time.
     accelerator.free_memory()
@@ -325,14 +345,17 @@ def finish(
     train_seconds: float,
     run_dir: Path,
     accelerator: Any,
+    rebuild: Any = None,
 ) -> dict[str, Any]:
-    """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
+    """The best model becomes the run's model; test it, write the final metrics, the card and the plots.
+
+    ``rebuild`` (sharded models) builds a plain copy of the model on the main process, for publishing.
+    """
     from hftl.card import write_report
 
     accelerator.wait_for_everyone()
     best = run_dir / "best"
-    if best.is_dir():
-        load_saved_weights(accelerator.unwrap_model(model), best)
+    plain = load_best(accelerator, model, best, rebuild) if best.is_dir() else None
     final: dict[str, Any] = {
         "best_step": state.best_step,
         f"best_validation_{metric}": state.best_metric,
@@ -346,7 +369,7 @@ def finish(
         final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
     if accelerator.is_main_process:
         if best.is_dir():
-            publish_model(best, run_dir, accelerator.unwrap_model(model))
+            publish_model(best, run_dir, plain)
         run_folder.write_final(run_dir, final)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
