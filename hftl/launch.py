@@ -70,6 +70,8 @@ def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerat
         log_with=recipe.train.trackers or None,
         project_dir=str(recipe.run_dir / "logs"),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        # None: the launch's own --dynamo_backend (ACCELERATE_DYNAMO_BACKEND), if any
+        dynamo_backend="inductor" if recipe.train.compile else None,
     )
     check_process_count(accelerator)
     return accelerator
