@@ -92,7 +92,7 @@ def tiny_assets(work: Path) -> dict[str, Any]:
 
 
 def real_assets(work: Path) -> dict[str, Any]:
-    from hftl.pretrained import CHECKPOINTS
+    from hftl.models.pretrained import CHECKPOINTS
 
     CHECKPOINTS.get("all-MiniLM-L6-v2")  # fails now, with the install line, if the package is missing
     csv = rotten_tomatoes_csv(work / "rt.csv")
@@ -197,9 +197,9 @@ def plain_loop(doc: dict) -> float:
     steps, timed after 3 warm-up steps."""
     import torch
 
-    from hftl.build import build_loaders, build_model, load_data
-    from hftl.recipe import validate_recipe
+    from hftl.config.recipe import validate_recipe
     from hftl.tasks import TASKS
+    from hftl.training.build import build_loaders, build_model, load_data
 
     recipe = validate_recipe({**doc, "output": {"dir": tempfile.mkdtemp()}}, "gpu_check")
     task = TASKS.get(recipe.task)
@@ -286,8 +286,8 @@ def check_memory(doc: dict, work: Path) -> dict[str, Any]:
     """Peak GPU memory of a few steps: progressive's first stage (head only) vs full fine-tuning, in one process."""
     import torch
 
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     peaks = {}
     for strategy in ("full", "progressive"):

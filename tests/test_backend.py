@@ -1,12 +1,12 @@
-"""hftl.backend: how the launch's settings (accelerate config / launch flags, as environment variables) meet the
-recipe. Table-driven over the environment; tests/test_sharding.py runs the same through forked launches."""
+"""hftl.training.backend: how the launch's settings (accelerate config and launch flags, as environment variables)
+meet the recipe. Table-driven over the environment; tests/test_sharding.py runs the same through forked launches."""
 
 from __future__ import annotations
 
 import pytest
 
-from hftl.backend import check_fsdp, check_grad_accum, resolve_mixed_precision
-from hftl.errors import HftlError
+from hftl.config.errors import HftlError
+from hftl.training.backend import check_fsdp, check_grad_accum, resolve_mixed_precision
 
 
 @pytest.mark.parametrize(
