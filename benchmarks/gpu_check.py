@@ -265,7 +265,7 @@ def check_fsdp(strategy: str, doc: dict, work: Path, smoke: bool) -> dict[str, A
     sharded = write_recipe(doc, work / f"fsdp-{strategy}-fsdp", train={"mixed_precision": precision}, **sections)
     accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "1"]
     accelerate += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", precision]
-    accelerate += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP"]
+    accelerate += ["--use_fsdp", "--fsdp_version", "2"]  # no transformer wrap (accelerate shards BERT embeddings twice)
     accelerate += ["--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_cpu_ram_efficient_loading", "false"]
     proc = hftl(sharded, launcher=accelerate)
     if smoke:

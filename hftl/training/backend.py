@@ -141,6 +141,12 @@ def check_fsdp(env: Mapping[str, str]) -> str:
             "config): weights are then loaded on rank 0 only, but hftl builds the model (its new head, adapters) on "
             "every rank. Set fsdp_cpu_ram_efficient_loading: false."
         )
+    refuse_fsdp_without_gpu(env)
+    return "fsdp" + version
+
+
+def refuse_fsdp_without_gpu(env: Mapping[str, str]) -> None:
+    """Accelerate sets FSDP up on GPUs only: on CPU it would train DDP copies under an FSDP label."""
     import torch
 
     if not torch.cuda.is_available():
@@ -151,12 +157,11 @@ def check_fsdp(env: Mapping[str, str]) -> str:
             "itself can shard on CPU over gloo; Accelerate does not route it). On CPU drop --use_fsdp: DDP "
             "(`--multi_gpu` with ACCELERATE_USE_CPU=true) runs every strategy."
         )
-    return "fsdp" + version
 
 
 def check_sharding_applied(backend: Backend, accelerator: object) -> None:
     """After ``Accelerator()``: the sharding hftl planned for is the one Accelerate set up (never half-applied)."""
-    applied = str(getattr(accelerator, "distributed_type", "")) == "FSDP"
+    applied = getattr(accelerator, "distributed_type", None) == "FSDP"  # a str enum
     if applied != (backend.sharding != "none"):
         raise HftlError(
             f"hftl expected {'FSDP' if backend.sharding != 'none' else 'no FSDP'} from the launch's settings, but "

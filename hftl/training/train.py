@@ -41,6 +41,7 @@ from hftl.training.launch import (
 )
 from hftl.training.training_state import (
     complete_checkpoints,
+    init_optimizer_state,
     is_sharded,
     kill_point,
     load_best,
@@ -136,6 +137,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     extra_modules = adaptation.modules if adaptation else {}
     model, optimizer, train_dl, *eval_list = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, eval_list))
+    if is_sharded(accelerator):  # [FSDP] sharded states are saved and loaded by key: every key from the start
+        init_optimizer_state(optimizer)
     if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
         run_folder.prepare(recipe, run_dir, resume, bool(complete_checkpoints(run_dir)))
         run_folder.write_start(run_dir, recipe, plan, data.labels)

@@ -203,7 +203,36 @@ def loadable_by_timm(config_file: Path) -> None:
 
 def is_sharded(accelerator) -> bool:
     """Whether the prepared model's parameters are split across processes (FSDP)."""
-    return str(getattr(accelerator, "distributed_type", "")) == "FSDP"
+    return getattr(accelerator, "distributed_type", None) == "FSDP"  # a str enum
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Create AdamW's state for every parameter now, exactly as its first step would (step 0, zero moments).
+
+    Sharded (FSDP) states are saved and loaded by key: a state saved before a progressive group first trained
+    lacks that group's entries, while loading initialises every parameter's (torch's ``_init_optim_state`` takes
+    a zero step, which would also shift the bias correction). With every state present from the start, save and
+    load see the same keys and the numbers stay those of lazy initialisation.
+    """
+    import torch
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state[p]
+            if state:
+                continue
+            on_device = group.get("capturable") or group.get("fused")
+            state["step"] = (
+                torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
+                if on_device
+                else torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
+            )
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def load_best(accelerator, model, folder: Path, rebuild=None):
