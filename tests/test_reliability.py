@@ -309,11 +309,13 @@ class OneProcess:
 
 def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest(tmp_path):
     import torch
+    from accelerate import Accelerator
 
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
+    accelerator = Accelerator(cpu=True)
+    linear = torch.nn.Linear(2, 2)
+    model, optimizer = accelerator.prepare(linear, torch.optim.AdamW(linear.parameters()))
     for step in (1, 2, 3):
-        save_checkpoint(OneProcess(), model, optimizer, tmp_path, {"step": step}, keep=2)
+        save_checkpoint(accelerator, model, optimizer, tmp_path, {"step": step}, keep=2)
     root = tmp_path / "checkpoints"
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
     (root / ".tmp-step-00000009").mkdir()  # killed mid-save
@@ -321,7 +323,7 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
     (root / ".tmp-step-00000011").mkdir()
     (root / ".tmp-step-00000011" / "trainer_state.json").write_text("{}")
     assert complete_checkpoints(tmp_path)[-1].name == "step-00000003"
-    save_checkpoint(OneProcess(), model, optimizer, tmp_path, {"step": 4}, keep=1)
+    save_checkpoint(accelerator, model, optimizer, tmp_path, {"step": 4}, keep=1)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000004"]
     assert not list(root.glob(".tmp-*")), "stale temporary folders are cleaned up by the next save"
 

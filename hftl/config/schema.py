@@ -325,6 +325,22 @@ class TrainSection(Section):
     cache_features: Literal["auto", "never"] = Field(
         "auto", description="Cache frozen-backbone features when possible."
     )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (inductor). Off by default: not measured to pay on CPU; "
+        "`accelerate launch --dynamo_backend` is honoured as well.",
+    )
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes per training process (image decoding and augmentation off the "
+        "training loop; pinned memory and persistent workers on GPU). Default: 0 on CPU, where workers take "
+        "cores from the model, else min(4, cores per process). With workers, augmentation draws from the "
+        "workers' random streams: a mid-epoch resume is not bit-exact.",
+    )
 
 
 class OutputSection(Section):

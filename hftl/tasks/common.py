@@ -260,6 +260,11 @@ def select_valid(
     return (ds.select(keep) if len(keep) < len(ds) else ds), keep, ids, bad.report()
 
 
+def pad_multiple(recipe: Recipe) -> int | None:
+    """Pad token batches to a multiple of 8 under fp16/bf16 (tensor cores work on multiples of 8), else exactly."""
+    return 8 if recipe.train.mixed_precision in ("fp16", "bf16") else None
+
+
 def without_length(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
     """Wrap a transformers collator so it ignores the ``length`` column (used only to group batches)."""
 

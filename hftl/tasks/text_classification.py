@@ -14,6 +14,7 @@ from hftl.tasks.common import (
     column,
     label_encoder,
     load_splits,
+    pad_multiple,
     pipeline_predict,
     select_valid,
     text_problem,
@@ -109,7 +110,7 @@ class TextClassification:
     def collator(self, processor: Any, recipe: Recipe, train: bool) -> Any:
         from transformers import DataCollatorWithPadding
 
-        return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=None))
+        return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=pad_multiple(recipe)))
 
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification

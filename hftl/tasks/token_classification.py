@@ -21,6 +21,7 @@ from hftl.tasks.common import (
     check_columns_section,
     column,
     load_splits,
+    pad_multiple,
     refuse_pooling,
     without_length,
 )
@@ -208,7 +209,11 @@ class TokenClassification:
     def collator(self, processor: Any, recipe: Recipe, train: bool) -> Any:
         from transformers import DataCollatorForTokenClassification
 
-        return without_length(DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE))
+        return without_length(
+            DataCollatorForTokenClassification(
+                processor, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_multiple(recipe)
+            )
+        )
 
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoConfig, AutoModelForTokenClassification

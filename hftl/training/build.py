@@ -42,7 +42,25 @@ def build_model(recipe: Recipe, task: Task, labels: list[str]) -> torch.nn.Modul
     """The checkpoint with the task's head, as the strategy trains it (e.g. wrapped with LoRA adapters)."""
     from hftl.strategies import wrap_model
 
-    return wrap_model(task.build_model(recipe, labels), recipe)
+    model = task.build_model(recipe, labels)
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model, recipe)
+    return wrap_model(model, recipe)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, recipe: Recipe) -> None:
+    """transformers' activation checkpointing (non-reentrant: frozen inputs and LoRA work), or a clear refusal."""
+    from hftl.config.errors import RecipeError
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise RecipeError(
+            recipe.source_file,
+            "train.gradient_checkpointing",
+            f"is not supported by this model ({type(model).__name__})",
+            True,
+            hint="Set train.gradient_checkpointing: false.",
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, dict[str, Any]]:
@@ -61,11 +79,16 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
     )
     # Each loader has its own generator: starting an iterator then draws no number from the global RNG, so
     # dropout sees the same random stream whether a run was resumed mid-epoch or not.
+    workers = loader_workers(recipe)
+    on_gpu = torch.cuda.is_available()
     train_dl = torch.utils.data.DataLoader(
         train,
         batch_sampler=sampler,
         generator=torch.Generator(),
         collate_fn=task.collator(data.processor, recipe, train=True),
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
     )
     eval_bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
     eval_dls = {
@@ -74,11 +97,27 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
             batch_size=eval_bs,
             generator=torch.Generator(),
             collate_fn=task.collator(data.processor, recipe, train=False),
+            num_workers=workers,
+            pin_memory=on_gpu,
         )
         for split in ("validation", "test", "target_test")
         if split in data.encoded
     }  # target: adaptation
     return train_dl, eval_dls
+
+
+def loader_workers(recipe: Recipe) -> int:
+    """``train.num_workers``, or its default: none on CPU (they would take cores from the model), else up to 4."""
+    import os
+
+    import torch
+
+    if recipe.train.num_workers is not None:
+        return recipe.train.num_workers
+    if not torch.cuda.is_available():
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return min(4, max(0, (os.cpu_count() or 1) // max(1, local) - 1))
 
 
 def plan_for(model: torch.nn.Module, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import HftlError
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from hftl.config.schema import Recipe
+    from hftl.training.backend import Backend
 
 
 class Interrupted(HftlError):
@@ -48,19 +50,12 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
-def default_mixed_precision(choice: str) -> str:
-    """'auto' means bf16 on GPUs that support it, fp16 on other GPUs, and full precision on CPU."""
-    if choice != "auto":
-        return choice
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
-    """The Accelerator for this launch (DDP tolerates unused parameters when the trainable set changes mid-run)."""
+    """The Accelerator for this launch: the recipe's precision (resolved in :mod:`hftl.training.backend`), accumulation.
+
+    ``recipe.train.mixed_precision`` is never ``auto`` here (:func:`resolve_launch` resolved it). DDP tolerates
+    unused parameters when the trainable set changes mid-run; FSDP comes from the launch's own settings.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -68,15 +63,42 @@ def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerat
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # torchrun on CPU: without this, accelerate starts N independent single-process runs.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    use_tf32()
     accelerator = Accelerator(
         gradient_accumulation_steps=recipe.train.grad_accum,
-        mixed_precision=default_mixed_precision(recipe.train.mixed_precision),
+        mixed_precision=recipe.train.mixed_precision,
         log_with=recipe.train.trackers or None,
         project_dir=str(recipe.run_dir / "logs"),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        # None: the launch's own --dynamo_backend (ACCELERATE_DYNAMO_BACKEND), if any
+        dynamo_backend="inductor" if recipe.train.compile else None,
     )
     check_process_count(accelerator)
     return accelerator
+
+
+def resolve_launch(recipe: Recipe) -> tuple[Recipe, Backend]:
+    """The recipe with ``train.mixed_precision`` as this launch runs it, and the launch's backend (or a refusal)."""
+    from hftl.training.backend import refuse_under_sharding, resolve_backend
+
+    backend = resolve_backend(recipe.train.mixed_precision, recipe.train.grad_accum)
+    refuse_under_sharding(
+        backend, recipe.strategy.adaptation.method if recipe.strategy.adaptation else None, recipe.source_file
+    )
+    update: dict[str, Any] = {"mixed_precision": backend.mixed_precision}
+    if backend.sharding != "none":  # cached features feed an unsharded head: not under FSDP
+        update["cache_features"] = "never"
+    train = recipe.train.model_copy(update=update)
+    return recipe.model_copy(update={"train": train}), backend
+
+
+def use_tf32() -> None:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (what transformers' Trainer calls ``tf32``)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def check_process_count(accelerator: Any) -> None:
@@ -147,3 +169,42 @@ def end_processes(accelerator: Any) -> None:
     accelerator.end_training()  # finishes the trackers; in accelerate >= 1.x it also destroys the process group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_shared_run_dir(run_dir: Path, accelerator: Any) -> None:
+    """Refuse a multi-machine launch whose machines do not all see the run folder the main process writes.
+
+    The main process alone writes the run folder (logs, models, the end of each save), while every process writes
+    its share of each training state into it (its RNG state, FSDP shards): all machines need one shared filesystem
+    (NFS, a cluster filesystem) at the same path. Checked with a token the main process writes and every process
+    reads back, before any training.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import secrets
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    token = [secrets.token_hex(8) if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    probe = run_dir / ".launch-check"
+    if accelerator.is_main_process:
+        probe.write_text(token[0], encoding="utf-8")
+    accelerator.wait_for_everyone()
+    try:
+        seen = probe.read_text(encoding="utf-8") == token[0]
+    except OSError:
+        seen = False
+    agreed = accelerator.reduce(torch.tensor([float(seen)], device=accelerator.device), "sum").item()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    if agreed < accelerator.num_processes:
+        where = f"process {accelerator.process_index}" if not seen else "another process"
+        raise HftlError(
+            f"The run folder {run_dir} written by the main process is not visible to {where}: a launch over several "
+            "machines needs the run folder on a filesystem every machine mounts at the same path (NFS or a cluster "
+            "filesystem), because every process writes its share of each training state there. Set output.dir to "
+            "such a path."
+        )

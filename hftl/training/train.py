@@ -18,6 +18,7 @@ from typing import Any
 
 from hftl.config import log, run_folder
 from hftl.config.schema import Recipe
+from hftl.training.backend import check_backend_applied
 from hftl.training.build import (
     build_loaders,
     build_model,
@@ -31,13 +32,23 @@ from hftl.training.build import (
 from hftl.training.context import LoopState, RunContext
 from hftl.training.evaluation import evaluate, is_better
 from hftl.training.hooks import hooks_for
-from hftl.training.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
+from hftl.training.launch import (
+    Interrupted,
+    StopFlag,
+    build_accelerator,
+    check_shared_run_dir,
+    end_processes,
+    resolve_launch,
+    set_threads,
+)
 from hftl.training.training_state import (
     check_resumable,
     complete_checkpoints,
+    init_optimizer_state,
+    is_sharded,
     kill_point,
+    load_best,
     load_checkpoint,
-    load_saved_weights,
     publish_model,
     save_checkpoint,
     save_model_atomic,
@@ -52,11 +63,8 @@ class RunResult:
 
 
 def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
-    """Train, evaluate and save one recipe; returns the final metrics.
-
-    ``strategy.name: auto`` is resolved before, where the recipe is loaded for a run (``hftl run``,
-    :func:`hftl.run_recipe`, a study trial: :func:`hftl.analysis.advise.resolve_strategy`).
-    """
+    """Train, evaluate and save one recipe; returns the final metrics. (``strategy.name: auto`` is resolved
+    where the recipe is loaded for a run: :func:`hftl.analysis.advise.resolve_strategy`.)"""
     from accelerate.utils import set_seed
 
     from hftl.strategies import changes_mid_run
@@ -64,6 +72,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from hftl.tasks import TASKS
     from hftl.training.trackers import check_trackers
 
+    recipe, backend = resolve_launch(recipe)  # accelerate config / launch flags vs the recipe (training/backend.py)
     ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, recipe.train.resume if resume is None else resume)
     hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
     set_threads(recipe.train.num_threads)
@@ -74,6 +83,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
     # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
     ctx.accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
+    check_backend_applied(backend, ctx.accelerator)  # and logs it
     set_seed(recipe.train.seed)
     ctx.data = load_data(recipe, ctx.accelerator)
     hooks.on_data(ctx)
@@ -141,10 +151,13 @@ def prepare(ctx: RunContext) -> None:
         ctx.model, ctx.optimizer, ctx.train_dl, *ctx.eval_dls.values()
     )
     ctx.eval_dls = dict(zip(ctx.eval_dls, eval_list))
+    if is_sharded(accelerator):  # [FSDP] sharded states are saved and loaded by key: every key from the start
+        init_optimizer_state(ctx.optimizer)
     if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
         run_folder.prepare(recipe, run_dir, ctx.resume, bool(complete_checkpoints(run_dir)))
         run_folder.write_start(run_dir, recipe, ctx.plan, ctx.data.labels)
     accelerator.wait_for_everyone()
+    check_shared_run_dir(run_dir, accelerator)  # several machines: one run folder that every one of them sees
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     ctx.state = restore(ctx)
     set_step_lrs(ctx.optimizer, ctx.scheduler, ctx.state.step)
@@ -167,7 +180,8 @@ def optimizer_step(ctx: RunContext) -> None:
     """Clip (at the end of an accumulation), step and clear the gradients (accelerate skips the step mid-way)."""
     max_norm = ctx.recipe.optim.max_grad_norm
     if ctx.accelerator.sync_gradients and max_norm:
-        ctx.accelerator.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], max_norm)
+        # over the model's own parameters, so FSDP clips its shards (frozen ones hold no gradient)
+        ctx.accelerator.clip_grad_norm_(ctx.model.parameters(), max_norm)
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
 
@@ -268,8 +282,9 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
     state, accelerator, run_dir, metric = ctx.state, ctx.accelerator, ctx.run_dir, ctx.metric
     accelerator.wait_for_everyone()
     best = run_dir / "best"
-    if best.is_dir():
-        load_saved_weights(accelerator.unwrap_model(ctx.model), best)
+    # [FSDP] a sharded model is rebuilt whole on the main process, for publishing
+    rebuild = (lambda: build_model(ctx.recipe, ctx.task, ctx.data.labels)) if is_sharded(accelerator) else None
+    plain = load_best(accelerator, ctx.model, best, rebuild) if best.is_dir() else None
     final: dict[str, Any] = {
         "best_step": state.best_step,
         f"best_validation_{metric}": state.best_metric,
@@ -283,7 +298,7 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
         final[split] = known or evaluate(ctx.model, dl, ctx.task, ctx.data.labels, accelerator)
     if accelerator.is_main_process:
         if best.is_dir():
-            publish_model(best, run_dir, accelerator.unwrap_model(ctx.model))
+            publish_model(best, run_dir, plain)
         run_folder.write_final(run_dir, final)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)

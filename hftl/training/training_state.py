@@ -2,8 +2,9 @@
 
 Every save goes to a hidden temporary folder that is renamed into place only when
 complete, so a run killed mid-save leaves at worst a ``.tmp-*`` folder that
-resume ignores (and the next save removes). Weights are safetensors; the
-optimizer and RNG states are loaded with ``torch.load(weights_only=True)``.
+resume ignores (and the next save removes). Inside, the state is what Accelerate's
+``save_state`` writes: weights in safetensors (or FSDP shards); optimizer, GradScaler and
+RNG states loaded back by accelerate with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hftl.config.run_folder import write_json_atomic
 
 STATE_FILE = "trainer_state.json"
+MODEL_WEIGHTS = "model.safetensors"  # accelerate's name for the first prepared model
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what a peft model saves instead of model.safetensors
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -51,14 +55,14 @@ def save_checkpoint(
     keep: int,
     extra_modules: dict[str, Any] | None = None,
 ) -> Path:
-    """Save model, optimizer, per-rank RNG and loop state for ``state['step']``; rotate old ones.
+    """Save the training state of ``state['step']`` with ``accelerator.save_state``; rotate old ones.
 
-    Called on every process: each writes its own RNG state, the main process the rest.
-    ``extra_modules`` train beside the model (a domain classifier) and are saved as ``<name>.safetensors``.
+    Accelerate writes what each process holds: the model (gathered, or FSDP shards from every rank), the
+    optimizer, the fp16 GradScaler, and every RNG (Python, NumPy, torch, CUDA) per rank. hftl wraps that in its
+    own atomic write-then-rename (``trainer_state.json`` is written last: it marks the folder complete) and
+    rotation. ``extra_modules`` train beside the model (a domain classifier) and are saved as
+    ``<name>.safetensors``. Called on every process; ``model`` and ``optimizer`` are the prepared ones.
     """
-    import torch
-    from safetensors.torch import save_model
-
     root = run_dir / "checkpoints"
     final = root / f"step-{state['step']:08d}"
     tmp = root / f".tmp-step-{state['step']:08d}"
@@ -66,14 +70,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    with _extra_modules_named(accelerator, extra_modules or {}):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-        for name, module in (extra_modules or {}).items():
-            save_model(accelerator.unwrap_model(module), str(tmp / f"{name}.safetensors"))
         kill_point("save", state["step"])  # test hook: dies with a half-written checkpoint
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the folder complete
         if final.exists():
             shutil.rmtree(final)
@@ -96,8 +97,6 @@ def check_resumable(run_dir: Path, resume: bool) -> None:
 
 def check_checkpoint(path: Path) -> None:
     """Refuse a saved state that cannot be loaded, before resuming touches the run folder (headers only)."""
-    import zipfile
-
     from safetensors import SafetensorError, safe_open
 
     from hftl.config.errors import HftlError
@@ -105,10 +104,15 @@ def check_checkpoint(path: Path) -> None:
     problem = None
     try:
         json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        with safe_open(str(path / "model.safetensors"), framework="pt"):
-            pass
-        if not zipfile.is_zipfile(path / "optimizer.pt"):
-            problem = "optimizer.pt is not a saved torch state"
+        if (path / "optimizer.pt").is_file():
+            problem = "it was saved by an earlier hftl, whose training states this one does not read"
+        elif (path / MODEL_WEIGHTS).is_file():
+            with safe_open(str(path / MODEL_WEIGHTS), framework="pt"):
+                pass
+        elif not list(path.glob("pytorch_model_fsdp_*")):
+            problem = f"no {MODEL_WEIGHTS} and no FSDP shards"
+        if problem is None and not list(path.glob("random_states_*.pkl")):
+            problem = "no random states (random_states_*.pkl)"
     except (OSError, ValueError, SafetensorError) as exc:
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if problem:
@@ -121,27 +125,61 @@ def check_checkpoint(path: Path) -> None:
 def load_checkpoint(
     accelerator, model, optimizer, path: Path, extra_modules: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote; returns the loop state."""
-    import torch
-    from safetensors.torch import load_model
+    """Restore what :func:`save_checkpoint` wrote (``accelerator.load_state``); returns the loop state."""
+    from hftl.config.errors import HftlError
 
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
-    for name, module in (extra_modules or {}).items():
-        load_model(accelerator.unwrap_model(module), str(path / f"{name}.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    rng = path / f"rng_{accelerator.process_index}.pt"
-    if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
+    if not (path / f"random_states_{accelerator.process_index}.pkl").is_file():
+        # accelerate would go on silently with this process's RNG as it is: the run would not repeat itself
+        raise HftlError(
+            f"The saved state {path} has no random state for process {accelerator.process_index}: it was saved "
+            "by a launch with fewer processes, or this machine does not see the folder the main process wrote "
+            "(several machines need one shared filesystem for the run folder)."
+        )
+    with _extra_modules_named(accelerator, extra_modules or {}):
+        accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+@contextmanager
+def _extra_modules_named(accelerator, extra_modules: dict[str, Any]) -> Iterator[None]:
+    """Within ``save_state``/``load_state``: the extra modules as ``<name>.safetensors``, the model as
+    ``model.safetensors`` (accelerate would number every prepared module in the order it was prepared)."""
+    from safetensors.torch import load_model, save_model
+
+    if not extra_modules:
+        yield
+        return
+    ids = {id(module): name for name, module in extra_modules.items()}
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        keep = [i for i, m in enumerate(models) if id(m) not in ids]
+        for m in models:
+            if id(m) in ids and accelerator.is_main_process:
+                save_model(accelerator.unwrap_model(m), str(Path(output_dir) / f"{ids[id(m)]}.safetensors"))
+        weights[:] = [weights[i] for i in keep]
+
+    def load_hook(models: list, input_dir: str) -> None:
+        for m in [m for m in models if id(m) in ids]:
+            load_model(accelerator.unwrap_model(m), str(Path(input_dir) / f"{ids[id(m)]}.safetensors"))
+            models.remove(m)
+
+    handles = [accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: dict[str, str] | None = None) -> None:
     """``save_pretrained`` model + processor into ``dest`` via a temporary folder (main process)."""
+    # sharded (FSDP): every process takes part in gathering the full weights onto the main process
+    state_dict = accelerator.get_state_dict(model) if is_sharded(accelerator) else None
     if not accelerator.is_main_process:
         return
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     loadable_by_timm(tmp / "config.json")
     if processor is not None:
         processor.save_pretrained(tmp)
@@ -168,6 +206,63 @@ def loadable_by_timm(config_file: Path) -> None:
     if config.get("model_type") == "timm_wrapper" and "model_args" in config and config["model_args"] is None:
         del config["model_args"]
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether the prepared model's parameters are split across processes (FSDP)."""
+    return getattr(accelerator, "distributed_type", None) == "FSDP"  # a str enum
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Create AdamW's state for every parameter now, exactly as its first step would (step 0, zero moments).
+
+    Sharded (FSDP) states are saved and loaded by key: a state saved before a progressive group first trained
+    lacks that group's entries, while loading initialises every parameter's (torch's ``_init_optim_state`` takes
+    a zero step, which would also shift the bias correction). With every state present from the start, save and
+    load see the same keys and the numbers stay those of lazy initialisation.
+    """
+    import torch
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state[p]
+            if state:
+                continue
+            on_device = group.get("capturable") or group.get("fused")
+            state["step"] = (
+                torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
+                if on_device
+                else torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
+            )
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def load_best(accelerator, model, folder: Path, rebuild=None):
+    """Put the weights saved in ``folder`` into the prepared ``model``; returns a plain model holding them (main
+    process) for publishing.
+
+    Sharded (FSDP): the main process builds a plain copy with ``rebuild()``, loads the folder into it as
+    :func:`load_saved_weights` does (a peft folder too), and every process takes its shard of that copy.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if not is_sharded(accelerator):
+        load_saved_weights(unwrapped, folder)
+        return unwrapped
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    plain, full = None, {}
+    if accelerator.is_main_process:
+        plain = rebuild()
+        load_saved_weights(plain, folder)
+        full = plain.state_dict()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(unwrapped, full, options=options)
+    return plain
 
 
 def load_saved_weights(model, folder: Path) -> None:
@@ -237,20 +332,3 @@ def _replace_folder(src: Path, dest: Path) -> None:
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

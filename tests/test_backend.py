@@ -1,0 +1,50 @@
+"""hftl.training.backend: how the launch's settings (accelerate config and launch flags, as environment variables)
+meet the recipe. Table-driven over the environment; tests/test_sharding.py runs the same through forked launches."""
+
+from __future__ import annotations
+
+import pytest
+
+from hftl.config.errors import HftlError
+from hftl.training.backend import check_fsdp, check_grad_accum, resolve_mixed_precision
+
+
+@pytest.mark.parametrize(
+    "recipe, env, expected",
+    [
+        ("auto", {}, ("no", "auto: CPU")),  # this machine has no GPU; bf16 on CPU stays opt-in
+        ("auto", {"ACCELERATE_MIXED_PRECISION": "bf16"}, ("bf16", "accelerate launch")),
+        ("auto", {"ACCELERATE_MIXED_PRECISION": "NO"}, ("no", "accelerate launch")),
+        ("fp16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, ("fp16", "recipe")),  # explicit recipe wins
+        ("bf16", {}, ("bf16", "recipe")),
+    ],
+)
+def test_mixed_precision_explicit_recipe_then_launch_then_hardware(recipe, env, expected):
+    assert resolve_mixed_precision(recipe, env) == expected
+
+
+def test_unknown_launch_precision_is_refused_naming_it():
+    with pytest.raises(HftlError, match=r"'fp8'.*ACCELERATE_MIXED_PRECISION"):
+        resolve_mixed_precision("auto", {"ACCELERATE_MIXED_PRECISION": "fp8"})
+
+
+def test_grad_accum_from_the_launch_must_agree_with_the_recipe():
+    check_grad_accum(2, {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"})
+    check_grad_accum(2, {})
+    with pytest.raises(HftlError, match=r"4 gradient accumulation steps.*train.grad_accum=2.*train.grad_accum=4"):
+        check_grad_accum(2, {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "3"}, "FSDP_VERSION='3'"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false"}, "use_orig_params"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "rank 0"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "GPUs only"),  # no GPU here
+    ],
+)
+def test_fsdp_settings_refused_with_the_setting_named(env, words):
+    with pytest.raises(HftlError, match=words):
+        check_fsdp(env)
+    assert check_fsdp({}) == "none"
