@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.adaptation import describe_adaptation
 from hftl.errors import HftlError
-from hftl.plots import CURVES_PNG, LR_PNG, plot_run
+from hftl.metrics import lower_is_better
+from hftl.plots import CONFUSION_PNG, CURVES_PNG, LR_PNG, plot_run
 from hftl.pretrained import describe_head_input
 from hftl.run_folder import RunFiles, read_json, read_run
 
@@ -60,6 +61,7 @@ def build_card(run_dir: str | Path, repo_id: str | None = None) -> ModelCard:
     sections = [
         _summary(run, repo_id),
         _results(run),
+        _per_class(run),
         _stages(run),
         _plots(run),
         _usage(run, repo_id),
@@ -152,6 +154,30 @@ def _results(run: RunFiles) -> str:
     return "\n".join(lines)
 
 
+def _per_class(run: RunFiles) -> str:
+    """Precision / recall / F1 / support per class (entity type, label) of the final model, and its confusion
+    matrix (single-label)."""
+    reports = run.class_report
+    split = next((s for s in ("test", "validation") if reports.get(s, {}).get("per_class")), None)
+    if split is None:
+        return ""
+    per_class = reports[split]["per_class"]
+    rows = [
+        [name, _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"])]
+        for name, c in per_class.items()
+    ]
+    lines = [
+        "### Per class",
+        "",
+        f"On the {split} split:",
+        "",
+        _table(["class", "precision", "recall", "F1", "support"], rows),
+    ]
+    if (run.run_dir / CONFUSION_PNG).is_file():
+        lines += ["", f"![confusion matrix, {split} split]({CONFUSION_PNG})"]
+    return "\n".join(lines)
+
+
 def _stages(run: RunFiles) -> str:
     """Validation per stage of a staged strategy (progressive, two-stage): what each stage bought."""
     starts = sorted({g["start_step"] for g in run.plan.get("groups", []) if g.get("start_step") is not None})
@@ -166,7 +192,7 @@ def _stages(run: RunFiles) -> str:
             g["name"] for g in run.plan["groups"] if g.get("start_step") is not None and g["start_step"] <= start
         ]
         inside = [v.get(run.metric) for s, v in evals if start < s <= end and v.get(run.metric) is not None]
-        best = (min if run.metric.endswith("loss") else max)(inside) if inside else None
+        best = (min if lower_is_better(run.metric) else max)(inside) if inside else None
         rows.append(
             [str(i + 1), f"{start}–{end}", ", ".join(training), _num(best), _num(inside[-1] if inside else None)]
         )

@@ -26,8 +26,9 @@ from hftl.build import (
     load_data,
     set_step_lrs,
 )
-from hftl.evaluation import evaluate, is_better
+from hftl.evaluation import evaluate, is_better, score
 from hftl.launch import Interrupted, StopFlag, build_accelerator, end_processes, set_threads
+from hftl.losses import WeightedLoss, build_loss
 from hftl.schema import Recipe
 from hftl.training_state import (
     complete_checkpoints,
@@ -73,7 +74,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from hftl.hub import check_can_push
     from hftl.strategies import changes_mid_run, fit_head_first, head_fitter
     from hftl.strategies.plan import format_plan
-    from hftl.tasks import TASKS
+    from hftl.tasks import TASKS, selection_metric
     from hftl.trackers import check_trackers
 
     recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/advise.py)
@@ -90,6 +91,9 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     say = log.say  # main process only; hidden by --quiet
     set_seed(recipe.train.seed)
     data = load_data(recipe, accelerator)
+    weighted_loss = build_loss(recipe, data.labels, data.encoded["train"]["labels"])  # train.class_weights
+    if weighted_loss:
+        say("[loss] class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(data.labels, weighted_loss.weights)))
     unlabeled_target = load_target(recipe, task, data, accelerator)  # [adaptation] data.target (hftl/adaptation.py)
     model = build_model(recipe, task, data.labels)
     train_dl, eval_dls = build_loaders(recipe, task, data)
@@ -126,7 +130,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
     set_step_lrs(optimizer, scheduler, state.step)
-    metric = recipe.train.metric or task.metric
+    metric = selection_metric(recipe)
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
         evaluate_and_keep_best(
             state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
@@ -153,7 +157,11 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         apply_plan(model, plan, state.step, accelerator, train_mode=True)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = adaptation.loss(model, batch, state.step, accelerator) if adaptation else model(**batch).loss
+                loss = (
+                    adaptation.loss(model, batch, state.step, accelerator)
+                    if adaptation
+                    else step_loss(model, batch, weighted_loss)
+                )
                 accelerator.backward(loss)
                 kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
                 if accelerator.sync_gradients and recipe.optim.max_grad_norm:
@@ -214,6 +222,12 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
 
 # --------------------------------------------------------------------------- the loop's named steps
+def step_loss(model: Any, batch: dict[str, Any], weighted: WeightedLoss | None) -> Any:
+    """The training loss of one batch: the model's own, or the class-weighted one from its logits."""
+    out = model(**batch)
+    return weighted(out.logits, batch["labels"]) if weighted else out.loss
+
+
 def fit_probe_head(
     chain: list[Any], train_dl: Any, eval_dls: dict[str, Any], accelerator: Any, fitter: Any = None
 ) -> bool:
@@ -341,13 +355,21 @@ def finish(
         "num_processes": accelerator.num_processes,
         "examples": {split: len(ds) for split, ds in data.encoded.items()},
     }
+    reported = "test" if "test" in eval_dls else "validation"  # the per-class report: test, else validation
+    reports = {}
     for split, dl in eval_dls.items():  # the best model's validation scores are known already
         known = state.best_scores if split == "validation" else None
-        final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
+        if known and split != reported:
+            final[split] = known
+            continue
+        scored = score(model, dl, task, data.labels, accelerator, report=split == reported)
+        final[split] = known or scored.metrics
+        reports.update({split: scored.report} if scored.report else {})
     if accelerator.is_main_process:
         if best.is_dir():
             publish_model(best, run_dir, accelerator.unwrap_model(model))
         run_folder.write_final(run_dir, final)
+        run_folder.write_class_report(run_dir, reports)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
         write_report(run_dir)  # plots + README.md model card

@@ -84,6 +84,10 @@ class Task(Protocol):
     ) -> dict[str, float]:
         """Metrics from the gathered predictions and references."""
 
+    def class_report(self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+        """Per class (entity type, label) precision / recall / F1 / support, and a confusion matrix where one
+        applies, of the same gathered predictions ({} when the problem has no classes)."""
+
     def predict(self, run_dir: str | Path, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         """Labels with scores for each input, best first, from a saved run folder."""
 
@@ -96,6 +100,17 @@ class PreparedData(NamedTuple):
     labels: list[str]
     encoded: datasets.DatasetDict
     reports: list[str]  # bad examples skipped, one line per split
+
+
+def selection_metric(recipe: Recipe) -> str:
+    """The validation metric that picks the best model: ``train.metric``, else the task's default for the
+    recipe's ``data.problem_type`` (the task's own metric for single-label data)."""
+    from hftl.tasks.labels import DEFAULT_METRICS
+
+    if recipe.train.metric:
+        return recipe.train.metric
+    kind = recipe.data.problem_type
+    return TASKS.get(recipe.task).metric if kind == "single_label" else DEFAULT_METRICS[kind]
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:

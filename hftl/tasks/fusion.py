@@ -21,7 +21,6 @@ from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     argmax_predictions,
     check_columns_section,
-    classification_labels,
     classification_metrics,
     column,
     label_encoder,
@@ -30,6 +29,7 @@ from hftl.tasks.common import (
     select_valid,
     text_problem,
 )
+from hftl.tasks.labels import check_problem_type, label_names
 
 if TYPE_CHECKING:
     import datasets
@@ -176,6 +176,7 @@ class Fusion:
             )
         refuse_pooling(recipe, "each tower's own pooled output")
         check_columns_section(recipe, self.roles)
+        check_problem_type(recipe, ("single_label",))
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         register_catalog()
@@ -210,7 +211,7 @@ class Fusion:
         return FusionProcessor(images, tokenizer, max_length=recipe.data.max_length)
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+        return label_names(splits, recipe, column(recipe, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: FusionProcessor, recipe: Recipe, labels: list[str]
@@ -314,6 +315,11 @@ class Fusion:
         self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]
     ) -> dict[str, float]:
         return classification_metrics(predictions, references)
+
+    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
+        from hftl.metrics import class_report
+
+        return class_report(predictions, references, labels)
 
     def plan(self, model: FusionModel, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         return plan_fusion(model, recipe, steps_per_epoch, total_steps)
