@@ -482,3 +482,7 @@ def digits() -> datasets.DatasetDict:
         return datasets.DatasetDict({"train": _image_dataset(images, bunch.target, [str(d) for d in range(10)])})
 
     return _cached("digits", [path], build)
+
+
+# Catalog entries derived from the corpora above (multi-label, regression and text-pair recipes).
+from hftl import derived_datasets  # noqa: E402,F401
