@@ -341,7 +341,7 @@ def finish(
     accelerator: Any,
 ) -> dict[str, Any]:
     """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
-    from hftl.card import write_report
+    from hftl.card import save_example_image, write_report
 
     accelerator.wait_for_everyone()
     best = run_dir / "best"
@@ -372,6 +372,7 @@ def finish(
         run_folder.write_class_report(run_dir, reports)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
+        save_example_image(run_dir, data.encoded)  # the input of the card's usage snippet (image runs)
         write_report(run_dir)  # plots + README.md model card
         tidy_completed(run_dir)  # best/ and the resumable states (output.keep_checkpoints) go
     log.summary(

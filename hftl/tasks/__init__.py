@@ -35,9 +35,10 @@ class CardInfo:
     """What the model card says about loading a run of this task."""
 
     pipeline_tag: str | None  # transformers pipeline / Hub task; None: hftl's own loader
-    example_input: str  # Python literal for the usage snippet
+    example_input: str  # Python expression for the usage snippet; EXAMPLE_IMAGE: the run's example.png
     peft_class: str | None = None  # peft AutoPeftModel* class for LoRA adapters
     pipeline_kwargs: str = ""  # extra pipeline(...) arguments, e.g. ', aggregation_strategy="first"'
+    pair_input: str | None = None  # the example for a run with a data.columns.text_pair column
 
 
 @runtime_checkable

@@ -128,7 +128,7 @@ class Fusion:
     metric = "accuracy"
     towers = TOWERS
     peft_task_type = None
-    card = CardInfo(None, '{"image": "digit.png", "text": "plus three"}')
+    card = CardInfo(None, '{"image": EXAMPLE_IMAGE, "text": "plus three"}')
 
     def check(self, recipe: Recipe) -> None:
         file, m = recipe.source_file, recipe.model

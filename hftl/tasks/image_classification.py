@@ -179,7 +179,7 @@ class ImageClassification:
     metric = "accuracy"
     towers = ()
     peft_task_type = None  # peft has no image TaskType: its generic wrapper
-    card = CardInfo("image-classification", '"path/to/image.png"', "AutoPeftModelForImageClassification")
+    card = CardInfo("image-classification", "EXAMPLE_IMAGE", "AutoPeftModelForImageClassification")
 
     def check(self, recipe: Recipe) -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):

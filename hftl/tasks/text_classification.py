@@ -39,7 +39,10 @@ class TextClassification:
     towers = ()
     peft_task_type = "SEQ_CLS"
     card = CardInfo(
-        "text-classification", '"A warm, funny and very smart film."', "AutoPeftModelForSequenceClassification"
+        "text-classification",
+        '"A warm, funny and very smart film."',
+        "AutoPeftModelForSequenceClassification",
+        pair_input='{"text": "A warm, funny and very smart film.", "text_pair": "The critics loved it."}',
     )
 
     def check(self, recipe: Recipe) -> None:
