@@ -92,6 +92,9 @@ class Task(Protocol):
     def predict(self, run_dir: str | Path, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         """Labels with scores for each input, best first, from a saved run folder."""
 
+    def load_trained(self, run_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+        """The saved run's model (eval mode) and processor, for scoring new data (``hftl evaluate``)."""
+
 
 TASKS: Registry[Task] = Registry("task")
 

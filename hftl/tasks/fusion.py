@@ -324,6 +324,11 @@ class Fusion:
     def plan(self, model: FusionModel, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         return plan_fusion(model, recipe, steps_per_epoch, total_steps)
 
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from hftl.tasks.fusion_model import load_fusion
+
+        return load_fusion(run_dir)
+
     def predict(self, run_dir: str | Path, inputs: list[Any], top_k: int = 1) -> list[list[dict[str, Any]]]:
         """Top-k labels for (image path, text) pairs: dicts {image, text}, tuples, or 'path<TAB>text' lines."""
         import torch

@@ -273,6 +273,13 @@ class ImageClassification:
 
         return class_report(predictions, references, labels)
 
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(str(run_dir)).eval(), AutoImageProcessor.from_pretrained(
+            str(run_dir)
+        )
+
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         return pipeline_predict(run_dir, "image-classification", inputs, top_k)
 

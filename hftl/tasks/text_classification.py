@@ -156,6 +156,15 @@ class TextClassification:
 
         return class_report(predictions, references, labels)
 
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from hftl.tasks import pooled_model  # noqa: F401  (registers the pooled classifier)
+
+        return AutoModelForSequenceClassification.from_pretrained(str(run_dir)).eval(), AutoTokenizer.from_pretrained(
+            str(run_dir)
+        )
+
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         from hftl.tasks import pooled_model  # noqa: F401  (registers the pooled classifier with transformers)
 

@@ -262,6 +262,13 @@ class TokenClassification:
             }
         }
 
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        return AutoModelForTokenClassification.from_pretrained(str(run_dir)).eval(), AutoTokenizer.from_pretrained(
+            str(run_dir)
+        )
+
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         """The entities found in each text, as ``TYPE:words`` with the mean score of their sub-words."""
         from transformers import pipeline
