@@ -65,7 +65,8 @@ def baseline(recipe) -> dict[str, float]:
         def hot(values):
             return np.array([[int(name in v) for name in labels] for v in values])
 
-        model = OneVsRestClassifier(LogisticRegression(max_iter=1000, class_weight="balanced")).fit(x_train, hot(train[label]))
+        linear = LogisticRegression(max_iter=1000, class_weight="balanced")
+        model = OneVsRestClassifier(linear).fit(x_train, hot(train[label]))
         return classification_scores(torch.tensor(model.predict(x_test)), torch.tensor(hot(test[label])))
     y_train = [labels.index(str(v)) for v in train[label]]
     pred = LogisticRegression(max_iter=1000).fit(x_train, y_train).predict(x_test)
