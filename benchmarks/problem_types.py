@@ -89,8 +89,13 @@ def main() -> None:
         entry = {"baseline": baseline(recipe), "runs": {}}
         for seed in args.seeds:
             started = time.time()
+            folder = Path(args.runs) / f"{name}-{seed}"
+            status = folder / "run_status.json"
+            interrupted = status.is_file() and json.loads(status.read_text()).get("status") == "interrupted"
             result = run_recipe(
-                name, [f"train.seed={seed}", f"output.dir={args.runs}/{name}-{seed}", "output.overwrite=true"]
+                name,
+                [f"train.seed={seed}", f"output.dir={folder}", "output.overwrite=true"],
+                resume=interrupted or None,  # a stopped measurement continues from its saved state
             )
             entry["runs"][str(seed)] = {
                 "test": result.metrics["test"],
