@@ -422,6 +422,13 @@ def _hyperparameters(run: RunFiles) -> str:
             f"{t['batch_size'] * t['grad_accum'] * procs}",
         ),
         ("mixed precision", t["mixed_precision"]),
+        ("problem type", str(run.recipe["data"].get("problem_type", "single_label"))),
+        (
+            "loss",
+            f"class-weighted ({t['class_weights']})"
+            if t.get("class_weights")
+            else "the model's own (no class weights)",
+        ),
         ("evaluation", f"every {t['eval_steps']} steps" if t.get("eval_steps") else "every epoch"),
         ("early stopping", f"patience {t['early_stopping_patience']}" if t.get("early_stopping_patience") else "off"),
         ("seed", str(t["seed"])),

@@ -226,6 +226,18 @@ def class_weights_under_regression(tmp: Path, recipe: Callable[..., Path], mp: p
     return ["run", str(path), "train.class_weights=balanced"]
 
 
+def image_classes_under_regression(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (4, 4)).save(tmp / "images" / label / f"{i}.png")
+    data = {"source": str(tmp / "images"), "group_column": None, "problem_type": "regression"}
+    model = {"checkpoint": "resnet-small-untrained"}  # an offline catalog checkpoint with an image processor
+    return ["run", str(recipe(task="image-classification", data=data, model=model))]
+
+
 def evaluate_missing_folder(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
     return ["evaluate", str(tmp / "no-run"), labelled_jsonl(tmp, lambda i: "pos")]
 
@@ -262,6 +274,7 @@ FAULTS: dict[str, tuple[Setup, str]] = {
     "plain-labels-multi-label": (plain_labels_under_multi_label, "holds single values, not lists"),
     "class-weights-wrong-length": (class_weights_of_wrong_length, "gives 3 weights for 2 labels"),
     "class-weights-regression": (class_weights_under_regression, "a regression target has none"),
+    "image-classes-regression": (image_classes_under_regression, "holds classes (cat, dog"),
     "evaluate-missing-folder": (evaluate_missing_folder, "not a finished hftl run folder"),
 }
 

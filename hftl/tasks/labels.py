@@ -101,9 +101,19 @@ def _rows(batch: dict[str, list], names: list[str]) -> list[dict[str, Any]]:
 
 def label_names(splits: datasets.DatasetDict, recipe: Recipe, label_col: str) -> list[str]:
     """The labels in id order, after checking the column against ``data.problem_type``."""
+    import datasets
+
     from hftl.tasks.common import classification_labels
 
     kind, values = recipe.data.problem_type, splits["train"][label_col][:_SAMPLE]
+    if kind == "regression" and isinstance(splits["train"].features[label_col], datasets.ClassLabel):
+        raise RecipeError(
+            recipe.source_file,
+            "data.problem_type",
+            f"is regression, but label column '{label_col}' holds classes "
+            f"({', '.join(splits['train'].features[label_col].names[:5])}, ...)",
+            hint="For classes use problem_type: single_label; regression needs a numeric column.",
+        )
     check_values(values, recipe, label_col)
     if kind == "regression":
         return [label_col if label_col != MULTI_LABEL_COLUMN else "value"]
