@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hftl.config.recipe import load_recipe  # noqa: E402
 from hftl.metrics import classification_scores  # noqa: E402
-from hftl.recipe import load_recipe  # noqa: E402
 from hftl.tasks import TASKS  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def baseline(recipe) -> dict[str, float]:
 
 
 def main() -> None:
-    from hftl.api import run_recipe
+    from hftl.cli.api import run_recipe
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipes", nargs="+", default=["wnut-entity-types", "tomatometer", "bbc-title-match"])

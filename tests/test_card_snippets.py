@@ -71,7 +71,7 @@ def runs(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
     from PIL import Image
     from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
-    from hftl.api import run_recipe
+    from hftl.cli.api import run_recipe
 
     folder = tmp_path_factory.mktemp("snippet-runs")
     data = folder / "texts.jsonl"

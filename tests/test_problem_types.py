@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import NEGATIVE, POSITIVE, make_reviews
 
-from hftl.cli import main
+from hftl.cli.commands import main
 
 
 def rows(n: int = 240) -> list[dict]:
@@ -51,7 +51,7 @@ def write_recipe(folder, bert, data_file, name, **data) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bert_dir, data_file):
-    from hftl.api import run_recipe
+    from hftl.cli.api import run_recipe
 
     folder = tmp_path_factory.mktemp("problem-runs")
     recipes = {
@@ -83,7 +83,7 @@ def test_multi_label_learns_label_sets_and_reports_each_label(runs, data_file, t
 
 
 def test_label_columns_of_zeros_and_ones_are_a_label_set(tiny_bert_dir, data_file, tmp_path):
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
     from hftl.tasks import prepare_data
 
     recipe = load_recipe(
@@ -114,7 +114,7 @@ def test_regression_predicts_the_number_through_the_pipeline(runs):
 
 
 def test_text_pairs_are_tokenized_together_and_predicted_with_pair(runs, tiny_bert_dir, capsys):
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
     from hftl.tasks import prepare_data
 
     result = runs["pairs"]
@@ -141,7 +141,7 @@ def test_balanced_class_weights_follow_scikit_learn(tiny_bert_dir, data_file):
 def test_weighted_loss_matches_the_models_own_at_equal_weights_and_moves_with_them(tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from hftl.losses import WeightedLoss
+    from hftl.training.losses import WeightedLoss
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).eval()
     batch = {"input_ids": torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]]), "labels": torch.tensor([0, 2])}
@@ -159,7 +159,7 @@ def test_weighted_loss_matches_the_models_own_at_equal_weights_and_moves_with_th
 
 
 def test_class_weights_train_and_are_logged(tiny_bert_dir, data_file, tmp_path, capsys):
-    from hftl.api import run_recipe
+    from hftl.cli.api import run_recipe
 
     path = write_recipe(tmp_path, tiny_bert_dir, data_file, "weighted")
     result = run_recipe(path, ["train.class_weights=[1.0, 3.0]", "train.max_steps=3"])

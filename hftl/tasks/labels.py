@@ -17,12 +17,12 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import RecipeError
+from hftl.config.errors import RecipeError
 
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
 
 # The metric that picks the best model, per problem type, when train.metric is not set.
 DEFAULT_METRICS = {"single_label": "accuracy", "multi_label": "f1_micro", "regression": "rmse"}
