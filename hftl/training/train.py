@@ -344,7 +344,8 @@ def finish(
     accelerator: Any,
 ) -> dict[str, Any]:
     """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
-    from hftl.publish.card import save_example_image, write_report
+    from hftl.publish.card import write_report
+    from hftl.publish.usage import save_example_image
 
     accelerator.wait_for_everyone()
     best = run_dir / "best"
