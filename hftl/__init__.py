@@ -15,6 +15,55 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
+# hftl's own transformers architectures (the pooled text classifier) register with transformers' Auto classes
+# as soon as transformers loads them, so `import hftl` is all a saved run needs to load with plain
+# `pipeline(...)` / `AutoModelFor*.from_pretrained(...)`, without trust_remote_code. The hook waits for
+# transformers' Auto model module: `import hftl` itself stays light (no torch) for the CLI.
+_AUTO_MODULE = "transformers.models.auto.modeling_auto"
+_ARCHITECTURES = ("hftl.models.pooled_model",)
+
+
+def _register_architectures() -> None:
+    import importlib
+
+    for module in _ARCHITECTURES:
+        importlib.import_module(module)
+
+
+class _RegisterWithTransformers:
+    """A one-shot import hook: once transformers' Auto model module has run, register hftl's architectures."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+        import importlib.util
+        import sys
+
+        if fullname != _AUTO_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module: object) -> None:
+                run(module)  # type: ignore[arg-type]
+                _register_architectures()
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _install_hook() -> None:
+    import sys
+
+    if _AUTO_MODULE in sys.modules:
+        _register_architectures()
+    elif not any(isinstance(f, _RegisterWithTransformers) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterWithTransformers())
+
+
+_install_hook()
+
+
 def __getattr__(name: str):
     if name in _API:
         import importlib

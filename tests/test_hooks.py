@@ -51,7 +51,14 @@ def test_target_data_turns_on_adaptation_before_the_hub(text_recipe, tmp_path) -
 
 def test_every_hook_describes_itself() -> None:
     specs = [spec for _, spec in HOOKS.items()]
-    assert {spec.name for spec in specs} == {"feature_cache", "probe_head", "adaptation", "card", "hub"}
+    assert {spec.name for spec in specs} == {
+        "feature_cache",
+        "probe_head",
+        "class_weights",
+        "adaptation",
+        "card",
+        "hub",
+    }
     assert len({spec.order for spec in specs}) == len(specs)  # the order is explicit, never a tie
     for spec in specs:
         assert spec.summary and spec.when and inspect.getmodule(spec.make) in (run_hooks, publish_hooks)

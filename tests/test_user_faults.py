@@ -191,6 +191,57 @@ def log_level_unknown(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyP
     return ["run", str(recipe())]
 
 
+def labelled_jsonl(tmp: Path, label) -> str:
+    """A JSONL file of 20 texts whose label column holds ``label(i)``."""
+    path = tmp / "labelled.jsonl"
+    path.write_text("".join(json.dumps({"text": f"a good film {i}", "label": label(i)}) + "\n" for i in range(20)))
+    return str(path)
+
+
+def list_labels_under_single_label(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    source = labelled_jsonl(tmp, lambda i: ["pos", "neg"][: 1 + i % 2])
+    return ["run", str(recipe(data={"source": source, "group_column": None}))]
+
+
+def float_labels_under_single_label(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    source = labelled_jsonl(tmp, lambda i: i / 7)
+    return ["run", str(recipe(data={"source": source, "group_column": None}))]
+
+
+def text_labels_under_regression(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    return ["run", str(recipe(data={"problem_type": "regression"}))]
+
+
+def plain_labels_under_multi_label(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    return ["run", str(recipe(data={"problem_type": "multi_label"}))]
+
+
+def class_weights_of_wrong_length(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    return ["run", str(recipe(train={"class_weights": [1.0, 2.0, 3.0]}))]
+
+
+def class_weights_under_regression(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    source = labelled_jsonl(tmp, lambda i: i / 7)
+    path = recipe(data={"source": source, "group_column": None, "problem_type": "regression"})
+    return ["run", str(path), "train.class_weights=balanced"]
+
+
+def image_classes_under_regression(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (4, 4)).save(tmp / "images" / label / f"{i}.png")
+    data = {"source": str(tmp / "images"), "group_column": None, "problem_type": "regression"}
+    model = {"checkpoint": "resnet-small-untrained"}  # an offline catalog checkpoint with an image processor
+    return ["run", str(recipe(task="image-classification", data=data, model=model))]
+
+
+def evaluate_missing_folder(tmp: Path, recipe: Callable[..., Path], mp: pytest.MonkeyPatch) -> list[str]:
+    return ["evaluate", str(tmp / "no-run"), labelled_jsonl(tmp, lambda i: "pos")]
+
+
 FAULTS: dict[str, tuple[Setup, str]] = {
     "duplicate-section": (duplicate_section, "key 'train': is written twice (lines"),
     "duplicate-key": (duplicate_key_in_override_file, "key 'name': is written twice (lines"),
@@ -217,6 +268,14 @@ FAULTS: dict[str, tuple[Setup, str]] = {
     "threads-not-a-number": (threads_not_a_number, "OMP_NUM_THREADS"),
     "cache-dir-is-a-file": (cache_dir_is_a_file, "HFTL_CACHE_DIR"),
     "log-level-unknown": (log_level_unknown, "HFTL_LOG_LEVEL='loud' is not a log level"),
+    "list-labels-single-label": (list_labels_under_single_label, "holds lists of labels"),
+    "float-labels-single-label": (float_labels_under_single_label, "one class per distinct value"),
+    "text-labels-regression": (text_labels_under_regression, "does not hold numbers"),
+    "plain-labels-multi-label": (plain_labels_under_multi_label, "holds single values, not lists"),
+    "class-weights-wrong-length": (class_weights_of_wrong_length, "gives 3 weights for 2 labels"),
+    "class-weights-regression": (class_weights_under_regression, "a regression target has none"),
+    "image-classes-regression": (image_classes_under_regression, "holds classes (cat, dog"),
+    "evaluate-missing-folder": (evaluate_missing_folder, "not a finished hftl run folder"),
 }
 
 

@@ -223,9 +223,10 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
         if key in RESERVED:
             raise HftlError(f"{file}: key '{key}' is set by the study for every trial (trials/<number>/); remove it.")
     base = _load_base(recipe_file, [f"{k}={to_yaml_text(v)}" for k, v in spec.overrides.items()], file)
-    from hftl.tasks import TASKS
+    from hftl.metrics import lower_is_better
+    from hftl.tasks import selection_metric
 
-    metric = spec.metric or f"test.{TASKS.get(base.task).metric}"
+    metric = spec.metric or f"test.{selection_metric(base)}"
     split = metric.split(".")[0]
     if split not in ("test", "validation") or "." not in metric:
         raise HftlError(
@@ -236,7 +237,7 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
         raise HftlError(
             f"{file}: key 'metric' is {metric!r} but the recipe has no test split (data.splits.test: null)."
         )
-    direction = spec.direction or ("minimize" if metric.endswith("loss") else "maximize")
+    direction = spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
     study = Study(file, spec, spec.name or file.stem, folder, recipe_file, axes, metric, direction)
     if spec.search == "grid":
         study.points = [

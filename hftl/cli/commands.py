@@ -1,4 +1,4 @@
-"""The ``hftl`` command line: run, validate, plan, predict, push.
+"""The ``hftl`` command line: run, validate, plan, predict, evaluate, push.
 
 Only argparse and the recipe schema are imported up front, so ``hftl --help``
 and ``hftl validate`` answer in about a second; torch and transformers load
@@ -58,9 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict with a trained run folder")
     predict.add_argument("run_dir")
     predict.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    predict.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        help="the second text of a pair model's input, paired with --text in order",
+    )
     predict.add_argument("--image", action="append", default=[], help="an image path (repeatable)")
     predict.add_argument("--file", help="a file with one input per line (texts, image paths, or image<TAB>text pairs)")
     predict.add_argument("--top-k", type=int, default=1)
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a finished run on labelled data (file, folder, catalog or Hub dataset)",
+        description="Score a finished run on labelled data in the run's input format, with the metrics code of "
+        "training; writes the metrics and the per-class report as JSON.",
+    )
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("data", help="csv/json/jsonl/parquet file, image folder, catalog name or Hub dataset id")
+    evaluate.add_argument("--split", help="the split to score (default: test, or the only split)")
+    evaluate.add_argument(
+        "--column", action="append", default=[], metavar="ROLE=NAME", help="read a role from another column"
+    )
+    evaluate.add_argument("--out", help="JSON file to write (default RUN/evaluations/<data>-<split>.json)")
     push = sub.add_parser(
         "push",
         help="upload a finished run folder to the Hugging Face Hub (one commit)",
@@ -197,7 +216,14 @@ def cmd_advise(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from hftl.cli.predict import predict
 
-    inputs = list(args.text) + list(args.image)
+    inputs: list = list(args.text) + list(args.image)
+    if args.pair:  # text pairs (NLI, paraphrase, title / body), in order
+        if len(args.pair) != len(args.text) or args.image:
+            raise HftlError(
+                f"--pair gives the second text of each --text, in order: got {len(args.text)} --text and "
+                f"{len(args.pair)} --pair" + (" (and --image, which pairs do not take)." if args.image else ".")
+            )
+        inputs = [{"text": text, "text_pair": pair} for text, pair in zip(args.text, args.pair)]
     if args.image and args.text:  # image + text pairs, in order (fusion runs)
         if len(args.image) != len(args.text):
             raise HftlError(
@@ -217,9 +243,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise HftlError("hftl predict needs inputs: --text '...', --image PATH or --file FILE.")
     for item, result in zip(inputs, predict(args.run_dir, inputs, top_k=args.top_k)):
-        shown = item.replace("\t", " + ")
+        shown = f"{item['text']} + {item['text_pair']}" if isinstance(item, dict) else item.replace("\t", " + ")
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         print(f"{shown}\t" + "  ".join(f"{r['label']} {r['score']:.3f}" for r in result))
+    return 0
+
+
+@command
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hftl.cli.evaluate import evaluate_run
+
+    path, result = evaluate_run(args.run_dir, args.data, args.split, args.column, args.out)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    print(f"{args.data} ({result['split']}, {result['examples']} examples): {metrics}\n-> {path}")
     return 0
 
 

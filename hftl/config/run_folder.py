@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 RECIPE_FILE, PLAN_FILE, LABELS_FILE = "recipe.yaml", "plan.json", "labels.json"
 LOG_FILE, FINAL_FILE, STATUS_FILE = "metrics.jsonl", "metrics.json", "run_status.json"
+CLASS_REPORT_FILE = "class_report.json"  # per-class precision / recall / F1 (+ confusion matrix) of a split
 
 
 # --------------------------------------------------------------------------- writing
@@ -52,6 +53,12 @@ def write_start(run_dir: Path, recipe: Recipe, plan: Plan, labels: list[str]) ->
 
 def write_final(run_dir: Path, final: dict[str, Any]) -> None:
     write_json_atomic(run_dir / FINAL_FILE, final)
+
+
+def write_class_report(run_dir: Path, reports: dict[str, Any]) -> None:
+    """Per split, the per-class report of the final model (nothing written for regression: it has no classes)."""
+    if reports:
+        write_json_atomic(run_dir / CLASS_REPORT_FILE, reports)
 
 
 def append_log(run_dir: Path, record: dict[str, Any]) -> None:
@@ -189,6 +196,11 @@ class RunFiles:
     @property
     def has_full_model(self) -> bool:
         return (self.run_dir / "config.json").is_file()
+
+    @property
+    def class_report(self) -> dict[str, Any]:
+        """Split -> per-class report of the final model ({} for regression, or a run from before it existed)."""
+        return read_json(self.run_dir, CLASS_REPORT_FILE)
 
 
 def read_run(run_dir: str | Path) -> RunFiles:

@@ -144,6 +144,19 @@ class DataSection(Section):
     stratify: bool = Field(False, description="Carve missing splits keeping each label's share (classification).")
     columns: dict[str, str] = Field(default_factory=dict, description="Role -> column, e.g. {text: review}.")
     label_names: list[str] | None = Field(None, description="Label order; inferred from the data when omitted.")
+    problem_type: Literal["single_label", "multi_label", "regression"] = Field(
+        "single_label",
+        description="What the label column holds: single_label = one class per example (cross-entropy); "
+        "multi_label = a list of classes per example, or several 0/1 columns named by label_columns (sigmoid + "
+        "binary cross-entropy, thresholded at 0.5); regression = a number per example (one output, MSE). Checked "
+        "against the data: lists, floats or text that contradict it stop the run before anything is written.",
+    )
+    label_columns: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="multi_label: several 0/1 columns, one per label (the column names become the label names), "
+        "instead of one column holding a list of labels.",
+    )
     max_length: int = Field(128, gt=0, le=8192, description="Token limit for text inputs.")
     image_size: int | None = Field(
         None,
@@ -181,6 +194,14 @@ class DataSection(Section):
             raise ValueError(
                 f"data.files needs a '{self.splits.train}' entry (the split to train on), got {sorted(self.files)}"
             )
+        if self.label_columns is not None and self.problem_type != "multi_label":
+            raise ValueError(
+                "label_columns (several 0/1 columns) describe a multi-label problem: set problem_type: multi_label"
+            )
+        if self.label_columns is not None and self.label_names is not None:
+            raise ValueError("label_columns names the labels already (one 0/1 column each): remove label_names")
+        if self.problem_type == "regression" and (self.stratify or self.shots is not None):
+            raise ValueError("stratify and shots count examples per class; a regression target has no classes")
         if self.stratify and self.group_column:
             raise ValueError("use either group_column (keep groups together) or stratify (keep label shares), not both")
         return self
@@ -341,6 +362,19 @@ class TrainSection(Section):
         "cores from the model, else min(4, cores per process). With workers, augmentation draws from the "
         "workers' random streams: a mid-epoch resume is not bit-exact.",
     )
+    class_weights: Literal["balanced"] | list[float] | None = Field(
+        None,
+        description="Weigh the loss by class for imbalanced data: 'balanced' = n / (classes x count), from the "
+        "training split (scikit-learn's rule), or one weight per label in label order. Multi-label: the weight of "
+        "each label's positives (BCE pos_weight; balanced = negatives / positives).",
+    )
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_positive(cls, weights: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(weights, list) and (len(weights) < 2 or any(w <= 0 for w in weights)):
+            raise ValueError(f"needs one weight > 0 per label (at least 2), got {weights}")
+        return weights
 
 
 class OutputSection(Section):

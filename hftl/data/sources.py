@@ -33,7 +33,9 @@ from PIL import Image as PILImage
 from hftl.config.errors import DataError
 from hftl.config.registry import Registry, did_you_mean
 
-DATASETS: Registry[Callable[[], datasets.DatasetDict]] = Registry("offline dataset")
+# The entries below, and those derived from them (multi-label, regression and text-pair recipes: registered by
+# hftl/data/derived.py, imported on the first lookup).
+DATASETS: Registry[Callable[[], datasets.DatasetDict]] = Registry("offline dataset", plugins="hftl.data.derived")
 
 # Bump when a catalog builder changes what it produces, so old caches are ignored.
 _CACHE_VERSION = 1

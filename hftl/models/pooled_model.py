@@ -87,8 +87,15 @@ class PooledModelForSequenceClassification(PreTrainedModel):
         inputs = {k: v for k, v in inputs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, **inputs)
         logits = self.classifier(self.dropout(pool(out.last_hidden_state, attention_mask, self.config.pooling)))
-        loss = nn.functional.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss for the config's ``problem_type``, as transformers' own *ForSequenceClassification heads."""
+        if self.config.problem_type == "regression":
+            return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
 
 
 AutoConfig.register(PooledClassifierConfig.model_type, PooledClassifierConfig, exist_ok=True)

@@ -131,7 +131,7 @@ def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
 
     source = model_source(recipe)
     common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
-    label_args = label_config(labels)
+    label_args = label_config(labels, recipe.data.problem_type)
     if not recipe.model.pretrained:  # the same architecture, random weights: the from-scratch baseline
         config = load_pretrained(AutoConfig, source, what="config", **common, **label_args)
         return factory.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
@@ -151,12 +151,22 @@ def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
     return model
 
 
-def label_config(labels: list[str]) -> dict[str, Any]:
-    """The config fields that name a classification head's labels (transformers saves them in config.json)."""
+# data.problem_type -> transformers' config.problem_type (the loss its *ForSequenceClassification heads compute)
+HF_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def label_config(labels: list[str], problem_type: str | None = None) -> dict[str, Any]:
+    """The config fields that name a classification head's labels (transformers saves them in config.json), and
+    its loss (``problem_type``: hftl's data.problem_type, saved as transformers' name for it)."""
     return {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
+        **({"problem_type": HF_PROBLEM_TYPES[problem_type]} if problem_type else {}),
     }
 
 

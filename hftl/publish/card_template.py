@@ -6,6 +6,7 @@ from importlib import metadata
 
 from hftl.config.errors import HftlError
 from hftl.config.run_folder import RunFiles, read_json, read_run
+from hftl.metrics import lower_is_better
 from hftl.models.pretrained import describe_head_input
 from hftl.publish.card_facts import (
     adapter_settings,
@@ -20,7 +21,8 @@ from hftl.publish.card_facts import (
     task_of,
 )
 from hftl.publish.card_metadata import base_checkpoints
-from hftl.publish.plots import CURVES_PNG, LR_PNG
+from hftl.publish.plots import CONFUSION_PNG, CURVES_PNG, LR_PNG
+from hftl.publish.usage import usage_section
 from hftl.training.adaptation import describe_adaptation
 
 
@@ -29,9 +31,10 @@ def sections(run: RunFiles, repo_id: str | None) -> list[str]:
     parts = [
         _summary(run, repo_id),
         _results(run),
+        _per_class(run),
         _stages(run),
         _plots(run),
-        _usage(run, repo_id),
+        usage_section(run, repo_id),
         _strategy(run),
         _hyperparameters(run),
         _data(run),
@@ -77,6 +80,29 @@ def _results(run: RunFiles) -> str:
     return "\n".join(lines)
 
 
+def _per_class(run: RunFiles) -> str:
+    """Precision / recall / F1 / support per class (entity type, label) of the final model, and its confusion
+    matrix (single-label)."""
+    reports = run.class_report
+    split = next((s for s in ("test", "validation") if reports.get(s, {}).get("per_class")), None)
+    if split is None:
+        return ""
+    per_class = reports[split]["per_class"]
+    rows = [
+        [name, num(c["precision"]), num(c["recall"]), num(c["f1"]), str(c["support"])] for name, c in per_class.items()
+    ]
+    lines = [
+        "### Per class",
+        "",
+        f"On the {split} split:",
+        "",
+        table(["class", "precision", "recall", "F1", "support"], rows),
+    ]
+    if (run.run_dir / CONFUSION_PNG).is_file():
+        lines += ["", f"![confusion matrix, {split} split]({CONFUSION_PNG})"]
+    return "\n".join(lines)
+
+
 def _stages(run: RunFiles) -> str:
     """Validation per stage of a staged strategy (progressive, two-stage): what each stage bought."""
     starts = sorted({g["start_step"] for g in run.plan.get("groups", []) if g.get("start_step") is not None})
@@ -91,7 +117,7 @@ def _stages(run: RunFiles) -> str:
             g["name"] for g in run.plan["groups"] if g.get("start_step") is not None and g["start_step"] <= start
         ]
         inside = [v.get(run.metric) for s, v in evals if start < s <= end and v.get(run.metric) is not None]
-        best = (min if run.metric.endswith("loss") else max)(inside) if inside else None
+        best = (min if lower_is_better(run.metric) else max)(inside) if inside else None
         rows.append([str(i + 1), f"{start}–{end}", ", ".join(training), num(best), num(inside[-1] if inside else None)])
     return "\n".join(
         [
@@ -119,46 +145,6 @@ def _plots(run: RunFiles) -> str:
         "each group's learning rate (input groups light, head dark)."
     )
     return "\n".join(lines)
-
-
-def _usage(run: RunFiles, repo_id: str | None) -> str:
-    card = task_of(run).card
-    ref = repo_id or str(run.run_dir)
-    blocks = []
-    if card.pipeline_tag and run.has_full_model:
-        blocks += [
-            f'```python\nfrom transformers import pipeline\n\npredict = pipeline("{card.pipeline_tag}", '
-            f'model="{ref}"{card.pipeline_kwargs})\nprint(predict({card.example_input}))\n```',
-            "The plain `transformers` Auto classes load it too (the label names are in `config.json`).",
-        ]
-    if run.adapter_dir is not None and card.peft_class:
-        cls, sub = card.peft_class, run.adapter_dir.relative_to(run.run_dir).as_posix()
-        where = (
-            f'snapshot_download("{repo_id}", allow_patterns="{sub}/*") + "/{sub}"'
-            if repo_id and sub != "."
-            else f'snapshot_download("{repo_id}")'
-            if repo_id
-            else f'"{run.adapter_dir}"'
-        )
-        fetch = "from huggingface_hub import snapshot_download\n" if repo_id else ""
-        merged = " (the root holds the same model with the adapter merged in)" if run.has_full_model else ""
-        blocks += [
-            f"The LoRA adapter, with its trained head, is in `{sub}/`{merged}. With peft, on top of the base model:"
-            if sub != "."
-            else "This repo holds a LoRA adapter with its trained head. With peft:",
-            f"```python\n{fetch}from peft import {cls}\n\nmodel = {cls}.from_pretrained({where})\n```",
-        ]
-    if not blocks:
-        fetch = (
-            f'from huggingface_hub import snapshot_download\n\nrun_dir = snapshot_download("{repo_id}")\n'
-            if repo_id
-            else f'run_dir = "{ref}"\n'
-        )
-        blocks += [
-            f"```python\nimport hftl\n{fetch}print(hftl.predict_run(run_dir, [...]))\n```",
-            "This model loads with hftl's own loader (`hftl.predict_run`, or `hftl predict RUN_DIR`).",
-        ]
-    return "\n\n".join(["## How to use", *blocks])
 
 
 def _strategy(run: RunFiles) -> str:
@@ -287,6 +273,13 @@ def _hyperparameters(run: RunFiles) -> str:
             f"{t['batch_size'] * t['grad_accum'] * procs}",
         ),
         ("mixed precision", t["mixed_precision"]),
+        ("problem type", str(run.recipe["data"].get("problem_type", "single_label"))),
+        (
+            "loss",
+            f"class-weighted ({t['class_weights']})"
+            if t.get("class_weights")
+            else "the model's own (no class weights)",
+        ),
         ("evaluation", f"every {t['eval_steps']} steps" if t.get("eval_steps") else "every epoch"),
         ("early stopping", f"patience {t['early_stopping_patience']}" if t.get("early_stopping_patience") else "off"),
         ("seed", str(t["seed"])),

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import HftlError
-from hftl.config.run_folder import FINAL_FILE, PLAN_FILE, best_metric, read_json, read_log
+from hftl.config.run_folder import (
+    CLASS_REPORT_FILE,
+    FINAL_FILE,
+    LABELS_FILE,
+    PLAN_FILE,
+    best_metric,
+    read_json,
+    read_log,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
 
 CURVES_PNG = "training_curves.png"
 LR_PNG = "learning_rates.png"
+CONFUSION_PNG = "confusion_matrix.png"
 
 
 def run_metric(run_dir: str | Path) -> str | None:
@@ -49,7 +58,10 @@ def stage_starts(run_dir: str | Path) -> dict[int, list[str]]:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``training_curves.png`` and ``learning_rates.png`` into the run folder; returns their paths."""
+    """Write ``training_curves.png``, ``learning_rates.png`` and (single-label runs) ``confusion_matrix.png`` into
+    the run folder; returns their paths."""
+    import json
+
     run_dir = Path(run_dir)
     records = read_log(run_dir)
     title = run_dir.name
@@ -57,6 +69,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         CURVES_PNG: training_curves(records, run_metric(run_dir), stage_starts(run_dir), title),
         LR_PNG: learning_rates(records, _group_order(run_dir), stage_starts(run_dir), title),
     }
+    reports = read_json(run_dir, CLASS_REPORT_FILE)
+    split = next((s for s in ("test", "validation") if "confusion_matrix" in reports.get(s, {})), None)
+    if split:
+        labels = json.loads((run_dir / LABELS_FILE).read_text(encoding="utf-8"))
+        figures[CONFUSION_PNG] = confusion_matrix(reports[split]["confusion_matrix"], labels, f"{title} ({split})")
     paths = []
     for name, figure in figures.items():
         figure.savefig(run_dir / name, dpi=110)
@@ -151,6 +168,37 @@ def compare_runs(
     _finish(ax, f"validation {metric}", None)
     if path is not None:
         fig.savefig(path, dpi=110)
+    return fig
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str = "") -> Figure:
+    """Counts of true (rows) against predicted (columns) classes, shaded by each true class's share."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=float)
+    share = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    side = min(12.0, 2.5 + 0.45 * len(labels))
+    fig = Figure(figsize=(side, side), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if len(labels) <= 30:  # numbers stay readable
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(
+                j,
+                i,
+                f"{int(n)}",
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="white" if share[i, j] > 0.5 else "black",
+            )
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right", fontsize="small")
+    ax.set_yticks(ticks, labels, fontsize="small")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix {title}".strip(), fontsize="medium")
     return fig
 
 

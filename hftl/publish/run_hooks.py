@@ -23,7 +23,9 @@ class Card(RunHook):
     def on_finish(self, ctx: RunContext, final: dict[str, Any]) -> None:
         if ctx.accelerator.is_main_process:
             from hftl.publish.card import write_report
+            from hftl.publish.usage import save_example_image
 
+            save_example_image(ctx.run_dir, ctx.data.encoded)  # the input of the card's usage snippet (image runs)
             write_report(ctx.run_dir)
 
 

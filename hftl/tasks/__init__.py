@@ -35,9 +35,10 @@ class CardInfo:
     """What the model card says about loading a run of this task."""
 
     pipeline_tag: str | None  # transformers pipeline / Hub task; None: hftl's own loader
-    example_input: str  # Python literal for the usage snippet
+    example_input: str  # Python expression for the usage snippet; EXAMPLE_IMAGE: the run's example.png
     peft_class: str | None = None  # peft AutoPeftModel* class for LoRA adapters
     pipeline_kwargs: str = ""  # extra pipeline(...) arguments, e.g. ', aggregation_strategy="first"'
+    pair_input: str | None = None  # the example for a run with a data.columns.text_pair column
 
 
 @runtime_checkable
@@ -46,6 +47,7 @@ class Task(Protocol):
     roles: dict[str, str | None]  # data role -> default column (None: optional and off by default)
     required_roles: tuple[str, ...]
     metric: str  # default metric for picking the best model
+    problem_types: tuple[str, ...]  # the data.problem_type values it handles (single_label, multi_label, regression)
     towers: tuple[str, ...]  # sub-models planned one by one (fusion); () for a single checkpoint
     peft_task_type: str | None  # peft TaskType name for LoRA (None: peft's generic wrapper)
     card: CardInfo
@@ -84,8 +86,15 @@ class Task(Protocol):
     ) -> dict[str, float]:
         """Metrics from the gathered predictions and references."""
 
+    def class_report(self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+        """Per class (entity type, label) precision / recall / F1 / support, and a confusion matrix where one
+        applies, of the same gathered predictions ({} when the problem has no classes)."""
+
     def predict(self, run_dir: str | Path, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         """Labels with scores for each input, best first, from a saved run folder."""
+
+    def load_trained(self, run_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+        """The saved run's model (eval mode) and processor, for scoring new data (``hftl evaluate``)."""
 
 
 class PreparedData(NamedTuple):
@@ -93,6 +102,17 @@ class PreparedData(NamedTuple):
     labels: list[str]
     encoded: datasets.DatasetDict
     reports: list[str]  # bad examples skipped, one line per split
+
+
+def selection_metric(recipe: Recipe) -> str:
+    """The validation metric that picks the best model: ``train.metric``, else the task's default for the
+    recipe's ``data.problem_type`` (the task's own metric for single-label data)."""
+    from hftl.tasks.labels import DEFAULT_METRICS
+
+    if recipe.train.metric:
+        return recipe.train.metric
+    kind = recipe.data.problem_type
+    return TASKS.get(recipe.task).metric if kind == "single_label" else DEFAULT_METRICS[kind]
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:

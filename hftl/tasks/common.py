@@ -213,7 +213,7 @@ def label_encoder(splits: datasets.DatasetDict, label_column: str, labels: list[
     """Map a raw label (ClassLabel id, name, or value) to its index in ``labels``; None if unknown."""
     import datasets
 
-    feature = splits["train"].features[label_column]
+    feature = next(iter(splits.values())).features[label_column]
     index = {name: i for i, name in enumerate(labels)}
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
 
@@ -253,7 +253,12 @@ def select_valid(
         if problem:
             bad.bad(index, problem)
         elif label is None:
-            bad.bad(index, f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)")
+            bad.bad(
+                index,
+                f"label {raw!r} is not a number"
+                if recipe.data.problem_type == "regression"
+                else f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)",
+            )
         else:
             keep.append(index)
             ids.append(label)
@@ -298,15 +303,21 @@ class BadExamples:
 
 # --------------------------------------------------------------------------- evaluation and prediction
 def argmax_predictions(outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Class ids from the logits, and the batch's labels (per example, or per token for token tasks)."""
-    return outputs.logits.argmax(-1), batch["labels"]
+    """Predictions and the batch's targets, by what the targets hold: class ids -> argmax (per example, or per
+    token for token tasks); 0/1 label sets -> logits above 0 (sigmoid above 0.5); values -> the single output."""
+    logits, targets = outputs.logits, batch["labels"]
+    if targets.is_floating_point():
+        if targets.dim() > 1:  # multi-label: 0/1 per label
+            return (logits > 0).long(), targets.long()
+        return logits.reshape(-1).float(), targets.float()  # regression
+    return logits.argmax(-1), targets
 
 
 def classification_metrics(predictions: Any, references: Any) -> dict[str, float]:
-    """Accuracy and macro F1 (hftl's evaluate module) of single-label predictions."""
-    from hftl.metrics import load_metric
+    """The problem type's metrics (hftl's evaluate modules): accuracy + macro F1, micro/macro F1, or RMSE & co."""
+    from hftl.metrics import classification_scores
 
-    return load_metric("hftl_classification").compute(predictions=predictions.tolist(), references=references.tolist())
+    return classification_scores(predictions, references)
 
 
 def pipeline_predict(run_dir: Any, pipeline_tag: str, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:

@@ -21,7 +21,6 @@ from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     argmax_predictions,
     check_columns_section,
-    classification_labels,
     classification_metrics,
     column,
     label_encoder,
@@ -30,6 +29,7 @@ from hftl.tasks.common import (
     select_valid,
     text_problem,
 )
+from hftl.tasks.labels import check_problem_type, label_names
 
 if TYPE_CHECKING:
     import datasets
@@ -126,9 +126,10 @@ class Fusion:
     roles = {"image": "image", "text": "text", "label": "label"}
     required_roles = ("image", "text", "label")
     metric = "accuracy"
+    problem_types = ("single_label",)
     towers = TOWERS
     peft_task_type = None
-    card = CardInfo(None, '{"image": "digit.png", "text": "plus three"}')
+    card = CardInfo(None, '{"image": EXAMPLE_IMAGE, "text": "plus three"}')
 
     def check(self, recipe: Recipe) -> None:
         file, m = recipe.source_file, recipe.model
@@ -176,6 +177,7 @@ class Fusion:
             )
         refuse_pooling(recipe, "each tower's own pooled output")
         check_columns_section(recipe, self.roles)
+        check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         register_catalog()
@@ -210,7 +212,7 @@ class Fusion:
         return FusionProcessor(images, tokenizer, max_length=recipe.data.max_length)
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+        return label_names(splits, recipe, column(recipe, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: FusionProcessor, recipe: Recipe, labels: list[str]
@@ -315,8 +317,18 @@ class Fusion:
     ) -> dict[str, float]:
         return classification_metrics(predictions, references)
 
+    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
+        from hftl.metrics import class_report
+
+        return class_report(predictions, references, labels)
+
     def plan(self, model: FusionModel, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         return plan_fusion(model, recipe, steps_per_epoch, total_steps)
+
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from hftl.models.fusion_model import load_fusion
+
+        return load_fusion(run_dir)
 
     def predict(self, run_dir: str | Path, inputs: list[Any], top_k: int = 1) -> list[list[dict[str, Any]]]:
         """Top-k labels for (image path, text) pairs: dicts {image, text}, tuples, or 'path<TAB>text' lines."""

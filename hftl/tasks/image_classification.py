@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
+from hftl.tasks import labels as label_kinds
 from hftl.tasks.common import (
     BadExamples,
     argmax_predictions,
     check_columns_section,
-    classification_labels,
     classification_metrics,
     column,
-    label_encoder,
     load_splits,
     pipeline_predict,
     refuse_pooling,
@@ -178,9 +177,10 @@ class ImageClassification:
     roles = {"image": "image", "label": "label"}
     required_roles = ("image", "label")
     metric = "accuracy"
+    problem_types = ("single_label", "multi_label", "regression")
     towers = ()
     peft_task_type = None  # peft has no image TaskType: its generic wrapper
-    card = CardInfo("image-classification", '"path/to/image.png"', "AutoPeftModelForImageClassification")
+    card = CardInfo("image-classification", "EXAMPLE_IMAGE", "AutoPeftModelForImageClassification")
 
     def check(self, recipe: Recipe) -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
@@ -192,9 +192,11 @@ class ImageClassification:
             )
         refuse_pooling(recipe, "the checkpoint's own pooling (ViT: CLS token; CNNs: global average)")
         check_columns_section(recipe, self.roles)
+        label_kinds.check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        return load_splits(recipe, self.roles, self.required_roles)
+        needed = ("image",) if recipe.data.label_columns else self.required_roles
+        return label_kinds.add_label_set(load_splits(recipe, self.roles, needed), recipe)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
@@ -211,7 +213,10 @@ class ImageClassification:
         return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+        return label_kinds.label_names(splits, recipe, self.label_column(recipe))
+
+    def label_column(self, recipe: Recipe) -> str:
+        return label_kinds.label_column_of(recipe, column(recipe, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
@@ -221,8 +226,8 @@ class ImageClassification:
         Encoded columns: ``image`` (undecoded), ``labels``, and ``split`` + ``index``, the example's
         place in the loaded split, so an image that fails to decode later is still named.
         """
-        image_col, label_col = column(recipe, self.roles, "image"), column(recipe, self.roles, "label")
-        to_id = label_encoder(splits, label_col, labels)
+        image_col, label_col = column(recipe, self.roles, "image"), self.label_column(recipe)
+        to_id = label_kinds.target_encoder(splits, recipe, label_col, labels)
         reports = []
         for split in list(splits):
             ds = splits[split].select_columns(list(dict.fromkeys([image_col, label_col])))
@@ -263,6 +268,18 @@ class ImageClassification:
 
     def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
         return classification_metrics(predictions, references)
+
+    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
+        from hftl.metrics import class_report
+
+        return class_report(predictions, references, labels)
+
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(str(run_dir)).eval(), AutoImageProcessor.from_pretrained(
+            str(run_dir)
+        )
 
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         return pipeline_predict(run_dir, "image-classification", inputs, top_k)

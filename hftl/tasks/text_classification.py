@@ -1,4 +1,9 @@
-"""Text classification (sentiment, topic, ...): one label per text, or per text pair."""
+"""Text classification (sentiment, topic, NLI, ...): one label, a set of labels, or a number per text or text pair.
+
+``data.problem_type`` says which (:mod:`hftl.tasks.labels`); ``data.columns.text_pair`` names a second text
+column for pairs (premise / hypothesis, question / answer, title / body): both go through the tokenizer
+together, as ``tokenizer(text, text_pair)`` joins them with the checkpoint's separator.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
+from hftl.tasks import labels as label_kinds
 from hftl.tasks.common import (
     argmax_predictions,
     check_columns_section,
-    classification_labels,
     classification_metrics,
     column,
-    label_encoder,
     load_splits,
     pad_multiple,
     pipeline_predict,
@@ -33,10 +37,14 @@ class TextClassification:
     roles = {"text": "text", "text_pair": None, "label": "label"}
     required_roles = ("text", "label")
     metric = "accuracy"
+    problem_types = ("single_label", "multi_label", "regression")
     towers = ()
     peft_task_type = "SEQ_CLS"
     card = CardInfo(
-        "text-classification", '"A warm, funny and very smart film."', "AutoPeftModelForSequenceClassification"
+        "text-classification",
+        '"A warm, funny and very smart film."',
+        "AutoPeftModelForSequenceClassification",
+        pair_input='{"text": "A warm, funny and very smart film.", "text_pair": "The critics loved it."}',
     )
 
     def check(self, recipe: Recipe) -> None:
@@ -48,10 +56,12 @@ class TextClassification:
                 hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).",
             )
         check_columns_section(recipe, self.roles)
+        label_kinds.check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        needed = self.required_roles + (("text_pair",) if column(recipe, self.roles, "text_pair") else ())
-        return load_splits(recipe, self.roles, needed)
+        needed = ("text",) if recipe.data.label_columns else self.required_roles
+        needed += ("text_pair",) if column(recipe, self.roles, "text_pair") else ()
+        return label_kinds.add_label_set(load_splits(recipe, self.roles, needed), recipe)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoTokenizer
@@ -67,15 +77,18 @@ class TextClassification:
         )
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return classification_labels(splits, recipe, column(recipe, self.roles, "label"))
+        return label_kinds.label_names(splits, recipe, self.label_column(recipe))
+
+    def label_column(self, recipe: Recipe) -> str:
+        return label_kinds.label_column_of(recipe, column(recipe, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
     ) -> tuple[datasets.DatasetDict, list[str]]:
         """Tokenize without padding (the collator pads each batch to its own longest text)."""
         text_col, pair_col = column(recipe, self.roles, "text"), column(recipe, self.roles, "text_pair")
-        label_col = column(recipe, self.roles, "label")
-        to_id = label_encoder(splits, label_col, labels)
+        label_col = self.label_column(recipe)
+        to_id = label_kinds.target_encoder(splits, recipe, label_col, labels)
         reports = []
         for split in list(splits):
             ds = splits[split]
@@ -124,7 +137,9 @@ class TextClassification:
         from hftl.models.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
 
         body = load_body(recipe, model_source(recipe), recipe.model.revision)
-        config = PooledClassifierConfig(body=body.config.to_dict(), pooling=pooling, **label_config(labels))
+        config = PooledClassifierConfig(
+            body=body.config.to_dict(), pooling=pooling, **label_config(labels, recipe.data.problem_type)
+        )
         return PooledModelForSequenceClassification(config, body=body)
 
     def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
@@ -137,6 +152,20 @@ class TextClassification:
 
     def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
         return classification_metrics(predictions, references)
+
+    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
+        from hftl.metrics import class_report
+
+        return class_report(predictions, references, labels)
+
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from hftl.models import pooled_model  # noqa: F401  (registers the pooled classifier)
+
+        return AutoModelForSequenceClassification.from_pretrained(str(run_dir)).eval(), AutoTokenizer.from_pretrained(
+            str(run_dir)
+        )
 
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         from hftl.models import pooled_model  # noqa: F401  (registers the pooled classifier with transformers)

@@ -25,6 +25,7 @@ from hftl.tasks.common import (
     refuse_pooling,
     without_length,
 )
+from hftl.tasks.labels import check_problem_type
 
 if TYPE_CHECKING:
     import datasets
@@ -71,6 +72,7 @@ class TokenClassification:
     roles = {"tokens": "tokens", "tags": "ner_tags"}
     required_roles = ("tokens", "tags")
     metric = "f1"
+    problem_types = ("single_label",)
     towers = ()
     peft_task_type = "TOKEN_CLS"
     # "first": a word takes its first sub-word's tag, as hftl trains and scores it ("simple" splits a word
@@ -92,6 +94,7 @@ class TokenClassification:
             )
         refuse_pooling(recipe, "every token's state (no pooling)")
         check_columns_section(recipe, self.roles)
+        check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         return load_splits(recipe, self.roles, self.required_roles)
@@ -252,15 +255,25 @@ class TokenClassification:
         self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]
     ) -> dict[str, float]:
         """Entity-level precision / recall / F1 and tag accuracy over the labelled positions."""
-        from hftl.metrics import load_metric
-
-        pred_tags, ref_tags = [], []
-        for pred_row, ref_row in zip(predictions.tolist(), references.tolist()):
-            kept = [(p, r) for p, r in zip(pred_row, ref_row) if r != IGNORE]
-            pred_tags.append([labels[p] for p, _ in kept])
-            ref_tags.append([labels[r] for _, r in kept])
-        scores = load_metric("hftl_seqeval").compute(predictions=pred_tags, references=ref_tags)
+        scores = seqeval_scores(predictions, references, labels)
         return {key: scores[key] for key in ("precision", "recall", "f1", "accuracy")}
+
+    def class_report(self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+        """Per entity type (seqeval: whole spans), as ``per_class``."""
+        per_type = seqeval_scores(predictions, references, labels)["per_type"]
+        return {
+            "per_class": {
+                kind: {"precision": s["precision"], "recall": s["recall"], "f1": s["f1"], "support": s["number"]}
+                for kind, s in per_type.items()
+            }
+        }
+
+    def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        return AutoModelForTokenClassification.from_pretrained(str(run_dir)).eval(), AutoTokenizer.from_pretrained(
+            str(run_dir)
+        )
 
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
         """The entities found in each text, as ``TYPE:words`` with the mean score of their sub-words."""
@@ -272,6 +285,18 @@ class TokenClassification:
             or [{"label": "(no entities)", "score": 1.0}]
             for out in pipe(inputs)
         ]
+
+
+def seqeval_scores(predictions: torch.Tensor, references: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    """hftl's seqeval module on the labelled positions (-100 dropped) of gathered tag ids."""
+    from hftl.metrics import load_metric
+
+    pred_tags, ref_tags = [], []
+    for pred_row, ref_row in zip(predictions.tolist(), references.tolist()):
+        kept = [(p, r) for p, r in zip(pred_row, ref_row) if r != IGNORE]
+        pred_tags.append([labels[p] for p, _ in kept])
+        ref_tags.append([labels[r] for _, r in kept])
+    return load_metric("hftl_seqeval").compute(predictions=pred_tags, references=ref_tags)
 
 
 TASKS.register("token-classification")(TokenClassification())

@@ -59,8 +59,10 @@ class RunContext:
 
     @property
     def metric(self) -> str:
-        """The validation metric that picks the best model."""
-        return self.recipe.train.metric or self.task.metric
+        """The validation metric that picks the best model (``train.metric``, else the problem type's default)."""
+        from hftl.tasks import selection_metric
+
+        return selection_metric(self.recipe)
 
     def add_loss(self, loss: torch.Tensor, grad_accum: int) -> None:
         """Accumulate one micro-batch's loss on the device; read back only at log and save steps.

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass
+class Scores:
+    """One split's metrics (loss included) and, when asked for, its per-class report."""
+
+    metrics: dict[str, float]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
 def evaluate(model: Any, dataloader: Any, task: Any, labels: list[str], accelerator: Any) -> dict[str, float]:
-    """Loss and task metrics on one split, gathered across processes (no duplicated tail examples).
+    """Loss and task metrics on one split, gathered across processes (no duplicated tail examples)."""
+    return score(model, dataloader, task, labels, accelerator).metrics
+
+
+def score(model: Any, dataloader: Any, task: Any, labels: list[str], accelerator: Any, report: bool = False) -> Scores:
+    """Loss and task metrics on one split, and (``report``) the task's per-class report of the same predictions.
 
     The task turns each batch's outputs into (predictions, references); per-token
     predictions (2-d) are padded with -100 to a common length before gathering.
@@ -30,16 +44,18 @@ def evaluate(model: Any, dataloader: Any, task: Any, labels: list[str], accelera
     if preds[0].dim() > 1:  # batches differ in length: pad each to the widest
         width = max(p.shape[-1] for p in preds)
         preds, refs = [_pad_to(p, width) for p in preds], [_pad_to(r, width) for r in refs]
-    scores = task.compute_metrics(torch.cat(preds), torch.cat(refs), labels)
+    predictions, references = torch.cat(preds), torch.cat(refs)
+    scores = task.compute_metrics(predictions, references, labels)
     total = accelerator.reduce(torch.tensor([losses, count], dtype=torch.float64, device=accelerator.device), "sum")
     scores["loss"] = float(total[0] / max(1.0, float(total[1])))
-    return scores
+    return Scores(scores, task.class_report(predictions, references, labels) if report else {})
 
 
 def is_better(value: float, best: float | None, metric: str) -> bool:
-    """Whether ``value`` beats ``best`` (lower is better for losses, higher for everything else)."""
-    lower_is_better = metric.endswith("loss")
-    return best is None or (value < best if lower_is_better else value > best)
+    """Whether ``value`` beats ``best`` (lower is better for losses and errors, higher for everything else)."""
+    from hftl.metrics import lower_is_better
+
+    return best is None or (value < best if lower_is_better(metric) else value > best)
 
 
 def _pad_to(t: Any, width: int) -> Any:

@@ -3,8 +3,9 @@ publishing's (:mod:`hftl.publish.run_hooks`).
 
 Each class is only the wiring: the feature's own code stays in its module (domain adaptation in
 :mod:`hftl.training.adaptation`, the feature cache in :mod:`hftl.training.feature_cache`, the probe in
-:mod:`hftl.models.probe`). Their order, at every event: feature cache (10), probe head (20), domain
-adaptation (30), then the card (35) and the Hub push (40).
+:mod:`hftl.models.probe`, class weights in :mod:`hftl.training.losses`). Their order, at every event:
+feature cache (10), probe head (20), class weights (25), domain adaptation (30), then the card (35) and the
+Hub push (40).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _fits_head(recipe: Any) -> bool:
     "probe_head",
     order=20,
     applies=_fits_head,
-    when="the strategy fits its head before the loop (feature_extraction's L-BFGS probe, prototypes)",
+    when="the strategy fits its head before the loop (an L-BFGS probe, or the strategy's own closed form)",
 )
 class ProbeHead(RunHook):
     """The linear head set on cached features before the loop (L-BFGS, or the strategy's closed form)."""
@@ -89,6 +90,30 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
         + ")"
     )
     return True
+
+
+@run_hook(
+    "class_weights",
+    order=25,
+    applies=lambda recipe: recipe.train.class_weights is not None,
+    when="train.class_weights is set",
+)
+class ClassWeights(RunHook):
+    """The loss computed from the logits with a weight per class (train.class_weights), for imbalanced data."""
+
+    def __init__(self) -> None:
+        self.weighted: Any = None
+
+    def on_data(self, ctx: RunContext) -> None:
+        from hftl.training.losses import build_loss
+
+        self.weighted = build_loss(ctx.recipe, ctx.data.labels, ctx.data.encoded["train"]["labels"])
+        log.say(
+            "[loss] class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(ctx.data.labels, self.weighted.weights))
+        )
+
+    def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
+        return self.weighted(ctx.model(**batch).logits, batch["labels"])
 
 
 @run_hook(

@@ -30,7 +30,7 @@ from hftl.training.build import (
     set_step_lrs,
 )
 from hftl.training.context import LoopState, RunContext
-from hftl.training.evaluation import evaluate, is_better
+from hftl.training.evaluation import evaluate, is_better, score
 from hftl.training.hooks import hooks_for
 from hftl.training.launch import (
     Interrupted,
@@ -293,13 +293,21 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
         "examples": {split: len(ds) for split, ds in ctx.data.encoded.items()},
     }
+    reported = "test" if "test" in ctx.eval_dls else "validation"  # the per-class report: test, else validation
+    reports = {}
     for split, dl in ctx.eval_dls.items():  # the best model's validation scores are known already
         known = state.best_scores if split == "validation" else None
-        final[split] = known or evaluate(ctx.model, dl, ctx.task, ctx.data.labels, accelerator)
+        if known and split != reported:
+            final[split] = known
+            continue
+        scored = score(ctx.model, dl, ctx.task, ctx.data.labels, accelerator, report=split == reported)
+        final[split] = known or scored.metrics
+        reports.update({split: scored.report} if scored.report else {})
     if accelerator.is_main_process:
         if best.is_dir():
             publish_model(best, run_dir, plain)
         run_folder.write_final(run_dir, final)
+        run_folder.write_class_report(run_dir, reports)
         log_record(run_dir, {"step": state.step, "final": final}, accelerator)
         run_folder.set_status(run_dir, "completed", steps=state.step)
         tidy_completed(run_dir)  # best/ and the resumable states (output.keep_checkpoints) go
