@@ -552,7 +552,7 @@ def verify(
 
     import yaml
 
-    from hftl.study import run_study
+    from hftl.study import load_study, run_study
 
     folder.mkdir(parents=True, exist_ok=True)
     base = recommended_recipe(recipe_file, overrides, advice)
@@ -576,31 +576,40 @@ def verify(
     }
     path = folder / "verify-study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False), encoding="utf-8")
+    study_obj = load_study(path)
     run_study(path)
     with open(folder / "verify-study" / "results.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    metric = next(k for k in rows[0] if k.startswith(("test.", "validation.")))
+    metric, report = study_obj.metric, study_obj.report  # chosen on validation, test reported beside
     scores: dict[str, list[float]] = {r.label: [] for r in contenders}
+    reported: dict[str, list[float]] = {r.label: [] for r in contenders}
     for row in rows:
         if row["state"] == "COMPLETE" and row[metric] not in ("", None):
             scores[row["strategy"]].append(float(row[metric]))
+            if report and row.get(report) not in ("", None):
+                reported[row["strategy"]].append(float(row[report]))
     means = {k: statistics.mean(v) for k, v in scores.items() if v}
     if advice.decision.rung.label not in means:
         return False, f"the recommended strategy's trials failed; see {folder / 'verify-study' / 'report.md'}"
     mine = scores[advice.decision.rung.label]
     sem = statistics.stdev(mine) / math.sqrt(len(mine)) if len(mine) > 1 else 0.0
-    best = max(means, key=means.get)
+    best = max(means, key=means.get)  # type: ignore[arg-type]
     held = means[advice.decision.rung.label] >= means[best] - sem
-    lines = [f"== verify ({metric}, mean over {seeds} seed(s); study in {folder / 'verify-study'})"]
+    lines = [
+        f"== verify (chosen on {metric}"
+        + (f", {report} reported beside and never used to choose" if report else "")
+        + f"; mean over {seeds} seed(s); study in {folder / 'verify-study'})"
+    ]
     lines += [
-        f"  {label:<20} {means[label]:.4f}"
+        f"  {label:<20} {metric} {means[label]:.4f}"
+        + (f"  {report} {statistics.mean(reported[label]):.4f}" if reported.get(label) else "")
         + ("  (recommended)" if label == advice.decision.rung.label else "")
-        + ("  (best)" if label == best else "")
+        + ("  (best on validation)" if label == best else "")
         for label in means
     ]
     lines.append(
         f"  advice {'held' if held else 'did NOT hold'}: recommended {advice.decision.rung.label} "
-        f"{means[advice.decision.rung.label]:.4f} vs best {best} {means[best]:.4f}"
+        f"{means[advice.decision.rung.label]:.4f} vs best {best} {means[best]:.4f} ({metric})"
     )
     return held, "\n".join(lines)
 

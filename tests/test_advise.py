@@ -191,6 +191,12 @@ def test_verify_runs_the_recommended_strategy_against_its_neighbours(text_recipe
     assert "== verify" in printed and ("advice held" in printed) == (code == 0)
     rows = list(csv.DictReader(open(tmp_path / "advised-verify" / "verify-study" / "results.csv")))
     assert {r["strategy"] for r in rows} == {FE, PARTIAL} and all(r["state"] == "COMPLETE" for r in rows)
+    # the verdict is chosen on validation; test is printed beside it, never compared
+    assert "chosen on validation.accuracy, test.accuracy reported beside" in printed, printed
+    means = {s: sum(float(r["validation.accuracy"]) for r in rows if r["strategy"] == s) for s in (FE, PARTIAL)}
+    block = printed.split("== verify", 1)[1].splitlines()
+    [best_line] = [line for line in block if "(best on validation)" in line]
+    assert means[best_line.split()[0]] == max(means.values()), (best_line, means)
 
 
 # --------------------------------------------------------------------------- data it cannot advise on

@@ -73,7 +73,8 @@ def test_grid_expands_every_point_with_multi_key_values(write_study):
         )
     )
     assert len(study.points) == 2 * 2 * 3
-    assert study.metric == "test.accuracy" and study.direction == "maximize"
+    assert study.metric == "validation.accuracy" and study.report == "test.accuracy"
+    assert study.direction == "maximize"
     assert [a.kind for a in study.axes] == ["strategy", "lr_multiplier", "seed"]
     overrides = study.trial_overrides({"strategy.name": "full+llrd", "lr_mult": 0.1, "train.seed": 2})
     assert (
@@ -109,7 +110,9 @@ BAD = {
     ),
     "tpe-without-budget": ({"search": "tpe"}, "needs a budget", "trials: N"),
     "reserved-key": ({"overrides": {"output.dir": "x"}}, "key 'output.dir' is set by the study", ""),
-    "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "test.accuracy"),
+    "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "validation.accuracy"),
+    "test-chooses": ({"metric": "test.accuracy"}, "chooses on validation and reports on test", "'report:'"),
+    "bad-report": ({"report": "accuracy"}, "key 'report'", "test.accuracy"),
 }
 
 
@@ -158,7 +161,7 @@ def test_shipped_studies_validate():
         "domain-shift.yaml",
     ):
         study = load_study(ROOT / "studies" / name)
-        assert study.points and study.metric == "test.accuracy", name
+        assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), name
     # 6 strategies (scratch included) x sizes x 3 seeds; the shift study: pretrained/scratch x 6 severities x 3 seeds
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
     assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 6 * 3 * 3
@@ -187,6 +190,7 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     for r in rows:  # each row is its trial's own final metrics
         final = json.loads((folder / "trials" / r["trial"] / "metrics.json").read_text())
         assert float(r["test.accuracy"]) == pytest.approx(final["test"]["accuracy"])
+        assert float(r["validation.accuracy"]) == pytest.approx(final["validation"]["accuracy"])
         assert float(r["train_seconds"]) == pytest.approx(final["train_seconds"])
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
@@ -194,6 +198,8 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     assert not kept & {"model.safetensors", "checkpoints", "best", "config.json"}, kept
     report = (folder / "report.md").read_text()
     assert "| full | " in report and "2/2" in report and "optuna-dashboard sqlite:///" in report
+    assert "| strategy.name | validation.accuracy | test.accuracy | n |" in report, report
+    assert "Selection on validation, report on test" in report
     overhead = [float(r["overhead_seconds"]) for r in rows]
     run = [float(r["run_seconds"]) for r in rows]
     with capsys.disabled():
@@ -382,3 +388,43 @@ def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
     ]
     assert write_plots(study, cells) == ["metric_vs_lr_multiplier.png", "transfer_gain_vs_shift.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in write_plots(study, cells))
+
+
+def test_best_cell_is_chosen_on_validation_and_test_only_reported(tmp_path):
+    """Validation and test disagree on purpose: the pick follows validation, the test mean is only shown."""
+    from hftl.study import Axis, AxisValue, Study, StudySpec
+    from hftl.study_report import best_cells, cell_stats
+
+    def axis(name, kind, labels):
+        return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
+
+    study = Study(
+        tmp_path / "s.yaml",
+        StudySpec(recipe="r.yaml", axes={"x": [1]}),
+        "s",
+        tmp_path,
+        tmp_path / "r.yaml",
+        [axis("data.max_train_samples", "data_size", [100]), axis("strategy.name", "strategy", ["a", "b"])]
+        + [axis("train.seed", "seed", [0, 1])],
+        "validation.accuracy",
+        "maximize",
+        "test.accuracy",
+    )
+    scores = {"a": (0.80, 0.60), "b": (0.70, 0.90)}  # (validation, test): a wins on validation, b on test
+    rows = [
+        {
+            "state": "COMPLETE",
+            "data.max_train_samples": 100,
+            "strategy.name": name,
+            "train.seed": seed,
+            "validation.accuracy": val + seed / 100,
+            "test.accuracy": test + seed / 100,
+            "train_seconds": 1.0,
+        }
+        for name, (val, test) in scores.items()
+        for seed in (0, 1)
+    ]
+    cells = cell_stats(study, rows)
+    [best] = best_cells(study, cells, "data.max_train_samples")
+    assert best["labels"]["strategy.name"] == "a"
+    assert best["mean"] == pytest.approx(0.805) and best["report_mean"] == pytest.approx(0.605)
