@@ -16,6 +16,8 @@ from typing import Any
 from hftl.study import Study
 
 FIXED_COLUMNS = ("train_seconds", "run_seconds", "overhead_seconds", "attempts", "error", "dir")
+# A trial's cost breakdown (metrics.json "seconds", written by hftl.train.run), in the order a run spends it.
+COST_PARTS = ("load", "tokenize", "model", "features", "train", "validate", "final_eval")
 
 
 def current_trials(ostudy: Any) -> list[Any]:
@@ -43,6 +45,7 @@ def result_rows(study: Study, ostudy: Any) -> list[dict[str, Any]]:
                 if k.startswith(("test.", "validation.")) and k not in (study.metric, study.report)
             }
         )
+        row.update({f"seconds.{p}": metrics.get(f"seconds.{p}") for p in COST_PARTS})
         row.update(
             {
                 "train_seconds": metrics.get("train_seconds"),
@@ -291,6 +294,39 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n and not math.isnan(mean) else "-"
 
 
+def _cost_breakdown(study: Study, rows: list[dict[str, Any]]) -> list[str]:
+    """Seconds spent per part of the completed trials (summed), per strategy when there is a strategy axis."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and r.get("run_seconds") is not None]
+    if not done:
+        return []
+    by = next((a.name for a in study.axes if a.kind == "strategy"), None)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in done:
+        groups.setdefault(str(r[by]) if by else "all trials", []).append(r)
+    if by and len(groups) > 1:
+        groups["all trials"] = done
+    head = ["trials", *COST_PARTS, "other", "run"]
+    out = [
+        "",
+        "## Cost breakdown",
+        "",
+        "Seconds summed over the completed trials (one process's clock; `other`: the rest of `hftl.train.run`, "
+        "i.e. set-up, checkpoints, the card and plots). `load` reads and splits the data, `tokenize` loads the "
+        "processor and encodes, `model` builds the checkpoint with its head, `features` fills or reads the frozen "
+        "feature cache, `train` is the steps (and the probe fit), `validate` the evaluations during training, "
+        "`final_eval` the best model on the full validation and test splits.",
+        "",
+        f"| {by or ''} | " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(head),
+    ]
+    for name, group in groups.items():
+        parts = [sum(float(r.get(f"seconds.{p}") or 0.0) for r in group) for p in COST_PARTS]
+        run = sum(float(r["run_seconds"]) for r in group)
+        cells = [str(len(group)), *(f"{v:.0f}" for v in parts), f"{run - sum(parts):.0f}", f"{run:.0f}"]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 def best_cells(study: Study, cells: list[dict[str, Any]], within: str) -> list[dict[str, Any]]:
     """For each value of the ``within`` axis (e.g. the data size), the cell with the best mean on validation."""
     pick = max if study.direction == "maximize" else min
@@ -371,6 +407,7 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
                 + (f" | {_fmt(r.get(study.report))}" if study.report else "")
                 + " |"
             )
+    out += _cost_breakdown(study, rows)
     failed = [r for r in rows if r["state"] == "FAIL"]
     if failed:
         out += ["", "## Failed trials", "", "| trial | point | error |", "|---:|---|---|"]

@@ -9,8 +9,10 @@ prints, writes logs and saves models.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,17 +91,21 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
     say = log.say  # main process only; hidden by --quiet
     set_seed(recipe.train.seed)
+    costs = Costs()  # where the run's time goes (metrics.json "seconds"; a study's cost breakdown)
     data = load_data(recipe, accelerator)
+    costs.seconds.update(data.seconds)
     unlabeled_target = load_target(recipe, task, data, accelerator)  # [adaptation] data.target (hftl/adaptation.py)
-    model = build_model(recipe, task, data.labels)
+    with costs.timed("model"):
+        model = build_model(recipe, task, data.labels)
     train_dl, eval_dls = build_loaders(recipe, task, data)
     plan = build_plan(model, recipe, task, len(train_dl.batch_sampler), accelerator.num_processes)
     say(format_plan(plan, model) + "\n" + describe_model(model))
     # [feature cache] body frozen for the whole run, nothing random feeding it: the loaders yield the head's
     # inputs, computed once and cached on disk, and model.forward runs only the head (hftl/feature_cache.py).
-    train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
-        model, plan, recipe, task, data.processor, data.encoded, train_dl, eval_dls, accelerator
-    )
+    with costs.timed("features"):
+        train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
+            model, plan, recipe, task, data.processor, data.encoded, train_dl, eval_dls, accelerator
+        )
     fitter = head_fitter(recipe)  # [probe] a strategy's own closed-form head (prototypes) instead of L-BFGS
     if fitter and not head_chain:
         raise RecipeError(
@@ -109,9 +115,12 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             recipe.strategy.name,
             hint="The [cache] line above says why.",
         )
-    probed = (
-        head_chain and fit_head_first(recipe) and fit_probe_head(head_chain, train_dl, eval_dls, accelerator, fitter)
-    )
+    with costs.timed("train"):
+        probed = (
+            head_chain
+            and fit_head_first(recipe)
+            and fit_probe_head(head_chain, train_dl, eval_dls, accelerator, fitter)
+        )
     optimizer, group_names = build_optimizer(model, plan, recipe.optim)
     scheduler = build_scheduler(optimizer, plan, group_names)  # not prepared: stepped once per optimizer step
     # [adaptation] target batches beside the source ones and the method's extra loss (None without it)
@@ -128,9 +137,10 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     set_step_lrs(optimizer, scheduler, state.step)
     metric = recipe.train.metric or task.metric
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
-        evaluate_and_keep_best(
-            state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
-        )
+        with costs.timed("validate"):
+            evaluate_and_keep_best(
+                state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
+            )
 
     # -- the loop
     train, grad_accum = recipe.train, recipe.train.grad_accum
@@ -144,6 +154,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
         dynamic_ncols=True,
         disable=not accelerator.is_local_main_process or not log.shows(),
     )
+    validated_before = costs.seconds.get("validate", 0.0)
     started = time.time()
     while state.step < plan.total_steps and not state.done:
         epoch = state.step // plan.steps_per_epoch
@@ -177,9 +188,10 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             if state.step % train.log_steps == 0 or end:
                 log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar)
             if state.step % eval_steps == 0 or end:
-                evaluate_and_keep_best(
-                    state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
-                )
+                with costs.timed("validate"):
+                    evaluate_and_keep_best(
+                        state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
+                    )
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
@@ -199,8 +211,11 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                 break
     bar.close()
     stop.restore()
+    loop_seconds = time.time() - started
+    in_loop = costs.seconds.get("validate", 0.0) - validated_before
+    costs.seconds["train"] = costs.seconds.get("train", 0.0) + loop_seconds - in_loop
 
-    final = finish(state, model, eval_dls, task, data, metric, time.time() - started, run_dir, accelerator)
+    final = finish(state, model, eval_dls, task, data, metric, loop_seconds, run_dir, accelerator, costs)
     # Release the prepared model and optimizer before the process group ends: DDP objects destroyed
     # after it make 2-process CPU runs abort at exit (SIGABRT) about a third of the time.
     accelerator.free_memory()
@@ -211,6 +226,21 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
 
         log.summary(f"[hub] pushed: {push_run(run_dir, recipe.hub.repo_id, recipe.hub.private, recipe.hub.revision)}")
     return RunResult(run_dir, final)
+
+
+class Costs:
+    """Seconds per part of a run: load, tokenize, model, features, train (steps + probe), validate, final_eval."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- the loop's named steps
@@ -325,6 +355,7 @@ def finish(
     train_seconds: float,
     run_dir: Path,
     accelerator: Any,
+    costs: Costs | None = None,
 ) -> dict[str, Any]:
     """The best model becomes the run's model; test it, write the final metrics, the card and the plots."""
     from hftl.card import write_report
@@ -341,9 +372,15 @@ def finish(
         "num_processes": accelerator.num_processes,
         "examples": {split: len(ds) for split, ds in data.encoded.items()},
     }
+    started = time.perf_counter()
     for split, dl in eval_dls.items():  # the best model's validation scores are known already
         known = state.best_scores if split == "validation" else None
         final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
+    if costs is not None:  # this process's seconds up to the final evaluation (the card and plots come after)
+        final["seconds"] = {
+            **{k: round(v, 2) for k, v in costs.seconds.items()},
+            "final_eval": round(time.perf_counter() - started, 2),
+        }
     if accelerator.is_main_process:
         if best.is_dir():
             publish_model(best, run_dir, accelerator.unwrap_model(model))

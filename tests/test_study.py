@@ -162,8 +162,8 @@ def test_shipped_studies_validate():
     ):
         study = load_study(ROOT / "studies" / name)
         assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), name
-    # 6 strategies (scratch included) x sizes x 3 seeds; the shift study: pretrained/scratch x 6 severities x 3 seeds
-    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
+    # text: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; images: 6 x 3 x 3; shift: 2 x 6 severities x 3 seeds
+    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 6 * 3 * 3
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
@@ -191,6 +191,11 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
         final = json.loads((folder / "trials" / r["trial"] / "metrics.json").read_text())
         assert float(r["test.accuracy"]) == pytest.approx(final["test"]["accuracy"])
         assert float(r["validation.accuracy"]) == pytest.approx(final["validation"]["accuracy"])
+        # the cost breakdown: every part timed, together no more than the run itself
+        parts = {p: float(r[f"seconds.{p}"]) for p in ("load", "tokenize", "model", "train", "validate", "final_eval")}
+        assert parts == pytest.approx({p: final["seconds"][p] for p in parts}, abs=0.01)
+        assert all(v >= 0 for v in parts.values()) and parts["train"] > 0 and parts["final_eval"] > 0
+        assert sum(parts.values()) <= float(r["run_seconds"])
         assert float(r["train_seconds"]) == pytest.approx(final["train_seconds"])
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
@@ -200,6 +205,7 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     assert "| full | " in report and "2/2" in report and "optuna-dashboard sqlite:///" in report
     assert "| strategy.name | validation.accuracy | test.accuracy | n |" in report, report
     assert "Selection on validation, report on test" in report
+    assert "## Cost breakdown" in report and "| all trials | 4 |" in report, report
     overhead = [float(r["overhead_seconds"]) for r in rows]
     run = [float(r["run_seconds"]) for r in rows]
     with capsys.disabled():

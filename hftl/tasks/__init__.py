@@ -96,16 +96,22 @@ class PreparedData(NamedTuple):
     labels: list[str]
     encoded: datasets.DatasetDict
     reports: list[str]  # bad examples skipped, one line per split
+    seconds: dict[str, float] = {}  # load (read + split), tokenize (processor + encode): a run's cost breakdown
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
     """Load, split, label and encode a recipe's data with its checkpoint's processor (as a run does)."""
+    import time
+
     task = TASKS.get(recipe.task)
+    started = time.perf_counter()
     splits = task.load_splits(recipe)
+    loaded = time.perf_counter()
     processor = task.load_processor(recipe)
     labels = task.label_names(splits, recipe)
     encoded, reports = task.encode(splits, processor, recipe, labels)
-    return PreparedData(processor, labels, encoded, reports)
+    seconds = {"load": loaded - started, "tokenize": time.perf_counter() - loaded}
+    return PreparedData(processor, labels, encoded, reports, seconds)
 
 
 # Importing the task modules registers them.
