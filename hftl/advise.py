@@ -46,9 +46,11 @@ from hftl.advice_rules import (
     Measurements,
     decide,
     describe_table,
-    neighbours,
     rung,
     rung_settings,
+)
+from hftl.advice_rules import (
+    contenders as verify_contenders,
 )
 from hftl.errors import HftlError
 
@@ -561,12 +563,12 @@ def verify(
     n, batch = advice.data["n_train"], base.get("train", {}).get("batch_size", 32)
     images = "image_sizes" in advice.data
     pooling = (base.get("model") or {}).get("pooling")
-    contenders = [advice.decision.rung, *neighbours(advice.decision.rung.label)]
+    contenders = verify_contenders(advice.decision)
     fixed: dict[str, Any] = {"data.max_eval_samples": max_eval}
     if max_steps:
         fixed.update({"train.max_steps": max_steps, "train.min_steps": 0})
     study = {
-        "description": f"hftl advise --verify: {advice.decision.rung.label} vs its neighbours",
+        "description": f"hftl advise --verify: {advice.decision.rung.label} vs its neighbours and runner-up",
         "recipe": "recipe.yaml",
         "overrides": fixed,
         "axes": {
