@@ -19,6 +19,7 @@ from typing import Any
 
 from hftl import log, run_folder
 from hftl.build import (
+    VALIDATION_SAMPLE,
     build_loaders,
     build_model,
     build_optimizer,
@@ -136,11 +137,10 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
     set_step_lrs(optimizer, scheduler, state.step)
     metric = recipe.train.metric or task.metric
+    scored = eval_dls.get(VALIDATION_SAMPLE, eval_dls["validation"])  # what the loop's evaluations score
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
         with costs.timed("validate"):
-            evaluate_and_keep_best(
-                state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
-            )
+            evaluate_and_keep_best(state, model, scored, task, data, metric, plan.total_steps, recipe, accelerator)
 
     # -- the loop
     train, grad_accum = recipe.train, recipe.train.grad_accum
@@ -190,7 +190,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             if state.step % eval_steps == 0 or end:
                 with costs.timed("validate"):
                     evaluate_and_keep_best(
-                        state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
+                        state, model, scored, task, data, metric, plan.total_steps, recipe, accelerator
                     )
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
@@ -373,8 +373,11 @@ def finish(
         "examples": {split: len(ds) for split, ds in data.encoded.items()},
     }
     started = time.perf_counter()
-    for split, dl in eval_dls.items():  # the best model's validation scores are known already
-        known = state.best_scores if split == "validation" else None
+    sampled = VALIDATION_SAMPLE in eval_dls
+    for split, dl in eval_dls.items():  # the best model's validation scores are known already (unless sampled)
+        if split == VALIDATION_SAMPLE:
+            continue
+        known = state.best_scores if split == "validation" and not sampled else None
         final[split] = known or evaluate(model, dl, task, data.labels, accelerator)
     if costs is not None:  # this process's seconds up to the final evaluation (the card and plots come after)
         final["seconds"] = {
