@@ -188,6 +188,13 @@ def _spawn_workers(study: Study, jobs: int) -> int:
 
 def work(study: Study, storage: Any, ostudy: Any) -> int:
     """One worker: take trials until none is left (grid) or the budget is spent (tpe); 130 if interrupted."""
+    from hftl.tasks import reuse_prepared_data
+
+    with reuse_prepared_data():  # load + tokenize once per (data, checkpoint, seed) in this worker
+        return _work(study, storage, ostudy)
+
+
+def _work(study: Study, storage: Any, ostudy: Any) -> int:
     deadline = time.time() + study.spec.timeout_minutes * 60 if study.spec.timeout_minutes else None
     while deadline is None or time.time() < deadline:
         with storage_lock(study):

@@ -197,6 +197,9 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
         assert all(v >= 0 for v in parts.values()) and parts["train"] > 0 and parts["final_eval"] > 0
         assert sum(parts.values()) <= float(r["run_seconds"])
         assert float(r["train_seconds"]) == pytest.approx(final["train_seconds"])
+    # the worker encodes each (data, seed) once: the feature_extraction trials reuse the full trials' data
+    assert [r["strategy.name"] for r in rows] == ["full", "full", "feature_extraction", "feature_extraction"]
+    assert [float(r["seconds.tokenize"]) == 0.0 for r in rows] == [False, False, True, True]
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
     assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
@@ -434,3 +437,38 @@ def test_best_cell_is_chosen_on_validation_and_test_only_reported(tmp_path):
     [best] = best_cells(study, cells, "data.max_train_samples")
     assert best["labels"]["strategy.name"] == "a"
     assert best["mean"] == pytest.approx(0.805) and best["report_mean"] == pytest.approx(0.605)
+
+
+def test_a_worker_prepares_each_data_and_seed_once(text_recipe, monkeypatch):
+    """reuse_prepared_data: trials that differ in strategy / LRs / random weights share the encoded data; another
+    seed or size is encoded again; a split a run adds (train.eval_sample) does not leak into the next trial."""
+    from hftl import tasks
+    from hftl.recipe import load_recipe
+
+    path = text_recipe()
+    encodes = []
+    real = tasks.TASKS.get("text-classification").encode
+
+    def counting(*args, **kwargs):
+        encodes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(type(tasks.TASKS.get("text-classification")), "encode", staticmethod(counting), raising=False)
+    with tasks.reuse_prepared_data():
+        first = tasks.prepare_data(load_recipe(path, ["strategy.name=full"]))
+        first.encoded["validation_sample"] = first.encoded["validation"].select([0])
+        again = tasks.prepare_data(load_recipe(path, ["strategy.name=feature_extraction", "optim.lr=1e-3"]))
+        scratch = tasks.prepare_data(load_recipe(path, ["model.pretrained=false"]))
+        other_seed = tasks.prepare_data(load_recipe(path, ["train.seed=1"]))
+    outside = tasks.prepare_data(load_recipe(path))
+    assert len(encodes) == 3  # first, other seed, outside the block
+    assert again.seconds == {"load": 0.0, "tokenize": 0.0} == scratch.seconds and first.seconds["tokenize"] > 0
+    assert "validation_sample" not in again.encoded
+    for split in first.encoded:
+        if split != "validation_sample":
+            assert (
+                again.encoded[split]["input_ids"]
+                == first.encoded[split]["input_ids"]
+                == outside.encoded[split]["input_ids"]
+            )
+    assert other_seed.encoded["train"]["input_ids"] != first.encoded["train"]["input_ids"]
