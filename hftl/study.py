@@ -107,6 +107,11 @@ class StudySpec(_Model):
     search: Literal["grid", "tpe"] = "grid"
     trials: int | None = Field(None, gt=0, description="Budget of sampled trials (search: tpe).")
     seed: int = Field(0, ge=0, description="Seed of the TPE sampler.")
+    pruner: Literal["none", "median", "successive_halving"] = Field(
+        "none",
+        description="search: tpe: stop a trial whose validation curve falls behind (Optuna's MedianPruner or "
+        "SuccessiveHalvingPruner, fed by each evaluation during training).",
+    )
     timeout_minutes: float | None = Field(None, gt=0, description="Workers start no trial after this long.")
     output: str | None = Field(None, description="Study folder (default: <file folder>/<file stem>/).")
     storage: str | None = Field(None, description="Optuna RDB URL (default: sqlite:///<study folder>/study.db).")
@@ -120,6 +125,8 @@ class StudySpec(_Model):
             raise ValueError("search: tpe needs a budget: trials: N")
         if self.search == "grid" and self.trials is not None:
             raise ValueError("trials applies to search: tpe; a grid runs every point once")
+        if self.search == "grid" and self.pruner != "none":
+            raise ValueError("pruner applies to search: tpe; a grid runs every point to the end")
         return self
 
 

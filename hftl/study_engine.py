@@ -104,6 +104,16 @@ def storage_lock(study: Study) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def make_pruner(study: Study) -> Any:
+    """The study's pruner: median (after 2 complete trials and 1 evaluation) or successive halving; else none."""
+    optuna = _optuna()
+    if study.spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if study.spec.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
 def ensure_study(study: Study, storage: Any) -> Any:
     """Create the Optuna study and enqueue the grid once; or load it (refusing a different study of that name)."""
     optuna = _optuna()
@@ -114,10 +124,15 @@ def ensure_study(study: Study, storage: Any) -> Any:
     )
     try:
         ostudy = optuna.create_study(
-            storage=storage, study_name=study.name, direction=study.direction, sampler=sampler, load_if_exists=False
+            storage=storage,
+            study_name=study.name,
+            direction=study.direction,
+            sampler=sampler,
+            pruner=make_pruner(study),
+            load_if_exists=False,
         )
     except optuna.exceptions.DuplicatedStudyError:
-        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
+        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=make_pruner(study))
         deadline = time.time() + 15  # its creator may still be enqueueing the grid
         while "hftl_fingerprint" not in ostudy.user_attrs and time.time() < deadline:
             time.sleep(0.5)
@@ -260,12 +275,23 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
 
         before = time.perf_counter()
         try:
-            result = train_run(recipe)
+            result = train_run(recipe, on_evaluate=_pruning_hook(study, trial))
         finally:
             run_seconds = time.perf_counter() - before
         value = lookup(result.metrics, study.metric)
         trial.set_user_attr("hftl_metrics", _scalars(result.metrics))
         error = None
+    except optuna.TrialPruned as exc:
+        beat.stop()
+        prune_trial_dir(run_dir)
+        trial.set_user_attr("hftl_run_seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("hftl_pruned", str(exc))
+        ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        print(f"[study] trial {trial.number} ({shown}) pruned: {exc}", flush=True)
+        from hftl.study_report import write_results
+
+        write_results(study, ostudy)
+        return True
     except (KeyboardInterrupt, HftlError) as exc:
         if isinstance(exc, KeyboardInterrupt) or exc.exit_code == 130:  # SIGTERM / Ctrl-C: stop, run it again later
             beat.stop()
@@ -295,6 +321,22 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
 
     write_results(study, ostudy)
     return True
+
+
+def _pruning_hook(study: Study, trial: Any) -> Any:
+    """Report each evaluation during training to the pruner; stop the trial when it says so (search: tpe)."""
+    if study.spec.pruner == "none":
+        return None
+    optuna = _optuna()
+    name = study.metric.split(".", 1)[1]  # validation.accuracy -> accuracy, as the loop's evaluations name it
+
+    def on_evaluate(step: int, scores: dict[str, float]) -> None:
+        if name in scores:
+            trial.report(float(scores[name]), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{study.metric} {scores[name]:.4f} at step {step} behind the others")
+
+    return on_evaluate
 
 
 def _suggest(study: Study, trial: Any) -> dict[str, Any]:
@@ -411,7 +453,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     storage = open_storage(study)
     optuna = _optuna()
     sampler = optuna.samplers.TPESampler(seed=study.spec.seed) if study.spec.search == "tpe" else None
-    return work(study, storage, optuna.load_study(study_name=study.name, storage=storage, sampler=sampler))
+    ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=make_pruner(study))
+    return work(study, storage, ostudy)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,8 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
         f"Selection on validation, report on test: every choice (best trial, best cell, the search) is made on "
         f"`{study.metric}` ({study.direction}){reported}, which chooses nothing. "
         f"Trials: {states.count('COMPLETE')} complete, "
-        f"{states.count('FAIL')} failed, {states.count('RUNNING')} running, {states.count('WAITING')} waiting.",
+        f"{states.count('FAIL')} failed, {states.count('PRUNED')} pruned, {states.count('RUNNING')} running, "
+        f"{states.count('WAITING')} waiting.",
         "",
     ]
     if best:

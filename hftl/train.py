@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,20 @@ class LoopState:
     best_metric: float | None = None
     best_step: int | None = None
     best_scores: dict[str, float] | None = None
+    last_scores: dict[str, float] | None = None
     bad_evals: int = 0
     done: bool = False
     loss_sum: float = 0.0
 
 
-def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
-    """Train, evaluate and save one recipe; returns the final metrics."""
+def run(
+    recipe: Recipe, resume: bool | None = None, on_evaluate: Callable[[int, dict[str, float]], None] | None = None
+) -> RunResult:
+    """Train, evaluate and save one recipe; returns the final metrics.
+
+    ``on_evaluate(step, validation scores)`` is called after each evaluation during training (a study's pruner);
+    an exception it raises ends the run there.
+    """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -192,6 +199,13 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
                     evaluate_and_keep_best(
                         state, model, scored, task, data, metric, plan.total_steps, recipe, accelerator
                     )
+                if on_evaluate is not None and state.last_scores is not None:
+                    try:
+                        on_evaluate(state.step, state.last_scores)
+                    except BaseException:  # the caller stops the run here (a pruned trial): leave signals as found
+                        bar.close()
+                        stop.restore()
+                        raise
                 apply_plan(model, plan, state.step, accelerator, train_mode=True)
             stopping = stop.agreed(accelerator)  # all processes stop at the same step, or the save deadlocks
             if state.step % save_steps == 0 or state.done or end or stopping:
@@ -326,6 +340,7 @@ def evaluate_and_keep_best(
 ) -> None:
     """Score the validation split; save the model when it is the best so far; stop early when patience runs out."""
     scores = evaluate(model, dataloader, task, data.labels, accelerator)
+    state.last_scores = scores
     log_record(recipe.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)

@@ -109,6 +109,7 @@ BAD = {
         "search: tpe",
     ),
     "tpe-without-budget": ({"search": "tpe"}, "needs a budget", "trials: N"),
+    "pruned-grid": ({"pruner": "median"}, "pruner applies to search: tpe", ""),
     "reserved-key": ({"overrides": {"output.dir": "x"}}, "key 'output.dir' is set by the study", ""),
     "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "validation.accuracy"),
     "test-chooses": ({"metric": "test.accuracy"}, "chooses on validation and reports on test", "'report:'"),
@@ -472,3 +473,32 @@ def test_a_worker_prepares_each_data_and_seed_once(text_recipe, monkeypatch):
                 == outside.encoded[split]["input_ids"]
             )
     assert other_seed.encoded["train"]["input_ids"] != first.encoded["train"]["input_ids"]
+
+
+def test_a_search_prunes_trials_on_their_validation_curve(write_study, monkeypatch, capsys):
+    """pruner: median feeds each evaluation during training to Optuna; a trial it prunes stops at that evaluation."""
+    import optuna
+
+    calls = []
+
+    def always(self):
+        calls.append(self.number)
+        return True
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", always)
+    path = write_study(
+        search="tpe",
+        trials=2,
+        pruner="median",
+        overrides={**FAST, "train.max_steps": 6, "train.eval_steps": 2},
+        axes={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+    )
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["study", str(path)]) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # a pruned run gives the signals back
+    folder = path.parent / path.stem
+    rows = read_csv(folder / "results.csv")
+    assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"] and calls == [0, 1]  # each stopped at its first eval
+    log = [json.loads(line) for line in (folder / "trials" / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if "validation" in r) == 2 and not any("final" in r for r in log)
+    assert "2 pruned" in (folder / "report.md").read_text()
