@@ -295,11 +295,11 @@ def _pm(mean: float, std: float, n: int) -> str:
 
 
 def _cost_breakdown(study: Study, rows: list[dict[str, Any]]) -> list[str]:
-    """Seconds spent per part of the completed trials (summed), per strategy when there is a strategy axis."""
+    """Seconds spent per part of the completed trials (summed), per strategy (else per value of the first axis)."""
     done = [r for r in rows if r["state"] == "COMPLETE" and r.get("run_seconds") is not None]
     if not done:
         return []
-    by = next((a.name for a in study.axes if a.kind == "strategy"), None)
+    by = next((a.name for a in study.axes if a.kind == "strategy"), None) or next(iter(cell_axes(study)), None)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in done:
         groups.setdefault(str(r[by]) if by else "all trials", []).append(r)

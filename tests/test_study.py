@@ -160,6 +160,7 @@ def test_shipped_studies_validate():
         "fashion-mnist-strategies.yaml",
         "lr-multiplier.yaml",
         "domain-shift.yaml",
+        "bf16-cpu.yaml",
     ):
         study = load_study(ROOT / "studies" / name)
         assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), name
