@@ -39,8 +39,8 @@ def read_rows(results: Path) -> list[dict[str, object]]:
 
 def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str | None:
     """The markdown table of study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/), or None."""
-    from hftl.study import load_study
-    from hftl.study_report import best_cells, cell_stats
+    from hftl.analysis.study import load_study
+    from hftl.analysis.study_report import best_cells, cell_stats
 
     results = docs / name / "results.csv"
     if not results.exists() or not (studies / f"{name}.yaml").exists():

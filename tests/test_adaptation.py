@@ -1,5 +1,5 @@
-"""Domain adaptation (hftl/adaptation.py): recipe errors, the two losses against hand-written oracles, a run that
-scores target_test and keeps the domain classifier out of the published model, and an exact resume."""
+"""Domain adaptation (hftl/training/adaptation.py): recipe errors, the two losses against hand-written oracles,
+a run that scores target_test and keeps the domain classifier out of the published model, and an exact resume."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import signal
 import pytest
 import torch
 
-from hftl.adaptation import TargetBatches, coral_loss, dann_coefficient, merge_batches
 from hftl.cli import main
-from hftl.recipe import load_recipe
+from hftl.config.recipe import load_recipe
+from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, merge_batches
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint, weights
 
@@ -101,7 +101,7 @@ def test_bad_adaptation_recipes_name_the_key_and_exit_2(text_recipe, target_csv,
 def test_adapted_run_scores_target_test_and_publishes_a_plain_model(text_recipe, target_csv, tmp_path, method, capsys):
     from transformers import pipeline
 
-    from hftl.train import run
+    from hftl.training.train import run
 
     result = run(load_recipe(adapted(text_recipe, target_csv, method)))
     assert (
@@ -119,7 +119,7 @@ def test_adapted_run_scores_target_test_and_publishes_a_plain_model(text_recipe,
 
 
 def test_source_only_run_with_target_data_scores_target_test(text_recipe, target_csv, tmp_path):
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = adapted(text_recipe, target_csv)
     doc = __import__("yaml").safe_load(path.read_text())
@@ -131,7 +131,7 @@ def test_source_only_run_with_target_data_scores_target_test(text_recipe, target
 
 def test_dann_resume_after_sigkill_matches_an_uninterrupted_run(text_recipe, target_csv, tmp_path, capsys):
     """Killed right after the step-7 checkpoint (mid-epoch): model, domain classifier and log end the same."""
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = adapted(text_recipe, target_csv, train={"save_steps": 7, "max_steps": 14})
     straight = run(load_recipe(path, [f"output.dir={tmp_path / 'straight'}"])).run_dir

@@ -61,7 +61,7 @@ def test_notebook_uses_only_the_public_api(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_what_a_notebook_says_of_its_recipe_strategy_is_true(path):
     """A sentence "The recipe's own strategy is `X`" must name the strategy the recipe it loads ships."""
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
 
     notebook = nbformat.read(path, as_version=4)
     text = "\n".join(c.source for c in notebook.cells)

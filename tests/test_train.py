@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hftl.recipe import load_recipe
-from hftl.train import run
+from hftl.config.recipe import load_recipe
+from hftl.training.train import run
 
 
 def read_log(run_dir):
@@ -31,16 +31,16 @@ def test_loss_falls_and_model_reloads_with_pipeline(text_recipe):
 def test_eval_sample_scores_a_fixed_sample_in_the_loop_and_the_full_splits_at_the_end(text_recipe, monkeypatch):
     """train.eval_sample: the loop's evaluations see N validation rows (the same rows each time); the best model
     is then scored once on the whole validation and test splits, which metrics.json reports."""
-    import hftl.train
+    import hftl.training.train
 
     seen: list[tuple[int, tuple]] = []
-    real = hftl.train.evaluate
+    real = hftl.training.train.evaluate
 
     def counting(model, dl, *args, **kwargs):
         seen.append((len(dl.dataset), tuple(dl.dataset["text"]) if "text" in dl.dataset.column_names else ()))
         return real(model, dl, *args, **kwargs)
 
-    monkeypatch.setattr(hftl.train, "evaluate", counting)
+    monkeypatch.setattr(hftl.training.train, "evaluate", counting)
     recipe = load_recipe(
         text_recipe(train={"max_steps": 6, "eval_steps": 2, "eval_sample": 7, "min_steps": 0, "seed": 0})
     )
