@@ -172,7 +172,7 @@ def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> Strate
     from hftl.tasks import TASKS
 
     file = recipe.source_file
-    if section.name == AUTO:  # resolved at the start of the run by hftl advise (hftl/analysis/advise.py)
+    if section.name == AUTO:  # resolved at the start of the run by hftl advise (hftl/analysis/advise/decide.py)
         check_auto(section, file, key)
         return section
     if section.name not in STRATEGIES:

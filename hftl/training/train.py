@@ -87,7 +87,7 @@ def run(
     from hftl.training.adaptation import build_adaptation, load_target
     from hftl.training.trackers import check_trackers
 
-    recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/analysis/advise.py)
+    recipe = resolve_strategy(recipe)  # strategy.name: auto -> measured and chosen now (hftl/analysis/advise/decide.py)
     resume = recipe.train.resume if resume is None else resume
     set_threads(recipe.train.num_threads)
     task, run_dir = TASKS.get(recipe.task), recipe.run_dir
