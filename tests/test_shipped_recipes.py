@@ -15,7 +15,8 @@ import yaml
 from hftl.cli import main
 from hftl.config.recipe import load_recipe
 from hftl.config.shipped_recipes import RECIPES_DIR, shipped_recipes
-from hftl.data.sources import DATASETS, FILE_BUILDERS
+from hftl.data.catalog import DATASETS
+from hftl.data.sources import FILE_BUILDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -74,7 +74,8 @@ def test_grid_expands_every_point_with_multi_key_values(write_study):
         )
     )
     assert len(study.points) == 2 * 2 * 3
-    assert study.metric == "test.accuracy" and study.direction == "maximize"
+    assert study.metric == "validation.accuracy" and study.report == "test.accuracy"
+    assert study.direction == "maximize"
     assert [a.kind for a in study.axes] == ["strategy", "lr_multiplier", "seed"]
     overrides = study.trial_overrides({"strategy.name": "full+llrd", "lr_mult": 0.1, "train.seed": 2})
     assert (
@@ -109,8 +110,11 @@ BAD = {
         "search: tpe",
     ),
     "tpe-without-budget": ({"search": "tpe"}, "needs a budget", "trials: N"),
+    "pruned-grid": ({"pruner": "median"}, "pruner applies to search: tpe", ""),
     "reserved-key": ({"overrides": {"output.dir": "x"}}, "key 'output.dir' is set by the study", ""),
-    "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "test.accuracy"),
+    "bad-metric": ({"metric": "accuracy"}, "key 'metric'", "validation.accuracy"),
+    "test-chooses": ({"metric": "test.accuracy"}, "chooses on validation and reports on test", "'report:'"),
+    "bad-report": ({"report": "accuracy"}, "key 'report'", "test.accuracy"),
 }
 
 
@@ -157,11 +161,12 @@ def test_shipped_studies_validate():
         "fashion-mnist-strategies.yaml",
         "lr-multiplier.yaml",
         "domain-shift.yaml",
+        "bf16-cpu.yaml",
     ):
         study = load_study(ROOT / "studies" / name)
-        assert study.points and study.metric == "test.accuracy", name
-    # 6 strategies (scratch included) x sizes x 3 seeds; the shift study: pretrained/scratch x 6 severities x 3 seeds
-    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
+        assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), name
+    # text: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; images: 6 x 3 x 3; shift: 2 x 6 severities x 3 seeds
+    assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 6 * 3 * 3
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
@@ -189,13 +194,25 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys, monkey
     for r in rows:  # each row is its trial's own final metrics
         final = json.loads((folder / "trials" / r["trial"] / "metrics.json").read_text())
         assert float(r["test.accuracy"]) == pytest.approx(final["test"]["accuracy"])
+        assert float(r["validation.accuracy"]) == pytest.approx(final["validation"]["accuracy"])
+        # the cost breakdown: every part timed, together no more than the run itself
+        parts = {p: float(r[f"seconds.{p}"]) for p in ("load", "tokenize", "model", "train", "validate", "final_eval")}
+        assert parts == pytest.approx({p: final["seconds"][p] for p in parts}, abs=0.01)
+        assert all(v >= 0 for v in parts.values()) and parts["train"] > 0 and parts["final_eval"] > 0
+        assert sum(parts.values()) <= float(r["run_seconds"])
         assert float(r["train_seconds"]) == pytest.approx(final["train_seconds"])
+    # the worker encodes each (data, seed) once: the feature_extraction trials reuse the full trials' data
+    assert [r["strategy.name"] for r in rows] == ["full", "full", "feature_extraction", "feature_extraction"]
+    assert [float(r["seconds.tokenize"]) == 0.0 for r in rows] == [False, False, True, True]
     # a trial keeps what the report needs, not the weights
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
     assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
     assert not kept & {"model.safetensors", "checkpoints", "best", "config.json"}, kept
     report = (folder / "report.md").read_text()
     assert "| full | " in report and "2/2" in report
+    assert "| strategy.name | validation.accuracy | test.accuracy | n |" in report, report
+    assert "Selection on validation, report on test" in report
+    assert "## Cost breakdown" in report and "| all trials | 4 |" in report, report
     # paths as typed from where the study ran, not this machine's folders
     assert f"hftl study {path.name} --report" in report and f"sqlite:///{path.stem}/study.db" in report
     assert str(path.parent) not in report
@@ -389,3 +406,107 @@ def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
     ]
     assert write_plots(study, cells) == ["metric_vs_lr_multiplier.png", "transfer_gain_vs_shift.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in write_plots(study, cells))
+
+
+def test_best_cell_is_chosen_on_validation_and_test_only_reported(tmp_path):
+    """Validation and test disagree on purpose: the pick follows validation, the test mean is only shown."""
+    from hftl.analysis.study import Axis, AxisValue, Study, StudySpec
+    from hftl.analysis.study_report import best_cells, cell_stats
+
+    def axis(name, kind, labels):
+        return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
+
+    study = Study(
+        tmp_path / "s.yaml",
+        StudySpec(recipe="r.yaml", axes={"x": [1]}),
+        "s",
+        tmp_path,
+        tmp_path / "r.yaml",
+        [axis("data.max_train_samples", "data_size", [100]), axis("strategy.name", "strategy", ["a", "b"])]
+        + [axis("train.seed", "seed", [0, 1])],
+        "validation.accuracy",
+        "maximize",
+        "test.accuracy",
+    )
+    scores = {"a": (0.80, 0.60), "b": (0.70, 0.90)}  # (validation, test): a wins on validation, b on test
+    rows = [
+        {
+            "state": "COMPLETE",
+            "data.max_train_samples": 100,
+            "strategy.name": name,
+            "train.seed": seed,
+            "validation.accuracy": val + seed / 100,
+            "test.accuracy": test + seed / 100,
+            "train_seconds": 1.0,
+        }
+        for name, (val, test) in scores.items()
+        for seed in (0, 1)
+    ]
+    cells = cell_stats(study, rows)
+    [best] = best_cells(study, cells, "data.max_train_samples")
+    assert best["labels"]["strategy.name"] == "a"
+    assert best["mean"] == pytest.approx(0.805) and best["report_mean"] == pytest.approx(0.605)
+
+
+def test_a_worker_prepares_each_data_and_seed_once(text_recipe, monkeypatch):
+    """reuse_prepared_data: trials that differ in strategy / LRs / random weights share the encoded data; another
+    seed or size is encoded again; a split a run adds (train.eval_sample) does not leak into the next trial."""
+    from hftl import tasks
+    from hftl.config.recipe import load_recipe
+
+    path = text_recipe()
+    encodes = []
+    real = tasks.TASKS.get("text-classification").encode
+
+    def counting(*args, **kwargs):
+        encodes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(type(tasks.TASKS.get("text-classification")), "encode", staticmethod(counting), raising=False)
+    with tasks.reuse_prepared_data():
+        first = tasks.prepare_data(load_recipe(path, ["strategy.name=full"]))
+        first.encoded["validation_sample"] = first.encoded["validation"].select([0])
+        again = tasks.prepare_data(load_recipe(path, ["strategy.name=feature_extraction", "optim.lr=1e-3"]))
+        scratch = tasks.prepare_data(load_recipe(path, ["model.pretrained=false"]))
+        other_seed = tasks.prepare_data(load_recipe(path, ["train.seed=1"]))
+    outside = tasks.prepare_data(load_recipe(path))
+    assert len(encodes) == 3  # first, other seed, outside the block
+    assert again.seconds == {"load": 0.0, "tokenize": 0.0} == scratch.seconds and first.seconds["tokenize"] > 0
+    assert "validation_sample" not in again.encoded
+    for split in first.encoded:
+        if split != "validation_sample":
+            assert (
+                again.encoded[split]["input_ids"]
+                == first.encoded[split]["input_ids"]
+                == outside.encoded[split]["input_ids"]
+            )
+    assert other_seed.encoded["train"]["input_ids"] != first.encoded["train"]["input_ids"]
+
+
+def test_a_search_prunes_trials_on_their_validation_curve(write_study, monkeypatch, capsys):
+    """pruner: median feeds each evaluation during training to Optuna; a trial it prunes stops at that evaluation."""
+    import optuna
+
+    calls = []
+
+    def always(self):
+        calls.append(self.number)
+        return True
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", always)
+    path = write_study(
+        search="tpe",
+        trials=2,
+        pruner="median",
+        overrides={**FAST, "train.max_steps": 6, "train.eval_steps": 2},
+        axes={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+    )
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["study", str(path)]) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # a pruned run gives the signals back
+    folder = path.parent / path.stem
+    rows = read_csv(folder / "results.csv")
+    assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"] and calls == [0, 1]  # each stopped at its first eval
+    log = [json.loads(line) for line in (folder / "trials" / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if "validation" in r) == 2 and not any("final" in r for r in log)
+    assert "2 pruned" in (folder / "report.md").read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hftl.config.recipe import load_recipe
 from hftl.config.run_folder import read_log
 from hftl.training.train import run
@@ -21,3 +23,33 @@ def test_loss_falls_and_model_reloads_with_pipeline(text_recipe):
     pipe = pipeline("text-classification", model=str(result.run_dir))
     assert pipe("a great movie")[0]["label"] == "pos"
     assert pipe("an awful plot")[0]["label"] == "neg"
+
+
+def test_eval_sample_scores_a_fixed_sample_in_the_loop_and_the_full_splits_at_the_end(text_recipe, monkeypatch):
+    """train.eval_sample: the loop's evaluations see N validation rows (the same rows each time); the best model
+    is then scored once on the whole validation and test splits, which metrics.json reports."""
+    import hftl.training.train
+
+    seen: list[tuple[int, tuple]] = []
+
+    def counting(real):
+        def scored(model, dl, *args, **kwargs):
+            seen.append((len(dl.dataset), tuple(dl.dataset["text"]) if "text" in dl.dataset.column_names else ()))
+            return real(model, dl, *args, **kwargs)
+
+        return scored
+
+    for name in ("evaluate", "score"):  # the loop's evaluations; the final scoring (with the per-class report)
+        monkeypatch.setattr(hftl.training.train, name, counting(getattr(hftl.training.train, name)))
+    recipe = load_recipe(
+        text_recipe(train={"max_steps": 6, "eval_steps": 2, "eval_sample": 7, "min_steps": 0, "seed": 0})
+    )
+    final = run(recipe).metrics
+    sizes = final["examples"]
+    assert sizes["validation_sample"] == 7 and sizes["validation"] > 7
+    in_loop, at_end = seen[:3], seen[3:]
+    assert [n for n, _ in in_loop] == [7, 7, 7] and len({rows for _, rows in in_loop}) == 1
+    assert sorted(n for n, _ in at_end) == sorted([sizes["validation"], sizes["test"]])
+    assert final["validation"]["accuracy"] * sizes["validation"] == pytest.approx(
+        round(final["validation"]["accuracy"] * sizes["validation"])
+    )

@@ -9,11 +9,16 @@ A study file is YAML::
                       {label: full+llrd, set: {strategy.name: full, strategy.llrd: {decay: 0.8}}}]
       data.max_train_samples: [100, 1000]
       train.seed: [0, 1, 2]
-    metric: test.accuracy                      # default: the task's metric on the test split
+    metric: validation.accuracy                # what chooses (best trial, TPE, pruning); default shown
+    report: test.accuracy                      # reported beside, never used to choose; default shown
 
 An axis is a recipe key path with a list of values, or any name whose values are all
 ``{label, set}`` mappings (one knob that is really several keys). ``search: tpe`` with
 ``trials: N`` samples instead, and axes may then be ranges ``{low, high, log}``.
+
+Selection on validation, report on test: ``metric`` (what the best trial, TPE and pruning
+optimise) must be a validation metric; ``report`` (default: the task's metric on the test split)
+is shown beside it in every table and plot and never chooses anything.
 
 Before anything trains, every grid point's recipe is built with
 :func:`hftl.config.recipe.load_recipe` (each axis value alone first, so an error names the axis and
@@ -92,11 +97,21 @@ class StudySpec(_Model):
     recipe: str = Field(description="Base recipe, relative to the study file.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="key.path -> value, for every trial.")
     axes: dict[str, list[Any] | AxisSpec] = Field(min_length=1)
-    metric: str | None = Field(None, description="Dotted path into metrics.json (default: test.<task metric>).")
+    metric: str | None = Field(
+        None, description="What chooses: a validation metric in metrics.json (default: validation.<task metric>)."
+    )
+    report: str | None = Field(
+        None, description="Reported beside, never chosen on (default: test.<task metric> if there is a test split)."
+    )
     direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize for *loss.")
     search: Literal["grid", "tpe"] = "grid"
     trials: int | None = Field(None, gt=0, description="Budget of sampled trials (search: tpe).")
     seed: int = Field(0, ge=0, description="Seed of the TPE sampler.")
+    pruner: Literal["none", "median", "successive_halving"] = Field(
+        "none",
+        description="search: tpe: stop a trial whose validation curve falls behind (Optuna's MedianPruner or "
+        "SuccessiveHalvingPruner, fed by each evaluation during training).",
+    )
     timeout_minutes: float | None = Field(None, gt=0, description="Workers start no trial after this long.")
     output: str | None = Field(None, description="Study folder (default: <file folder>/<file stem>/).")
     storage: str | None = Field(None, description="Optuna RDB URL (default: sqlite:///<study folder>/study.db).")
@@ -110,6 +125,8 @@ class StudySpec(_Model):
             raise ValueError("search: tpe needs a budget: trials: N")
         if self.search == "grid" and self.trials is not None:
             raise ValueError("trials applies to search: tpe; a grid runs every point once")
+        if self.search == "grid" and self.pruner != "none":
+            raise ValueError("pruner applies to search: tpe; a grid runs every point to the end")
         return self
 
 
@@ -155,8 +172,9 @@ class Study:
     folder: Path
     recipe_file: Path
     axes: list[Axis]
-    metric: str
+    metric: str  # chooses (validation)
     direction: str
+    report: str | None = None  # reported beside (test), never chosen on
     points: list[dict[str, Any]] = field(default_factory=list)  # grid: axis -> label, in grid order
 
     @property
@@ -226,19 +244,29 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     from hftl.metrics import lower_is_better
     from hftl.tasks import selection_metric
 
-    metric = spec.metric or f"test.{selection_metric(base)}"
-    split = metric.split(".")[0]
-    if split not in ("test", "validation") or "." not in metric:
+    task_metric = selection_metric(base)
+    metric = spec.metric or f"validation.{task_metric}"
+    if metric.split(".")[0] != "validation" or "." not in metric:
         raise HftlError(
-            f"{file}: key 'metric': expected <split>.<name> with split test or validation, e.g. "
-            f"test.accuracy (got {metric!r})."
+            f"{file}: key 'metric': a study chooses on validation and reports on test, so 'metric' is "
+            f"validation.<name>, e.g. validation.{task_metric} (got {metric!r}). Put a test metric under "
+            f"'report:' (default: test.{task_metric})."
         )
-    if split == "test" and base.data.splits.test is None:
+    if base.data.splits.validation is None:
         raise HftlError(
-            f"{file}: key 'metric' is {metric!r} but the recipe has no test split (data.splits.test: null)."
+            f"{file}: key 'metric' is {metric!r} but the recipe has no validation split "
+            "(data.splits.validation: null); give it one, e.g. data.splits.validation: 0.1."
         )
+    report = spec.report or (f"test.{task_metric}" if base.data.splits.test is not None else None)
+    if report is not None:
+        if report.split(".")[0] not in ("test", "validation") or "." not in report:
+            raise HftlError(f"{file}: key 'report': expected <split>.<name>, e.g. test.{task_metric} (got {report!r}).")
+        if report.startswith("test.") and base.data.splits.test is None:
+            raise HftlError(
+                f"{file}: key 'report' is {report!r} but the recipe has no test split (data.splits.test: null)."
+            )
     direction = spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
-    study = Study(file, spec, spec.name or file.stem, folder, recipe_file, axes, metric, direction)
+    study = Study(file, spec, spec.name or file.stem, folder, recipe_file, axes, metric, direction, report)
     if spec.search == "grid":
         study.points = [
             dict(zip([a.name for a in axes], combo))

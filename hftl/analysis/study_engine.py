@@ -30,7 +30,14 @@ from typing import Any
 
 from hftl.analysis.study import Study, load_study, point_key
 from hftl.analysis.study_report import current_trials, write_report, write_results
-from hftl.analysis.study_storage import HEARTBEAT_SECONDS, ensure_study, load_optuna, open_storage, storage_lock
+from hftl.analysis.study_storage import (
+    HEARTBEAT_SECONDS,
+    ensure_study,
+    load_optuna,
+    make_pruner,
+    open_storage,
+    storage_lock,
+)
 from hftl.config import log
 from hftl.config.errors import HftlError
 
@@ -109,6 +116,13 @@ def _spawn_workers(study: Study, jobs: int) -> int:
 
 def work(study: Study, storage: Any, ostudy: Any) -> int:
     """One worker: take trials until none is left (grid) or the budget is spent (tpe); 130 if interrupted."""
+    from hftl.tasks import reuse_prepared_data
+
+    with reuse_prepared_data():  # load + tokenize once per (data, checkpoint, seed) in this worker
+        return _work(study, storage, ostudy)
+
+
+def _work(study: Study, storage: Any, ostudy: Any) -> int:
     deadline = time.time() + study.spec.timeout_minutes * 60 if study.spec.timeout_minutes else None
     while deadline is None or time.time() < deadline:
         with storage_lock(study):
@@ -176,12 +190,21 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
         before = time.perf_counter()
         try:
             with log.hushed():  # --quiet: the trial's own summary stays in its folder
-                result = train_run(recipe)
+                result = train_run(recipe, on_evaluate=_pruning_hook(study, trial))
         finally:
             run_seconds = time.perf_counter() - before
         value = lookup(result.metrics, study.metric)
         trial.set_user_attr("hftl_metrics", _scalars(result.metrics))
         error = None
+    except optuna.TrialPruned as exc:
+        beat.stop()
+        prune_trial_dir(run_dir)
+        trial.set_user_attr("hftl_run_seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("hftl_pruned", str(exc))
+        ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        log.say(f"[study] trial {trial.number} ({shown}) pruned: {exc}")
+        write_results(study, ostudy)
+        return True
     except (KeyboardInterrupt, HftlError) as exc:
         if isinstance(exc, KeyboardInterrupt) or exc.exit_code == 130:  # SIGTERM / Ctrl-C: stop, run it again later
             beat.stop()
@@ -209,6 +232,22 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
         log.warn(f"[study] trial {trial.number} ({shown}) FAILED: {error}")
     write_results(study, ostudy)
     return True
+
+
+def _pruning_hook(study: Study, trial: Any) -> Any:
+    """Report each evaluation during training to the pruner; stop the trial when it says so (search: tpe)."""
+    if study.spec.pruner == "none":
+        return None
+    optuna = load_optuna()
+    name = study.metric.split(".", 1)[1]  # validation.accuracy -> accuracy, as the loop's evaluations name it
+
+    def on_evaluate(step: int, scores: dict[str, float]) -> None:
+        if name in scores:
+            trial.report(float(scores[name]), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{study.metric} {scores[name]:.4f} at step {step} behind the others")
+
+    return on_evaluate
 
 
 def _suggest(study: Study, trial: Any) -> dict[str, Any]:
@@ -326,7 +365,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     storage = open_storage(study)
     optuna = load_optuna()
     sampler = optuna.samplers.TPESampler(seed=study.spec.seed) if study.spec.search == "tpe" else None
-    return work(study, storage, optuna.load_study(study_name=study.name, storage=storage, sampler=sampler))
+    ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=make_pruner(study))
+    return work(study, storage, ostudy)
 
 
 if __name__ == "__main__":

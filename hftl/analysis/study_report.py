@@ -16,6 +16,8 @@ from typing import Any
 from hftl.analysis.study import Study
 
 FIXED_COLUMNS = ("train_seconds", "run_seconds", "overhead_seconds", "attempts", "error", "dir")
+# A trial's cost breakdown (metrics.json "seconds", written by hftl.training.train.run), in the order a run spends it.
+COST_PARTS = ("load", "tokenize", "model", "features", "train", "validate", "final_eval")
 
 
 def current_trials(ostudy: Any) -> list[Any]:
@@ -34,9 +36,16 @@ def result_rows(study: Study, ostudy: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
         row.update({axis.name: labels.get(axis.name) for axis in study.axes})
         row[study.metric] = metrics.get(study.metric, t.value if t.state.name == "COMPLETE" else None)
+        if study.report:
+            row[study.report] = metrics.get(study.report)
         row.update(
-            {k: v for k, v in sorted(metrics.items()) if k.startswith(("test.", "validation.")) and k != study.metric}
+            {
+                k: v
+                for k, v in sorted(metrics.items())
+                if k.startswith(("test.", "validation.")) and k not in (study.metric, study.report)
+            }
         )
+        row.update({f"seconds.{p}": metrics.get(f"seconds.{p}") for p in COST_PARTS})
         row.update(
             {
                 "train_seconds": metrics.get("train_seconds"),
@@ -99,24 +108,34 @@ def cell_axes(study: Study) -> list[str]:
 
 
 def cell_stats(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std and count of the metric per cell, in the order cells first appear (grid order)."""
+    """Per cell, in the order cells first appear (grid order): mean, std and count of the choosing metric
+    (``mean``/``std``, validation) and of the reported one (``report_mean``/``report_std``, test)."""
     names = cell_axes(study)
     cells: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = tuple(str(row[n]) for n in names)
-        cell = cells.setdefault(key, {"labels": {n: row[n] for n in names}, "values": [], "seconds": [], "total": 0})
+        cell = cells.setdefault(
+            key, {"labels": {n: row[n] for n in names}, "values": [], "reported": [], "seconds": [], "total": 0}
+        )
         cell["total"] += 1
         if row["state"] == "COMPLETE" and row[study.metric] is not None:
             cell["values"].append(float(row[study.metric]))
+            if study.report and row.get(study.report) not in (None, ""):
+                cell["reported"].append(float(row[study.report]))
             if row["train_seconds"] is not None:
                 cell["seconds"].append(float(row["train_seconds"]))
     for cell in cells.values():
-        values = cell["values"]
-        cell["n"] = len(values)
-        cell["mean"] = statistics.fmean(values) if values else math.nan
-        cell["std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan
+        cell["n"] = len(cell["values"])
+        cell["mean"], cell["std"] = _mean_std(cell["values"])
+        cell["report_mean"], cell["report_std"] = _mean_std(cell["reported"])
         cell["train_seconds"] = statistics.fmean(cell["seconds"]) if cell["seconds"] else math.nan
     return list(cells.values())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _num(label: Any) -> float | None:
@@ -160,6 +179,13 @@ def write_plots(study: Study, cells: list[dict[str, Any]]) -> list[str]:
     return [m for m in made if m]
 
 
+def _plotted(study: Study, cells: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """(mean key, std key, label) the plots show: the reported metric when the cells have it, else the choosing one."""
+    if study.report and any(c.get("reported") for c in cells):
+        return "report_mean", "report_std", study.report
+    return "mean", "std", study.metric
+
+
 def _series(cells: list[dict[str, Any]], x_axis: str, skip: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
     """Cells grouped into lines: one line per combination of the other cell axes."""
     lines: dict[str, list[dict[str, Any]]] = {}
@@ -193,12 +219,13 @@ def _line_plot(
     lines = _series(cells, x_axis)
     if not lines:
         return None
+    mean, std, shown = _plotted(study, cells)
     plt, fig, ax = _figure()
     ticks = sorted({x for line in lines.values() for c in line if (x := _num(c["labels"][x_axis])) is not None})
     for label, line in lines.items():
         xs = [_num(c["labels"][x_axis]) for c in line]
         xs = [ticks.index(x) for x in xs] if categorical else xs
-        ax.errorbar(xs, [c["mean"] for c in line], yerr=[c["std"] for c in line], marker="o", capsize=3, label=label)
+        ax.errorbar(xs, [c[mean] for c in line], yerr=[c[std] for c in line], marker="o", capsize=3, label=label)
     if categorical:  # LR multipliers include 0: evenly spaced, labelled ticks
         ax.set_xticks(range(len(ticks)), [f"{t:g}" for t in ticks])
     if log_x:  # ticks at the sizes run, written plainly (not 4x10^1)
@@ -206,7 +233,7 @@ def _line_plot(
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.set_xlabel(f"{xlabel} ({x_axis})")
-    ax.set_ylabel(study.metric)
+    ax.set_ylabel(shown)
     ax.set_title(f"{study.name}: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -225,6 +252,7 @@ def _gain_plot(study: Study, cells: list[dict[str, Any]], pretrained: str, sever
             continue
         name = ", ".join(f"{k}={v}" for k, v in cell["labels"].items() if k not in (pretrained, severity)) or "gain"
         lines.setdefault(name, {}).setdefault(s, {})[_is_pretrained(cell["labels"][pretrained])] = cell
+    mean, std, shown = _plotted(study, cells)
     plt, fig, ax = _figure()
     drawn = False
     for name, by_severity in lines.items():
@@ -232,8 +260,8 @@ def _gain_plot(study: Study, cells: list[dict[str, Any]], pretrained: str, sever
         if pts:
             ax.errorbar(
                 [p[0] for p in pts],
-                [p[1]["mean"] - p[2]["mean"] for p in pts],
-                yerr=[math.hypot(p[1]["std"], p[2]["std"]) for p in pts],
+                [p[1][mean] - p[2][mean] for p in pts],
+                yerr=[math.hypot(p[1][std], p[2][std]) for p in pts],
                 marker="o",
                 capsize=3,
                 label=name,
@@ -244,7 +272,7 @@ def _gain_plot(study: Study, cells: list[dict[str, Any]], pretrained: str, sever
         return None
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel(f"shift severity ({severity})")
-    ax.set_ylabel(f"transfer gain in {study.metric} (pretrained - scratch)")
+    ax.set_ylabel(f"transfer gain in {shown} (pretrained - scratch)")
     ax.set_title(f"{study.name}: transfer gain vs domain shift")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -255,6 +283,78 @@ def _gain_plot(study: Study, cells: list[dict[str, Any]], pretrained: str, sever
 
 
 # --------------------------------------------------------------------------- markdown
+def _fmt(value: Any) -> str:
+    try:
+        return f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if n and not math.isnan(mean) else "-"
+
+
+def _cost_breakdown(study: Study, rows: list[dict[str, Any]]) -> list[str]:
+    """Seconds spent per part of the completed trials (summed), per strategy (else per value of the first axis)."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and r.get("run_seconds") is not None]
+    if not done:
+        return []
+    by = next((a.name for a in study.axes if a.kind == "strategy"), None) or next(iter(cell_axes(study)), None)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in done:
+        groups.setdefault(str(r[by]) if by else "all trials", []).append(r)
+    if by and len(groups) > 1:
+        groups["all trials"] = done
+    head = ["trials", *COST_PARTS, "other", "run"]
+    out = [
+        "",
+        "## Cost breakdown",
+        "",
+        "Seconds summed over the completed trials (one process's clock; `other`: the rest of the run, "
+        "i.e. set-up, checkpoints, the card and plots). `load` reads and splits the data, `tokenize` loads the "
+        "processor and encodes, `model` builds the checkpoint with its head, `features` fills or reads the frozen "
+        "feature cache, `train` is the steps (and the probe fit), `validate` the evaluations during training, "
+        "`final_eval` the best model on the full validation and test splits.",
+        "",
+        f"| {by or ''} | " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(head),
+    ]
+    for name, group in groups.items():
+        parts = [sum(float(r.get(f"seconds.{p}") or 0.0) for r in group) for p in COST_PARTS]
+        run = sum(float(r["run_seconds"]) for r in group)
+        cells = [str(len(group)), *(f"{v:.0f}" for v in parts), f"{run - sum(parts):.0f}", f"{run:.0f}"]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def best_cells(study: Study, cells: list[dict[str, Any]], within: str) -> list[dict[str, Any]]:
+    """For each value of the ``within`` axis (e.g. the data size), the cell with the best mean on validation."""
+    pick = max if study.direction == "maximize" else min
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        if cell["n"]:
+            groups.setdefault(str(cell["labels"][within]), []).append(cell)
+    return [pick(group, key=lambda c: c["mean"]) for group in groups.values()]
+
+
+def _best_per_group(study: Study, cells: list[dict[str, Any]]) -> list[str]:
+    """'Which strategy at which size': picked on validation, its test mean shown beside."""
+    kinds = {a.kind: a.name for a in study.axes if a.kind}
+    if "data_size" not in kinds or len(cell_axes(study)) < 2:
+        return []
+    size = kinds["data_size"]
+    out = ["", f"Best cell per `{size}`, chosen on `{study.metric}` (mean over seeds):", ""]
+    for cell in best_cells(study, cells, size):
+        shown = ", ".join(f"{k}={v}" for k, v in cell["labels"].items() if k != size)
+        beside = f", {study.report} {_pm(cell['report_mean'], cell['report_std'], len(cell['reported']))}"
+        out.append(
+            f"- {size}={cell['labels'][size]}: {shown} ({study.metric} {cell['mean']:.4f}"
+            + (beside if study.report else "")
+            + ")"
+        )
+    return out
+
+
 def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, Any]], plots: list[str]) -> str:
     states = [r["state"] for r in rows]
     seeds = [a.name for a in study.axes if a.kind == "seed"]
@@ -263,40 +363,52 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
     out = [f"# Study `{study.name}`", ""]
     if study.spec.description:
         out += [study.spec.description.strip(), ""]
+    reported = f", reported beside on `{study.report}`" if study.report else ""
     out += [
-        f"Base recipe `{os.path.relpath(study.recipe_file, study.folder)}`, {study.spec.search} search, metric "
-        f"`{study.metric}` ({study.direction}). Trials: {states.count('COMPLETE')} complete, "
-        f"{states.count('FAIL')} failed, {states.count('RUNNING')} running, {states.count('WAITING')} waiting.",
+        f"Base recipe `{os.path.relpath(study.recipe_file, study.folder)}`, {study.spec.search} search. "
+        f"Selection on validation, report on test: every choice (best trial, best cell, the search) is made on "
+        f"`{study.metric}` ({study.direction}){reported}, which chooses nothing. "
+        f"Trials: {states.count('COMPLETE')} complete, "
+        f"{states.count('FAIL')} failed, {states.count('PRUNED')} pruned, {states.count('RUNNING')} running, "
+        f"{states.count('WAITING')} waiting.",
         "",
     ]
     if best:
         shown = ", ".join(f"{a.name}={best[a.name]}" for a in study.axes)
-        out += [f"Best trial: #{best['trial']} ({shown}): {best[study.metric]:.4f}.", ""]
+        beside = f"; {study.report} {_fmt(best.get(study.report))}" if study.report else ""
+        out += [f"Best trial on validation: #{best['trial']} ({shown}): {best[study.metric]:.4f}{beside}.", ""]
     if study.spec.search == "grid":
         over = f"over seeds (`{'`, `'.join(seeds)}`)" if seeds else "(no seed axis: one trial per cell)"
         out += [f"Mean ± sample std {over}; n = completed trials / trials of the cell.", ""]
         names = cell_axes(study)
-        out += [
-            "| " + " | ".join([*names, study.metric, "n", "train s"]) + " |",
-            "|" + "---|" * len(names) + "---:|---:|---:|",
-        ]
+        columns = [*names, study.metric, *([study.report] if study.report else []), "n", "train s"]
+        out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(names) + "---:|" * (len(columns) - len(names))]
         for c in cells:
-            value = f"{c['mean']:.4f} ± {c['std']:.4f}" if c["n"] else "-"
+            values = [_pm(c["mean"], c["std"], c["n"])]
+            if study.report:
+                values.append(_pm(c["report_mean"], c["report_std"], len(c["reported"])))
             secs = f"{c['train_seconds']:.1f}" if c["n"] and not math.isnan(c["train_seconds"]) else "-"
             out.append(
-                "| " + " | ".join([*(str(c["labels"][n]) for n in names), value, f"{c['n']}/{c['total']}", secs]) + " |"
+                "| "
+                + " | ".join([*(str(c["labels"][n]) for n in names), *values, f"{c['n']}/{c['total']}", secs])
+                + " |"
             )
+        out += _best_per_group(study, cells)
     else:
+        columns = [a.name for a in study.axes] + [study.metric] + ([study.report] if study.report else [])
         out += [
-            "| trial | " + " | ".join(a.name for a in study.axes) + f" | {study.metric} |",
-            "|---:|" + "---|" * len(study.axes) + "---:|",
+            "| trial | " + " | ".join(columns) + " |",
+            "|---:|" + "---|" * len(study.axes) + "---:|" * (len(columns) - len(study.axes)),
         ]
         for r in sorted(done, key=lambda r: r[study.metric], reverse=study.direction == "maximize")[:20]:
             out.append(
                 f"| {r['trial']} | "
                 + " | ".join(f"{r[a.name]:.4g}" if isinstance(r[a.name], float) else str(r[a.name]) for a in study.axes)
-                + f" | {r[study.metric]:.4f} |"
+                + f" | {r[study.metric]:.4f}"
+                + (f" | {_fmt(r.get(study.report))}" if study.report else "")
+                + " |"
             )
+    out += _cost_breakdown(study, rows)
     failed = [r for r in rows if r["state"] == "FAIL"]
     if failed:
         out += ["", "## Failed trials", "", "| trial | point | error |", "|---:|---|---|"]

@@ -74,6 +74,16 @@ def storage_lock(study: Study) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def make_pruner(study: Study) -> Any:
+    """The study's pruner: median (after 2 complete trials and 1 evaluation) or successive halving; else none."""
+    optuna = load_optuna()
+    if study.spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if study.spec.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
 def ensure_study(study: Study, storage: Any) -> Any:
     """Create the Optuna study and enqueue the grid once; or load it (refusing a different study of that name)."""
     optuna = load_optuna()
@@ -84,10 +94,15 @@ def ensure_study(study: Study, storage: Any) -> Any:
     )
     try:
         ostudy = optuna.create_study(
-            storage=storage, study_name=study.name, direction=study.direction, sampler=sampler, load_if_exists=False
+            storage=storage,
+            study_name=study.name,
+            direction=study.direction,
+            sampler=sampler,
+            pruner=make_pruner(study),
+            load_if_exists=False,
         )
     except optuna.exceptions.DuplicatedStudyError:
-        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
+        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=make_pruner(study))
         deadline = time.time() + 15  # its creator may still be enqueueing the grid
         while "hftl_fingerprint" not in ostudy.user_attrs and time.time() < deadline:
             time.sleep(0.5)

@@ -144,8 +144,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import time
 
-    from hftl.data.cache import cache_entries, format_entries, format_size, remove_entries, select
-    from hftl.data.sources import cache_dir
+    from hftl.data.cache import cache_dir, cache_entries, format_entries, format_size, remove_entries, select
 
     root, now = cache_dir(), time.time()
     entries = [e for e in cache_entries(root) if not args.kind or e.kind in args.kind]
@@ -207,7 +206,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 @command
 def cmd_advise(args: argparse.Namespace) -> int:
-    from hftl.analysis.advise import run_advise
+    from hftl.cli.advise import run_advise
 
     return run_advise(args.recipe, args.overrides, args.write, args.verify, args.seeds, args.verify_steps)
 

@@ -335,6 +335,13 @@ class TrainSection(Section):
     save_total_limit: int = Field(
         2, ge=1, description="Resumable states kept; the newest complete one is never deleted."
     )
+    eval_sample: int | None = Field(
+        None,
+        gt=0,
+        description="Score validation during training on a fixed random sample of this many examples (it picks "
+        "the best model); the best model is then scored once on the full validation and test splits. Default: "
+        "the whole validation split at every evaluation.",
+    )
     early_stopping_patience: int | None = Field(None, gt=0)
     metric: str | None = Field(None, description="Metric that picks the best model (default: the task's).")
     seed: int = Field(42, ge=0, lt=2**32, description="Seeds python, numpy and torch (numpy needs 0 <= seed < 2**32).")

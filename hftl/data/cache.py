@@ -1,9 +1,9 @@
 """hftl's own caches, listed and cleared (``hftl cache``), like ``hf cache`` for the Hugging Face ones.
 
-Everything lives under :func:`hftl.data.sources.cache_dir` (``$HFTL_CACHE_DIR``, else
+Everything lives under :func:`cache_dir` (``$HFTL_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/hftl`` or ``~/.cache/hftl``), one folder per kind:
 
-- ``datasets/``: offline catalog datasets converted once to Arrow (:func:`hftl.data.sources._cached`);
+- ``datasets/``: offline catalog datasets converted once to Arrow (:func:`hftl.data.catalog._cached`);
 - ``checkpoints/``: checkpoints exported once from packages (:mod:`hftl.models.pretrained`);
 - ``features/``: frozen-backbone features (:mod:`hftl.training.feature_cache`).
 
@@ -14,12 +14,57 @@ deleted, so clearing only costs time. Hugging Face's own caches (Hub models,
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hftl.config.errors import DataError
+
 KINDS = ("datasets", "checkpoints", "features")
+
+
+def cache_dir() -> pathlib.Path:
+    """Root of hftl's own cache: ``$HFTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hftl`` or ``~/.cache/hftl``."""
+    if os.environ.get("HFTL_CACHE_DIR"):
+        root, name = pathlib.Path(os.environ["HFTL_CACHE_DIR"]).expanduser(), "HFTL_CACHE_DIR"
+    else:
+        root, name = (
+            pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "hftl",
+            "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default cache folder",
+        )
+    for path in [root, *root.parents]:
+        if path.exists() and not path.is_dir():
+            raise DataError(
+                f"hftl's cache folder {root} ({name}) cannot be used: {path} is a file. Point "
+                "HFTL_CACHE_DIR at a folder."
+            )
+    return root
+
+
+def build_once(target: pathlib.Path, marker: str, build: Callable[[pathlib.Path], object]) -> pathlib.Path:
+    """Make cache folder ``target`` once: ``build(tmp)`` fills a temporary folder that is renamed into place.
+
+    ``target / marker`` existing means the folder is complete; concurrent processes never see half of it.
+    """
+    if not (target / marker).exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first; its copy is identical
+                if not (target / marker).exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 @dataclass(frozen=True)
@@ -37,8 +82,6 @@ class CacheEntry:
 
 def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     """Every entry of hftl's cache, by kind then name; unknown files or folders count as kind ``other``."""
-    from hftl.data.sources import cache_dir
-
     root = cache_dir() if root is None else root
     if not root.is_dir():
         return []

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import datasets
 
-from hftl.data.sources import DATASETS, _cached, find_package_file, wnut16
+from hftl.data.catalog import DATASETS, _cached, find_package_file, wnut16
 
 
 @DATASETS.register("wnut16-entity-types")
@@ -42,7 +42,7 @@ def wnut16_entity_types() -> datasets.DatasetDict:
 @DATASETS.register("rotten-tomatoes-tomatometer")
 def rotten_tomatoes_tomatometer() -> datasets.DatasetDict:
     """12,808 Rotten Tomatoes snippets with their movie's leave-one-out Tomatometer (share fresh, 0-1)."""
-    from hftl.data.sources import rotten_tomatoes
+    from hftl.data.catalog import rotten_tomatoes
 
     rows = rotten_tomatoes()["train"]
     fresh = [int(x) for x in rows["label"]]  # ClassLabel rotten=0, fresh=1

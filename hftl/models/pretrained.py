@@ -244,7 +244,7 @@ def reset_head(model, head: LayerGroup) -> None:
 # --------------------------------------------------------------------------- checkpoints built here
 def _cached_folder(name: str, key: str, build: Callable[[Path], None]) -> str:
     """A checkpoint folder under the hftl cache, written once by ``build(folder)`` and renamed into place."""
-    from hftl.data.sources import build_once, cache_dir
+    from hftl.data.cache import build_once, cache_dir
 
     target = cache_dir() / "checkpoints" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     build_once(target, "config.json", build)

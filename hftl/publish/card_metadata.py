@@ -89,7 +89,8 @@ def checkpoint_hub_id(checkpoint: str) -> str | None:
 
 def dataset_hub_id(source: str) -> str | None:
     """The Hub id of a data source: catalog names map through DATASET_HUB_IDS; builders, files and folders have none."""
-    from hftl.data.sources import DATASETS, FILE_BUILDERS, PACKAGED_BUILDERS
+    from hftl.data.catalog import DATASETS
+    from hftl.data.sources import FILE_BUILDERS, PACKAGED_BUILDERS
 
     if source in DATASET_HUB_IDS:
         return DATASET_HUB_IDS[source]

@@ -15,7 +15,9 @@ imports every module of this package on its first lookup), plus its tests
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -102,6 +104,7 @@ class PreparedData(NamedTuple):
     labels: list[str]
     encoded: datasets.DatasetDict
     reports: list[str]  # bad examples skipped, one line per split
+    seconds: dict[str, float] = {}  # load (read + split), tokenize (processor + encode): a run's cost breakdown
 
 
 def selection_metric(recipe: Recipe) -> str:
@@ -116,13 +119,63 @@ def selection_metric(recipe: Recipe) -> str:
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
-    """Load, split, label and encode a recipe's data with its checkpoint's processor (as a run does)."""
+    """Load, split, label and encode a recipe's data with its checkpoint's processor (as a run does).
+
+    Inside :func:`reuse_prepared_data` (a study worker), a recipe whose data, checkpoint and seed were prepared
+    before gets that result again: the load and the tokenization are paid once per worker, not per trial.
+    """
+    import time
+
+    import datasets
+
+    key = _data_key(recipe) if _REUSED is not None else None
+    if key is not None and key in _REUSED:
+        _REUSED.move_to_end(key)
+        kept = _REUSED[key]
+        # a fresh DatasetDict: runs add splits to it (train.eval_sample, adaptation); the datasets are immutable
+        encoded = datasets.DatasetDict(dict(kept.encoded))
+        return PreparedData(kept.processor, kept.labels, encoded, kept.reports, {"load": 0.0, "tokenize": 0.0})
     task = TASKS.get(recipe.task)
+    started = time.perf_counter()
     splits = task.load_splits(recipe)
+    loaded = time.perf_counter()
     processor = task.load_processor(recipe)
     labels = task.label_names(splits, recipe)
     encoded, reports = task.encode(splits, processor, recipe, labels)
-    return PreparedData(processor, labels, encoded, reports)
+    seconds = {"load": loaded - started, "tokenize": time.perf_counter() - loaded}
+    data = PreparedData(processor, labels, encoded, reports, seconds)
+    if key is not None and _REUSED is not None:
+        _REUSED[key] = PreparedData(processor, labels, datasets.DatasetDict(dict(encoded)), reports, seconds)
+        while len(_REUSED) > REUSE_LIMIT:
+            _REUSED.popitem(last=False)
+    return data
+
+
+# Prepared data kept by reuse_prepared_data: a grid's trials of one (size, seed) across strategies share it.
+REUSE_LIMIT = 8
+_REUSED: collections.OrderedDict[str, PreparedData] | None = None
+
+
+@contextlib.contextmanager
+def reuse_prepared_data() -> Iterator[None]:
+    """Keep the last few prepared datasets in this process (the study engine's workers run trials in a row)."""
+    global _REUSED
+    outer, _REUSED = _REUSED, collections.OrderedDict() if _REUSED is None else _REUSED
+    try:
+        yield
+    finally:
+        _REUSED = outer
+
+
+def _data_key(recipe: Recipe) -> str:
+    """What the prepared data depends on: the task, the data section, the checkpoint (its processor), the seed
+    (it draws the training subset and carves the splits). Not the strategy, optimizer, schedule or output, nor
+    model.pretrained (random weights use the same processor)."""
+    import json
+
+    model = recipe.model.model_dump(mode="json", exclude={"pretrained"})
+    doc = {"task": recipe.task, "model": model, "data": recipe.data.model_dump(mode="json"), "seed": recipe.train.seed}
+    return json.dumps(doc, sort_keys=True, default=str)
 
 
 __all__ = ["TASKS", "CardInfo", "PreparedData", "Task", "prepare_data"]

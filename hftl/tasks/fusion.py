@@ -53,7 +53,7 @@ def digits_plus() -> datasets.DatasetDict:
     import datasets
     import numpy as np
 
-    from hftl.data.sources import DATASETS
+    from hftl.data.catalog import DATASETS
 
     base = DATASETS.get("mnist-5k")()["train"]
     digits = np.asarray(base["label"])
@@ -71,7 +71,7 @@ def digits_plus() -> datasets.DatasetDict:
 def register_catalog() -> None:
     """Add ``digits-plus`` to the offline dataset catalog (done when the task loads data, so that
     validating a recipe does not import ``datasets``)."""
-    from hftl.data.sources import DATASETS
+    from hftl.data.catalog import DATASETS
 
     if "digits-plus" not in DATASETS:
         DATASETS.register("digits-plus")(digits_plus)

@@ -23,12 +23,21 @@ if TYPE_CHECKING:
     from hftl.training.hooks import ExtraGroup
 
 
+VALIDATION_SAMPLE = "validation_sample"  # train.eval_sample: what the loop's evaluations score
+
+
 def load_data(recipe: Recipe, accelerator: Any) -> PreparedData:
     """Load, split, label and encode the data (the main process fills the datasets cache first)."""
+    from hftl.data.splits import subsample
     from hftl.tasks import prepare_data
 
     with accelerator.main_process_first():
         data = prepare_data(recipe)
+    validation, cap = data.encoded.get("validation"), recipe.train.eval_sample
+    if validation is not None and cap is not None and cap < len(validation):
+        # the same rows for every seed when the split is fixed (data.split_seed), like the split itself
+        seed = recipe.train.seed if recipe.data.split_seed is None else recipe.data.split_seed
+        data.encoded[VALIDATION_SAMPLE] = subsample(validation, cap, seed)
     from hftl.config.log import say
 
     for report in data.reports:
@@ -100,9 +109,9 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
             num_workers=workers,
             pin_memory=on_gpu,
         )
-        for split in ("validation", "test", "target_test")
+        for split in ("validation", "test", "target_test", VALIDATION_SAMPLE)
         if split in data.encoded
-    }  # target: adaptation
+    }  # target: adaptation; the validation sample: train.eval_sample
     return train_dl, eval_dls
 
 

@@ -8,6 +8,9 @@ one. A field is ``None`` until the step that builds it has run.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +32,39 @@ class LoopState:
     best_metric: float | None = None
     best_step: int | None = None
     best_scores: dict[str, float] | None = None
+    last_scores: dict[str, float] | None = None
     bad_evals: int = 0
     done: bool = False
     loss_sum: float = 0.0  # the training loss summed since the last log line (synced from the device when read)
+
+
+class Costs:
+    """Seconds per part of a run (metrics.json ``seconds``; a study's cost breakdown): load and tokenize (from
+    the prepared data), model, features, train (the probe fit and the loop's steps), validate, final_eval."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._loop: tuple[float, float] = (0.0, 0.0)  # wall clock and validation seconds when the loop started
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
+
+    def start_loop(self) -> float:
+        """The loop starts now: returns the wall clock (its evaluations are counted as validate, not train)."""
+        self._loop = (time.time(), self.seconds.get("validate", 0.0))
+        return self._loop[0]
+
+    def end_loop(self) -> float:
+        """The loop ended: its seconds, of which those not spent validating are added to train."""
+        seconds = time.time() - self._loop[0]
+        in_loop = self.seconds.get("validate", 0.0) - self._loop[1]
+        self.seconds["train"] = self.seconds.get("train", 0.0) + seconds - in_loop
+        return seconds
 
 
 @dataclass
@@ -56,6 +89,8 @@ class RunContext:
     evaluate_first: bool = False  # a hook set the head before the loop: its weights are the first best candidate
     state: LoopState = field(default_factory=LoopState)
     running_loss: torch.Tensor | None = None  # the loss since the last log line, on the device (no per-batch sync)
+    costs: Costs = field(default_factory=Costs)
+    on_evaluate: Callable[[int, dict[str, float]], None] | None = None  # the caller's, after each evaluation
 
     @property
     def metric(self) -> str:

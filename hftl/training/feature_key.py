@@ -1,6 +1,6 @@
 """Feature caching (:mod:`hftl.training.feature_cache`): where a split's cached features live, and their key.
 
-The cache lives in ``<hftl cache dir>/features`` (see :func:`hftl.data.sources.cache_dir`),
+The cache lives in ``<hftl cache dir>/features`` (see :func:`hftl.data.cache.cache_dir`),
 one safetensors file per split, named by a digest of: the checkpoint, revision and
 resolved commit, a digest of the frozen weights themselves (so ``init_from`` or an
 edited local folder invalidates it), the model's class and config (label fields
@@ -50,7 +50,7 @@ _ROW_SETTINGS = {
 
 
 def cache_dir() -> Path:
-    from hftl.data.sources import cache_dir as root
+    from hftl.data.cache import cache_dir as root
 
     return root() / "features"
 

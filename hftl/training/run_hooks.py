@@ -34,7 +34,8 @@ class FeatureCache(RunHook):
     def on_plan(self, ctx: RunContext) -> None:
         from hftl.training import feature_cache
 
-        ctx.train_dl, ctx.eval_dls, ctx.head_chain = feature_cache.maybe_use_cache(ctx)
+        with ctx.costs.timed("features"):
+            ctx.train_dl, ctx.eval_dls, ctx.head_chain = feature_cache.maybe_use_cache(ctx)
 
 
 def _fits_head(recipe: Any) -> bool:
@@ -65,8 +66,9 @@ class ProbeHead(RunHook):
                 ctx.recipe.strategy.name,
                 hint="The [cache] line above says why.",
             )
-        if ctx.head_chain and fit_head_first(ctx.recipe) and fit_probe_head(ctx, fitter):
-            ctx.evaluate_first = True  # the fitted probe is the first candidate for the best model
+        with ctx.costs.timed("train"):
+            fitted = ctx.head_chain and fit_head_first(ctx.recipe) and fit_probe_head(ctx, fitter)
+        ctx.evaluate_first = bool(fitted)  # the fitted probe is the first candidate for the best model
 
 
 def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from hftl.config import log, run_folder
 from hftl.config.schema import Recipe
 from hftl.training.backend import check_backend_applied
 from hftl.training.build import (
+    VALIDATION_SAMPLE,
     build_loaders,
     build_model,
     build_optimizer,
@@ -62,23 +64,21 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
-    """Train, evaluate and save one recipe; returns the final metrics. (``strategy.name: auto`` is resolved
-    where the recipe is loaded for a run: :func:`hftl.analysis.advise.resolve_strategy`.)"""
+def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None = None) -> RunResult:
+    """Train, evaluate and save one recipe; returns the final metrics. ``on_evaluate(step, validation scores)``
+    runs after each evaluation (a study's pruner: what it raises ends the run there). ``strategy.name: auto``
+    is resolved where the recipe is loaded for a run (:func:`hftl.analysis.advise.resolve_strategy`)."""
     from accelerate.utils import set_seed
 
     from hftl.strategies import changes_mid_run
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
-    from hftl.training.trackers import check_trackers
 
     recipe, backend = resolve_launch(recipe)  # accelerate config / launch flags vs the recipe (training/backend.py)
-    ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, recipe.train.resume if resume is None else resume)
+    resume = recipe.train.resume if resume is None else resume
+    ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, resume, on_evaluate=on_evaluate)
     hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
-    set_threads(recipe.train.num_threads)
-    check_trackers(recipe.train.trackers)
-    run_folder.check_run_dir(recipe, ctx.run_dir, ctx.resume, bool(complete_checkpoints(ctx.run_dir)))
-    check_resumable(ctx.run_dir, ctx.resume)
+    check_before_work(ctx)
     hooks.check(ctx)  # all before any work
 
     # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
@@ -87,7 +87,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     set_seed(recipe.train.seed)
     ctx.data = load_data(recipe, ctx.accelerator)
     hooks.on_data(ctx)
-    ctx.model = build_model(recipe, ctx.task, ctx.data.labels)
+    with ctx.costs.timed("model"):
+        ctx.model = build_model(recipe, ctx.task, ctx.data.labels)
     ctx.train_dl, ctx.eval_dls = build_loaders(recipe, ctx.task, ctx.data)
     ctx.plan = build_plan(ctx.model, recipe, ctx.task, len(ctx.train_dl.batch_sampler), ctx.accelerator.num_processes)
     log.say(format_plan(ctx.plan, ctx.model) + "\n" + describe_model(ctx.model))
@@ -104,46 +105,58 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     # -- the loop
     eval_steps = train.eval_steps or max(plan.steps_per_epoch, math.ceil(plan.total_steps / 10))
     save_steps = train.save_steps or eval_steps
-    stop, bar, started = StopFlag(accelerator), progress_bar(ctx), time.time()
-    while state.step < plan.total_steps and not state.done:
-        epoch = state.step // plan.steps_per_epoch
-        ctx.train_dl.set_epoch(epoch)
-        skip = (state.step - epoch * plan.steps_per_epoch) * train.grad_accum  # resumed mid-epoch
-        batches = accelerator.skip_first_batches(ctx.train_dl, skip) if skip else ctx.train_dl
-        apply_plan(ctx, train_mode=True)
-        for batch in batches:
-            with accelerator.accumulate(ctx.model):
-                loss = hooks.loss(ctx, batch)
-                accelerator.backward(loss)
-                kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
-                optimizer_step(ctx)
-            ctx.add_loss(loss, train.grad_accum)  # stays on the device until a log line
-            if not accelerator.sync_gradients:
-                continue
-            next_step(ctx, bar)
-            end = state.step == plan.total_steps
-            if state.step % train.log_steps == 0 or end:
-                log_training(ctx, bar)
-            if state.step % eval_steps == 0 or end:
-                evaluate_and_keep_best(ctx)
-                apply_plan(ctx, train_mode=True)
-            stopping = stop.agreed()  # all processes stop at the same step, or the save deadlocks
-            if state.step % save_steps == 0 or state.done or end or stopping:
-                save(ctx)
-            if stopping:
-                interrupt(ctx, stop)
-            if end or state.done:
-                break
-    bar.close()
-    stop.restore()
+    stop, bar = StopFlag(accelerator), progress_bar(ctx)
+    try:  # the bar closed and the signal handlers given back however the loop ends
+        while state.step < plan.total_steps and not state.done:
+            epoch = state.step // plan.steps_per_epoch
+            ctx.train_dl.set_epoch(epoch)
+            skip = (state.step - epoch * plan.steps_per_epoch) * train.grad_accum  # resumed mid-epoch
+            batches = accelerator.skip_first_batches(ctx.train_dl, skip) if skip else ctx.train_dl
+            apply_plan(ctx, train_mode=True)
+            for batch in batches:
+                with accelerator.accumulate(ctx.model):
+                    loss = hooks.loss(ctx, batch)
+                    accelerator.backward(loss)
+                    kill_point("step", state.step + 1)  # test hook (inert unless HFTL_TEST_KILL_AT is set)
+                    optimizer_step(ctx)
+                ctx.add_loss(loss, train.grad_accum)  # stays on the device until a log line
+                if not accelerator.sync_gradients:
+                    continue
+                next_step(ctx, bar)
+                end = state.step == plan.total_steps
+                if state.step % train.log_steps == 0 or end:
+                    log_training(ctx, bar)
+                if state.step % eval_steps == 0 or end:
+                    evaluate_and_keep_best(ctx)
+                    apply_plan(ctx, train_mode=True)
+                stopping = stop.agreed()  # all processes stop at the same step, or the save deadlocks
+                if state.step % save_steps == 0 or state.done or end or stopping:
+                    save(ctx)
+                if stopping:
+                    interrupt(ctx, stop)
+                if end or state.done:
+                    break
+    finally:
+        bar.close()
+        stop.restore()
 
-    final = finish(ctx, time.time() - started)
+    final = finish(ctx, ctx.costs.end_loop())
     release(ctx)
     hooks.on_finish(ctx, final)
     return RunResult(ctx.run_dir, final)
 
 
 # --------------------------------------------------------------------------- the loop's named steps
+def check_before_work(ctx: RunContext) -> None:
+    """What would fail later, checked first: the trackers, the run folder, the state to resume from."""
+    from hftl.training.trackers import check_trackers
+
+    set_threads(ctx.recipe.train.num_threads)
+    check_trackers(ctx.recipe.train.trackers)
+    run_folder.check_run_dir(ctx.recipe, ctx.run_dir, ctx.resume, bool(complete_checkpoints(ctx.run_dir)))
+    check_resumable(ctx.run_dir, ctx.resume)
+
+
 def prepare(ctx: RunContext) -> None:
     """Wrap model, optimizer and loaders for the launch; create (or clear) the run folder; restore the state."""
     accelerator, run_dir, recipe = ctx.accelerator, ctx.run_dir, ctx.recipe
@@ -161,6 +174,7 @@ def prepare(ctx: RunContext) -> None:
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     ctx.state = restore(ctx)
     set_step_lrs(ctx.optimizer, ctx.scheduler, ctx.state.step)
+    ctx.costs.start_loop()  # from here, time not spent validating is training
 
 
 def progress_bar(ctx: RunContext) -> Any:
@@ -257,7 +271,10 @@ def apply_plan(ctx: RunContext, train_mode: bool = False) -> None:
 def evaluate_and_keep_best(ctx: RunContext) -> None:
     """Score the validation split; save the model when it is the best so far; stop early when patience runs out."""
     state, recipe, accelerator, metric = ctx.state, ctx.recipe, ctx.accelerator, ctx.metric
-    scores = evaluate(ctx.model, ctx.eval_dls["validation"], ctx.task, ctx.data.labels, accelerator)
+    scored = ctx.eval_dls.get(VALIDATION_SAMPLE, ctx.eval_dls["validation"])  # train.eval_sample, else all of it
+    with ctx.costs.timed("validate"):
+        scores = evaluate(ctx.model, scored, ctx.task, ctx.data.labels, accelerator)
+    state.last_scores = scores
     log_record(ctx.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)
@@ -275,6 +292,8 @@ def evaluate_and_keep_best(ctx: RunContext) -> None:
     if patience and state.bad_evals >= patience:
         log.say(f"[early stop] no improvement in {metric} for {patience} evaluations")
         state.done = True
+    if ctx.on_evaluate is not None:
+        ctx.on_evaluate(state.step, scores)
 
 
 def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
@@ -294,15 +313,20 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
         "examples": {split: len(ds) for split, ds in ctx.data.encoded.items()},
     }
     reported = "test" if "test" in ctx.eval_dls else "validation"  # the per-class report: test, else validation
-    reports = {}
-    for split, dl in ctx.eval_dls.items():  # the best model's validation scores are known already
-        known = state.best_scores if split == "validation" else None
+    reports, started, sampled = {}, time.perf_counter(), VALIDATION_SAMPLE in ctx.eval_dls
+    for split, dl in ctx.eval_dls.items():  # the best model's validation scores are known (unless sampled)
+        if split == VALIDATION_SAMPLE:
+            continue
+        known = state.best_scores if split == "validation" and not sampled else None
         if known and split != reported:
             final[split] = known
             continue
         scored = score(ctx.model, dl, ctx.task, ctx.data.labels, accelerator, report=split == reported)
         final[split] = known or scored.metrics
         reports.update({split: scored.report} if scored.report else {})
+    # this process's seconds up to the final evaluation (the card and plots come after)
+    seconds = {**ctx.data.seconds, **ctx.costs.seconds, "final_eval": time.perf_counter() - started}
+    final["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     if accelerator.is_main_process:
         if best.is_dir():
             publish_model(best, run_dir, plain)

@@ -1,0 +1,122 @@
+"""The README's strategy tables, generated from the committed study results (docs/studies/<name>/results.csv).
+
+    PYTHONPATH=. python benchmarks/study_tables.py                 # print every table
+    PYTHONPATH=. python benchmarks/study_tables.py --write README.md
+
+One table per study with a strategy axis and a data-size axis: a row per strategy, a column per size,
+each cell the test mean ± std over seeds (n seeds), the cell chosen on validation in bold. ``--write``
+replaces the text between ``<!-- study-table: NAME -->`` and ``<!-- /study-table -->`` in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DOCS = ROOT / "docs" / "studies"
+
+
+def _value(text: str) -> object:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_rows(results: Path) -> list[dict[str, object]]:
+    """results.csv as the report's rows: numbers as floats, empty cells as None, labels as written."""
+    with open(results, newline="", encoding="utf-8") as fh:
+        return [{k: (v if k == "state" else _value(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str | None:
+    """The markdown table of study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/), or None."""
+    from hftl.analysis.study import load_study
+    from hftl.analysis.study_report import best_cells, cell_stats
+
+    results = docs / name / "results.csv"
+    if not results.exists() or not (studies / f"{name}.yaml").exists():
+        return None
+    study = load_study(studies / f"{name}.yaml", check=False)
+    kinds = {a.kind: a for a in study.axes if a.kind}
+    if "strategy" not in kinds or "data_size" not in kinds or not study.report:
+        return None
+    size_axis, strategy_axis = kinds["data_size"], kinds["strategy"]
+    rows = read_rows(results)
+    for row in rows:  # labels back to the study's own (csv reads 100 as 100.0)
+        for axis in (size_axis, strategy_axis):
+            row[axis.name] = next((v.label for v in axis.values if str(v.label) == _label(row[axis.name])), None)
+    cells = cell_stats(study, rows)
+    chosen = {id(c) for c in best_cells(study, cells, size_axis.name)}
+    sizes = [v.label for v in size_axis.values]
+    strategies = [v.label for v in strategy_axis.values]
+    by = {(str(c["labels"][strategy_axis.name]), str(c["labels"][size_axis.name])): c for c in cells}
+    seeds = max((c["n"] for c in cells), default=0)
+    out = [
+        "| strategy \\ training examples | "
+        + " | ".join(f"{s:,}" if isinstance(s, int) else str(s) for s in sizes)
+        + " |",
+        "| --- |" + " ---: |" * len(sizes),
+    ]
+    for strategy in strategies:
+        line = []
+        for size in sizes:
+            cell = by.get((str(strategy), str(size)))
+            if cell is None or not cell["reported"]:
+                line.append("-")
+                continue
+            text = f"{cell['report_mean']:.3f} ± {cell['report_std']:.3f}"
+            text += f" ({cell['n']})" if cell["n"] != seeds else ""
+            line.append(f"**{text}**" if id(cell) in chosen else text)
+        out.append(f"| {strategy} | " + " | ".join(line) + " |")
+    out.append("")
+    out.append(
+        f"`{study.report}`, mean ± std over {seeds} seeds (fewer in parentheses); bold: the strategy chosen on "
+        f"`{study.metric}` at that size. From `docs/studies/{name}/results.csv` "
+        f"(`hftl study studies/{name}.yaml`); regenerate with `python benchmarks/study_tables.py --write README.md`."
+    )
+    return "\n".join(out)
+
+
+def _label(value: object) -> str:
+    if isinstance(value, float) and not math.isnan(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def write(path: Path, tables: dict[str, str]) -> list[str]:
+    """Replace each marked block of ``path`` with its table; returns the names written."""
+    text = path.read_text(encoding="utf-8")
+    done = []
+    for name, body in tables.items():
+        pattern = re.compile(rf"(<!-- study-table: {re.escape(name)} -->\n).*?(<!-- /study-table -->)", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+            done.append(name)
+    path.write_text(text, encoding="utf-8")
+    return done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="replace the marked blocks of this file (e.g. README.md)")
+    args = parser.parse_args()
+    tables = {p.name: t for p in sorted(DOCS.iterdir()) if p.is_dir() and (t := table(p.name))}
+    if args.write:
+        print("written:", ", ".join(write(args.write, tables)) or "nothing (no marked block)")
+    else:
+        for name, body in tables.items():
+            print(f"## {name}\n\n{body}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/study_tables.py: the README's strategy tables from a study's results.csv (chosen on validation)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import study_tables  # noqa: E402
+
+
+def test_table_reports_test_and_bolds_the_validation_choice(tmp_path, text_recipe):
+    recipe = text_recipe()
+    studies, docs = tmp_path / "studies", tmp_path / "docs"
+    studies.mkdir()
+    (docs / "toy").mkdir(parents=True)
+    (studies / "toy.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "recipe": str(recipe),
+                "axes": {
+                    "data.max_train_samples": [10, 20],
+                    "strategy.name": ["full", "feature_extraction"],
+                    "train.seed": [0, 1],
+                },
+            }
+        )
+    )
+    # at 10: full wins on validation, feature_extraction on test; at 20 feature_extraction wins both
+    scores = {("full", 10): (0.8, 0.6), ("feature_extraction", 10): (0.7, 0.9), ("full", 20): (0.5, 0.5)}
+    scores[("feature_extraction", 20)] = (0.9, 0.95)
+    fields = ["trial", "state", "data.max_train_samples", "strategy.name", "train.seed"]
+    fields += ["validation.accuracy", "test.accuracy", "train_seconds"]
+    with open(docs / "toy" / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for i, ((strategy, size), (val, test)) in enumerate(scores.items()):
+            for seed in (0, 1):
+                writer.writerow(
+                    {
+                        "trial": 2 * i + seed,
+                        "state": "COMPLETE",
+                        "data.max_train_samples": size,
+                        "strategy.name": strategy,
+                        "train.seed": seed,
+                        "validation.accuracy": val,
+                        "test.accuracy": test + seed / 100,
+                        "train_seconds": "",
+                    }
+                )
+    text = study_tables.table("toy", studies, docs)
+    lines = text.splitlines()
+    assert lines[0] == "| strategy \\ training examples | 10 | 20 |"
+    assert lines[2] == "| full | **0.605 ± 0.007** | 0.505 ± 0.007 |"
+    assert lines[3] == "| feature_extraction | 0.905 ± 0.007 | **0.955 ± 0.007** |"
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- study-table: toy -->\nold\n<!-- /study-table -->\nb\n")
+    assert study_tables.write(readme, {"toy": text}) == ["toy"]
+    assert readme.read_text() == f"a\n<!-- study-table: toy -->\n{text}\n<!-- /study-table -->\nb\n"
