@@ -283,6 +283,14 @@ def _strategy(run: RunFiles) -> str:
             for st in staged
         )
         lines.append(f"- Unfreezing schedule: {joins}.")
+    if tuning := next((r["body_tuning"] for r in run.log if "body_tuning" in r), None):  # setfit
+        lines.append(
+            f"- Body tuned first (SetFit, contrastive): {tuning['pairs']} sentence pairs drawn from "
+            f"{tuning['examples']} training examples of {tuning['classes']} classes, {tuning['num_iterations']} "
+            f"iterations, {tuning['body_steps']} steps of batch {tuning['body_batch_size']} at LR "
+            f"{tuning['body_lr']:g}; pair loss {tuning['first_loss']:.4f} -> {tuning['last_loss']:.4f}. The head "
+            "was then fitted on the tuned body's pooled features."
+        )
     if s.get(s["name"]):  # the strategy's own options section, as applied
         lines.append(f"- Options (`strategy.{s['name']}`): {_kv(s[s['name']])}.")
     policy = plan.get("batchnorm", s.get("batchnorm"))

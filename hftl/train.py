@@ -71,7 +71,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     from hftl.advise import resolve_strategy
     from hftl.errors import RecipeError
     from hftl.hub import check_can_push
-    from hftl.strategies import changes_mid_run, fit_head_first, head_fitter
+    from hftl.strategies import changes_mid_run, fit_head_first, head_fitter, tune_body
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
     from hftl.trackers import check_trackers
@@ -95,6 +95,7 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     train_dl, eval_dls = build_loaders(recipe, task, data)
     plan = build_plan(model, recipe, task, len(train_dl.batch_sampler), accelerator.num_processes)
     say(format_plan(plan, model) + "\n" + describe_model(model))
+    tuned = tune_body(model, recipe, data, accelerator)  # [setfit] the body tuned before it is frozen and cached
     # [feature cache] body frozen for the whole run, nothing random feeding it: the loaders yield the head's
     # inputs, computed once and cached on disk, and model.forward runs only the head (hftl/feature_cache.py).
     train_dl, eval_dls, head_chain = feature_cache.maybe_use_cache(
@@ -126,6 +127,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))
     state = restore(accelerator, model, optimizer, run_dir, resume, extra_modules)
     set_step_lrs(optimizer, scheduler, state.step)
+    if tuned and state.step == 0:
+        log_record(run_dir, {"step": 0, "body_tuning": tuned}, accelerator)
     metric = recipe.train.metric or task.metric
     if probed and state.step == 0:  # the fitted probe is the first candidate for the best model
         evaluate_and_keep_best(
@@ -219,7 +222,7 @@ def fit_probe_head(
 ) -> bool:
     """[probe] Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
     strategy's own ``fitter``, before the loop."""
-    from hftl.probe import fit_probe
+    from hftl.probe import ProbeFit, fit_probe
 
     started = time.time()
     train, val = train_dl.dataset, eval_dls["validation"].dataset
@@ -227,12 +230,13 @@ def fit_probe_head(
     if fit is None:
         log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
-    if fitter is not None:
+    if not isinstance(fit, ProbeFit):
         log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
         return True
     log.say(
-        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
-        f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
+        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g}"
+        + (" (fixed) " if len(fit.scores) == 1 else " ")
+        + f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
         + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
         + ")"
     )
