@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.adaptation import describe_adaptation
 from hftl.errors import HftlError
-from hftl.plots import CURVES_PNG, LR_PNG, plot_run
+from hftl.plots import ADAPTATION_PNG, CURVES_PNG, LR_PNG, plot_run
 from hftl.pretrained import describe_head_input
 from hftl.run_folder import RunFiles, read_json, read_run
 
@@ -184,7 +184,11 @@ def _stages(run: RunFiles) -> str:
 def _plots(run: RunFiles) -> str:
     shown = [
         (f, alt)
-        for f, alt in ((CURVES_PNG, "training and validation curves"), (LR_PNG, "learning rate of every layer group"))
+        for f, alt in (
+            (CURVES_PNG, "training and validation curves"),
+            (LR_PNG, "learning rate of every layer group"),
+            (ADAPTATION_PNG, "domain adaptation: task loss, adaptation term, domain-classifier accuracy"),
+        )
         if (run.run_dir / f).is_file()
     ]
     if not shown:
@@ -305,12 +309,35 @@ def _strategy(run: RunFiles) -> str:
     )
     if adaptation := describe_adaptation(run.recipe):
         lines.append(f"- Target domain: {adaptation}.")
+        if seen := _adaptation_seen(run):
+            lines.append(f"- Over the run: {seen}.")
     if run.adapter_dir is not None:
         lines.append(f"- peft adapter: {_kv(_adapter_settings(run.adapter_dir))}.")
     for tower, sub in (s.get("towers") or {}).items():
         lines.append(f"- Tower `{tower}`: strategy {sub['name']}.")
     lines += ["", _groups_table(run)]
     return "\n".join(lines)
+
+
+def _adaptation_seen(run: RunFiles) -> str:
+    """What adaptation did, from metrics.jsonl: the method's term first -> last, and the source/target gap."""
+    logged = [r["adaptation"] for r in run.log if isinstance(r.get("adaptation"), dict)]
+    parts = []
+    for key, what in (
+        ("coral_distance", "CORAL distance"),
+        ("domain_accuracy", "domain-classifier accuracy (0.5: source and target features indistinguishable)"),
+    ):
+        values = [a[key] for a in logged if key in a]
+        if values:
+            parts.append(f"{what} {_num(values[0])} (first log) -> {_num(values[-1])} (last)")
+    metric = run.metric
+    test, target = run.final.get("test", {}), run.final.get("target_test", {})
+    if metric and metric in test and metric in target:
+        parts.append(
+            f"test {metric} {_num(test[metric])} on the source domain, {_num(target[metric])} on the target "
+            f"(gap {test[metric] - target[metric]:+.4f})"
+        )
+    return "; ".join(parts)
 
 
 def _groups_table(run: RunFiles) -> str:

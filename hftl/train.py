@@ -178,7 +178,8 @@ def run(recipe: Recipe, resume: bool | None = None) -> RunResult:
             apply_plan(model, plan, state.step, accelerator)
             end = state.step == plan.total_steps
             if state.step % train.log_steps == 0 or end:
-                log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar)
+                extra = {"adaptation": adaptation.stats(accelerator)} if adaptation else {}
+                log_training(state, optimizer, group_names, train.log_steps, run_dir, accelerator, bar, extra)
             if state.step % eval_steps == 0 or end:
                 evaluate_and_keep_best(
                     state, model, eval_dls["validation"], task, data, metric, plan.total_steps, recipe, accelerator
@@ -263,15 +264,23 @@ def restore(
 
 
 def log_training(
-    state: LoopState, optimizer: Any, group_names: list[str], log_steps: int, run_dir: Path, accelerator: Any, bar: Any
+    state: LoopState,
+    optimizer: Any,
+    group_names: list[str],
+    log_steps: int,
+    run_dir: Path,
+    accelerator: Any,
+    bar: Any,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """The mean training loss since the last log line, and every group's LR."""
+    """The mean training loss since the last log line, every group's LR, and ``extra`` (adaptation's terms)."""
     n = log_steps if state.step % log_steps == 0 else state.step % log_steps
     record = {
         "step": state.step,
         "epoch": round(state.epoch, 4),
         "loss": state.loss_sum / max(1, n),
         "lr": {g: optimizer.param_groups[i]["lr"] for i, g in enumerate(group_names)},
+        **{k: v for k, v in (extra or {}).items() if v},
     }
     log_record(run_dir, record, accelerator)
     bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -359,9 +368,18 @@ def finish(
     log.summary(
         "[done] "
         + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final for k, v in final[s].items())
+        + _domain_gap(final, metric)
         + f"  -> {run_dir}"
     )
     return final
+
+
+def _domain_gap(final: dict[str, Any], metric: str) -> str:
+    """Source test, target test and their gap side by side (runs with a labeled data.target), else ''."""
+    source, target = final.get("test", {}).get(metric), final.get("target_test", {}).get(metric)
+    if source is None or target is None:
+        return ""
+    return f"  | {metric}: source test {source:.4f}  target test {target:.4f}  gap {source - target:+.4f}"
 
 
 def log_record(run_dir: Path, record: dict[str, Any], accelerator: Any) -> None:
