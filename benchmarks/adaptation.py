@@ -35,8 +35,8 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "adaptation.json")
     args = parser.parse_args()
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

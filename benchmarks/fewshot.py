@@ -50,8 +50,8 @@ METHODS = {
 
 
 def measure(shots: int, seed: int, overrides: list[str], threads: int, out: Path) -> dict:
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     recipe = load_recipe(
         RECIPE,
@@ -85,7 +85,7 @@ def majority(seed: int) -> float:
     """The test split's majority-class rate for this seed's carve."""
     from collections import Counter
 
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
     from hftl.tasks import TASKS
 
     recipe = load_recipe(RECIPE, [f"train.seed={seed}"])

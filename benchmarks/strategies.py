@@ -48,8 +48,8 @@ def strategies(n_train: int) -> dict[str, list[str]]:
 
 def measure(n_train: int, overrides: list[str], threads: int, out: Path) -> dict:
     """Train one recipe in this process; test scores, train seconds and wall seconds (data + model + eval)."""
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     recipe = load_recipe(
         RECIPE,
@@ -86,10 +86,10 @@ def main() -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="hftl-strategies-") as work:
-        import hftl.feature_cache
+        import hftl.training.feature_cache
 
         # A cold feature cache for every run: extracting the features is part of feature extraction's cost.
-        hftl.feature_cache.cache_dir = lambda: Path(tempfile.mkdtemp(dir=work, prefix="features-"))
+        hftl.training.feature_cache.cache_dir = lambda: Path(tempfile.mkdtemp(dir=work, prefix="features-"))
         for n_train in (int(s) for s in args.sizes.split(",")):
             for label, overrides in strategies(n_train).items():
                 scores = measure(n_train, overrides, args.threads, Path(work) / "run")

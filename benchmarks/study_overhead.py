@@ -4,8 +4,8 @@
 
 Runs a grid of tiny-BERT trials (2 optimizer steps each, so the numbers are the fixed costs)
 in one process and prints, per trial: the study engine's bookkeeping (pop, heartbeat, recipe
-build, storage writes, results.csv, pruning the trial folder: everything but ``hftl.train.run``),
-the run's own fixed costs (``hftl.train.run`` minus its training loop), and the training loop.
+build, storage writes, results.csv, pruning the trial folder: everything but ``hftl.training.train.run``),
+the run's own fixed costs (``hftl.training.train.run`` minus its training loop), and the training loop.
 Also: validating the shipped sentiment study (every trial's recipe), and ``--report`` from storage.
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
     )
     import yaml
 
-    from hftl.study import load_study, report_study, run_study
+    from hftl.analysis.study import load_study, report_study, run_study
 
     started = time.perf_counter()
     n_recipes = len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points)
@@ -91,10 +91,11 @@ def main() -> None:
     med = statistics.median
     print(f"\n{len(rows)} trials in {total:.1f} s ({total / len(rows):.2f} s a trial, first one pays the imports)")
     print(
-        f"  study bookkeeping per trial (all but hftl.train.run): median {med(col['overhead_seconds']):.3f} s, "
+        f"  study bookkeeping per trial (all but hftl.training.train.run): "
+        f"median {med(col['overhead_seconds']):.3f} s, "
         f"max {max(col['overhead_seconds']):.3f} s"
     )
-    print(f"  hftl.train.run fixed costs (run minus training loop):  median {med(fixed):.2f} s")
+    print(f"  hftl.training.train.run fixed costs (run minus training loop):  median {med(fixed):.2f} s")
     print(f"  training loop (2 steps + validation):                   median {med(col['train_seconds']):.2f} s")
     print(f"  validating studies/sentiment-strategies.yaml ({n_recipes} recipes): {validate:.2f} s")
     print(f"  --report from storage (csv, markdown, plots): {report:.2f} s")

@@ -35,7 +35,7 @@ def workload(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]
 # --------------------------------------------------------------------------- shared pieces
 def text_recipe(name: str, checkpoint: str, out: Path, **sections: dict[str, Any]):
     """A validated text-classification recipe on Rotten Tomatoes (split by movie), no test split unless asked."""
-    from hftl.recipe import validate_recipe
+    from hftl.config.recipe import validate_recipe
 
     doc: dict[str, Any] = {
         "name": name,
@@ -150,7 +150,7 @@ def finetune(variant: str, steps: int, batch_size: int, max_length: int, tmp: st
     )
     clock = StepClock()
     if variant == "hftl":
-        from hftl.train import run
+        from hftl.training.train import run
 
         use_fixed_padding(max_length)
         run(recipe)
@@ -201,8 +201,8 @@ def frozen_body(variant: str, model: str, epochs: int, n_train: int, n_eval: int
     import torch
     from transformers import Trainer
 
-    from hftl import feature_cache
-    from hftl.train import run
+    from hftl.training import feature_cache
+    from hftl.training.train import run
 
     out = Path(tmp) / f"{model}-{variant}"
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def frozen_body(variant: str, model: str, epochs: int, n_train: int, n_eval: int
 
 
 def frozen_recipe(model: str, out: Path, epochs: int, n_train: int, n_eval: int):
-    from hftl.recipe import validate_recipe
+    from hftl.config.recipe import validate_recipe
 
     if model == "efficientnet-lite0":
         doc = {
@@ -301,7 +301,7 @@ def tiny_bert(folder: Path) -> str:
         import torch
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        from hftl.pretrained import resolve_checkpoint
+        from hftl.models.pretrained import resolve_checkpoint
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("all-MiniLM-L6-v2"))
         torch.manual_seed(0)
@@ -328,8 +328,8 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
     """
     import torch
 
-    from hftl.build import build_optimizer, plan_for
     from hftl.strategies.plan import apply_plan
+    from hftl.training.build import build_optimizer, plan_for
 
     strategy = {"name": "full"} if variant == "full" else {"name": "partial", "partial": {"freeze_fraction": 0.5}}
     recipe = text_recipe(
@@ -376,8 +376,8 @@ def freeze_half(variant: str, steps: int, batch_size: int, max_length: int, tmp:
 @workload
 def padding(variant: str, n_train: int, tmp: str) -> dict[str, Any]:
     """One epoch of the sentiment recipe (MiniLM, batch 32, max 128 tokens) on ``n_train`` rows: train seconds."""
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     root = Path(__file__).resolve().parent.parent
     overrides = [
@@ -400,8 +400,8 @@ def padding(variant: str, n_train: int, tmp: str) -> dict[str, Any]:
 @workload
 def prepare(tmp: str) -> dict[str, Any]:
     """Fill the dataset / checkpoint caches once, so no timed run pays for building them."""
-    from hftl import data
-    from hftl.pretrained import resolve_checkpoint
+    from hftl.data import sources as data
+    from hftl.models.pretrained import resolve_checkpoint
 
     for name in ("rotten-tomatoes", "fashion-mnist"):
         data.load_source(name)

@@ -4,13 +4,13 @@ __version__ = "0.1.0"
 
 # The public API, imported on first use so that `import hftl` (and `hftl --help`) stays light.
 _API = {
-    "load_recipe": "hftl.recipe",
-    "run_recipe": "hftl.api",
-    "predict_run": "hftl.api",
-    "plot_run": "hftl.plots",
-    "compare_runs": "hftl.plots",
-    "write_card": "hftl.card",
-    "push_run": "hftl.hub",
+    "load_recipe": "hftl.config.recipe",
+    "run_recipe": "hftl.cli.api",
+    "predict_run": "hftl.cli.api",
+    "plot_run": "hftl.publish.plots",
+    "compare_runs": "hftl.publish.plots",
+    "write_card": "hftl.publish.card",
+    "push_run": "hftl.publish.hub",
 }
 __all__ = ["__version__", *_API]
 

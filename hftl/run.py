@@ -6,7 +6,7 @@ The same run as ``hftl run RECIPE ...``.
 import os
 import sys
 
-# Run as a script, this folder would sit first on sys.path and its modules (data.py, train.py, ...)
+# Run as a script, this folder would sit first on sys.path and its subpackages (data/, training/, ...)
 # could shadow top-level packages of the same names.
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]

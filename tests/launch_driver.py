@@ -3,14 +3,14 @@
 Same arguments as ``hftl/run.py``. One hook around ``save_checkpoint``, off unless set:
 ``HFTL_TEST_DUMP=DIR``: after each checkpoint, every rank writes the weights and buffers it
 holds to ``DIR/rank{R}-step{S}.safetensors`` (to compare ranks with each other). Kills go
-through hftl's own test hook, ``HFTL_TEST_KILL_AT`` (:func:`hftl.training_state.kill_point`).
+through hftl's own test hook, ``HFTL_TEST_KILL_AT`` (:func:`hftl.training.training_state.kill_point`).
 """
 
 import os
 import sys
 from pathlib import Path
 
-import hftl.train
+import hftl.training.train
 from hftl.cli import main
 
 
@@ -24,8 +24,8 @@ def _save_and_watch(accelerator, model, optimizer, run_dir, state, keep, *args, 
     return path
 
 
-_save_checkpoint = hftl.train.save_checkpoint
-hftl.train.save_checkpoint = _save_and_watch
+_save_checkpoint = hftl.training.train.save_checkpoint
+hftl.training.train.save_checkpoint = _save_and_watch
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

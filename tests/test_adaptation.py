@@ -1,5 +1,5 @@
-"""Domain adaptation (hftl/adaptation.py): recipe errors, the two losses against hand-written oracles, a run that
-scores target_test and keeps the domain classifier out of the published model, and an exact resume."""
+"""Domain adaptation (hftl/training/adaptation.py): recipe errors, the two losses against hand-written oracles,
+a run that scores target_test and keeps the domain classifier out of the published model, and an exact resume."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import signal
 import pytest
 import torch
 
-from hftl.adaptation import TargetBatches, coral_loss, dann_coefficient, gather_rows, merge_batches
 from hftl.cli import main
-from hftl.recipe import load_recipe
+from hftl.config.recipe import load_recipe
+from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, gather_rows, merge_batches
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint, weights
 
@@ -102,7 +102,7 @@ def test_bad_adaptation_recipes_name_the_key_and_exit_2(text_recipe, target_csv,
 def test_adapted_run_scores_target_test_and_publishes_a_plain_model(text_recipe, target_csv, tmp_path, method, capsys):
     from transformers import pipeline
 
-    from hftl.train import run
+    from hftl.training.train import run
 
     result = run(load_recipe(adapted(text_recipe, target_csv, method)))
     assert (
@@ -134,7 +134,7 @@ def test_adapted_run_scores_target_test_and_publishes_a_plain_model(text_recipe,
 
 
 def test_source_only_run_with_target_data_scores_target_test(text_recipe, target_csv, tmp_path):
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = adapted(text_recipe, target_csv)
     doc = __import__("yaml").safe_load(path.read_text())
@@ -146,7 +146,7 @@ def test_source_only_run_with_target_data_scores_target_test(text_recipe, target
 
 def test_dann_resume_after_sigkill_matches_an_uninterrupted_run(text_recipe, target_csv, tmp_path, capsys):
     """Killed right after the step-7 checkpoint (mid-epoch): model, domain classifier and log end the same."""
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = adapted(text_recipe, target_csv, train={"save_steps": 7, "max_steps": 14})
     straight = run(load_recipe(path, [f"output.dir={tmp_path / 'straight'}"])).run_dir
@@ -237,10 +237,10 @@ def test_coral_under_two_processes_keeps_ranks_identical_and_resumes_exactly(
 ):
     """A 2-process CORAL run (gloo, forked ranks): every checkpoint holds the same weights on both ranks; killed
     right after the step-3 checkpoint and resumed, it ends exactly where the uninterrupted run ends."""
-    import hftl.train
+    import hftl.training.train
     from tests.test_reliability import assert_same_model, run_child
 
-    saved = hftl.train.save_checkpoint
+    saved = hftl.training.train.save_checkpoint
 
     def save_and_dump(accelerator, model, optimizer, run_dir, state, *args, **kwargs):
         path = saved(accelerator, model, optimizer, run_dir, state, *args, **kwargs)
@@ -250,7 +250,7 @@ def test_coral_under_two_processes_keeps_ranks_identical_and_resumes_exactly(
         save_file(tensors, str(run_dir.parent / f"dump-{run_dir.name}-rank{accelerator.process_index}-{state['step']}"))
         return path
 
-    monkeypatch.setattr(hftl.train, "save_checkpoint", save_and_dump)  # inherited by the forked ranks
+    monkeypatch.setattr(hftl.training.train, "save_checkpoint", save_and_dump)  # inherited by the forked ranks
     path = adapted(text_recipe, target_csv, "coral", train={"save_steps": 3, "max_steps": 6})
     log = tmp_path / "ranks.log"
     straight = ["run", str(path), f"output.dir={tmp_path / 'straight'}"]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from hftl import advice_rules
-from hftl.advice_rules import FE, FULL, LADDER, PARTIAL, TABLE, Measurements, decide, neighbours, rung_settings
+from hftl.analysis import advice_rules
+from hftl.analysis.advice_rules import FE, FULL, LADDER, PARTIAL, TABLE, Measurements, decide, neighbours, rung_settings
+from hftl.analysis.transferability import evidence_at, log_evidence, logme
 from hftl.cli import main
-from hftl.errors import RecipeError
-from hftl.recipe import load_recipe
-from hftl.transferability import evidence_at, log_evidence, logme
+from hftl.config.errors import RecipeError
+from hftl.config.recipe import load_recipe
 
 
 # --------------------------------------------------------------------------- LogME
@@ -103,7 +103,7 @@ def test_ladder_neighbours_and_settings_are_valid_recipes(text_recipe):
     for r in LADDER:
         assert r.strategy in STRATEGIES
         sets = rung_settings(r, 1_000, 32, images=False, pooling="pooler")
-        from hftl.study import to_yaml_text
+        from hftl.analysis.study import to_yaml_text
 
         recipe = load_recipe(path, [f"{k}={to_yaml_text(v)}" for k, v in sets.items()])
         assert recipe.strategy.name == r.strategy and recipe.optim.head_lr == sets["optim.head_lr"]
@@ -138,14 +138,14 @@ def test_advise_measures_prints_and_writes_a_recipe_that_reuses_the_features(tex
     written = load_recipe(out)
     assert written.strategy.name == FE and written.optim.head_lr == 1e-2  # 384 examples: the small band
     # the advisor stored the whole (small) training split's features under the run's own cache key
-    from hftl.train import run
+    from hftl.training.train import run
 
     run(load_recipe(out, ["train.max_steps=2", "train.eval_steps=2"]))
     assert "[cache] train: reused features" in capsys.readouterr().out
 
 
 def test_larger_bands_are_reached_from_a_dataset_with_patched_thresholds(text_recipe, cache, monkeypatch):
-    from hftl.advise import advise
+    from hftl.analysis.advise import advise
 
     monkeypatch.setattr(advice_rules, "FEW_EXAMPLES", 100)
     monkeypatch.setattr(advice_rules, "MANY_EXAMPLES", 300)
@@ -158,8 +158,8 @@ def test_larger_bands_are_reached_from_a_dataset_with_patched_thresholds(text_re
 
 
 def test_strategy_auto_is_resolved_at_the_start_of_the_run_and_recorded(text_recipe, cache, capsys):
-    from hftl.run_folder import read_json
-    from hftl.train import run
+    from hftl.training.run_folder import read_json
+    from hftl.training.train import run
 
     result = run(load_recipe(text_recipe(strategy={"name": "auto"}, train={"max_steps": 3, "eval_steps": 3})))
     assert "[advise] strategy.name: auto ->" in capsys.readouterr().out
@@ -237,7 +237,7 @@ def test_bad_data_exits_2_with_one_clear_message(case, text_recipe, tmp_path, ca
 
 
 def test_advice_record_is_json(text_recipe, cache):
-    from hftl.advise import advise
+    from hftl.analysis.advise import advise
 
     advice = advise(load_recipe(text_recipe()), step_times=False)
     assert json.loads(json.dumps(advice.record()))["strategy"] == advice.decision.rung.label
@@ -250,7 +250,7 @@ from test_token_classification import ner_bert_dir, ner_jsonl, recipe_for  # noq
 
 
 def test_images_get_sizes_a_pixel_baseline_and_an_uncached_augmentation_free_probe(image_recipe, cache):
-    from hftl.advise import advise, format_advice
+    from hftl.analysis.advise import advise, format_advice
 
     advice = advise(load_recipe(image_recipe("resnet", data={"max_train_samples": 60})))
     assert advice.data["image_sizes"]["checked"] == 60 and "20x20" in advice.data["image_sizes"]["common"]
@@ -261,7 +261,7 @@ def test_images_get_sizes_a_pixel_baseline_and_an_uncached_augmentation_free_pro
 
 
 def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ner_jsonl, tmp_path, cache):
-    from hftl.advise import advise
+    from hftl.analysis.advise import advise
 
     advice = advise(recipe_for(ner_bert_dir, ner_jsonl, tmp_path), step_times=False)
     assert advice.data["per_class_unit"] == "entities" and set(advice.data["per_class"]) == {"PER", "LOC", "ORG"}

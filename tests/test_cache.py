@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hftl.cache import cache_entries
 from hftl.cli import main
+from hftl.data.cache import cache_entries
 
 DAY = 86400
 
@@ -83,7 +83,7 @@ def test_clear_refuses_unclear_requests(cache, capsys, argv, words):
 
 
 def test_the_cache_follows_hftl_cache_dir_and_the_caches_use_it(cache):
-    from hftl import feature_cache
-    from hftl.data import cache_dir
+    from hftl.data.sources import cache_dir
+    from hftl.training import feature_cache
 
     assert cache_dir() == cache and feature_cache.cache_dir() == cache / "features"

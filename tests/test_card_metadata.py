@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftl.card import card_data
-from hftl.run_folder import RunFiles
+from hftl.publish.card import card_data
+from hftl.training.run_folder import RunFiles
 
 RECIPE = {
     "name": "toy",
@@ -82,7 +82,7 @@ def test_a_saved_timm_wrapper_model_loads_with_timm_local_dir(tmp_path):
     from timm.models import save_for_hf
     from transformers import AutoModelForImageClassification
 
-    from hftl.training_state import publish_model, save_model_atomic
+    from hftl.training.training_state import publish_model, save_model_atomic
 
     class OneProcess:
         is_main_process = True

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from hftl.errors import HftlError
+from hftl.config.errors import HftlError
 
 
 def card_parts(run_dir):
@@ -21,8 +21,8 @@ def card_parts(run_dir):
 def test_staged_run_writes_plots_and_a_card_that_states_the_applied_strategy(text_recipe, monkeypatch):
     from PIL import Image
 
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     monkeypatch.setenv("HF_TOKEN", "hf_planted_secret_for_the_card_test")
     recipe = load_recipe(
@@ -67,8 +67,8 @@ def test_staged_run_writes_plots_and_a_card_that_states_the_applied_strategy(tex
 
 
 def test_lora_run_card_has_peft_metadata_and_snippet(text_recipe):
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     recipe = load_recipe(
         text_recipe(
@@ -97,7 +97,7 @@ def write_run_files(run_dir, records, groups):
 
 
 def test_learning_rate_plot_has_one_line_per_group_in_plan_order(tmp_path):
-    from hftl.plots import learning_rates, plot_run, read_log, stage_starts, training_curves
+    from hftl.publish.plots import learning_rates, plot_run, read_log, stage_starts, training_curves
 
     groups = [("embeddings", 20), ("layer.0", 10), ("head", 0)]
     records = []
@@ -124,7 +124,7 @@ def test_learning_rate_plot_has_one_line_per_group_in_plan_order(tmp_path):
 
 
 def test_compare_runs_plots_each_run(tmp_path):
-    from hftl.plots import compare_runs
+    from hftl.publish.plots import compare_runs
 
     for name, slope in (("fe", 1), ("ft", 2)):
         write_run_files(
@@ -138,8 +138,8 @@ def test_compare_runs_plots_each_run(tmp_path):
 
 
 def test_plots_and_cards_need_a_run_folder(tmp_path):
-    from hftl.card import write_card
-    from hftl.plots import plot_run
+    from hftl.publish.card import write_card
+    from hftl.publish.plots import plot_run
 
     with pytest.raises(HftlError, match="no metrics.jsonl"):
         plot_run(tmp_path)
@@ -160,7 +160,7 @@ def test_plots_and_cards_need_a_run_folder(tmp_path):
     ],
 )
 def test_checkpoint_hub_ids(checkpoint, hub_id):
-    from hftl.card import _checkpoint_hub_id
+    from hftl.publish.card import _checkpoint_hub_id
 
     assert _checkpoint_hub_id(checkpoint) == hub_id
 
@@ -168,8 +168,8 @@ def test_checkpoint_hub_ids(checkpoint, hub_id):
 def test_missing_tracker_is_a_clear_error(monkeypatch):
     import importlib.util
 
-    from hftl import trackers
-    from hftl.trackers import check_trackers
+    from hftl.training import trackers
+    from hftl.training.trackers import check_trackers
 
     check_trackers(["tensorboard"])
     real_find_spec = importlib.util.find_spec

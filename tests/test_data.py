@@ -1,4 +1,4 @@
-"""Tests for hftl.data: the offline catalog, local sources, Hub errors and splits.
+"""Tests for hftl.data.sources: the offline catalog, local sources, Hub errors and splits.
 
 The catalog tests read the real offline datasets through hftl's cache, so only
 the very first run pays for the conversion (Fashion-MNIST: a few seconds).
@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hftl import data, splits  # noqa: E402
-from hftl.errors import DataError, HftlError  # noqa: E402
+from hftl.config.errors import DataError, HftlError  # noqa: E402
+from hftl.data import sources as data  # noqa: E402
+from hftl.data import splits  # noqa: E402
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 CATALOG = {  # name -> (rows per split, features)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hftl.errors import RecipeError
-from hftl.recipe import load_recipe
+from hftl.config.errors import RecipeError
+from hftl.config.recipe import load_recipe
 from hftl.tasks import TASKS
 
 

@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hftl.errors import HftlError
-from hftl.recipe import load_recipe
+from hftl.config.errors import HftlError
+from hftl.config.recipe import load_recipe
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -229,8 +229,8 @@ def test_process_count_check_reads_what_the_launcher_exports(monkeypatch, env, s
     """The environment each launcher exports, as measured with accelerate 1.15 (see check_process_count)."""
     from types import SimpleNamespace
 
-    from hftl.errors import HftlError
-    from hftl.launch import check_process_count
+    from hftl.config.errors import HftlError
+    from hftl.training.launch import check_process_count
 
     for key in ("ACCELERATE_USE_CPU", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "HFTL_EXPECT_PROCESSES"):
         monkeypatch.delenv(key, raising=False)

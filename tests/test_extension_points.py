@@ -14,11 +14,11 @@ from hftl.tasks import TASKS, CardInfo, Task
 PACKAGE = Path(__file__).resolve().parents[1] / "hftl"
 # The few quoted names that are not branches: (file, quoted name) -> why.
 ALLOWED = {
-    ("schema.py", "full"): "the schema's default strategy",
-    ("tasks/fusion_model.py", "fusion"): "the fusion task's own model module (config tag)",
-    ("tasks/pooled_model.py", "text-classification"): "the text task's own model module (docstring)",
+    ("config/schema.py", "full"): "the schema's default strategy",
+    ("models/fusion_model.py", "fusion"): "the fusion task's own model module (config tag)",
+    ("models/pooled_model.py", "text-classification"): "the text task's own model module (docstring)",
     **{
-        ("advice_rules.py", name): "the advisor's ladder: the strategies it recommends"
+        ("analysis/advice_rules.py", name): "the advisor's ladder: the strategies it recommends"
         for name in ("feature_extraction", "partial", "full")
     },
 }

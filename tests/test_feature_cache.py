@@ -1,4 +1,4 @@
-"""Feature caching (hftl.feature_cache) and the no-grad frozen prefix, on tiny random models.
+"""Feature caching (hftl.training.feature_cache) and the no-grad frozen prefix, on tiny random models.
 
 The end-to-end tests train the tiny BERT fixture with a frozen body twice: once
 normally and once on cached features, and check both give the same head.
@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hftl import feature_cache, feature_store
-from hftl.build import plan_for
-from hftl.recipe import load_recipe
+from hftl.config.recipe import load_recipe
 from hftl.strategies.plan import apply_plan
 from hftl.tasks import prepare_data
-from hftl.train import run
+from hftl.training import feature_cache, feature_store
+from hftl.training.build import plan_for
+from hftl.training.train import run
 
 # head_solver adamw: these tests compare the loop on cached features with the loop without them
 # (the default, an L-BFGS probe fitted first, is tested in tests/test_probe.py).

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hftl.cli import main
-from hftl.errors import RecipeError
-from hftl.recipe import load_recipe
+from hftl.config.errors import RecipeError
+from hftl.config.recipe import load_recipe
 from hftl.strategies.prototypes import fit_prototypes
 from hftl.tasks import TASKS
 
@@ -65,7 +65,7 @@ def test_prototypes_run_saves_a_pipeline_model_that_predicts_the_prototype_class
 ):
     from transformers import pipeline
 
-    from hftl.train import run
+    from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
     path = text_recipe(
@@ -89,7 +89,7 @@ def test_prototypes_run_saves_a_pipeline_model_that_predicts_the_prototype_class
 
 
 def test_prototypes_without_cached_features_is_a_recipe_error(text_recipe, tmp_path, monkeypatch):
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = text_recipe(
         strategy={"name": "prototypes"},

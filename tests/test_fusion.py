@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hftl.errors import DataError, RecipeError
-from hftl.recipe import load_recipe, validate_recipe
+from hftl.config.errors import DataError, RecipeError
+from hftl.config.recipe import load_recipe, validate_recipe
+from hftl.models.fusion_model import FusionConfig, FusionModel, FusionProcessor, load_fusion
 from hftl.tasks import TASKS
 from hftl.tasks.fusion import NUMBER_WORDS, digits_plus
-from hftl.tasks.fusion_model import FusionConfig, FusionModel, FusionProcessor, load_fusion
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEXT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "plus", *NUMBER_WORDS]
@@ -196,7 +196,7 @@ def test_save_and_reload_through_hftls_own_loader(tmp_path, number_bert_dir):
 
 # --------------------------------------------------------------------------- planning
 def test_each_tower_gets_its_own_strategy(tmp_path, number_bert_dir):
-    from hftl.build import plan_for
+    from hftl.training.build import plan_for
 
     recipe = fusion_recipe(
         tmp_path,
@@ -235,8 +235,8 @@ def test_each_tower_gets_its_own_strategy(tmp_path, number_bert_dir):
 
 def test_fusion_plan_carries_the_recipes_schedule_and_warmup(tmp_path, number_bert_dir):
     """`hftl plan` and plan.json report the schedule a fusion run applies (its LR lambdas read the same plan)."""
-    from hftl.build import plan_for
     from hftl.strategies.plan import format_plan
+    from hftl.training.build import plan_for
 
     recipe = fusion_recipe(
         tmp_path, "plan", "unused", number_bert_dir, "unused", optim={"scheduler": "cosine", "warmup_steps": 5}
@@ -248,8 +248,8 @@ def test_fusion_plan_carries_the_recipes_schedule_and_warmup(tmp_path, number_be
 
 
 def test_staged_tower_strategy_changes_mid_run(tmp_path, number_bert_dir):
-    from hftl.build import plan_for
     from hftl.strategies import changes_mid_run
+    from hftl.training.build import plan_for
 
     recipe = fusion_recipe(
         tmp_path,
@@ -355,7 +355,7 @@ def test_fusion_beats_each_single_tower(tmp_path, number_bert_dir, digit_resnet_
     from PIL import Image
 
     from hftl.cli import main
-    from hftl.train import run
+    from hftl.training.train import run
 
     _, rest = digits_plus_data
     blank = Image.new("L", (28, 28))
@@ -399,8 +399,8 @@ def test_fusion_beats_each_single_tower(tmp_path, number_bert_dir, digit_resnet_
 @pytest.mark.integration
 def test_offline_fusion_recipe_runs_a_few_steps(tmp_path):
     """The shipped offline recipe on its real towers (EfficientNet-Lite0, MiniLM): a few steps, saved, reloaded."""
-    from hftl.predict import predict
-    from hftl.train import run
+    from hftl.cli.predict import predict
+    from hftl.training.train import run
 
     recipe = load_recipe(
         RECIPES / "fusion-digits.yaml",

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from hftl.errors import HftlError
+from hftl.config.errors import HftlError
 
 TOKEN = "hf_fake_alice_token_0123456789"
 USERS = {TOKEN: {"name": "alice", "orgs": ["alice-org"]}}
@@ -170,8 +170,8 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pushed_run(hub, tmp_path_factory, tiny_bert_dir, reviews_csv):
     """A tiny run trained with hub.push: true (private) and the TensorBoard tracker on."""
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     folder = tmp_path_factory.mktemp("pushed")
     recipe = folder / "recipe.yaml"
@@ -296,7 +296,7 @@ def test_push_errors_are_clear_and_change_nothing(hub, pushed_run, monkeypatch, 
 def test_a_file_holding_the_token_stops_the_push(hub, pushed_run, tmp_path):
     import shutil
 
-    from hftl.hub import push_run
+    from hftl.publish.hub import push_run
 
     copy = tmp_path / "run"
     shutil.copytree(pushed_run, copy, ignore=shutil.ignore_patterns("checkpoints", "best", "logs"))
@@ -311,7 +311,7 @@ def test_adapter_config_is_pushed_with_the_hub_base_model(hub, pushed_run, tmp_p
     """A LoRA run's adapter_config.json names a local base folder; the pushed copy names the Hub id."""
     import shutil
 
-    from hftl.hub import push_run
+    from hftl.publish.hub import push_run
 
     copy = tmp_path / "run"
     shutil.copytree(pushed_run, copy, ignore=shutil.ignore_patterns("checkpoints", "best", "logs"))
@@ -335,8 +335,8 @@ def test_adapter_config_is_pushed_with_the_hub_base_model(hub, pushed_run, tmp_p
 def test_push_in_a_recipe_without_a_token_fails_before_training(text_recipe, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from hftl.recipe import load_recipe
-    from hftl.train import run
+    from hftl.config.recipe import load_recipe
+    from hftl.training.train import run
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))

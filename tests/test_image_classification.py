@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hftl.cli import main as cli
-from hftl.errors import DataError, RecipeError
-from hftl.recipe import load_recipe
+from hftl.config.errors import DataError, RecipeError
+from hftl.config.recipe import load_recipe
 from hftl.tasks import TASKS
-from hftl.train import run
+from hftl.training.train import run
 
 TASK = TASKS.get("image-classification")
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -367,7 +367,7 @@ def test_efficientnet_lite0_export_is_a_working_imagenet_classifier():
     import skimage.data
     from transformers import pipeline
 
-    from hftl.pretrained import resolve_checkpoint
+    from hftl.models.pretrained import resolve_checkpoint
 
     folder = Path(resolve_checkpoint("efficientnet-lite0"))
     config = json.loads((folder / "config.json").read_text())
@@ -396,7 +396,7 @@ def test_efficientnet_recipe_feature_extraction_on_fashion_mnist(tmp_path, capsy
     result = run(load_recipe(RECIPES / "fashion-mnist-efficientnet.yaml", overrides))
     assert result.metrics["test"]["accuracy"] > 0.35, result.metrics  # chance is 0.1
 
-    from hftl.data import FASHION_MNIST_CLASSES, load_source
+    from hftl.data.sources import FASHION_MNIST_CLASSES, load_source
 
     sample = load_source("fashion-mnist")["test"][0]
     sample["image"].save(tmp_path / "item.png")

@@ -38,8 +38,8 @@ from transformers import (
     XLMRobertaConfig,
 )
 
-from hftl.errors import HftlError
-from hftl.layers import LAYER_MAPPERS, describe_groups, map_layer_groups
+from hftl.config.errors import HftlError
+from hftl.models.layers import LAYER_MAPPERS, describe_groups, map_layer_groups
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
 VISION = dict(
@@ -75,7 +75,7 @@ class Case:
 
 def pooled_classifier(config) -> nn.Module:
     """hftl's mean-pooled text classifier on a body (the BERT pooler is dropped: it is not read)."""
-    from hftl.tasks.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
+    from hftl.models.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
 
     return PooledModelForSequenceClassification(PooledClassifierConfig(body=config.to_dict(), num_labels=2))
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from hftl import log
 from hftl.cli import main
-from hftl.errors import HftlError
+from hftl.config import log
+from hftl.config.errors import HftlError
 
 SHORT = {"max_steps": 4, "eval_steps": 2, "epochs": 1}
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from hftl.errors import RecipeError
-from hftl.pretrained import checkpoint_pooling
-from hftl.recipe import load_recipe
+from hftl.config.errors import RecipeError
+from hftl.config.recipe import load_recipe
+from hftl.models.pooled_model import PooledModelForSequenceClassification, pool
+from hftl.models.pretrained import checkpoint_pooling
 from hftl.tasks import TASKS
-from hftl.tasks.pooled_model import PooledModelForSequenceClassification, pool
 
 TEXT = TASKS.get("text-classification")
 
@@ -70,8 +70,8 @@ def test_pooled_run_reloads_with_pipeline_and_remote_code(text_recipe, tiny_bert
     hftl) pipeline(..., trust_remote_code=True)."""
     from transformers import pipeline
 
-    from hftl.predict import predict
-    from hftl.train import run
+    from hftl.cli.predict import predict
+    from hftl.training.train import run
 
     st = sentence_transformers_copy(tiny_bert_dir, tmp_path, pooling_mode_mean_tokens=True)
     result = run(load_recipe(text_recipe(model={"checkpoint": str(st)})))

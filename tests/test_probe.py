@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from hftl.probe import fit_logistic, fit_probe, linear_head
-from hftl.recipe import load_recipe
+from hftl.config.recipe import load_recipe
+from hftl.training.probe import fit_logistic, fit_probe, linear_head
 
 
 def blobs(n: int, seed: int):
@@ -52,7 +52,7 @@ def test_heads_that_are_not_one_linear_layer_are_not_probed():
 
 
 def test_feature_extraction_run_fits_the_probe_first_and_keeps_it_when_best(text_recipe, tmp_path, monkeypatch, capsys):
-    from hftl.train import run
+    from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
     result = run(load_recipe(text_recipe(strategy={"name": "feature_extraction"}, train={"epochs": 1})))

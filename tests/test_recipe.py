@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from hftl.errors import DataError, HftlError, RecipeError
-from hftl.recipe import Recipe, load_recipe
+from hftl.config.errors import DataError, HftlError, RecipeError
+from hftl.config.recipe import Recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 DROP = object()
@@ -264,7 +264,7 @@ def test_data_mistake_is_named(text_recipe, data, error, fragments):
 
 
 def test_unfreeze_schedule_longer_than_the_run(text_recipe):
-    from hftl.build import describe_plan
+    from hftl.training.build import describe_plan
 
     path = text_recipe(
         strategy={"name": "progressive", "progressive": {"every": 3, "unit": "epoch"}}, train={"epochs": 2}
@@ -274,7 +274,7 @@ def test_unfreeze_schedule_longer_than_the_run(text_recipe):
 
 
 def test_init_from_that_is_not_a_finished_run(text_recipe, tmp_path):
-    from hftl import pretrained
+    from hftl.models import pretrained
 
     missing = load_recipe(text_recipe(model={"init_from": str(tmp_path / "nothing-here")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': folder does not exist"):

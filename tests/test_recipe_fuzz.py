@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hftl.errors import HftlError
-from hftl.recipe import Recipe, Section, load_recipe
+from hftl.config.errors import HftlError
+from hftl.config.recipe import Recipe, Section, load_recipe
 
 BASE = {
     "name": "toy",
@@ -27,7 +27,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def schema_paths(model: Any = Recipe, prefix: str = "") -> list[str]:
     """Every dotted key path of the schema (so random documents often hit real keys)."""
-    from hftl.recipe import _section_type
+    from hftl.config.recipe import _section_type
 
     paths = []
     for name, field in model.model_fields.items():

@@ -1,7 +1,7 @@
 """Reliability: kill -9 and resume, atomic saves, rotation, interrupts, data faults, checkpoint faults, safety.
 
 The kill tests run real child processes and kill them with SIGKILL at exact points
-through the test hook :func:`hftl.training_state.kill_point` (``HFTL_TEST_KILL_AT=<event>:<where>``).
+through the test hook :func:`hftl.training.training_state.kill_point` (``HFTL_TEST_KILL_AT=<event>:<where>``).
 Children are forked from the test process (torch and transformers are already
 imported, so a child starts in a fraction of a second instead of ~10 s); one test
 launches ``python -m hftl`` for real to check the exit status and message of SIGTERM.
@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftl.errors import CheckpointError, DataError, HftlError
-from hftl.recipe import load_recipe
-from hftl.run_folder import read_status
-from hftl.train import run
-from hftl.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
+from hftl.config.errors import CheckpointError, DataError, HftlError
+from hftl.config.recipe import load_recipe
+from hftl.training.run_folder import read_status
+from hftl.training.train import run
+from hftl.training.training_state import complete_checkpoints, publish_model, save_checkpoint, save_model_atomic
 
 # A short run with many events: eval every 3 steps, save every 4, log every 2; validation loss picks the
 # best model, so the best folder is rewritten several times (steps 3, 9, 12 on this data).
@@ -327,7 +327,7 @@ def test_half_written_checkpoints_are_never_picked_and_rotation_keeps_the_newest
 
 
 def test_resume_drops_log_lines_after_the_state_and_a_line_cut_short(tmp_path):
-    from hftl.run_folder import truncate_log
+    from hftl.training.run_folder import truncate_log
 
     log = tmp_path / "metrics.jsonl"
     log.write_text(
@@ -479,7 +479,7 @@ def test_unreachable_checkpoint_offline_names_offline_alternatives(text_recipe, 
 
 # --------------------------------------------------------------------------- safety
 def test_trust_remote_code_is_off_by_default_and_warns_with_the_repo_when_on(text_recipe, tiny_bert_dir):
-    from hftl.pretrained import load_pretrained
+    from hftl.models.pretrained import load_pretrained
     from hftl.tasks import TASKS
 
     calls = []

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hftl.recipe import load_recipe
-from hftl.train import run
+from hftl.config.recipe import load_recipe
+from hftl.training.train import run
 
 SHORT = {"max_steps": 6, "eval_steps": 2, "save_steps": 2, "save_total_limit": 2, "epochs": 1}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hftl.recipe import load_recipe
-from hftl.train import run
+from hftl.config.recipe import load_recipe
+from hftl.training.train import run
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "sentiment.yaml"
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from hftl.cli import main
-from hftl.errors import RecipeError
-from hftl.recipe import load_recipe
+from hftl.config.errors import RecipeError
+from hftl.config.recipe import load_recipe
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint
 
@@ -58,7 +58,7 @@ def _recipe(text_recipe, folder: Path, strategy: dict, **train) -> Path:
 def test_setfit_tunes_the_body_and_saves_a_pipeline_model(text_recipe, tiny_st_dir, tmp_path, monkeypatch, capsys):
     from transformers import pipeline
 
-    from hftl.train import run
+    from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
     # The baseline: the same fixed-L2 L-BFGS head on the untuned body's features.
@@ -100,7 +100,7 @@ def test_setfit_tunes_the_body_and_saves_a_pipeline_model(text_recipe, tiny_st_d
 def test_setfit_resumes_after_a_kill_with_the_tuned_body_from_the_cache(
     text_recipe, tiny_st_dir, tmp_path, monkeypatch, capsys
 ):
-    from hftl.train import run
+    from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
     strategy = {**SETFIT, "setfit": {**SETFIT["setfit"], "finetune_head": True, "max_body_steps": 6}}
@@ -118,7 +118,7 @@ def test_setfit_resumes_after_a_kill_with_the_tuned_body_from_the_cache(
 
 
 def test_setfit_on_the_checkpoints_own_pooler_is_a_recipe_error(text_recipe, tiny_bert_dir, tmp_path, monkeypatch):
-    from hftl.train import run
+    from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
     path = _recipe(text_recipe, tiny_bert_dir, SETFIT)  # a plain BERT folder: auto pooling is its pooler

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hftl.errors import HftlError
-from hftl.shifts import SHIFTS, apply_shift
+from hftl.config.errors import HftlError
+from hftl.data.shifts import SHIFTS, apply_shift
 
 TEXTS = [
     "a warm , funny and beautifully acted film that never loses its nerve",
@@ -87,7 +87,7 @@ def test_unknown_names_and_bad_severities_are_user_errors():
 
 # --------------------------------------------------------------------------- data.shift in a recipe
 def test_recipe_shift_changes_only_the_named_splits(text_recipe):
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
     from hftl.tasks import TASKS
 
     task = TASKS.get("text-classification")
@@ -103,8 +103,8 @@ def test_recipe_shift_changes_only_the_named_splits(text_recipe):
 def test_recipe_shift_must_fit_the_tasks_inputs(text_recipe):
     import pytest
 
-    from hftl.errors import RecipeError
-    from hftl.recipe import load_recipe
+    from hftl.config.errors import RecipeError
+    from hftl.config.recipe import load_recipe
 
     with pytest.raises(RecipeError, match=r"data.shift.name.*shifts image inputs.*Use one of: char_noise"):
         load_recipe(text_recipe(data={"shift": {"name": "gaussian_noise", "severity": 2}}))

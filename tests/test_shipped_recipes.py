@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from hftl.cli import main
-from hftl.data import DATASETS, FILE_BUILDERS
-from hftl.recipe import load_recipe
-from hftl.shipped_recipes import RECIPES_DIR, shipped_recipes
+from hftl.config.recipe import load_recipe
+from hftl.config.shipped_recipes import RECIPES_DIR, shipped_recipes
+from hftl.data.sources import DATASETS, FILE_BUILDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,11 +33,11 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from hftl.build import build_optimizer, plan_for
-from hftl.errors import HftlError, RecipeError
-from hftl.recipe import load_recipe, validate_recipe
+from hftl.config.errors import HftlError, RecipeError
+from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.strategies import STRATEGIES, wrap_model
 from hftl.strategies.plan import Plan, apply_plan, lr_lambdas
+from hftl.training.build import build_optimizer, plan_for
 
 STEPS, PER_EPOCH = 6, 2  # every case trains 6 optimizer steps, "epochs" of 2 steps
 LR, HEAD_LR, WD = 1e-2, 5e-2, 0.01
@@ -262,7 +262,7 @@ def is_batchnorm(module: nn.Module) -> bool:
 def train_and_watch(model: nn.Module, plan: Plan, recipe, batch: dict, steps: int = STEPS):
     """The loop's strategy mechanics, step by step: yields (step, changed tensor names, LR per param group,
     the optimizer)."""
-    for name, param in model.named_parameters():  # as train.py does before accelerator.prepare
+    for name, param in model.named_parameters():  # as hftl/training/train.py does before accelerator.prepare
         param.requires_grad_(name in plan.ever_trainable())
     optimizer, names = build_optimizer(model, plan, recipe.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(plan, names))
@@ -526,7 +526,7 @@ PROGRESSIVE = {
 def run_killed_after_checkpoint(path: Path, overrides: list[str], step: int) -> int:
     """Run a recipe in a forked child (torch is imported already: no 10 s start-up) that SIGKILLs itself right
     after the checkpoint of ``step`` is complete; returns the child's exit code."""
-    import hftl.train
+    import hftl.training.train
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -536,8 +536,8 @@ def run_killed_after_checkpoint(path: Path, overrides: list[str], step: int) -> 
             quiet = os.open(os.devnull, os.O_WRONLY)
             os.dup2(quiet, 1)
             os.dup2(quiet, 2)
-            os.environ["HFTL_TEST_KILL_AT"] = f"saved:{step}"  # hftl.training_state.kill_point
-            hftl.train.run(load_recipe(path, overrides))
+            os.environ["HFTL_TEST_KILL_AT"] = f"saved:{step}"  # hftl.training.training_state.kill_point
+            hftl.training.train.run(load_recipe(path, overrides))
         finally:
             os._exit(70)
     _, status = os.waitpid(pid, 0)
@@ -553,7 +553,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recipe, tmp_path, capsys) -> None:
     """Killed (SIGKILL) right after the step-7 checkpoint: past the stage change at step 6, inside that group's LR
     ramp and mid-epoch. Resumed, it must end where the uninterrupted run ends, logging the same LRs."""
-    from hftl.train import run
+    from hftl.training.train import run
 
     path = text_recipe(
         strategy=PROGRESSIVE,
@@ -601,7 +601,7 @@ def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> Non
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import hftl.train
+    import hftl.training.train
 
     path = text_recipe(
         strategy={"name": "lora", "lora": {"r": 4, "target_modules": ["query", "value"]}}, optim={"lr": 1e-2}
@@ -612,7 +612,7 @@ def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> Non
         ["a great movie", "an awful plot", "the film was dull and cold"], return_tensors="pt", padding=True
     )
     at_end: dict[str, torch.Tensor] = {}
-    publish = hftl.train.publish_model
+    publish = hftl.training.train.publish_model
 
     def spy(src, run_dir, model=None):  # the model as training left it (best weights loaded)
         model.eval()
@@ -620,8 +620,8 @@ def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> Non
             at_end["logits"] = model(**batch).logits
         return publish(src, run_dir, model)
 
-    monkeypatch.setattr(hftl.train, "publish_model", spy)
-    result = hftl.train.run(recipe)
+    monkeypatch.setattr(hftl.training.train, "publish_model", spy)
+    result = hftl.training.train.run(recipe)
     assert result.metrics["test"]["accuracy"] > 0.8
     run_dir = result.run_dir
     base = AutoModelForSequenceClassification.from_pretrained(recipe.model.checkpoint, num_labels=2)

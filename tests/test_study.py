@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hftl.analysis.study import load_study, point_key, to_yaml_text
 from hftl.cli import main
-from hftl.errors import HftlError
-from hftl.study import load_study, point_key, to_yaml_text
+from hftl.config.errors import HftlError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"train.max_steps": 2, "train.eval_steps": 2, "data.max_eval_samples": 32, "train.batch_size": 8}
@@ -79,7 +79,7 @@ def test_grid_expands_every_point_with_multi_key_values(write_study):
     assert (
         'strategy.llrd={"decay": 0.8}' in overrides and "optim.lr=1.0e-05" in overrides and "train.seed=2" in overrides
     )
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
 
     recipe = load_recipe(study.recipe_file, overrides)
     assert recipe.optim.lr == 1e-5 and recipe.strategy.llrd.decay == 0.8 and recipe.train.max_steps == 2
@@ -88,7 +88,7 @@ def test_grid_expands_every_point_with_multi_key_values(write_study):
 
 @pytest.mark.parametrize("value", [1e-05, 3.0e20, 0.1, 5, True, None, "1e-4", "full", [1, 2.5e-7], {"a": 1e-9}])
 def test_override_text_reads_back_as_the_same_value(value):
-    from hftl.recipe import apply_overrides
+    from hftl.config.recipe import apply_overrides
 
     assert apply_overrides({}, [f"k={to_yaml_text(value)}"])["k"] == value
 
@@ -199,7 +199,8 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys):
     with capsys.disabled():
         print(
             f"\n[measure] per-trial study overhead {min(overhead):.3f}-{max(overhead):.3f} s "
-            f"(median {sorted(overhead)[2]:.3f} s); hftl.train.run {min(run):.1f}-{max(run):.1f} s per 2-step trial"
+            f"(median {sorted(overhead)[2]:.3f} s); hftl.training.train.run "
+            f"{min(run):.1f}-{max(run):.1f} s per 2-step trial"
         )
     # rerunning a finished study trains nothing
     assert main(["study", str(path)]) == 0
@@ -225,7 +226,7 @@ def test_report_rebuilds_from_storage_without_training(write_study, capsys, monk
     for name in ("results.csv", "report.md", "metric_vs_data_size.png"):
         (folder / name).unlink()
     capsys.readouterr()
-    monkeypatch.setattr("hftl.train.run", lambda *a, **k: pytest.fail("--report must not train"))
+    monkeypatch.setattr("hftl.training.train.run", lambda *a, **k: pytest.fail("--report must not train"))
     assert main(["study", str(path), "--report"]) == 0
     assert read_csv(folder / "results.csv") == before
     assert (folder / "metric_vs_data_size.png").stat().st_size > 1000
@@ -289,7 +290,7 @@ def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
 
 
 def _pop_all(url: str, folder: str, out: multiprocessing.Queue) -> None:
-    from hftl.study_engine import _next_trial, open_storage, storage_lock
+    from hftl.analysis.study_engine import _next_trial, open_storage, storage_lock
 
     study = _POP_STUDY
     storage = open_storage(study)
@@ -314,7 +315,7 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
     """Four processes race to pop 40 enqueued grid points (no training): each point goes to exactly one."""
     import multiprocessing
 
-    from hftl.study_engine import ensure_study, open_storage
+    from hftl.analysis.study_engine import ensure_study, open_storage
 
     global _POP_STUDY
     study = load_study(write_study(axes={"train.seed": list(range(40))}), check=False)
@@ -333,7 +334,7 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
 
 
 def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
-    from hftl.study_engine import ensure_study, open_storage
+    from hftl.analysis.study_engine import ensure_study, open_storage
 
     path = write_study()
     study = load_study(path)
@@ -346,8 +347,8 @@ def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
 
 def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
     """The plots chosen by axis kinds, on synthetic cells (model.pretrained / data.shift are not recipe keys yet)."""
-    from hftl.study import Axis, AxisValue, Study, StudySpec
-    from hftl.study_report import write_plots
+    from hftl.analysis.study import Axis, AxisValue, Study, StudySpec
+    from hftl.analysis.study_report import write_plots
 
     def axis(name, kind, labels):
         return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))

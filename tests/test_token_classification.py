@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftl.errors import DataError
-from hftl.recipe import load_recipe, validate_recipe
+from hftl.config.errors import DataError
+from hftl.config.recipe import load_recipe, validate_recipe
 from hftl.tasks import TASKS
 from hftl.tasks.token_classification import IGNORE, align_labels, continuation_ids
 
@@ -241,8 +241,8 @@ def test_metrics_are_entity_level_and_ignore_padding():
 def test_tiny_ner_learns_and_reloads_with_pipeline(ner_bert_dir, ner_jsonl, tmp_path, label_all):
     from transformers import pipeline
 
-    from hftl.predict import predict
-    from hftl.train import run
+    from hftl.cli.predict import predict
+    from hftl.training.train import run
 
     result = run(recipe_for(ner_bert_dir, ner_jsonl, tmp_path, label_all_subtokens=label_all))
     log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -268,7 +268,7 @@ def test_wnut_recipe_on_real_minilm(tmp_path):
     """The shipped offline recipe, a few dozen steps: entities found, loss falls, the run reloads in a pipeline."""
     from transformers import pipeline
 
-    from hftl.train import run
+    from hftl.training.train import run
 
     recipe = load_recipe(
         RECIPES / "wnut-ner.yaml",

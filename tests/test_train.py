@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from hftl.recipe import load_recipe
-from hftl.train import run
+from hftl.config.recipe import load_recipe
+from hftl.training.train import run
 
 
 def read_log(run_dir):

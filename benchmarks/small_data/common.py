@@ -16,7 +16,7 @@ SEEDS = [0, 1, 2]
 
 def load_data():
     """Full train / validation / test, tokenized by hftl (max_length 64, no padding)."""
-    from hftl.recipe import load_recipe
+    from hftl.config.recipe import load_recipe
     from hftl.tasks import prepare_data
 
     r = load_recipe(RECIPE, [f"train.seed={SPLIT_SEED}"])

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hftl.errors import RecipeError
-from hftl.registry import Registry
+from hftl.config.errors import RecipeError
+from hftl.config.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-    from hftl.layers import LayerGroup
-    from hftl.schema import Recipe, Section, StrategySection
+    from hftl.config.schema import Recipe, Section, StrategySection
+    from hftl.models.layers import LayerGroup
 
 
 @dataclass(frozen=True)

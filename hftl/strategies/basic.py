@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 
@@ -27,7 +27,7 @@ class FeatureExtractionOptions(Section):
 
 
 def _fixed_l2_probe(options: FeatureExtractionOptions):
-    from hftl.probe import fit_probe
+    from hftl.training.probe import fit_probe
 
     return partial(fit_probe, grid=(options.l2,)) if options.l2 is not None and options.head_solver == "lbfgs" else None
 

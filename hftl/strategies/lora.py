@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 
@@ -21,7 +21,7 @@ def wrap_lora(model, recipe, options: LoraOptions):
     """Wrap the model with peft LoRA adapters; the new head trains fully and is saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from hftl.layers import map_layer_groups
+    from hftl.models.layers import map_layer_groups
     from hftl.tasks import TASKS
 
     custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
@@ -61,7 +61,7 @@ def check_target_modules(model, targets: list[str] | None, file: str | None) -> 
 def _target_error(model, file: str | None, problem: str, value=...):
     import torch
 
-    from hftl.errors import RecipeError
+    from hftl.config.errors import RecipeError
 
     short = sorted(
         {

@@ -7,7 +7,7 @@ import re
 
 from pydantic import Field, model_validator
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 

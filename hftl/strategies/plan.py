@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from hftl.errors import RecipeError
+from hftl.config.errors import RecipeError
 from hftl.strategies import STRATEGIES, Where
 
 if TYPE_CHECKING:
     import torch
 
-    from hftl.layers import LayerGroup
-    from hftl.schema import OptimSection, Recipe, StrategySection
+    from hftl.config.schema import OptimSection, Recipe, StrategySection
+    from hftl.models.layers import LayerGroup
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def warmup_steps(optim: OptimSection, total_steps: int) -> int:
 
 def layer_groups_of(model: torch.nn.Module, section: StrategySection, prefix: str = "") -> list[LayerGroup]:
     """The model's layer groups, input to head: the recipe's own regex groups when it gives them, else mapped."""
-    from hftl.layers import map_layer_groups
+    from hftl.models.layers import map_layer_groups
 
     custom = [(g.name, g.patterns) for g in section.layer_groups or []] or None
     return map_layer_groups(model, custom=custom, prefix=prefix)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 

@@ -5,7 +5,7 @@ linear head is noisy; a *prototype* per class (the mean of its examples'
 normalised features, normalised again) and cosine similarity to it needs no
 training at all (the nearest-mean classifier of Snell et al. 2017's prototypical
 networks, on a frozen pretrained body). It runs on the feature cache
-(:mod:`hftl.feature_cache`), like the L-BFGS probe of ``feature_extraction``:
+(:mod:`hftl.training.feature_cache`), like the L-BFGS probe of ``feature_extraction``:
 the body's pooled outputs are computed once, and the prototypes take seconds.
 
 Where the normalisation lives, so the saved run still loads with
@@ -29,7 +29,7 @@ from functools import partial
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 
@@ -73,8 +73,8 @@ def fit_prototypes(chain, train_rows, train_labels, val_rows, val_labels, scale:
     """Set the chain's linear layer to cosine nearest-prototype classification (the head must be one linear layer)."""
     import torch
 
-    from hftl.errors import HftlError
-    from hftl.probe import head_inputs, linear_head
+    from hftl.config.errors import HftlError
+    from hftl.training.probe import head_inputs, linear_head
 
     linear = linear_head(chain)
     x, x_val = head_inputs(chain, train_rows), head_inputs(chain, val_rows)

@@ -9,7 +9,7 @@ which turns 2K examples into thousands of training signals, then fits a
 classifier head on the tuned body's pooled features.
 
 How it runs here (the ``tune_body`` hook of :class:`hftl.strategies.Strategy`,
-called by :func:`hftl.train.run` before the feature cache):
+called by :func:`hftl.training.train.run` before the feature cache):
 
 1. the model is hftl's pooled classifier (``model.pooling`` mean / max / cls;
    ``auto`` gives mean for sentence-transformers checkpoints such as
@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 if TYPE_CHECKING:
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
 
 
 class SetFitOptions(Section):
@@ -82,9 +82,9 @@ def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, acc
     """Contrastive tuning of ``model.body`` in place with the setfit library (or from the cache); what was done."""
     from safetensors.torch import load_file, save_file
 
-    from hftl import log
-    from hftl.errors import RecipeError
-    from hftl.feature_cache import rng_untouched
+    from hftl.config import log
+    from hftl.config.errors import RecipeError
+    from hftl.training.feature_cache import rng_untouched
 
     body, pooling = getattr(model, "body", None), getattr(getattr(model, "config", None), "pooling", None)
     if body is None or pooling not in ("mean", "max", "cls"):
@@ -145,7 +145,7 @@ def _train_embeddings(
     import transformers
     from datasets import Dataset
 
-    from hftl.errors import HftlError
+    from hftl.config.errors import HftlError
 
     try:
         import setfit  # noqa: F401
@@ -222,8 +222,8 @@ def _cache_file(body: Any, recipe: Recipe, options: SetFitOptions, pooling: str,
     import torch
     import transformers
 
-    from hftl.feature_cache import _bytes
-    from hftl.feature_cache import cache_dir as features_dir
+    from hftl.training.feature_cache import _bytes
+    from hftl.training.feature_cache import cache_dir as features_dir
 
     digest = hashlib.sha256()
     fields = {
@@ -252,7 +252,7 @@ def fit_head(options: SetFitOptions) -> Any:
     """The head's fit on the tuned body's cached features: the L-BFGS probe at the fixed L2 ``head_l2``."""
     from functools import partial
 
-    from hftl.probe import fit_probe
+    from hftl.training.probe import fit_probe
 
     return partial(fit_probe, grid=(options.head_l2,))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from hftl.schema import Section
+from hftl.config.schema import Section
 from hftl.strategies import strategy
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from hftl.registry import Registry
+from hftl.config.registry import Registry
 
 if TYPE_CHECKING:
     import datasets
     import torch
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
 
 

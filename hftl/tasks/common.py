@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import DataError, RecipeError
+from hftl.config.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
 
 
 def check_columns_section(recipe: Recipe, roles: dict[str, str | None]) -> None:
     """Reject column roles the task does not read (a typo would otherwise be ignored)."""
-    from hftl.registry import did_you_mean
+    from hftl.config.registry import did_you_mean
 
     for role in recipe.data.columns:
         if role not in roles:
@@ -48,8 +48,8 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
     """Load the data source, carve missing splits, subsample, and check every needed column exists."""
     import datasets
 
-    from hftl import data
-    from hftl import splits as splits_of
+    from hftl.data import sources as data
+    from hftl.data import splits as splits_of
 
     d = recipe.data
     raw = data.load_source(
@@ -116,7 +116,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
 
 def shift_splits(splits: datasets.DatasetDict, recipe: Recipe, roles: dict[str, str | None]) -> datasets.DatasetDict:
     """Apply ``data.shift`` to the input column it names (after carving and subsampling, before encoding)."""
-    from hftl.shifts import SHIFTS, apply_shift
+    from hftl.data.shifts import SHIFTS, apply_shift
 
     shift = recipe.data.shift
     col = column(recipe, roles, SHIFTS.get(shift.name).modality)
@@ -161,7 +161,7 @@ def stratify_column(recipe: Recipe, roles: dict[str, str | None], splits: datase
 def take_shots(ds: datasets.Dataset, recipe: Recipe, label_column: str | None) -> datasets.Dataset:
     """``data.shots`` examples of each class: a seeded permutation per class (``train.seed``), rows kept in order.
 
-    Like :func:`hftl.data.subsample`, a smaller K gives a subset of a larger one with the same seed.
+    Like :func:`hftl.data.sources.subsample`, a smaller K gives a subset of a larger one with the same seed.
     """
     import numpy as np
 

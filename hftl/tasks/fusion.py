@@ -1,7 +1,7 @@
 """Task ``fusion``: classify an (image, text) pair with a vision tower, a text tower and a fusion head.
 
 The model itself (towers, pooling, ``concat`` / ``gated`` head, save and reload) is in
-:mod:`hftl.tasks.fusion_model`. Here: the recipe checks, data encoding, the per-tower strategy
+:mod:`hftl.models.fusion_model`. Here: the recipe checks, data encoding, the per-tower strategy
 plan, prediction, and the synthetic offline pairing ``digits-plus``.
 
 Layer groups: each tower is mapped on its own (``vision.*``, ``text.*``) and planned with its own
@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import DataError, RecipeError
+from hftl.config.errors import DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     argmax_predictions,
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     import datasets
     import torch
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
+    from hftl.models.fusion_model import FusionModel, FusionProcessor
     from hftl.strategies.plan import Plan
-    from hftl.tasks.fusion_model import FusionModel, FusionProcessor
 
 TOWERS = ("vision", "text")
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -53,7 +53,7 @@ def digits_plus() -> datasets.DatasetDict:
     import datasets
     import numpy as np
 
-    from hftl.data import DATASETS
+    from hftl.data.sources import DATASETS
 
     base = DATASETS.get("mnist-5k")()["train"]
     digits = np.asarray(base["label"])
@@ -71,7 +71,7 @@ def digits_plus() -> datasets.DatasetDict:
 def register_catalog() -> None:
     """Add ``digits-plus`` to the offline dataset catalog (done when the task loads data, so that
     validating a recipe does not import ``datasets``)."""
-    from hftl.data import DATASETS
+    from hftl.data.sources import DATASETS
 
     if "digits-plus" not in DATASETS:
         DATASETS.register("digits-plus")(digits_plus)
@@ -80,8 +80,8 @@ def register_catalog() -> None:
 # --------------------------------------------------------------------------- planning
 def plan_fusion(model: FusionModel, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
     """Plan each tower with its own strategy section, then join the plans: vision groups, text groups, head."""
-    from hftl.layers import LayerGroup
-    from hftl.schema import StrategySection
+    from hftl.config.schema import StrategySection
+    from hftl.models.layers import LayerGroup
     from hftl.strategies.plan import layer_groups_of, plan_strategy
 
     head_params = tuple(name for name, _ in model.named_parameters() if name.startswith("head."))
@@ -184,8 +184,8 @@ class Fusion:
     def load_processor(self, recipe: Recipe) -> FusionProcessor:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        from hftl.pretrained import load_pretrained
-        from hftl.tasks.fusion_model import FusionProcessor
+        from hftl.models.fusion_model import FusionProcessor
+        from hftl.models.pretrained import load_pretrained
 
         vision, text = recipe.model.towers["vision"], recipe.model.towers["text"]
         remote = recipe.model.trust_remote_code
@@ -276,9 +276,9 @@ class Fusion:
         return collate
 
     def build_model(self, recipe: Recipe, labels: list[str]) -> FusionModel:
-        from hftl.pretrained import load_body
-        from hftl.schema import FusionSection
-        from hftl.tasks.fusion_model import FusionConfig, FusionModel
+        from hftl.config.schema import FusionSection
+        from hftl.models.fusion_model import FusionConfig, FusionModel
+        from hftl.models.pretrained import load_body
 
         specs = recipe.model.towers
         towers = {
@@ -323,7 +323,7 @@ class Fusion:
         import torch
         from PIL import Image, UnidentifiedImageError
 
-        from hftl.tasks.fusion_model import load_fusion
+        from hftl.models.fusion_model import load_fusion
 
         model, processor = load_fusion(run_dir)
         labels = model.fusion_config.labels

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import CheckpointError, DataError, RecipeError
+from hftl.config.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     BadExamples,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -199,7 +199,7 @@ class ImageClassification:
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
 
-        from hftl.pretrained import load_pretrained, model_source
+        from hftl.models.pretrained import load_pretrained, model_source
 
         processor = load_pretrained(
             AutoImageProcessor,
@@ -246,7 +246,7 @@ class ImageClassification:
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForImageClassification
 
-        from hftl.pretrained import load_model_for_labels
+        from hftl.models.pretrained import load_model_for_labels
 
         model = load_model_for_labels(AutoModelForImageClassification, recipe, labels)
         if recipe.data.image_size:

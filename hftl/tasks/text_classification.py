@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import RecipeError
+from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     argmax_predictions,
@@ -23,7 +23,7 @@ from hftl.tasks.common import (
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -55,7 +55,7 @@ class TextClassification:
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoTokenizer
 
-        from hftl.pretrained import load_pretrained, model_source
+        from hftl.models.pretrained import load_pretrained, model_source
 
         return load_pretrained(
             AutoTokenizer,
@@ -114,13 +114,13 @@ class TextClassification:
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification
 
-        from hftl.pretrained import label_config, load_body, load_model_for_labels, model_source
-        from hftl.tasks import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
+        from hftl.models import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
+        from hftl.models.pretrained import label_config, load_body, load_model_for_labels, model_source
 
         pooling = resolve_pooling(recipe)
         if pooling == "pooler":  # the checkpoint's own head class (or an earlier run's, with init_from)
             return load_model_for_labels(AutoModelForSequenceClassification, recipe, labels)
-        from hftl.tasks.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
+        from hftl.models.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
 
         body = load_body(recipe, model_source(recipe), recipe.model.revision)
         config = PooledClassifierConfig(body=body.config.to_dict(), pooling=pooling, **label_config(labels))
@@ -138,7 +138,7 @@ class TextClassification:
         return classification_metrics(predictions, references)
 
     def predict(self, run_dir: Any, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
-        from hftl.tasks import pooled_model  # noqa: F401  (registers the pooled classifier with transformers)
+        from hftl.models import pooled_model  # noqa: F401  (registers the pooled classifier with transformers)
 
         return pipeline_predict(run_dir, "text-classification", inputs, top_k)
 
@@ -146,7 +146,7 @@ class TextClassification:
 def resolve_pooling(recipe: Recipe) -> str:
     """``model.pooling``, with ``auto`` resolved: the checkpoint's own pooling (sentence-transformers), else
     ``pooler`` (the checkpoint's head class). An ``init_from`` run keeps the head class it was trained with."""
-    from hftl.pretrained import checkpoint_pooling
+    from hftl.models.pretrained import checkpoint_pooling
 
     if recipe.model.pooling != "auto":
         return recipe.model.pooling

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import CheckpointError, DataError, RecipeError
+from hftl.config.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     BadExamples,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import datasets
     import torch
 
-    from hftl.schema import Recipe
+    from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
 
 IGNORE = -100
@@ -98,7 +98,7 @@ class TokenClassification:
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoConfig, AutoTokenizer
 
-        from hftl.pretrained import load_pretrained
+        from hftl.models.pretrained import load_pretrained
 
         m = recipe.model
         config = load_pretrained(
@@ -213,7 +213,7 @@ class TokenClassification:
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        from hftl.pretrained import label_config, load_pretrained
+        from hftl.models.pretrained import label_config, load_pretrained
 
         m = recipe.model
         label_args = label_config(labels)

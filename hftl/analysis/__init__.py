@@ -1,0 +1,1 @@
+"""Analysis above single runs: the advisor (measure, decide), transferability scores, studies on Optuna."""

@@ -1,0 +1,229 @@
+"""The advisor's decision table: (training-set size x what the frozen features already do) -> strategy.
+
+Pure and light (no torch): :mod:`hftl.analysis.advise` measures, this module decides, and
+:mod:`hftl.config.recipe` reads :data:`AUTO` from here. The table is data: one row per
+(size band, feature class), each naming the recommended rung of the adaptivity
+ladder, the runner-up and why. The thresholds are constants with the measurement
+they come from; most are provisional until the strategy-vs-size studies
+(``studies/*.yaml``) are in, and the README says which.
+
+Strategy names appear here because recommending them is this module's job; it never
+branches on one (tests/test_extension_points.py lists the exemption).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+AUTO = "auto"  # strategy.name that asks the advisor at the start of the run
+ADVICE_KEY = "advice"  # strategy.advice: the advisor's record in a resolved recipe (informational)
+
+# --------------------------------------------------------------------------- thresholds (update from studies/)
+# all-MiniLM-L6-v2 on Rotten Tomatoes (OFFLINE.md; README "Strategies on the real checkpoint"): a converged probe on
+# mean-pooled frozen features gives 0.676 / 0.731 / 0.724 / 0.749 at 100 / 500 / 1,000 / 4,000 snippets; at 1,000,
+# full fine-tuning for one epoch gave 0.722 (a tie) and with 500 every fine-tune stayed at the majority class; at 4,000
+# partial (bottom half frozen) gave 0.816, full + LLRD 0.810, full 0.780. So the probe is the choice below a few
+# thousand examples. PROVISIONAL: the crossover lies between the measured 1,000 and 4,000; 2,000 is a guess.
+FEW_EXAMPLES = 2_000
+# Full fine-tuning on all 10.2k snippets: 0.830-0.839 (README, OFFLINE.md), above partial at 4,000 (0.816). Where
+# full overtakes partial is not measured. PROVISIONAL: 8,000, below the 10.2k where full was measured best.
+MANY_EXAMPLES = 8_000
+# Frozen features "already separate the labels" when a linear probe removes this share of the majority-class
+# baseline's errors: little is left for adapting the body. NOT MEASURED here (EfficientNet-Lite0 on Fashion-MNIST:
+# probe 0.828 vs fine-tuned 0.839-0.860, i.e. it removes 81% of the errors, and fine-tuning still gained a little).
+SEPARABLE_ERROR_REDUCTION = 0.90
+# Likely negative transfer: the probe on frozen features scores this much below the raw-input baseline (TF-IDF or
+# pixels + logistic regression, same folds). PROVISIONAL: about two standard errors of a 3-fold accuracy on ~1,000.
+NEGATIVE_GAP = 0.03
+# Fine-tuning needs enough optimizer steps: with 500-1,000 snippets and 16-63 steps it stayed at the majority class,
+# and one epoch of the full 10.2k (319 steps at batch 32) reached 0.830. Budget: epochs giving at least this many.
+MIN_FINETUNE_STEPS = 300
+MAX_EPOCHS = 10
+
+SIZE_BANDS = ("small", "medium", "large")
+FEATURE_CLASSES = ("separable", "ordinary", "negative")
+
+
+# --------------------------------------------------------------------------- the ladder of strategies
+@dataclass(frozen=True)
+class Rung:
+    """One step of the adaptivity ladder: a strategy and the recipe keys it sets (LRs, budget, pooling)."""
+
+    strategy: str
+    options: dict[str, Any] = field(default_factory=dict)  # strategy.<name>
+    lr: float | None = None  # optim.lr (the body); None: the body never trains
+    head_lr: float = 1e-3
+    image_lrs: tuple[float, float] | None = None  # (lr, head_lr) for image inputs
+    epochs: float | None = None  # None: from MIN_FINETUNE_STEPS
+
+    @property
+    def label(self) -> str:
+        return self.strategy
+
+
+# Input to head, least to most adaptive. Text LRs: the README benchmark and studies/ (body 1e-4, head 1e-3; probe
+# head 1e-2) and recipes/sentiment.yaml (5e-5 / 5e-4: 0.830 on 10.2k snippets). Image LRs: recipes/
+# fashion-mnist-efficientnet.yaml (3e-4 / 3e-3: 0.793 on 1,000 images); for partial on images: not measured.
+LADDER = (
+    Rung("feature_extraction", head_lr=1e-2, epochs=3),  # L-BFGS probe first, then 3 cheap epochs on cached features
+    Rung("partial", {"freeze_fraction": 0.5}, lr=1e-4, head_lr=1e-3, image_lrs=(3e-4, 3e-3)),  # 0.816 at 4,000
+    Rung("full", lr=5e-5, head_lr=5e-4, image_lrs=(3e-4, 3e-3)),
+)
+FE, PARTIAL, FULL = (r.label for r in LADDER)
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Cell:
+    rung: str
+    runner_up: str
+    why: str
+
+
+TABLE: dict[tuple[str, str], Cell] = {
+    ("small", "separable"): Cell(FE, PARTIAL, "few examples and the frozen features already separate the labels"),
+    ("small", "ordinary"): Cell(
+        FE,
+        PARTIAL,
+        "few examples: a converged probe on frozen features beats fine-tuning "
+        "(MiniLM: 0.72-0.73 vs the majority class at 500-1,000 snippets)",
+    ),
+    ("small", "negative"): Cell(
+        FE, PARTIAL, "few examples, too few to re-learn the features; but raw inputs beat them: try another checkpoint"
+    ),
+    ("medium", "separable"): Cell(
+        FE, PARTIAL, "the frozen features already separate the labels: adapting the body has little left to gain"
+    ),
+    ("medium", "ordinary"): Cell(
+        PARTIAL,
+        FULL,
+        "a few thousand examples: adapting the top half wins (MiniLM at "
+        "4,000: partial 0.816 vs probe 0.749) at 0.6x the step time of full",
+    ),
+    ("medium", "negative"): Cell(
+        FULL,
+        PARTIAL,
+        "the frozen features are worse than raw inputs: the whole body "
+        "must adapt, and there are enough examples to do it",
+    ),
+    ("large", "separable"): Cell(
+        FE, PARTIAL, "the frozen features already separate the labels: adapting the body has little left to gain"
+    ),
+    ("large", "ordinary"): Cell(FULL, PARTIAL, "many examples: full fine-tuning (MiniLM on 10.2k: 0.83)"),
+    ("large", "negative"): Cell(
+        FULL, PARTIAL, "the frozen features are worse than raw inputs, and there are many examples to re-learn them"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the table reads (accuracies from the same cross-validation folds of the training split)."""
+
+    n_train: int
+    majority: float  # accuracy of always predicting the commonest class
+    probe_accuracy: float  # linear probe on the frozen features
+    baseline_accuracy: float | None  # raw inputs + logistic regression (None: not measured for this input)
+
+
+@dataclass(frozen=True)
+class Decision:
+    size_band: str
+    feature_class: str
+    rung: Rung
+    runner_up: Rung
+    why: str
+    flags: tuple[str, ...]
+
+    @property
+    def branch(self) -> str:
+        return f"{self.size_band} x {self.feature_class}"
+
+
+def size_band(n: int) -> str:
+    return "small" if n < FEW_EXAMPLES else "medium" if n < MANY_EXAMPLES else "large"
+
+
+def feature_class(m: Measurements) -> str:
+    if m.baseline_accuracy is not None and m.probe_accuracy < m.baseline_accuracy - NEGATIVE_GAP:
+        return "negative"
+    majority_error = 1.0 - m.majority
+    if majority_error > 0 and (m.probe_accuracy - m.majority) / majority_error >= SEPARABLE_ERROR_REDUCTION:
+        return "separable"
+    return "ordinary"
+
+
+def decide(m: Measurements) -> Decision:
+    """The table's answer for these measurements, with the branch taken and warnings."""
+    band, kind = size_band(m.n_train), feature_class(m)
+    cell = TABLE[(band, kind)]
+    flags = []
+    if kind == "negative":
+        flags.append(
+            f"likely negative transfer: raw inputs + logistic regression ({m.baseline_accuracy:.3f}) beat "
+            f"the linear probe on frozen features ({m.probe_accuracy:.3f}); consider another checkpoint"
+        )
+    if m.probe_accuracy <= m.majority + 0.01:
+        flags.append(f"the frozen features barely beat the majority class ({m.probe_accuracy:.3f} vs {m.majority:.3f})")
+    return Decision(band, kind, rung(cell.rung), rung(cell.runner_up), cell.why, tuple(flags))
+
+
+def rung(label: str) -> Rung:
+    return next(r for r in LADDER if r.label == label)
+
+
+def neighbours(label: str) -> list[Rung]:
+    """The next less and the next more adaptive rungs (those that exist), for ``hftl advise --verify``."""
+    i = [r.label for r in LADDER].index(label)
+    return [LADDER[j] for j in (i - 1, i + 1) if 0 <= j < len(LADDER)]
+
+
+def epochs_for(r: Rung, n_train: int, batch_size: int) -> float:
+    """The rung's budget: its own epochs, else enough epochs for MIN_FINETUNE_STEPS optimizer steps."""
+    if r.epochs is not None:
+        return r.epochs
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return float(min(MAX_EPOCHS, max(1, math.ceil(MIN_FINETUNE_STEPS / steps_per_epoch))))
+
+
+def rung_settings(r: Rung, n_train: int, batch_size: int, images: bool, pooling: str | None) -> dict[str, Any]:
+    """The recipe keys (dotted paths) that put a recipe on this rung."""
+    sets: dict[str, Any] = {"strategy.name": r.strategy}
+    if r.options:
+        sets[f"strategy.{r.strategy}"] = dict(r.options)
+    lr, head_lr = r.image_lrs if images and r.image_lrs else (r.lr, r.head_lr)
+    if lr is not None:
+        sets["optim.lr"] = lr
+    sets["optim.head_lr"] = head_lr
+    sets["train.epochs"] = epochs_for(r, n_train, batch_size)
+    if r.lr is None and images:  # a frozen body's features are cached only when nothing random feeds it
+        sets["data.augment"] = {"random_resized_crop": False, "hflip": False}
+    if r.lr is None and pooling == "pooler":
+        # MiniLM probes at 4,000 snippets: mean-pooled token states 0.749, the BERT pooler output 0.698 (OFFLINE.md)
+        sets["model.pooling"] = "mean"
+    return sets
+
+
+def describe_table() -> str:
+    """The table as text (``hftl advise`` prints it with the branch taken)."""
+    lines = [f"  {'':8}" + "".join(f"{k:<22}" for k in FEATURE_CLASSES)]
+    for band in SIZE_BANDS:
+        lines.append(f"  {band:<8}" + "".join(f"{TABLE[(band, k)].rung:<22}" for k in FEATURE_CLASSES))
+    return "\n".join(lines)
+
+
+def check_auto(section: Any, file: str | None, key: str) -> None:
+    """``strategy.name: auto`` leaves the strategy, its options and the LR shape to the advisor."""
+    from hftl.config.errors import RecipeError
+
+    given = [k for k in (section.model_extra or {}) if k != ADVICE_KEY]
+    given += [k for k in ("llrd", "discriminative", "towers") if getattr(section, k) is not None]
+    if given:
+        raise RecipeError(
+            file,
+            f"{key}.{given[0]}",
+            f"does not go with {key}.name: {AUTO} (the advisor chooses the strategy, its options and the LRs)",
+            hint=f"Remove {key}.{given[0]}, or name a strategy.",
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from hftl.cli.commands import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""hftl's messages through Python ``logging``: one ``hftl`` logger, quiet or verbose on request.
+
+Progress lines (``[eval] ...``, ``[resume] ...``) are INFO, shown by default; ``hftl --quiet`` (or
+``HFTL_LOG_LEVEL=WARNING``) keeps only warnings, errors and the run's final summary, and hides progress bars;
+``--verbose`` (``DEBUG``) adds detail. Messages are written as plain lines: INFO and the summary to stdout,
+warnings and errors to stderr. Like accelerate's multi-process ``get_logger`` (whose ``[RANK 0]`` prefix
+it leaves out), only the main process writes. An application that configures logging itself can replace
+the handler of ``logging.getLogger("hftl")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from hftl.config.errors import HftlError
+
+LOGGER_NAME = "hftl"
+SUMMARY = 35  # above WARNING: a run's final line is shown even with --quiet
+logging.addLevelName(SUMMARY, "SUMMARY")
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+class _ConsoleHandler(logging.Handler):
+    """Plain lines to the streams of the moment (a notebook or test runner may swap sys.stdout)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if logging.WARNING <= record.levelno != SUMMARY else sys.stdout
+        try:
+            print(self.format(record), file=stream, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
+
+
+def env_level() -> int:
+    """The level HFTL_LOG_LEVEL asks for (a name or a number); INFO when unset."""
+    raw = os.environ.get("HFTL_LOG_LEVEL", "").strip()
+    if not raw:
+        return logging.INFO
+    if raw.upper() in _LEVELS:
+        return _LEVELS[raw.upper()]
+    if raw.isdigit():
+        return int(raw)
+    raise HftlError(f"HFTL_LOG_LEVEL={raw!r} is not a log level; use one of {', '.join(_LEVELS)} (or unset it).")
+
+
+def configure(quiet: bool = False, verbose: bool = False) -> int:
+    """Set the ``hftl`` logger's level (flags win over HFTL_LOG_LEVEL) and its console handler; returns the level."""
+    if quiet and verbose:
+        raise HftlError("--quiet and --verbose contradict each other; give one.")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else env_level()
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.propagate = False
+    if level > logging.INFO:  # quiet: the libraries' progress bars go too
+        for disable in _progress_bar_switches():
+            disable()
+    return level
+
+
+def _progress_bar_switches() -> list:
+    switches = []
+    try:
+        import datasets
+
+        switches.append(datasets.disable_progress_bars)
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        switches.append(disable_progress_bars)
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        switches.append(hf_logging.disable_progress_bar)
+    except ImportError:
+        pass
+    return switches
+
+
+def logger() -> logging.Logger:
+    """The ``hftl`` logger (given hftl's console handler at the first use when nobody configured it)."""
+    base = logging.getLogger(LOGGER_NAME)
+    if not base.handlers:  # used from Python without the CLI: same output as `hftl run`
+        configure()
+    return base
+
+
+def _main_process() -> bool:
+    """Whether this process speaks: the main one once accelerate knows the processes, else every (lone) one."""
+    try:
+        from accelerate.state import PartialState
+    except ImportError:
+        return True
+    return not PartialState._shared_state or PartialState().is_main_process
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """One progress line (main process only)."""
+    if _main_process():
+        logger().log(level, message)
+
+
+def summary(message: str) -> None:
+    """The line a run ends with (main process only): shown even with ``--quiet``."""
+    say(message, SUMMARY)
+
+
+def shows(level: int = logging.INFO) -> bool:
+    """Whether messages of ``level`` are shown (e.g. to hide a progress bar when quiet)."""
+    base = logging.getLogger(LOGGER_NAME)
+    if not base.handlers:
+        configure()
+    return base.isEnabledFor(level)

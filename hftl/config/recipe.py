@@ -1,0 +1,303 @@
+"""Reading a recipe: YAML (safe loader) + ``key.path=value`` overrides -> a validated :class:`Recipe`.
+
+A recipe is validated completely before any weights or data are loaded, in one
+step: the schema (:mod:`hftl.config.schema`: types, ranges, unknown keys with a
+did-you-mean), then the checks that need the registries (the task's own
+checks, the strategy's options typed by the model it registers, combinations
+of the two). Every error names the file and the dotted key path, shows the bad
+value and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from hftl.config.errors import RecipeError
+from hftl.config.registry import did_you_mean
+from hftl.config.schema import Recipe, Section, StrategySection
+from hftl.config.yaml_loader import load_yaml
+
+__all__ = ["Recipe", "apply_overrides", "load_recipe", "validate_recipe"]
+
+
+# --------------------------------------------------------------------------- loading
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; no weights or data are touched.
+
+    ``path`` is a file, or the name of a shipped recipe (``sentiment``; see :mod:`hftl.config.shipped_recipes`).
+    """
+    from hftl.config.shipped_recipes import resolve_recipe_path
+
+    file = resolve_recipe_path(str(path))
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(
+            file,
+            None,
+            f"cannot read the recipe file ({exc.strerror})",
+            hint="Check the path, or name a shipped recipe (`hftl recipes` lists them).",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            file, None, f"is not UTF-8 text (byte {exc.start})", hint="Save the recipe as UTF-8."
+        ) from None
+    try:
+        doc = load_yaml(text, file)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise RecipeError(
+            file,
+            None,
+            f"is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}",
+            hint="Recipes are plain YAML mappings; Python tags such as !!python/object are refused.",
+        ) from None
+    except RecursionError:
+        raise RecipeError(file, None, "is nested too deeply to be a recipe") from None
+    if doc is None:
+        raise RecipeError(
+            file, None, "is empty", hint="A recipe needs at least name, task, model.checkpoint and data.source."
+        )
+    if not isinstance(doc, dict):
+        raise RecipeError(file, None, f"must be a YAML mapping of sections, not a {type(doc).__name__}", doc)
+    doc = apply_overrides(doc, overrides, file)
+    return validate_recipe(doc, file)
+
+
+def apply_overrides(
+    doc: dict[str, Any], overrides: list[str] | tuple[str, ...], file: str | None = None
+) -> dict[str, Any]:
+    """Return a copy of ``doc`` with each ``key.path=value`` set (values parsed as YAML scalars/lists)."""
+    doc = copy.deepcopy(doc)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(
+                file,
+                None,
+                f"override {item!r} is not of the form key.path=value",
+                hint="For example: train.epochs=2 optim.lr=3e-5",
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError):
+            value = raw
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # 'a: b' is text; a mapping needs braces: data.columns={text: review}
+        node = doc
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(
+                    file,
+                    ".".join(parts[: i + 1]),
+                    "is a value, so it has no sub-keys",
+                    child,
+                    hint=f"Override it directly: {'.'.join(parts[: i + 1])}=...",
+                )
+            node = child
+        node[parts[-1]] = value
+    return doc
+
+
+def validate_recipe(doc: dict[str, Any], file: str | None = None) -> Recipe:
+    """Validate a recipe document (schema + registries + cross-field checks)."""
+    try:
+        recipe = Recipe.model_validate({**doc, "source_file": file})
+    except ValidationError as exc:
+        raise _recipe_error(exc, file) from None
+    return check_recipe(recipe)
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """The checks that need the registries; returns the recipe with its strategy options typed."""
+    from hftl.tasks import TASKS  # the registries (task and strategy modules import no torch at import time)
+
+    file = recipe.source_file
+    if recipe.task not in TASKS:
+        raise RecipeError(
+            file,
+            "task",
+            f"unknown task '{recipe.task}'.{did_you_mean(recipe.task, TASKS.names())}",
+            hint=f"Allowed: {', '.join(TASKS.names())}.",
+        )
+    task = TASKS.get(recipe.task)
+    recipe = recipe.model_copy(update={"strategy": check_strategy(recipe.strategy, recipe, "strategy")})
+    if recipe.data.shift is not None:
+        check_shift(recipe, task.roles)
+    task.check(recipe)
+    from hftl.training.adaptation import check_adaptation
+
+    check_adaptation(recipe, task)  # data.target / strategy.adaptation
+    return recipe
+
+
+def check_shift(recipe: Recipe, roles: dict[str, str | None]) -> None:
+    """A known shift, of an input the task reads (images or texts)."""
+    from hftl.data.shifts import SHIFTS
+
+    shift = recipe.data.shift
+    if shift.name not in SHIFTS:
+        raise RecipeError(
+            recipe.source_file,
+            "data.shift.name",
+            f"unknown shift '{shift.name}'.{did_you_mean(shift.name, SHIFTS.names())}",
+            hint=f"Allowed: {', '.join(SHIFTS.names())}.",
+        )
+    modality = SHIFTS.get(shift.name).modality
+    if modality not in roles:
+        fitting = [n for n, s in SHIFTS.items() if s.modality in roles]
+        raise RecipeError(
+            recipe.source_file,
+            "data.shift.name",
+            f"'{shift.name}' shifts {modality} inputs, which task '{recipe.task}' does not read",
+            hint=f"Use one of: {', '.join(fitting) or '(none)'}.",
+        )
+
+
+def check_strategy(section: StrategySection, recipe: Recipe, key: str) -> StrategySection:
+    """Known name, options typed by the strategy's own model and only for that strategy, LR options that agree."""
+    from hftl.analysis.advice_rules import ADVICE_KEY, AUTO, check_auto
+    from hftl.strategies import STRATEGIES
+    from hftl.tasks import TASKS
+
+    file = recipe.source_file
+    if section.name == AUTO:  # resolved at the start of the run by hftl advise (hftl/analysis/advise.py)
+        check_auto(section, file, key)
+        return section
+    if section.name not in STRATEGIES:
+        raise RecipeError(
+            file,
+            f"{key}.name",
+            f"unknown strategy '{section.name}'.{did_you_mean(section.name, STRATEGIES.names())}",
+            hint=f"Allowed: {', '.join(STRATEGIES.names())}.",
+        )
+    spec = STRATEGIES.get(section.name)
+    with_options = [name for name, s in STRATEGIES.items() if s.options is not None]
+    typed: dict[str, Any] = {}
+    for option, given in (section.model_extra or {}).items():
+        if given is None:  # `strategy.two_stage: null` (e.g. an override clearing it) means not given
+            continue
+        if option == ADVICE_KEY:  # what hftl advise measured and decided for `auto`: kept as a record, not read
+            continue
+        if option not in with_options:
+            allowed = [*(f for f in StrategySection.model_fields), *with_options]
+            raise RecipeError(
+                file,
+                f"{key}.{option}",
+                f"is not allowed.{did_you_mean(option, allowed)}",
+                hint=f"Allowed here: {', '.join(allowed)}.",
+            )
+        if option != section.name:
+            raise RecipeError(
+                file,
+                f"{key}.{option}",
+                f"only applies with {key}.name: {option}, but name is '{section.name}'",
+                hint=f"Set {key}.name: {option} or remove {key}.{option}.",
+            )
+        typed[option] = _validate_section(STRATEGIES.get(option).options, given, file, f"{key}.{option}")
+    if spec.options_required and section.name not in typed:
+        raise RecipeError(
+            file,
+            f"{key}.{section.name}",
+            f"is required with name: {section.name}",
+            hint=f"Its keys: {', '.join(spec.options.model_fields)}. {spec.options_example}".strip(),
+        )
+    if section.discriminative is not None and recipe.optim.head_lr is not None:
+        raise RecipeError(
+            file,
+            f"{key}.discriminative",
+            "sets every group's LR, the head's included, so optim.head_lr would be ignored",
+            recipe.optim.head_lr,
+            hint="Remove optim.head_lr (the head gets the last of 'lrs', or the top of 'range').",
+        )
+    task = TASKS.get(recipe.task)
+    if spec.wrap_model is not None and task.towers:
+        raise RecipeError(
+            file,
+            f"{key}.name",
+            f"'{section.name}' wraps a whole model, which task '{recipe.task}' "
+            f"(made of the towers {', '.join(task.towers)}) does not support yet",
+            section.name,
+            hint="Use a strategy per tower: feature_extraction, partial, progressive, two_stage or full.",
+        )
+    if section.towers is not None and not task.towers:
+        raise RecipeError(
+            file,
+            f"{key}.towers",
+            f"only applies to tasks made of several towers, not '{recipe.task}'",
+            hint="Remove it, or use the fusion task.",
+        )
+    towers = {t: check_strategy(sub, recipe, f"{key}.towers.{t}") for t, sub in (section.towers or {}).items()}
+    return section.model_copy(update={**typed, **({"towers": towers} if towers else {})})
+
+
+def _validate_section(model: type[BaseModel], given: Any, file: str | None, key: str) -> BaseModel:
+    """Validate one nested section (e.g. a strategy's options) with errors keyed under ``key``."""
+    try:
+        return model.model_validate({} if given is None else given)
+    except ValidationError as exc:
+        raise _recipe_error(exc, file, prefix=key.split("."), root=model) from None
+
+
+def _recipe_error(
+    exc: ValidationError, file: str | None, prefix: list[str] | None = None, root: type[BaseModel] = Recipe
+) -> RecipeError:
+    """One error naming every bad key of a pydantic ValidationError (``prefix``: where ``root`` sits)."""
+    prefix = prefix or []
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if p != "source_file"]
+        key = ".".join(prefix + loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1], root)
+            lines.append(
+                f"key '{key}' is not allowed.{did_you_mean(loc[-1], allowed)} Allowed here: {', '.join(allowed)}."
+            )
+        elif err["type"] == "missing":
+            lines.append(f"key '{key}' is required.")
+        elif err["type"] == "model_type" and loc == []:
+            lines.append(f"key '{key}' must be a mapping (got {err['input']!r}).")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"key '{key}': {msg}" + ("." if "got " in msg else f" (got {err['input']!r})."))
+    message = lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines)
+    error = RecipeError(file, None, "invalid recipe")
+    error.args = (f"{file or '<recipe>'}: {message}",)
+    return error
+
+
+def _allowed_keys(loc: list[str], root: type[BaseModel] = Recipe) -> list[str]:
+    """Field names of the schema section at a key path (for did-you-mean)."""
+    model: Any = root
+    for part in loc:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            # dict-valued sections (towers): the key is a dict key, stay on the value type
+            continue
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    fields = getattr(model, "model_fields", {})
+    return [name for name in fields if name != "source_file"]
+
+
+def _section_type(annotation: Any) -> Any:
+    """The Section class inside an annotation such as ``X | None`` or ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,1 @@
+"""Data: sources and the offline catalog, the train/validation/test carve, domain shifts, hftl's caches."""

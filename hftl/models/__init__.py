@@ -1,0 +1,1 @@
+"""Models: pretrained checkpoints and heads, layer groups, hftl's own model classes (pooled text, fusion)."""

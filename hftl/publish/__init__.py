@@ -1,0 +1,1 @@
+"""Publishing a run: the model card, plots, the Hub push."""

@@ -1,0 +1,73 @@
+"""The feature cache's files and datasets: per-example head inputs on disk (safetensors), and as a Dataset.
+
+Split from :mod:`hftl.training.feature_cache` (which decides when to cache and what) so each module holds one job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_VERSION = "1"
+
+
+def write_rows(path: Path, rows: Sequence[torch.Tensor]) -> None:
+    """Save per-example tensors as one safetensors file (ragged rows are concatenated), atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    same = all(r.shape == rows[0].shape for r in rows)
+    tensors = {
+        "features": torch.stack(list(rows)) if same else torch.cat(list(rows)),
+        "sizes": torch.tensor([len(r) for r in rows], dtype=torch.int64),
+    }
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    save_file(tensors, str(tmp), metadata={"layout": "stacked" if same else "ragged", "version": CACHE_VERSION})
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> Sequence[torch.Tensor] | None:
+    """Rows saved by :func:`write_rows`, or None when the file cannot be read (it is then rebuilt)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            layout = handle.metadata().get("layout")
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError):
+        return None
+    if layout == "stacked":
+        return tensors["features"]
+    return torch.split(tensors["features"], tensors["sizes"].tolist())
+
+
+class CachedSplit(torch.utils.data.Dataset):
+    """One split as (cached head input, label) pairs."""
+
+    def __init__(self, rows: Sequence[torch.Tensor], labels: list[Any]) -> None:
+        self.rows, self.labels = rows, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        return self.rows[i], self.labels[i]
+
+
+def collate_cached(items: list[tuple[torch.Tensor, Any]]) -> dict[str, torch.Tensor]:
+    """Stack (or pad, for token-level rows) the features; pad token labels with -100."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    rows, labels = zip(*items)
+    same = all(r.shape == rows[0].shape for r in rows)
+    features = torch.stack(rows) if same else pad_sequence(list(rows), batch_first=True)
+    if isinstance(labels[0], (list, tuple)):
+        target = pad_sequence([torch.tensor(x, dtype=torch.long) for x in labels], batch_first=True, padding_value=-100)
+    else:
+        target = torch.tensor(labels, dtype=torch.long)
+    return {"features": features, "labels": target}
