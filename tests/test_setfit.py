@@ -124,3 +124,17 @@ def test_setfit_on_the_checkpoints_own_pooler_is_a_recipe_error(text_recipe, tin
     path = _recipe(text_recipe, tiny_bert_dir, SETFIT)  # a plain BERT folder: auto pooling is its pooler
     with pytest.raises(RecipeError, match=r"key 'model\.pooling'.*Set model\.pooling: mean"):
         run(load_recipe(path))
+
+
+def test_the_advisor_knows_setfit_for_few_shot_text():
+    from hftl.analysis.advice_rules import FE, SETFIT, Measurements, decide, neighbours, rung_settings
+
+    few = decide(Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=True))  # 16 per class, ordinary features
+    assert (few.size_band, few.rung.label, few.runner_up.label) == ("few-shot", SETFIT, FE)
+    settings = rung_settings(few.rung, 32, 16, images=False, pooling="pooler")
+    assert settings["strategy.name"] == SETFIT and settings["model.pooling"] == "mean"
+    assert [r.label for r in neighbours(SETFIT)] == [FE, "full"]
+    # Not few-shot: 150 per class, images, or an unknown label count read the size bands as before.
+    assert decide(Measurements(300, 0.6, 0.62, 0.55, n_classes=2, text=True)).rung.label == FE
+    assert decide(Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=False)).rung.label == FE
+    assert decide(Measurements(32, 0.6, 0.62, 0.55)).rung.label == FE
