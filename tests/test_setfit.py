@@ -138,3 +138,35 @@ def test_the_advisor_knows_setfit_for_few_shot_text():
     assert decide(Measurements(300, 0.6, 0.62, 0.55, n_classes=2, text=True)).rung.label == FE
     assert decide(Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=False)).rung.label == FE
     assert decide(Measurements(32, 0.6, 0.62, 0.55)).rung.label == FE
+
+
+@pytest.mark.distributed
+def test_setfit_under_two_processes_tunes_one_body(text_recipe, tiny_st_dir, tmp_path, monkeypatch):
+    """2 forked ranks (gloo): the transformers Trainer inside setfit runs DDP over both (batch 16 per process: half
+    the steps), and both ranks hold the same tuned body and head at the checkpoint."""
+    import hftl.training.train
+    from tests.test_reliability import run_child
+
+    monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
+    saved = hftl.training.train.save_checkpoint
+
+    def save_and_dump(accelerator, model, optimizer, run_dir, state, *args, **kwargs):
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(tensors, str(run_dir.parent / f"dump-rank{accelerator.process_index}"))
+        return saved(accelerator, model, optimizer, run_dir, state, *args, **kwargs)
+
+    monkeypatch.setattr(hftl.training.train, "save_checkpoint", save_and_dump)  # inherited by the forked ranks
+    log = tmp_path / "ranks.log"
+    assert run_child(["run", str(_recipe(text_recipe, tiny_st_dir, SETFIT))], log, processes=2) == 0, log.read_text()
+    log_lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    tuning = next(r["body_tuning"] for r in log_lines if "body_tuning" in r)
+    assert (tuning["pairs"], tuning["body_steps"]) == (640, 20)
+    rank0, rank1 = (load_file(str(tmp_path / f"dump-rank{r}")) for r in range(2))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    untuned = load_file(str(tiny_st_dir / "model.safetensors"))
+    assert not torch.equal(
+        rank0["body.encoder.layer.0.attention.self.query.weight"],
+        untuned["encoder.layer.0.attention.self.query.weight"],
+    )

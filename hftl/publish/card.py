@@ -291,9 +291,10 @@ def _strategy(run: RunFiles) -> str:
         lines.append(
             f"- Body tuned first (SetFit, contrastive): {tuning['pairs']} sentence pairs drawn from "
             f"{tuning['examples']} training examples of {tuning['classes']} classes, {tuning['num_iterations']} "
-            f"iterations, {tuning['body_steps']} steps of batch {tuning['body_batch_size']} at LR "
-            f"{tuning['body_lr']:g}; pair loss {tuning['first_loss']:.4f} -> {tuning['last_loss']:.4f}. The head "
-            "was then fitted on the tuned body's pooled features."
+            f"iterations, {tuning['body_steps']} steps of batch {tuning['body_batch_size']}"
+            + (f" on each of {tuning['processes']} processes" if tuning.get("processes", 1) > 1 else "")
+            + f" at LR {tuning['body_lr']:g}; pair loss {tuning['first_loss']:.4f} -> {tuning['last_loss']:.4f}. "
+            "The head was then fitted on the tuned body's pooled features."
         )
     if s.get(s["name"]):  # the strategy's own options section, as applied
         lines.append(f"- Options (`strategy.{s['name']}`): {_kv(s[s['name']])}.")

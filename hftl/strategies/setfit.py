@@ -100,7 +100,12 @@ def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, acc
     texts = [data.processor.decode(list(ids), skip_special_tokens=True) for ids in train["input_ids"]]
     labels = [int(x) for x in train["labels"]]
     file = _cache_file(body, recipe, options, pooling, texts, labels)
-    summary: dict[str, Any] = {"examples": len(texts), "classes": len(set(labels)), **options.model_dump()}
+    summary: dict[str, Any] = {
+        "examples": len(texts),
+        "classes": len(set(labels)),
+        "processes": accelerator.num_processes,  # the transformers Trainer inside runs DDP over them
+        **options.model_dump(),
+    }
     if file.is_file():
         body.load_state_dict(load_file(str(file)), strict=False)
         summary.update(json.loads(file.with_suffix(".json").read_text(encoding="utf-8")), cached=True)
@@ -127,13 +132,15 @@ def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, acc
     return summary
 
 
+_WEIGHTS = "model.safetensors"
 _DONE = ("pairs", "body_steps", "first_loss", "last_loss", "seconds")
 
 
 def _describe(s: dict[str, Any]) -> str:
     return (
         f"{s['pairs']} pairs from {s['examples']} examples of {s['classes']} classes, "
-        f"{s['body_steps']} contrastive steps (batch {s['body_batch_size']}, LR {s['body_lr']:g}, "
+        f"{s['body_steps']} contrastive steps (batch {s['body_batch_size']} x {s['processes']} process(es), "
+        f"LR {s['body_lr']:g}, "
         f"{s['body_epochs']} epoch(s)); pair loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}"
     )
 
@@ -153,6 +160,7 @@ def _train_embeddings(
         raise HftlError(
             "strategy 'setfit' needs the setfit library: pip install 'hftl[fewshot]' (setfit, sentence-transformers)."
         ) from None
+    from safetensors.torch import save_file
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -162,7 +170,9 @@ def _train_embeddings(
     with tempfile.TemporaryDirectory(prefix="hftl-setfit-") as tmp:
         # The Transformer module loads from a folder: the body and tokenizer are written there once, then the
         # module's own copy is replaced by the body itself, so training updates the run's model in place.
-        body.save_pretrained(tmp)
+        # (written by hand: under several processes transformers' save_pretrained writes on rank 0 only)
+        body.config.save_pretrained(tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in body.state_dict().items()}, str(Path(tmp) / _WEIGHTS))
         processor.save_pretrained(tmp)
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the unused BERT pooler's 'newly initialized' warning
