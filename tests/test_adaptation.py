@@ -4,7 +4,9 @@ a run that scores target_test and keeps the domain classifier out of the publish
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import signal
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 from hftl.cli import main
 from hftl.config.recipe import load_recipe
 from hftl.config.run_folder import read_log
-from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, merge_batches
+from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, gather_rows, merge_batches
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint, weights
 
@@ -124,8 +126,22 @@ def test_adapted_run_scores_target_test_and_publishes_a_plain_model(text_recipe,
     )
     out = capsys.readouterr().out
     assert f"[adaptation] {method} (weight 1)" in out and "150 unlabeled examples, 50 labeled" in out
+    source, target = result.metrics["test"]["accuracy"], result.metrics["target_test"]["accuracy"]
+    assert f"accuracy: source test {source:.4f}  target test {target:.4f}  gap {source - target:+.4f}" in out
+    # Visible: each logged step splits the total loss into the task loss and the method's term (log_steps 1).
+    log = read_log(result.run_dir)
+    logged = [r for r in log if "adaptation" in r]
+    term = "coral_distance" if method == "coral" else "domain_loss"
+    assert len(logged) == result.metrics["steps"]
+    for r in logged:
+        assert r["loss"] == pytest.approx(r["adaptation"]["task_loss"] + r["adaptation"][term], rel=1e-4, abs=1e-6)
+    if method == "dann":
+        assert all(0.0 <= r["adaptation"]["domain_accuracy"] <= 1.0 for r in logged)
     card = (result.run_dir / "README.md").read_text()
     assert f"Target domain: domain adaptation {method}" in card and "| target_test |" in card
+    assert "![domain adaptation" in card and (result.run_dir / "adaptation.png").is_file()
+    assert ("CORAL distance " if method == "coral" else "domain-classifier accuracy (0.5") in card
+    assert f"on the target (gap {source - target:+.4f})" in card
     checkpoint = sorted((result.run_dir / "checkpoints").iterdir())[-1]
     assert (checkpoint / "domain_classifier.safetensors").is_file() == (method == "dann")
     assert not any(k.startswith("domain") for k in weights(result.run_dir / "model.safetensors"))
@@ -160,3 +176,103 @@ def test_dann_resume_after_sigkill_matches_an_uninterrupted_run(text_recipe, tar
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6, name
     losses = lambda d: [r["loss"] for r in read_log(d) if "loss" in r]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6) and not any(map(math.isnan, losses(straight)))
+
+
+# --------------------------------------------------------------------------- several processes
+def _fork_two(tmp_path, work) -> list[dict]:
+    """Run ``work(rank)`` in 2 forked processes joined by a gloo process group; their torch.save'd results."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pids = []
+    for rank in range(2):
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            code = 1
+            try:
+                dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+                torch.save(work(rank), tmp_path / f"rank{rank}.pt")
+                dist.destroy_process_group()
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids] == [0, 0]
+    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+
+
+def test_coral_over_two_processes_is_the_one_process_coral_of_the_global_batch(tmp_path):
+    """Rows split unevenly over 2 processes (5 + 3 source, 4 + 4 target): the gathered CORAL loss equals the
+    one-process loss on all rows, and each process's gradient, averaged as DDP averages, is the one-process one."""
+    g = torch.Generator().manual_seed(0)
+    source, target = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g) * 2 + 1
+    cut = {"source": [(0, 5), (5, 8)], "target": [(0, 4), (4, 8)]}
+
+    def work(rank: int) -> dict:
+        s = source[slice(*cut["source"][rank])].clone().requires_grad_(True)
+        t = target[slice(*cut["target"][rank])].clone().requires_grad_(True)
+        loss = coral_loss(gather_rows(s), gather_rows(t))
+        loss.backward()
+        return {"loss": loss.detach(), "source": s.grad, "target": t.grad}
+
+    ranks = _fork_two(tmp_path, work)
+    s, t = source.clone().requires_grad_(True), target.clone().requires_grad_(True)
+    one = coral_loss(s, t)
+    one.backward()
+    for rank, got in enumerate(ranks):
+        torch.testing.assert_close(got["loss"], one.detach(), rtol=1e-6, atol=1e-9)
+        # Every process backpropagates the same global loss: its rows get 2x their gradient; DDP's mean halves it.
+        torch.testing.assert_close(got["source"] / 2, s.grad[slice(*cut["source"][rank])], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(got["target"] / 2, t.grad[slice(*cut["target"][rank])], rtol=1e-5, atol=1e-9)
+    assert gather_rows(source) is source  # one process: nothing gathered
+
+
+def test_target_batches_are_sharded_over_processes_as_accelerate_prepares_them():
+    """Each process gets every other batch of the one target stream: distinct batches per step, none lost."""
+    from accelerate.data_loader import prepare_data_loader
+
+    stream = list(TargetBatches(40, 4, seed=1, total=12))
+    loader = torch.utils.data.DataLoader(list(range(40)), batch_sampler=TargetBatches(40, 4, seed=1, total=12))
+    shards = [
+        [b.tolist() for b in prepare_data_loader(loader, num_processes=2, process_index=r, put_on_device=False)]
+        for r in range(2)
+    ]
+    assert shards[0] == stream[0::2] and shards[1] == stream[1::2]
+
+
+@pytest.mark.distributed
+def test_coral_under_two_processes_keeps_ranks_identical_and_resumes_exactly(
+    text_recipe, target_csv, tmp_path, monkeypatch
+):
+    """A 2-process CORAL run (gloo, forked ranks): every checkpoint holds the same weights on both ranks; killed
+    right after the step-3 checkpoint and resumed, it ends exactly where the uninterrupted run ends."""
+    import hftl.training.train
+    from tests.test_reliability import assert_same_model, run_child
+
+    saved = hftl.training.train.save_checkpoint
+
+    def save_and_dump(accelerator, model, optimizer, run_dir, state, *args, **kwargs):
+        path = saved(accelerator, model, optimizer, run_dir, state, *args, **kwargs)
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(tensors, str(run_dir.parent / f"dump-{run_dir.name}-rank{accelerator.process_index}-{state['step']}"))
+        return path
+
+    monkeypatch.setattr(hftl.training.train, "save_checkpoint", save_and_dump)  # inherited by the forked ranks
+    path = adapted(text_recipe, target_csv, "coral", train={"save_steps": 3, "max_steps": 6})
+    log = tmp_path / "ranks.log"
+    straight = ["run", str(path), f"output.dir={tmp_path / 'straight'}"]
+    assert run_child(straight, log, processes=2) == 0, log.read_text()[-3000:]
+    for step in (3, 6):
+        rank0, rank1 = (weights(tmp_path / f"dump-straight-rank{r}-{step}") for r in range(2))
+        assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0), step
+    killed = ["run", str(path), f"output.dir={tmp_path / 'killed'}"]
+    assert run_child(killed, log, processes=2, HFTL_TEST_KILL_AT="saved:3") == -signal.SIGKILL
+    assert run_child([*killed, "--resume"], log, processes=2) == 0, log.read_text()[-3000:]
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["num_processes"] == 2
+    assert_same_model(tmp_path / "killed", tmp_path / "straight")

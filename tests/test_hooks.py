@@ -52,6 +52,7 @@ def test_target_data_turns_on_adaptation_before_the_hub(text_recipe, tmp_path) -
 def test_every_hook_describes_itself() -> None:
     specs = [spec for _, spec in HOOKS.items()]
     assert {spec.name for spec in specs} == {
+        "body_tuning",
         "feature_cache",
         "probe_head",
         "class_weights",
@@ -69,6 +70,7 @@ def test_every_hook_describes_itself() -> None:
         "param_groups",
         "before_prepare",
         "loss",
+        "log_fields",
     ]
 
 

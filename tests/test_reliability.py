@@ -169,10 +169,11 @@ def assert_same_model(run_dir: Path, reference: Path) -> None:
 
 
 def comparable_log(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock time; losses rounded for the float comparison."""
+    """metrics.jsonl without the wall-clock times; losses rounded for the float comparison."""
     lines = read_log(run_dir)
     for line in lines:
         line.get("final", {}).pop("train_seconds", None)
+        line.get("final", {}).pop("seconds", None)  # the cost breakdown
     return json.loads(json.dumps(lines), parse_float=lambda x: round(float(x), 5))
 
 

@@ -454,6 +454,7 @@ def test_unknown_strategy_lists_the_known_ones() -> None:
         "progressive",
         "lora",
         "prototypes",
+        "setfit",
     }
 
 

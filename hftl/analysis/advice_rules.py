@@ -41,6 +41,14 @@ NEGATIVE_GAP = 0.03
 MIN_FINETUNE_STEPS = 300
 MAX_EPOCHS = 10
 
+# Few-shot text: below this many labeled examples per class (data.shots, or a small labeled set), a probe or
+# prototypes on frozen features stay near the majority class (MiniLM on Rotten Tomatoes, docs/adaptation_fewshot.md:
+# prototypes 0.592 +- 0.109 at K=8 and 0.646 +- 0.047 at K=16, majority 0.601; probe at 100 snippets 0.676), and
+# SetFit's contrastive tuning of the body on pairs of the shots is the practitioners' remedy (Tunstall et al. 2022).
+# PROVISIONAL: "~100 per class" is the issue's rule. MEASURED AGAINST IT (docs/studies/fewshot_setfit.md, 3 seeds, no
+# validation data): with its default budget SetFit ties prototypes on MiniLM (K=8 0.574 vs 0.592, K=16 0.653 vs 0.646).
+FEW_SHOT_PER_CLASS = 100
+
 SIZE_BANDS = ("small", "medium", "large")
 FEATURE_CLASSES = ("separable", "ordinary", "negative")
 
@@ -79,7 +87,11 @@ SCRATCH_RUNG = Rung(
     "full", lr=1e-4, head_lr=1e-3, image_lrs=(2e-3, 2e-3), name="scratch", sets={"model.pretrained": False}
 )
 SCRATCH = SCRATCH_RUNG.label
-RUNGS = (*LADDER, SCRATCH_RUNG)
+# Off the ladder (text only, few shots): the body is tuned contrastively, the head then fitted by L-BFGS; its own
+# budget (strategy.setfit), one pass of the loop over the cached features with the head kept (LR 0 there).
+SETFIT_RUNG = Rung("setfit", epochs=1)
+SETFIT = SETFIT_RUNG.label
+RUNGS = (*LADDER, SCRATCH_RUNG, SETFIT_RUNG)
 
 
 # --------------------------------------------------------------------------- the table
@@ -131,6 +143,21 @@ TABLE: dict[tuple[str, str], Cell] = {
 }
 
 
+# Few-shot text rows (read before TABLE when the training set has < FEW_SHOT_PER_CLASS examples per class).
+FEW_SHOT_TABLE: dict[str, Cell] = {
+    "separable": Cell(FE, SETFIT, "few examples, but the frozen features already separate the labels"),
+    "ordinary": Cell(
+        SETFIT,
+        FE,
+        "few examples per class: frozen features stay near the majority class (MiniLM prototypes 0.59-0.65 at "
+        "K = 8-16, majority 0.60); SetFit tunes the body on pairs of the shots",
+    ),
+    "negative": Cell(
+        SETFIT, FULL, "few examples and frozen features worse than raw inputs: the body must adapt, from pairs"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Measurements:
     """What the table reads (accuracies from the same cross-validation folds of the training split)."""
@@ -139,6 +166,13 @@ class Measurements:
     majority: float  # accuracy of always predicting the commonest class
     probe_accuracy: float  # linear probe on the frozen features
     baseline_accuracy: float | None  # raw inputs + logistic regression (None: not measured for this input)
+    n_classes: int | None = None  # label count (None: unknown, the few-shot rows are not read)
+    text: bool = False  # text inputs (SetFit is for sentence embeddings)
+
+
+def few_shot(m: Measurements) -> bool:
+    """Text with fewer than FEW_SHOT_PER_CLASS labeled examples per class (e.g. ``data.shots``)."""
+    return bool(m.text and m.n_classes and m.n_train < FEW_SHOT_PER_CLASS * m.n_classes)
 
 
 @dataclass(frozen=True)
@@ -171,7 +205,10 @@ def feature_class(m: Measurements) -> str:
 def decide(m: Measurements) -> Decision:
     """The table's answer for these measurements, with the branch taken and warnings."""
     band, kind = size_band(m.n_train), feature_class(m)
-    cell = TABLE[(band, kind)]
+    if few_shot(m):
+        band, cell = "few-shot", FEW_SHOT_TABLE[kind]
+    else:
+        cell = TABLE[(band, kind)]
     flags = []
     if kind == "negative":
         flags.append(
@@ -190,6 +227,8 @@ def rung(label: str) -> Rung:
 
 def neighbours(label: str) -> list[Rung]:
     """The next less and the next more adaptive rungs (those that exist), for ``hftl advise --verify``."""
+    if label == SETFIT:  # off the ladder: the frozen-body probe below it, full fine-tuning above
+        return [rung(FE), rung(FULL)]
     if label not in [r.label for r in LADDER]:
         return [LADDER[-1]]  # scratch: its neighbour is full fine-tuning
     i = [r.label for r in LADDER].index(label)
@@ -233,4 +272,8 @@ def describe_table() -> str:
     lines = [f"  {'':8}" + "".join(f"{k:<22}" for k in FEATURE_CLASSES)]
     for band in SIZE_BANDS:
         lines.append(f"  {band:<8}" + "".join(f"{TABLE[(band, k)].rung:<22}" for k in FEATURE_CLASSES))
+    lines.append(
+        f"  text with < {FEW_SHOT_PER_CLASS} examples per class: "
+        + ", ".join(f"{k} {FEW_SHOT_TABLE[k].rung}" for k in FEATURE_CLASSES)
+    )
     return "\n".join(lines)

@@ -87,9 +87,15 @@ def fit_logistic(
 
 
 def fit_probe(
-    chain: list[nn.Module], train_rows: Any, train_labels: list[int], val_rows: Any, val_labels: list[int]
+    chain: list[nn.Module],
+    train_rows: Any,
+    train_labels: list[int],
+    val_rows: Any,
+    val_labels: list[int],
+    grid: tuple[float, ...] = L2_GRID,
 ) -> ProbeFit | None:
-    """Fit the chain's linear layer in place (L2 picked on validation); None when the head is not a linear probe."""
+    """Fit the chain's linear layer in place (L2 picked on validation from ``grid``; one value: fixed, validation
+    only scored); None when the head is not a linear probe."""
     linear = linear_head(chain)
     x, x_val = head_inputs(chain, train_rows), head_inputs(chain, val_rows)
     if linear is None or x is None or x_val is None or not isinstance(train_labels[0], int):
@@ -100,7 +106,7 @@ def fit_probe(
     z, z_val = (x - mean) / std, (x_val - mean) / std
     scores, best, init = {}, None, None
     with torch.enable_grad():
-        for l2 in L2_GRID:
+        for l2 in grid:
             init = fit_logistic(z, y, linear.out_features, l2, init)
             accuracy = float(((z_val @ init[0].T + init[1]).argmax(-1) == y_val).float().mean())
             scores[l2] = accuracy

@@ -21,7 +21,7 @@ from hftl.publish.card_facts import (
     task_of,
 )
 from hftl.publish.card_metadata import base_checkpoints
-from hftl.publish.plots import CONFUSION_PNG, CURVES_PNG, LR_PNG
+from hftl.publish.plots import ADAPTATION_PNG, CONFUSION_PNG, CURVES_PNG, LR_PNG
 from hftl.publish.usage import usage_section
 from hftl.training.adaptation import describe_adaptation
 
@@ -133,7 +133,11 @@ def _stages(run: RunFiles) -> str:
 def _plots(run: RunFiles) -> str:
     shown = [
         (f, alt)
-        for f, alt in ((CURVES_PNG, "training and validation curves"), (LR_PNG, "learning rate of every layer group"))
+        for f, alt in (
+            (CURVES_PNG, "training and validation curves"),
+            (LR_PNG, "learning rate of every layer group"),
+            (ADAPTATION_PNG, "domain adaptation: task loss, adaptation term, domain-classifier accuracy"),
+        )
         if (run.run_dir / f).is_file()
     ]
     if not shown:
@@ -203,6 +207,15 @@ def _strategy(run: RunFiles) -> str:
             for st in staged
         )
         lines.append(f"- Unfreezing schedule: {joins}.")
+    if tuning := next((r["body_tuning"] for r in run.log if "body_tuning" in r), None):  # setfit
+        lines.append(
+            f"- Body tuned first (SetFit, contrastive): {tuning['pairs']} sentence pairs drawn from "
+            f"{tuning['examples']} training examples of {tuning['classes']} classes, {tuning['num_iterations']} "
+            f"iterations, {tuning['body_steps']} steps of batch {tuning['body_batch_size']}"
+            + (f" on each of {tuning['processes']} processes" if tuning.get("processes", 1) > 1 else "")
+            + f" at LR {tuning['body_lr']:g}; pair loss {tuning['first_loss']:.4f} -> {tuning['last_loss']:.4f}. "
+            "The head was then fitted on the tuned body's pooled features."
+        )
     if s.get(s["name"]):  # the strategy's own options section, as applied
         lines.append(f"- Options (`strategy.{s['name']}`): {kv(s[s['name']])}.")
     policy = plan.get("batchnorm", s.get("batchnorm"))
@@ -217,12 +230,35 @@ def _strategy(run: RunFiles) -> str:
     )
     if adaptation := describe_adaptation(run.recipe):
         lines.append(f"- Target domain: {adaptation}.")
+        if seen := _adaptation_seen(run):
+            lines.append(f"- Over the run: {seen}.")
     if run.adapter_dir is not None:
         lines.append(f"- peft adapter: {kv(adapter_settings(run.adapter_dir))}.")
     for tower, sub in (s.get("towers") or {}).items():
         lines.append(f"- Tower `{tower}`: strategy {sub['name']}.")
     lines += ["", _groups_table(run)]
     return "\n".join(lines)
+
+
+def _adaptation_seen(run: RunFiles) -> str:
+    """What adaptation did, from metrics.jsonl: the method's term first -> last, and the source/target gap."""
+    logged = [r["adaptation"] for r in run.log if isinstance(r.get("adaptation"), dict)]
+    parts = []
+    for key, what in (
+        ("coral_distance", "CORAL distance"),
+        ("domain_accuracy", "domain-classifier accuracy (0.5: source and target features indistinguishable)"),
+    ):
+        values = [a[key] for a in logged if key in a]
+        if values:
+            parts.append(f"{what} {num(values[0])} (first log) -> {num(values[-1])} (last)")
+    metric = run.metric
+    test, target = run.final.get("test", {}), run.final.get("target_test", {})
+    if metric and metric in test and metric in target:
+        parts.append(
+            f"test {metric} {num(test[metric])} on the source domain, {num(target[metric])} on the target "
+            f"(gap {test[metric] - target[metric]:+.4f})"
+        )
+    return "; ".join(parts)
 
 
 def _groups_table(run: RunFiles) -> str:

@@ -11,6 +11,10 @@ Two figures per run, both embedded in the model card:
   (log above the smallest LR, linear down to 0) so every group stays readable.
   LRs are logged every ``train.log_steps``: a smaller value draws sharper steps.
 
+A run with domain adaptation (``strategy.adaptation``) adds ``adaptation.png``: the task loss and the
+method's term (CORAL distance, or DANN's domain loss) on the left, DANN's domain-classifier accuracy on
+the right (0.5: the classifier cannot tell source from target features).
+
 Dashed vertical lines mark the steps at which the strategy unfreezes groups.
 Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot
 state, no GUI backend, safe in worker processes and notebooks alike.
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 CURVES_PNG = "training_curves.png"
 LR_PNG = "learning_rates.png"
 CONFUSION_PNG = "confusion_matrix.png"
+ADAPTATION_PNG = "adaptation.png"
 
 
 def run_metric(run_dir: str | Path) -> str | None:
@@ -74,6 +79,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if split:
         labels = json.loads((run_dir / LABELS_FILE).read_text(encoding="utf-8"))
         figures[CONFUSION_PNG] = confusion_matrix(reports[split]["confusion_matrix"], labels, f"{title} ({split})")
+    if any("adaptation" in r for r in records):
+        figures[ADAPTATION_PNG] = adaptation_curves(records, title)
     paths = []
     for name, figure in figures.items():
         figure.savefig(run_dir / name, dpi=110)
@@ -143,6 +150,37 @@ def learning_rates(
     if ax.get_legend() is not None:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", title="layer group (input → head)")
     fig.suptitle(f"{title}: learning rate per layer group" if title else "learning rate per layer group")
+    return fig
+
+
+def adaptation_curves(records: list[dict[str, Any]], title: str = "") -> Figure:
+    """Domain adaptation over steps: task loss and the method's term (left), domain-classifier accuracy (right)."""
+    from matplotlib.figure import Figure
+
+    logged = [(r["step"], r["adaptation"]) for r in records if isinstance(r.get("adaptation"), dict)]
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    task = [(step, a["task_loss"]) for step, a in logged if "task_loss" in a]
+    if task:
+        loss_ax.plot(*zip(*task), label="task loss (source)", color="tab:blue")
+    domain = [(step, a["domain_loss"]) for step, a in logged if "domain_loss" in a]
+    if domain:
+        loss_ax.plot(*zip(*domain), label="domain loss (DANN)", color="tab:orange")
+    coral = [(step, a["coral_distance"]) for step, a in logged if "coral_distance" in a]
+    if coral:  # on its own axis: the distance is orders of magnitude below the task loss
+        coral_ax = loss_ax.twinx()
+        coral_ax.plot(*zip(*coral), color="tab:red")
+        coral_ax.set_ylabel("CORAL distance (red)", color="tab:red")
+    _finish(loss_ax, "loss", None)
+    accuracy = [(step, a["domain_accuracy"]) for step, a in logged if "domain_accuracy" in a]
+    if accuracy:
+        acc_ax.plot(*zip(*accuracy), label="domain classifier accuracy", color="tab:purple")
+        acc_ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (domains indistinguishable)")
+        acc_ax.set_ylim(0, 1.02)
+        _finish(acc_ax, "domain accuracy (DANN)", None)
+    else:
+        acc_ax.set_axis_off()
+    fig.suptitle(f"{title}: domain adaptation" if title else "domain adaptation")
     return fig
 
 

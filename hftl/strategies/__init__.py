@@ -59,7 +59,7 @@ class Strategy:
     options_required: bool = False  # e.g. partial: what to freeze has no sensible default
     options_example: str = ""  # shown when required options are missing
     changes_mid_run: bool = False  # groups join during the run (staged strategies)
-    frozen_body: bool = False  # the pretrained body never trains: its features can be cached, but not adapted
+    frozen_body: bool = False  # the body never trains in the loop: its features can be cached, but not adapted
     lr_scale: Callable[[LayerGroup, Any], float] | None = None  # extra LR factor per group
     join_warmup: Callable[[Any], int] | None = None  # LR ramp (steps) of groups that join late
     frozen_params: Callable[[list[LayerGroup], Any, Where], set[str]] | None = None  # frozen one by one
@@ -67,7 +67,10 @@ class Strategy:
     fit_head_first: Callable[[Any], bool] | None = None  # converge the head on cached features first (L-BFGS)
     # ... with this closed-form fit instead of the L-BFGS probe: options -> fit(chain, train_rows, train_labels,
     # val_rows, val_labels) -> a printable result, or None when the head is not one linear layer (prototypes)
-    fit_head: Callable[[Any], Callable[..., Any]] | None = None
+    fit_head: Callable[[Any], Callable[..., Any] | None] | None = None
+    # tunes the body before the run's feature cache and loop (setfit): (model, recipe, data, options, accelerator)
+    # -> what was done (a dict, logged to metrics.jsonl and shown in the card)
+    tune_body: Callable[..., dict[str, Any]] | None = None
 
     def options_of(self, section: StrategySection) -> Any:
         """This strategy's validated options from a strategy section (defaults when the recipe gives none)."""
@@ -108,6 +111,14 @@ def head_fitter(recipe: Recipe) -> Callable[..., Any] | None:
     """The strategy's own closed-form head fit on cached features (replacing the L-BFGS probe), or None."""
     spec = STRATEGIES.get(recipe.strategy.name)
     return spec.fit_head(spec.options_of(recipe.strategy)) if spec.fit_head else None
+
+
+def tune_body(model: torch.nn.Module, recipe: Recipe, data: Any, accelerator: Any) -> dict[str, Any] | None:
+    """Run the strategy's body tuning before the loop (setfit's contrastive phase); what was done, or None."""
+    spec = STRATEGIES.get(recipe.strategy.name)
+    if spec.tune_body is None:
+        return None
+    return spec.tune_body(model, recipe, data, spec.options_of(recipe.strategy), accelerator)
 
 
 def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:

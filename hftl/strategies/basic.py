@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from pydantic import Field
@@ -17,6 +18,18 @@ class FeatureExtractionOptions(Section):
         "full-batch L-BFGS (L2 picked on validation; the loop's epochs then continue from it, and the best model on "
         "validation is kept); adamw: only the loop's epochs.",
     )
+    l2: float | None = Field(
+        None,
+        gt=0.0,
+        description="With head_solver lbfgs: a fixed L2 (on standardised features) instead of the pick on the "
+        "validation split, for runs without validation data to spare (few-shot); null: pick on validation.",
+    )
+
+
+def _fixed_l2_probe(options: FeatureExtractionOptions):
+    from hftl.models.probe import fit_probe
+
+    return partial(fit_probe, grid=(options.l2,)) if options.l2 is not None and options.head_solver == "lbfgs" else None
 
 
 @strategy("full")
@@ -30,6 +43,7 @@ def full_finetuning(groups, options, steps_per_epoch, total_steps, where):
     options=FeatureExtractionOptions,
     frozen_body=True,
     fit_head_first=lambda options: options.head_solver == "lbfgs",
+    fit_head=_fixed_l2_probe,
 )
 def feature_extraction(groups, options, steps_per_epoch, total_steps, where):
     """The pretrained body is frozen; only the new head trains."""

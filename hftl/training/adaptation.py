@@ -28,14 +28,17 @@ batch index alone, so a resumed run at step ``s`` skips exactly ``s * grad_accum
 and sees the same ones. The domain classifier's parameters are an extra param group of the run's
 optimizer (its AdamW state is checkpointed with the rest) at ``optim.head_lr`` on the shared schedule; its
 weights are saved in each checkpoint beside the model; it is not part of the published model.
-Per-process CORAL covariances use the process's own batch (not gathered).
+Under several processes CORAL's covariances are those of the global batch (features gathered with
+gradients: :func:`gather_rows`), so 2 processes compute what 1 process computes on the same rows; DANN's
+loss is a mean over rows, which DDP's gradient mean already makes global.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hftl.config import log
@@ -169,7 +172,7 @@ def _encode(recipe: Recipe, task: Task, data: PreparedData, ds: datasets.Dataset
         )
     encoded, reports = task.encode(datasets.DatasetDict(train=ds), data.processor, recipe, data.labels)
     for report in reports:
-        log.say(f"[adaptation] target: {report}")
+        log.say(f"[adaptation] target: {report}", logging.WARNING)
     return encoded["train"]
 
 
@@ -201,6 +204,29 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     d = source.shape[1]
     return (torch.cov(source.float().T) - torch.cov(target.float().T)).pow(2).sum() / (4 * d * d)
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` (any count per process), in rank order, with gradients flowing back.
+
+    Autograd-aware all_gather (``torch.distributed.nn``): its backward sums, over the processes, the gradient
+    each computed for this process's rows. A loss computed identically on every process from gathered rows
+    therefore gives each process ``W x`` its rows' gradient, and DDP's mean over the ``W`` processes makes
+    the parameter gradient exactly the one-process gradient on the global batch. One process: ``x`` itself.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([len(x)], device=x.device))
+    most = int(max(c.item() for c in counts))
+    padded = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, most - len(x)))
+    parts = all_gather(padded)
+    return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts)])
 
 
 def _reverse_gradient() -> Callable:
@@ -244,6 +270,7 @@ class Adaptation:
     pad_id: int
     modules: dict  # trained beside the model and saved in checkpoints (DANN's domain classifier)
     _batches: Any = None
+    _sums: dict = field(default_factory=dict)  # per-step values summed since the last log line (see stats)
 
     def param_groups(self, recipe: Recipe, plan: Plan) -> list[ExtraGroup]:
         """DANN's domain classifier: one more param group of the run's optimizer, at ``optim.head_lr`` on the
@@ -273,14 +300,35 @@ class Adaptation:
         out = model(**merge_batches(batch, target, self.pad_id))
         feats = self.features[0].flatten(1)
         source, target_feats = feats[:n], feats[n:]
-        if self.method == "coral":
-            extra = coral_loss(source, target_feats)
+        seen = {"task_loss": out.loss.detach()}
+        if self.method == "coral":  # covariances of the global batch: every process's rows
+            extra = coral_loss(gather_rows(source), gather_rows(target_feats))
+            seen["coral_distance"] = extra.detach()
         else:
             reversed_ = _reverse_gradient()(feats, dann_coefficient(step / max(1, self.total_steps)))
             domains = torch.cat([torch.zeros(n), torch.ones(len(feats) - n)]).to(feats.device)
             logits = self.modules["domain_classifier"](reversed_).squeeze(-1)
             extra = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), domains)
+            seen["domain_loss"] = extra.detach()
+            seen["domain_accuracy"] = ((logits.detach() > 0).float() == domains).float().mean()
+        for key, value in seen.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value.float()
+        self._sums["n"] = self._sums.get("n", 0) + 1
         return out.loss + self.weight * extra
+
+    def stats(self, accelerator: Any) -> dict[str, float]:
+        """Means since the last call, over the processes (every process must call it): the task loss alone,
+        and CORAL's distance or DANN's domain loss and domain-classifier accuracy (0.5: domains indistinguishable).
+        """
+        import torch
+
+        n = self._sums.pop("n", 0)
+        names = sorted(self._sums)
+        if not n or not names:
+            return {}
+        local = torch.stack([self._sums.pop(k) / n for k in names])
+        values = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
+        return {k: round(float(v), 6) for k, v in zip(names, values.tolist())}
 
 
 def merge_batches(source: dict[str, Any], target: dict[str, Any], pad_id: int) -> dict[str, Any]:

@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hftl.models.random_state import rng_untouched
 from hftl.training.feature_eligibility import augmentation_reason, skip_reason, trace_head
-from hftl.training.feature_extraction import load_or_build, rng_untouched, rows_of, to_device
+from hftl.training.feature_extraction import load_or_build, rows_of, to_device
 from hftl.training.feature_key import cache_file, cache_key
 from hftl.training.feature_store import CachedSplit, collate_cached
 

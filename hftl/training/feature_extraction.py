@@ -3,9 +3,7 @@ share, gathered; the main process writes the file), with the RNG states left unt
 
 from __future__ import annotations
 
-import contextlib
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,18 +85,6 @@ def _per_example(features: torch.Tensor, mask: torch.Tensor | None) -> list[torc
     if mask is not None and features.dim() >= 3 and features.shape[1] == mask.shape[1]:
         return [row[keep.bool()] for row, keep in zip(features, mask)]
     return list(features)
-
-
-@contextlib.contextmanager
-def rng_untouched() -> Iterator[None]:
-    """Leave torch / random / numpy RNG states as they were: a cached run draws the same dropout masks."""
-    import numpy as np
-
-    py, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng():
-        yield
-    random.setstate(py)
-    np.random.set_state(np_state)
 
 
 def rows_of(ds: datasets.Dataset, indices: Sequence[int]) -> list[dict[str, Any]]:

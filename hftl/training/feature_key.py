@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hftl.models.random_state import tensor_bytes
 from hftl.training.feature_store import CACHE_VERSION
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def cache_key(model: nn.Module, plan: Plan, recipe: Recipe, processor: Any, hook
     for name, tensor in model.state_dict().items():
         if name not in head_params:  # the frozen weights themselves
             digest.update(name.encode())
-            digest.update(_bytes(tensor))
+            digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -111,11 +112,6 @@ def dataset_digest(ds: datasets.Dataset) -> str:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
-
-
-def _bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 def _processor_config(processor: Any) -> Any:

@@ -15,7 +15,9 @@ The events, in the order a run reaches them:
 ``on_plan``         model, loaders and plan built; before the optimizer (may replace loaders, set the head)
 ``param_groups``    extra optimizer param groups beside the plan's, each with its LR schedule
 ``before_prepare``  optimizer and scheduler built; returns modules trained beside the model (checkpointed)
+``on_start``        prepared, the run folder written and the state restored; before the first step
 ``loss``            one micro-batch's loss (the first hook returning one wins; default: the model's own)
+``log_fields``      extra fields for a training log line (every process calls it: it may reduce across them)
 ``on_finish``       the run is complete and its processes have ended (every process calls it)
 ==================  ===========================================================================================
 
@@ -38,7 +40,17 @@ if TYPE_CHECKING:
     from hftl.config.schema import Recipe
     from hftl.training.context import RunContext
 
-EVENTS = ("check", "on_data", "on_plan", "param_groups", "before_prepare", "loss", "on_finish")
+EVENTS = (
+    "check",
+    "on_data",
+    "on_plan",
+    "param_groups",
+    "before_prepare",
+    "on_start",
+    "loss",
+    "log_fields",
+    "on_finish",
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,16 @@ class RunHook:
         """Optimizer and scheduler built, the model not yet prepared: modules trained beside it, saved with it."""
         return {}
 
+    def on_start(self, ctx: RunContext) -> None:
+        """Prepared, the run folder written and ``ctx.state`` restored (``step > 0`` when resumed)."""
+
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
         """This micro-batch's loss, or None to leave it to the next hook (or the model's own loss)."""
         return None
+
+    def log_fields(self, ctx: RunContext) -> dict[str, Any]:
+        """Fields to add to a training log line of metrics.jsonl (called on every process)."""
+        return {}
 
     def on_finish(self, ctx: RunContext, final: dict[str, Any]) -> None:
         """The run completed with ``final`` metrics; the process group has ended."""
@@ -140,11 +159,18 @@ class Hooks:
     def before_prepare(self, ctx: RunContext) -> dict[str, Any]:
         return {name: module for hook in self.hooks for name, module in hook.before_prepare(ctx).items()}
 
+    def on_start(self, ctx: RunContext) -> None:
+        for hook in self.hooks:
+            hook.on_start(ctx)
+
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor:
         for hook in self.hooks:
             if (loss := hook.loss(ctx, batch)) is not None:
                 return loss
         return ctx.model(**batch).loss
+
+    def log_fields(self, ctx: RunContext) -> dict[str, Any]:
+        return {key: value for hook in self.hooks for key, value in hook.log_fields(ctx).items()}
 
     def on_finish(self, ctx: RunContext, final: dict[str, Any]) -> None:
         for hook in self.hooks:

@@ -3,9 +3,9 @@ publishing's (:mod:`hftl.publish.run_hooks`).
 
 Each class is only the wiring: the feature's own code stays in its module (domain adaptation in
 :mod:`hftl.training.adaptation`, the feature cache in :mod:`hftl.training.feature_cache`, the probe in
-:mod:`hftl.models.probe`, class weights in :mod:`hftl.training.losses`). Their order, at every event:
-feature cache (10), probe head (20), class weights (25), domain adaptation (30), then the card (35) and the
-Hub push (40).
+:mod:`hftl.models.probe`, class weights in :mod:`hftl.training.losses`, body tuning in the strategy's
+module). Their order, at every event: body tuning (5), feature cache (10), probe head (20), class weights
+(25), domain adaptation (30), then the card (35) and the Hub push (40).
 """
 
 from __future__ import annotations
@@ -14,12 +14,38 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hftl.config import log
+from hftl.config.registry import STRATEGIES
 from hftl.training.hooks import ExtraGroup, RunHook, run_hook
 
 if TYPE_CHECKING:
     import torch
 
     from hftl.training.context import RunContext
+
+
+@run_hook(
+    "body_tuning",
+    order=5,
+    applies=lambda recipe: STRATEGIES.get(recipe.strategy.name).tune_body is not None,
+    when="the strategy tunes the body before it is frozen (setfit)",
+)
+class BodyTuning(RunHook):
+    """The body tuned by the strategy before the feature cache freezes it (SetFit's contrastive phase)."""
+
+    def __init__(self) -> None:
+        self.tuned: dict[str, Any] | None = None
+
+    def on_plan(self, ctx: RunContext) -> None:
+        from hftl.strategies import tune_body
+
+        with ctx.costs.timed("train"):
+            self.tuned = tune_body(ctx.model, ctx.recipe, ctx.data, ctx.accelerator)
+
+    def on_start(self, ctx: RunContext) -> None:
+        if self.tuned and ctx.state.step == 0:  # what was done, in metrics.jsonl (the card reads it)
+            from hftl.training.train import log_record
+
+            log_record(ctx.run_dir, {"step": 0, "body_tuning": self.tuned}, ctx.accelerator)
 
 
 @run_hook(
@@ -74,7 +100,7 @@ class ProbeHead(RunHook):
 def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
     """Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
     strategy's own ``fitter``; False when the head is not one linear layer on per-example features."""
-    from hftl.models.probe import fit_probe
+    from hftl.models.probe import ProbeFit, fit_probe
 
     started = time.time()
     train, val = ctx.train_dl.dataset, ctx.eval_dls["validation"].dataset
@@ -82,12 +108,13 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
     if fit is None:
         log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
-    if fitter is not None:
+    if not isinstance(fit, ProbeFit):  # a strategy's own closed form (prototypes)
         log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
         return True
     log.say(
-        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g} "
-        f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
+        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g}"
+        + (" (fixed) " if len(fit.scores) == 1 else " ")
+        + f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
         + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
         + ")"
     )
@@ -146,6 +173,10 @@ class DomainAdaptation(RunHook):
 
     def before_prepare(self, ctx: RunContext) -> dict[str, Any]:
         return self.adaptation.prepare(ctx.accelerator) if self.adaptation else {}
+
+    def log_fields(self, ctx: RunContext) -> dict[str, Any]:
+        stats = self.adaptation.stats(ctx.accelerator) if self.adaptation else {}  # a collective: every process
+        return {"adaptation": stats} if stats else {}
 
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.adaptation is None:

@@ -33,7 +33,7 @@ from hftl.training.build import (
 )
 from hftl.training.context import LoopState, RunContext
 from hftl.training.evaluation import evaluate, is_better, score
-from hftl.training.hooks import hooks_for
+from hftl.training.hooks import Hooks, hooks_for
 from hftl.training.launch import (
     Interrupted,
     StopFlag,
@@ -78,8 +78,7 @@ def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None
     resume = recipe.train.resume if resume is None else resume
     ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, resume, on_evaluate=on_evaluate)
     hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
-    check_before_work(ctx)
-    hooks.check(ctx)  # all before any work
+    check_before_work(ctx, hooks)
 
     # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
     ctx.accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
@@ -98,6 +97,7 @@ def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None
     ctx.scheduler = build_scheduler(ctx.optimizer, ctx.plan, ctx.group_names, extra_groups)  # stepped per update
     ctx.extra_modules = hooks.before_prepare(ctx)
     prepare(ctx)
+    hooks.on_start(ctx)
     state, plan, accelerator, train = ctx.state, ctx.plan, ctx.accelerator, recipe.train
     if ctx.evaluate_first and state.step == 0:  # a head set before the loop is the first candidate for the best
         evaluate_and_keep_best(ctx)
@@ -125,7 +125,7 @@ def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None
                 next_step(ctx, bar)
                 end = state.step == plan.total_steps
                 if state.step % train.log_steps == 0 or end:
-                    log_training(ctx, bar)
+                    log_training(ctx, bar, hooks.log_fields(ctx))
                 if state.step % eval_steps == 0 or end:
                     evaluate_and_keep_best(ctx)
                     apply_plan(ctx, train_mode=True)
@@ -147,14 +147,16 @@ def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None
 
 
 # --------------------------------------------------------------------------- the loop's named steps
-def check_before_work(ctx: RunContext) -> None:
-    """What would fail later, checked first: the trackers, the run folder, the state to resume from."""
+def check_before_work(ctx: RunContext, hooks: Hooks) -> None:
+    """What would fail later, checked first: the trackers, the run folder, the state to resume from, and what
+    each hook checks (a Hub push's token, ...)."""
     from hftl.training.trackers import check_trackers
 
     set_threads(ctx.recipe.train.num_threads)
     check_trackers(ctx.recipe.train.trackers)
     run_folder.check_run_dir(ctx.recipe, ctx.run_dir, ctx.resume, bool(complete_checkpoints(ctx.run_dir)))
     check_resumable(ctx.run_dir, ctx.resume)
+    hooks.check(ctx)
 
 
 def prepare(ctx: RunContext) -> None:
@@ -244,8 +246,9 @@ def restore(ctx: RunContext) -> LoopState:
     return state
 
 
-def log_training(ctx: RunContext, bar: Any) -> None:
-    """The mean training loss since the last log line, and every group's LR."""
+def log_training(ctx: RunContext, bar: Any, fields: dict[str, Any]) -> None:
+    """The mean training loss since the last log line, every group's LR, and the hooks' ``fields``
+    (adaptation's terms)."""
     state, log_steps = ctx.synced_state(), ctx.recipe.train.log_steps
     n = log_steps if state.step % log_steps == 0 else state.step % log_steps
     record = {
@@ -253,6 +256,7 @@ def log_training(ctx: RunContext, bar: Any) -> None:
         "epoch": round(state.epoch, 4),
         "loss": state.loss_sum / max(1, n),
         "lr": {g: ctx.optimizer.param_groups[i]["lr"] for i, g in enumerate(ctx.group_names)},
+        **fields,
     }
     log_record(ctx.run_dir, record, ctx.accelerator)
     bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -338,9 +342,18 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
     log.summary(
         "[done] "
         + "  ".join(f"{s} {k} {v:.4f}" for s in ("validation", "test") if s in final for k, v in final[s].items())
+        + _domain_gap(final, metric)
         + f"  -> {run_dir}"
     )
     return final
+
+
+def _domain_gap(final: dict[str, Any], metric: str) -> str:
+    """Source test, target test and their gap side by side (runs with a labeled data.target), else ''."""
+    source, target = final.get("test", {}).get(metric), final.get("target_test", {}).get(metric)
+    if source is None or target is None:
+        return ""
+    return f"  | {metric}: source test {source:.4f}  target test {target:.4f}  gap {source - target:+.4f}"
 
 
 def release(ctx: RunContext) -> None:

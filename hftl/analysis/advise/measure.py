@@ -184,9 +184,10 @@ def frozen_features(
     import torch
 
     from hftl.models.probe import head_inputs
+    from hftl.models.random_state import rng_untouched
     from hftl.training.build import plan_for
     from hftl.training.feature_eligibility import skip_reason, trace_head
-    from hftl.training.feature_extraction import extract, rng_untouched
+    from hftl.training.feature_extraction import extract
     from hftl.training.feature_extraction import rows_of as _rows
     from hftl.training.feature_key import cache_file, cache_key
     from hftl.training.feature_store import read_rows, write_rows
