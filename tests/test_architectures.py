@@ -10,9 +10,10 @@ that builds here (tiny configs and the exclusions in ``tests/tiny_architectures.
   plan trains what its strategy says;
 - LoRA with its default options puts adapters in the body and trains the whole head.
 
-Model types whose layout the generic mapper refuses to guess (encoder-decoders,
-vision-language models...) are checked to get an error that names their modules and a
-``strategy.layer_groups`` block that works as written. A few representative architectures
+Encoder-decoders (BART, T5...) and vision/audio-language models map as chains of their two stacks.
+Model types whose layout the generic mapper refuses to guess (:data:`REFUSED`, with the cause)
+are checked to get an error that names their modules and a ``strategy.layer_groups`` block
+that works as written. A few representative architectures
 train some steps with progressive unfreezing, checking which weights change at each stage.
 """
 
@@ -34,25 +35,11 @@ from hftl.training.build import plan_for
 from tests.test_strategies import calibrate_batchnorm, make_recipe, train_and_watch, updating_norms
 from tests.tiny_architectures import EXCLUDED, model_types, task_class, tiny_batch, tiny_config, tiny_model
 
-_ENCODER_DECODER = "encoder-decoder: two stacks of blocks (encoder, decoder)"
-_TOWERS = "joins a vision (or audio) tower and a language model"
 REFUSED = {
-    "bart": _ENCODER_DECODER,
-    "bigbird_pegasus": _ENCODER_DECODER,
-    "mbart": _ENCODER_DECODER,
-    "mt5": _ENCODER_DECODER,
-    "mvp": _ENCODER_DECODER,
-    "plbart": _ENCODER_DECODER,
-    "t5": _ENCODER_DECODER,
-    "umt5": _ENCODER_DECODER,
-    "canine": "three stacks of blocks (character, molecule, character)",
-    "perceiver": "its classifier sits inside the backbone (perceiver.decoder)",
-    "gemma3": _TOWERS,
-    "modernvbert": _TOWERS,
-    "qwen3_5": _TOWERS,
-    "qwen3_asr": _TOWERS,
-    "shieldgemma2": _TOWERS,
-    "ultravbert": _TOWERS,
+    "canine": "three stacks of blocks (character, molecule, character encoders) with no relation in the module tree: "
+    "the sequence head reads the molecule encoder's pooler, the token head the final character encoder",
+    "shieldgemma2": "no new head: it classifies by its language model's output layer (tied to the token embeddings) "
+    "read at the yes/no tokens",
 }
 """Model types the generic mapper refuses to guess, and why."""
 NO_FORWARD = {
@@ -63,6 +50,7 @@ NO_FORWARD = {
     "jamba": "its cache refuses a training forward with linear-attention layers only",
     "qwen3_5_text": "its cache refuses a training forward with linear-attention layers only",
     "qwen3_next": "its cache refuses a training forward with linear-attention layers only",
+    "qwen3_5": "its cache refuses a training forward with linear-attention layers only",
     "bros": "needs 8-value boxes",
     "layoutlmv3": "needs image patches",
     "lilt": "needs layout boxes matching its channel shrink",
@@ -75,7 +63,6 @@ NO_FORWARD = {
 """Model types whose forward pass on random tiny inputs fails in transformers: the execution-order check
 and the LoRA backward pass are not run for them (their groups, plans and adapters still are)."""
 LORA_REFUSED = {
-    "ibert": "its quantised layers (QuantLinear) are no nn.Linear",
     "mobilenet_v1": "no Linear in the body, and its TF-style padding reads conv.stride, which peft's wrapper lacks",
     "mobilenet_v2": "no Linear in the body, and its TF-style padding reads conv.stride, which peft's wrapper lacks",
 }
@@ -140,8 +127,11 @@ def test_groups_cover_every_parameter_once_from_input_to_head(model_type: str, k
     groups = map_layer_groups(model)
     assert sorted(p for g in groups for p in g.params) == sorted(params(model))
     assert [g.is_head for g in groups] == [False] * (len(groups) - 1) + [True]
-    numbered = [int(m.group(2)) for g in groups if (m := re.fullmatch(r"(layer|stage)\.(\d+)", g.name))]
-    assert numbered == list(range(len(numbered)))
+    numbered: dict[str, list[int]] = {}  # per stack ('' or 'encoder.', 'decoder.', 'vision_tower.'...)
+    for g in groups:
+        if m := re.fullmatch(r"((?:\w+\.)?)(layer|stage)\.(\d+)", g.name):
+            numbered.setdefault(m.group(1), []).append(int(m.group(3)))
+    assert numbered and all(n == list(range(len(n))) for n in numbered.values())
     if model_type in NO_FORWARD:
         return
     called = first_calls(model, {k: v for k, v in tiny_batch(model_type, kind).items() if k != "labels"})
@@ -211,7 +201,7 @@ def test_refused_layouts_name_their_modules_and_print_a_working_block(model_type
 
 
 # --------------------------------------------------------------------------- short runs
-RUNS = ["regnet", "swin", "deberta-v2", "modernbert", "llama"]
+RUNS = ["regnet", "swin", "deberta-v2", "modernbert", "llama", "mbart", "t5"]
 
 
 @pytest.mark.parametrize("model_type", RUNS)
@@ -227,11 +217,21 @@ def test_progressive_unfreezing_trains_only_the_groups_due(model_type: str) -> N
     groups = [set(g.params) for g in map_layer_groups(model)]
     batch = tiny_batch(model_type, kind)
     params = {n for n, _ in model.named_parameters()}
+    # tied copies (BART's and T5's encoder/decoder embed_tokens share model.shared) are parameters, not statistics
+    tied = {k for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter)} - params
     for step, changed, _, _, _ in train_and_watch(model, plan, recipe, batch, steps=n + 1):
         due = set().union(groups[-1], *(groups[i] for i in range(n - 1) if n - 1 - i <= step))
         assert changed & params == due, (
             f"step {step}: changed but not due {sorted((changed & params) - due)[:4]}, "
             f"due but unchanged {sorted(due - changed)[:4]}"
         )
-        moved = {name.rsplit(".", 1)[0] for name in changed - params}  # BatchNorm statistics
+        moved = {name.rsplit(".", 1)[0] for name in changed - params - tied}  # BatchNorm statistics
         assert moved == updating_norms(model, due, recipe.strategy.batchnorm), step
+
+
+def test_lora_on_weights_in_place_refuses_a_dropout_it_cannot_apply() -> None:
+    """I-BERT's QuantLinear is adapted in place (peft's target_parameters), which has no dropout: a recipe
+    that asks for one is refused, naming the key; the default runs without."""
+    model = task_class("ibert", "sequence")(tiny_config("ibert"))
+    with pytest.raises(RecipeError, match=r"'strategy\.lora\.dropout'.*no dropout"):
+        wrap_model(model, make_recipe({"name": "lora", "lora": {"dropout": 0.1}}, "text-classification"))

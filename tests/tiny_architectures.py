@@ -225,6 +225,14 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         lsh_attn_chunk_length=4,
     ),
     "gptj": dict(rotary_dim=8),
+    **{t: dict(decoder_start_token_id=0) for t in ("t5", "mt5", "umt5")},  # sequence classification shifts
+    "perceiver": dict(
+        num_latents=8,
+        d_latents=32,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=2,
+    ),
 }
 EXCLUDED: dict[str, str] = {
     "dinat": "needs the natten package (neighbourhood attention kernels)",
@@ -293,9 +301,14 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
         return {"pixel_values": pixels, "labels": torch.randint(0, NUM_LABELS, (2,), generator=g)}
     length = SEQUENCE_LENGTH.get(model_type, 8)
     batch = {
-        "input_ids": torch.randint(5, min(100, tiny_config(model_type).vocab_size), (2, length), generator=g),
+        "input_ids": torch.randint(
+            5, min(100, tiny_config(model_type).get_text_config().vocab_size), (2, length), generator=g
+        ),
         "attention_mask": torch.ones(2, length, dtype=torch.long),
     }
+    config = tiny_config(model_type)
+    if getattr(config, "is_encoder_decoder", False) and isinstance(config.eos_token_id, int):
+        batch["input_ids"][:, -1] = config.eos_token_id  # BART's and T5's heads read the last EOS state
     if model_type in WITH_BOXES:
         batch["bbox"] = torch.zeros(2, length, 4, dtype=torch.long)
     if model_type == "xmod":

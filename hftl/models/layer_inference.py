@@ -22,18 +22,27 @@ transformers models share one shape, and this mapper reads it:
   (``pooler`` when that is all there is, else ``neck``): by the position of its
   parameters relative to the blocks, except that embeddings and position biases shared by
   every block (DeBERTa's ``rel_embeddings``, MPNet's ``relative_attention_bias``) are
-  inputs, and a ``pooler`` is an output wherever it is registered (GTE registers it first).
+  inputs, and a ``pooler`` is an output wherever it is registered (GTE registers it first);
+- a backbone with **two stacks** of blocks is read as a chain where the module tree says how
+  data flows (see :func:`_ordered_stacks`): an encoder-decoder (BART, T5...) is
+  ``embeddings`` (the shared token table, counted once, and every position table) ->
+  ``encoder.layer.N`` -> ``encoder.neck`` (its final norm) -> ``decoder.layer.N`` -> ``neck``
+  -> ``head``; a vision- or audio-language model is ``embeddings`` -> ``vision_tower.layer.N``
+  -> ``vision_tower.neck`` (its last norm and the projector) -> ``language_model.layer.N`` ->
+  ``neck`` -> ``head``. A classifier that its model keeps inside the backbone is the head
+  when its class says so (Perceiver's ``PerceiverClassificationDecoder``).
 
-Inference gives up, rather than guess, when it finds no list of blocks, when two
-unrelated stacks of blocks compete (encoder-decoders such as T5 and BART), or when a
-task model has nothing beside its backbone to call a head (Perceiver keeps its
-classifier inside). The error then names the model's own top-level modules and prints
-a ``strategy.layer_groups`` block for this model that works as written.
+Inference gives up, rather than guess, when it finds no list of blocks, when stacks of
+blocks compete with no relation the module tree shows (CANINE's three encoders), or when a
+task model has no new head (ShieldGemma 2 reads its language model's own output layer).
+The error then names the model's own top-level modules and prints a
+``strategy.layer_groups`` block for this model that works as written.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -41,10 +50,11 @@ from hftl.config.errors import HftlError
 
 PRETRAINED_BESIDE = {"modernbert": ("head",), "modernbert-decoder": ("head",)}
 """Per model type, modules beside the backbone that a base checkpoint fills (neck, not head)."""
-INPUT_SIDE = {"deberta-v2": (r"encoder\.LayerNorm\.", r"encoder\.conv\.")}
+INPUT_SIDE = {"deberta-v2": (r"encoder\.LayerNorm\.", r"encoder\.conv\."), "qwen3_asr": (r"audio_tower\.conv",)}
 """Per model type, backbone modules registered after the blocks that act on the input side:
 DeBERTa-v2/v3 normalises its shared relative embeddings with ``encoder.LayerNorm`` and adds
-``encoder.conv`` (computed from the embeddings) to the first layer's output."""
+``encoder.conv`` (computed from the embeddings) to the first layer's output; Qwen3-ASR's audio
+tower registers its input convolutions (``conv2d1..3``, ``conv_out``) after its layers."""
 _SHARED_INPUT = re.compile(r"(^|\.)(\w*embed\w*|\w*position\w*|rel_pos\w*|relative_attention_bias)(\.|$)")
 _PEFT_SEGMENTS = re.compile(r"\.(?:base_layer|original_module|(?:lora_\w+|modules_to_save)\.[^.]+)(?=\.|$)")
 _COMPETING_SHARE = 0.1  # a second stack of blocks this large (vs the main one) makes the order uncertain
@@ -53,6 +63,16 @@ _OUTPUT_SIDE = re.compile(r"(^|\.)(pooler|final_\w+|ln_f|norm_f)(\.|$)")  # OPT 
 
 class UncertainLayout(HftlError):
     """The module tree does not say for sure which part runs before which."""
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """One stack of blocks: its lists (the trunk and the lists zipped with it), where it lives, what to call it."""
+
+    owner: str  # full path of the module holding this stack alone ('' for a single-stack model: the whole body)
+    lists: list[tuple[str, int, int]]
+    word: str  # "layer" or "stage"
+    label: str  # group name prefix: '' for a single stack, else the owner's own name ("encoder.", "vision_tower.")
 
 
 def infer_layer_groups(model: nn.Module) -> dict[str, str]:
@@ -66,35 +86,23 @@ def infer_layer_groups(model: nn.Module) -> dict[str, str]:
     backbone = _backbone_path(model)
     is_task_model = "For" in type(model).__name__
     body = model.get_submodule(backbone) if backbone else model
-    from transformers import PreTrainedModel
-
-    towers = [n for n, c in body.named_children() if isinstance(c, PreTrainedModel)]
-    if len(towers) > 1:
-        why = f"it joins several models ({', '.join(towers)}) and their order is not clear"
-        raise _uncertain(model, model_type, why)
     lists = _block_lists(body, backbone)
     if not any(count for _, _, count in lists):
         raise _uncertain(model, model_type, "it has no list of repeated blocks (a ModuleList of layers or stages)")
-    trunk = max(lists, key=lambda item: item[2])
-    parent = trunk[0].rpartition(".")[0]
-    zipped = [lst for lst in lists if lst[0].rpartition(".")[0] == parent and lst[1] == trunk[1]]
-    competing = [lst for lst in lists if lst not in zipped and lst[2] >= _COMPETING_SHARE * trunk[2]]
-    if competing:
-        stacks = ", ".join(lst[0] for lst in [trunk, *competing])
-        raise _uncertain(model, model_type, f"it has several stacks of blocks ({stacks}) and their order is not clear")
-
-    nested = all(_is_stage(child) for _, child in model.get_submodule(trunk[0]).named_children())
-    block_word = "stage" if nested else "layer"
-    heads, necks = _beside_backbone(model, backbone, is_task_model, model_type, trunk[0])
+    stacks = _ordered_stacks(model, model_type, backbone, lists)
+    heads, necks = _beside_backbone(model, backbone, is_task_model, model_type, stacks[-1].lists[0][0])
     if is_task_model and not heads:
         raise _uncertain(model, model_type, "nothing beside its backbone looks like the new task head")
 
-    first_block = next(i for i, n in enumerate(names) if _under_any(n, [p for p, _, _ in zipped]))
+    first = [next(i for i, n in enumerate(names) if _under_any(n, [p for p, _, _ in s.lists])) for s in stacks]
     input_side = [re.compile(re.escape(backbone + ".") + p if backbone else p) for p in INPUT_SIDE.get(model_type, ())]
+    towers = len(stacks) > 1 and not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    last = len(stacks) - 1
     group_of: dict[str, str] = {}
     for index, name in enumerate(names):
-        if (element := _element(name, zipped)) is not None:
-            group_of[name] = f"{block_word}.{element}"
+        owner = next((k for k, s in enumerate(stacks) if not s.owner or name.startswith(s.owner + ".")), None)
+        if owner is not None and (element := _element(name, stacks[owner].lists)) is not None:
+            group_of[name] = f"{stacks[owner].label}{stacks[owner].word}.{element}"
         elif _under_any(name, necks):
             group_of[name] = "after"
         elif _under_any(name, heads) or (is_task_model and backbone and not name.startswith(backbone + ".")):
@@ -103,11 +111,15 @@ def infer_layer_groups(model: nn.Module) -> dict[str, str]:
             inner = name.removeprefix(backbone + ".") if backbone else name
             module_path = inner.rpartition(".")[0]
             if _OUTPUT_SIDE.search(module_path):
-                group_of[name] = "after"
+                group_of[name] = _after(stacks, last if owner is None else owner)
             elif _SHARED_INPUT.search(module_path) or any(r.match(name) for r in input_side):
                 group_of[name] = "before"
+            elif owner is None and towers:
+                group_of[name] = _after(stacks, last - 1)  # a projector between the towers, wherever registered
+            elif owner is not None:
+                group_of[name] = "before" if index < first[owner] else _after(stacks, owner)
             else:
-                group_of[name] = "before" if index < first_block else "after"
+                group_of[name] = "before" if index < first[0] else _after(stacks, sum(index > f for f in first) - 1)
 
     before = [n for n in names if group_of[n] == "before"]
     after = [n for n in names if group_of[n] == "after"]
@@ -115,8 +127,107 @@ def infer_layer_groups(model: nn.Module) -> dict[str, str]:
     after_name = "pooler" if after and all(re.search(r"(^|\.)pooler\.", n) for n in after) else "neck"
     rename = {"before": before_name, "after": after_name}
     group_of = {n: rename.get(g, g) for n, g in group_of.items()}
-    order = [before_name, *(f"{block_word}.{i}" for i in range(trunk[1])), after_name, "head"]
+    order = [before_name]
+    for k, stack in enumerate(stacks):
+        count = stack.lists[0][1]
+        order += [f"{stack.label}{stack.word}.{i}" for i in range(count)] + [_after(stacks, k)]
+    order = [rename.get(g, g) for g in [*order, "head"]]
     return {n: group_of[n] for g in order for n in names if group_of[n] == g}
+
+
+def _after(stacks: list[_Stack], k: int) -> str:
+    """The group of what runs after stack ``k``'s blocks: between two stacks it is named for the first
+    (``encoder.neck``: T5's final encoder norm; ``vision_tower.neck``: its last norm and the projector)."""
+    return "after" if k == len(stacks) - 1 else f"{stacks[k].label}neck"
+
+
+def _ordered_stacks(
+    model: nn.Module, model_type: str, backbone: str, lists: list[tuple[str, int, int]]
+) -> list[_Stack]:
+    """The backbone's stacks of blocks, input first; one stack for most models.
+
+    Two stacks are ordered only where the module tree says how data flows between them, by the
+    stack the new head reads:
+
+    - an encoder-decoder (``config.is_encoder_decoder``, stacks under ``encoder`` and ``decoder``):
+      the encoder, then the decoder. Its classification head (BART's ``classification_head``,
+      T5ForSequenceClassification's) reads the decoder's hidden state at the last EOS token, and the
+      decoder reads the encoder's output through cross-attention, so the decoder is nearer the head;
+    - a vision- or audio-language model: the other tower, then the language model (the tower holding
+      the token embeddings, ``get_input_embeddings()``). The head reads the language model's hidden
+      states, and the other tower's output enters the language model as input tokens, through the
+      projector between them.
+
+    Anything else (several stacks with no such relation, as CANINE's character / molecule / character
+    encoders, or more than one tower feeding the language model) is refused rather than guessed.
+    """
+    trunk = max(lists, key=lambda item: item[2])
+    zipped = _zipped(trunk, lists)
+    # a stack in another pretrained model (a tower) competes whatever its size: Qwen3.5's vision tower is small
+    competing = [
+        lst
+        for lst in lists
+        if lst not in zipped
+        and lst[2]
+        and (
+            lst[2] >= _COMPETING_SHARE * trunk[2]
+            or _tower(model, backbone, lst[0]) != _tower(model, backbone, trunk[0])
+        )
+    ]
+    if not competing:
+        return [_Stack("", zipped, _block_word(model, trunk), "")]
+    prefix = backbone + "." if backbone else ""
+    candidates = [trunk, *competing]
+    paths = [lst[0].removeprefix(prefix).split(".") for lst in candidates]
+    common = 0
+    while all(len(p) > common + 1 and p[common] == paths[0][common] for p in paths):
+        common += 1
+    owners = [prefix + ".".join(p[: common + 1]) for p in paths]
+    stacks_text = ", ".join(lst[0] for lst in candidates)
+    if len(set(owners)) < len(owners):
+        raise _uncertain(model, model_type, f"it has several stacks of blocks ({stacks_text}) in one module")
+    found = {o.rpartition(".")[2]: (o, lst) for o, lst in zip(owners, candidates, strict=True)}
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and set(found) == {"encoder", "decoder"}:
+        order = ["encoder", "decoder"]
+    else:
+        try:
+            embedding = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):  # CANINE hashes characters: no token table
+            embedding = None
+        text = [o for o in found if isinstance(embedding, nn.Module) and _contains(model, found[o][0], embedding)]
+        if len(found) != 2 or len(text) != 1:
+            why = f"it has several stacks of blocks ({stacks_text}) and the module tree does not say which feeds which"
+            raise _uncertain(model, model_type, why)
+        order = [o for o in found if o != text[0]] + text
+    return [_Stack(found[o][0], _zipped(found[o][1], lists), _block_word(model, found[o][1]), o + ".") for o in order]
+
+
+def _tower(model: nn.Module, backbone: str, path: str) -> str:
+    """The shallowest pretrained model inside the backbone that holds ``path`` ('' when none does)."""
+    from transformers import PreTrainedModel
+
+    parts = path.split(".")
+    start = len(backbone.split(".")) if backbone else 0
+    for end in range(start + 1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:end])), PreTrainedModel):
+            return ".".join(parts[:end])
+    return ""
+
+
+def _zipped(trunk: tuple[str, int, int], lists: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """The trunk and the lists of the same length beside it in the same parent, trunk first."""
+    parent = trunk[0].rpartition(".")[0]
+    beside = [lst for lst in lists if lst[0].rpartition(".")[0] == parent and lst[1] == trunk[1] and lst != trunk]
+    return [trunk, *beside]
+
+
+def _block_word(model: nn.Module, trunk: tuple[str, int, int]) -> str:
+    nested = all(_is_stage(child) for _, child in model.get_submodule(trunk[0]).named_children())
+    return "stage" if nested else "layer"
+
+
+def _contains(model: nn.Module, path: str, module: nn.Module) -> bool:
+    return any(m is module for m in model.get_submodule(path).modules())
 
 
 def suggest_layer_groups(model: nn.Module) -> str:
@@ -200,7 +311,9 @@ def _holds_blocks(module: nn.Module) -> bool:
 
 
 def _is_stage(element: nn.Module) -> bool:
-    """A stage: itself a list of blocks, or holding one with at least half of its parameters (Swin, RegNet)."""
+    """A stage: itself a list of blocks, or holding one with at least half of its parameters (Swin, RegNet).
+    Its blocks repeat: a T5 block's list of distinct sublayers (attention, cross-attention, feed-forward) is no
+    stage, while LeViT's stages (residual blocks of one class around a subsampling one) are."""
     if isinstance(element, (nn.ModuleList, nn.Sequential)) and _holds_blocks(element):
         return True
     total = sum(p.numel() for p in element.parameters())
@@ -208,6 +321,7 @@ def _is_stage(element: nn.Module) -> bool:
         isinstance(m, (nn.ModuleList, nn.Sequential))
         and all(k.isdigit() for k, _ in m.named_children())
         and _holds_blocks(m)
+        and (len(m) == 1 or len({type(c) for c in m.children()}) < len(m))
         and 2 * sum(p.numel() for p in m.parameters()) >= total
         for m in element.modules()
         if m is not element
@@ -236,7 +350,12 @@ def _beside_backbone(
         beside = [(n, c) for n, c in with_params if n != backbone]
         keep = PRETRAINED_BESIDE.get(model_type, ())
         necks = [n for n, c in beside if n in keep or type(c).__name__.endswith("Norm")]
-        return [n for n, _ in beside if n not in necks], necks
+        if heads := [n for n, _ in beside if n not in necks]:
+            return heads, necks
+        # a classifier kept inside the backbone, named so by its class (Perceiver's PerceiverClassificationDecoder)
+        inside = model.get_submodule(backbone).named_children()
+        own = {n: getattr(c, "original_module", c) for n, c in inside}  # under peft: a ModulesToSaveWrapper
+        return [f"{backbone}.{n}" for n, c in own.items() if "Classification" in type(c).__name__], necks
     # its own backbone: the last top-level module with parameters after the blocks is the head
     top = trunk.split(".")[0]
     after = [n for n, _ in with_params[[n for n, _ in with_params].index(top) + 1 :]]

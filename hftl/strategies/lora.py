@@ -9,8 +9,14 @@ Which layers get adapters when ``strategy.lora.target_modules`` is left out, in 
 3. else (CNNs) every ``Linear`` and plain ``Conv2d`` of the body: peft adapts ``Conv2d`` with a
    kxk ``lora_A`` conv and a 1x1 ``lora_B``, but only where the rank divides the conv's groups, so
    depthwise convolutions (groups = channels) are left out, and not under MobileNet's TF-style
-   padding (it reads ``conv.stride``, which peft's wrapper does not have). A body with nothing
-   to adapt (MobileNet, I-BERT's quantised layers) is refused with the layer names it has.
+   padding (it reads ``conv.stride``, which peft's wrapper does not have);
+4. else (I-BERT, whose ``QuantLinear`` is no ``nn.Linear`` and returns a tuple) the query/value
+   weights themselves, through peft's ``target_parameters`` (a parametrisation of the weight:
+   no wrapper, so it reloads with plain peft; it takes no dropout, so dropout is 0 there).
+
+A body with nothing to adapt (MobileNet v1/v2: depthwise convolutions, and pointwise ones
+under TF-style padding) is refused with the layer names it has. An hftl-side Conv2d wrapper
+that exposes ``stride`` would train there, but the saved adapter would not load in plain peft.
 
 ``target_modules: all-linear`` adapts every ``Linear`` (and GPT-2's ``Conv1D``) of the body,
 as peft's shorthand does. The head is never adapted: it trains whole and is saved with the
@@ -61,12 +67,16 @@ def wrap_lora(model, recipe, options: LoraOptions):
         for m in g.modules
         if any(True for _ in model.get_submodule(m).parameters())
     ]  # not `dropout`: peft would match lora_dropout
+    weights: list[str] = []  # parameters adapted in place, for layers peft cannot wrap (I-BERT's QuantLinear)
+    dropout = options.dropout
     if isinstance(options.target_modules, list):
         check_target_modules(model, options.target_modules, recipe.source_file)
         targets, how = options.target_modules, "strategy.lora.target_modules"
     else:
         targets, how = lora_targets(model, head, options.target_modules, options.r)
-        if not targets:
+        if not targets and options.target_modules is None:
+            weights, how = weight_targets(model, head)
+        if not targets and not weights:
             raise _target_error(
                 model,
                 recipe.source_file,
@@ -75,12 +85,26 @@ def wrap_lora(model, recipe, options: LoraOptions):
                 options.target_modules,
                 hint="Use another strategy (full, partial, progressive), or name the layers to adapt.",
             )
+    if weights and dropout:
+        if "dropout" in options.model_fields_set:
+            from hftl.config.errors import RecipeError
+
+            raise RecipeError(
+                recipe.source_file,
+                "strategy.lora.dropout",
+                f"must be 0 for this '{model.config.model_type}' model: its attention layers are no nn.Linear, so "
+                "LoRA adapts their weights in place (peft's target_parameters), which takes no dropout",
+                dropout,
+                hint="Leave it out or set 0.",
+            )
+        dropout, how = 0.0, f"{how}; dropout 0, as peft adapts weights in place without it"
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,
-        lora_dropout=options.dropout,
+        lora_dropout=dropout,
         task_type=TASKS.get(recipe.task).peft_task_type,
         target_modules=targets,
+        target_parameters=weights or None,
         modules_to_save=head or None,
     )
     try:
@@ -123,6 +147,24 @@ def lora_targets(model, head: list[str], choice: str | None, r: int) -> tuple[li
     if names := [n for n, m in linear if not isinstance(m, nn.Conv2d) and _ATTENTION_QV.fullmatch(leaf[n])]:
         return names, "the attention query/value projections"
     return [n for n, _ in linear], "every Linear and Conv2d layer of the body"
+
+
+def weight_targets(model, head: list[str]) -> tuple[list[str], str]:
+    """The 2-D weights of the body's attention query/value layers that are no nn.Linear (I-BERT's QuantLinear
+    returns a tuple, so peft cannot wrap it). peft's ``target_parameters`` adapts such a weight in place (a
+    parametrisation), which works for any layer that reads its own ``weight`` and reloads with plain peft."""
+    from torch import nn
+
+    names = [
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if _ATTENTION_QV.fullmatch(name.rpartition(".")[2])
+        and not isinstance(module, nn.Linear)
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+        and module.weight.ndim == 2
+        and not any(name == h or name.startswith(h + ".") for h in head)
+    ]
+    return names, "the attention query/value weights, adapted in place"
 
 
 def _plain_conv(cls: type) -> bool:
