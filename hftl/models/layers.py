@@ -7,7 +7,10 @@ one group and a group's depth is its index in the list:
 - depth 0 is the embeddings / stem. Class and distillation tokens, position
   embeddings, mask tokens and shared relative position biases (BEiT, DeBERTa, MPNet)
   belong here, as in timm: they are inputs to the first block.
-- then one group per block (``layer.N``) or stage of blocks (``stage.N``), in index order;
+- then one group per block (``layer.N``) or stage of blocks (``stage.N``), in index order; a model
+  with two stacks has them one after the other, named for their stack, with what runs between
+  them in ``<stack>.neck`` (``encoder.layer.N``, ``encoder.neck``, ``decoder.layer.N``; or a vision
+  tower's blocks, its neck and projector, then ``language_model.layer.N``);
 - then what sits after the last block: BERT's ``pooler``, or a ``neck`` holding the
   final norm (ViT, ConvNeXt, Llama) or pretrained parts beside the backbone (ModernBERT's ``head``);
 - last, the newly initialised task ``head`` (``classifier``, ``score``, ``qa_outputs``, ...).
