@@ -52,6 +52,15 @@ CATALOG = {  # name -> (rows per split, features)
     "digits": ({"train": 1797}, {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)}),
 }
 IMAGE_SIZES = {"fashion-mnist": (28, 28), "mnist-5k": (28, 28), "digits": (8, 8)}
+# Entries derived from those above for the multi-label, regression and pair recipes (hftl/data/derived.py).
+DERIVED = {  # name -> (rows, columns and their types)
+    "wnut16-entity-types": (2394, {"text": "string", "entity_types": "list"}),
+    "rotten-tomatoes-tomatometer": (12743, {"text": "string", "movie_name": "string", "tomatometer": "float64"}),
+    "bbc-title-match": (
+        4450,
+        {"title": "string", "body": "string", "label": "string", "section": "string", "article": "string"},
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,16 @@ def rotten() -> datasets.Dataset:
 
 
 def test_catalog_is_complete() -> None:
-    assert catalog.DATASETS.names() == sorted(CATALOG)
+    assert catalog.DATASETS.names() == sorted([*CATALOG, *DERIVED])
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_derived_entry_loads(name: str) -> None:
+    rows, columns = DERIVED[name]
+    train = data.load_source(name)["train"]
+    assert train.num_rows == rows
+    kinds = {c: "list" if isinstance(f, datasets.List) else f.dtype for c, f in train.features.items()}
+    assert kinds == columns
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))

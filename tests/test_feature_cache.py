@@ -105,7 +105,8 @@ def TASK():
 
 
 def build(recipe):
-    _, labels, encoded, _ = prepare_data(recipe)
+    prepared = prepare_data(recipe)
+    labels, encoded = prepared.labels, prepared.encoded
     model = TASK().build_model(recipe, labels)
     return model, plan_for(model, recipe, 10, 30), encoded
 

@@ -368,29 +368,31 @@ def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
         ensure_study(changed, open_storage(changed))
 
 
+def synthetic_axis(name: str, kind: str, labels: list):
+    from hftl.analysis.study import Axis, AxisValue
+
+    return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
+
+
+def synthetic_study(folder, axes: list, metric: str, report: str | None = None):
+    """A Study over made-up axes, for the report code alone (no recipe is loaded, nothing trains)."""
+    from hftl.analysis.study import Study, StudySpec
+
+    spec = StudySpec(recipe="r.yaml", axes={"x": [1]})
+    return Study(folder / "s.yaml", spec, "s", folder, folder / "r.yaml", axes, metric, "maximize", report)
+
+
 def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
     """The plots chosen by axis kinds, on synthetic cells (model.pretrained / data.shift are not recipe keys yet)."""
-    from hftl.analysis.study import Axis, AxisValue, Study, StudySpec
     from hftl.analysis.study_report import write_plots
 
-    def axis(name, kind, labels):
-        return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
-
-    study = Study(
-        tmp_path / "s.yaml",
-        StudySpec(recipe="r.yaml", axes={"x": [1]}),
-        "s",
-        tmp_path,
-        tmp_path / "r.yaml",
-        [
-            axis("lr", "lr_multiplier", [0, 0.1, 1.0]),
-            axis("model.pretrained", "pretrained", [True, False]),
-            axis("data.shift.severity", "shift_severity", [0, 3, 5]),
-            axis("train.seed", "seed", [0, 1]),
-        ],
-        "test.accuracy",
-        "maximize",
-    )
+    axes = [
+        synthetic_axis("lr", "lr_multiplier", [0, 0.1, 1.0]),
+        synthetic_axis("model.pretrained", "pretrained", [True, False]),
+        synthetic_axis("data.shift.severity", "shift_severity", [0, 3, 5]),
+        synthetic_axis("train.seed", "seed", [0, 1]),
+    ]
+    study = synthetic_study(tmp_path, axes, "test.accuracy")
     cells = [
         {
             "labels": {"lr": lr, "model.pretrained": p, "data.shift.severity": s},
@@ -410,24 +412,14 @@ def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
 
 def test_best_cell_is_chosen_on_validation_and_test_only_reported(tmp_path):
     """Validation and test disagree on purpose: the pick follows validation, the test mean is only shown."""
-    from hftl.analysis.study import Axis, AxisValue, Study, StudySpec
     from hftl.analysis.study_report import best_cells, cell_stats
 
-    def axis(name, kind, labels):
-        return Axis(name, kind, values=tuple(AxisValue(v, {name: v}) for v in labels))
-
-    study = Study(
-        tmp_path / "s.yaml",
-        StudySpec(recipe="r.yaml", axes={"x": [1]}),
-        "s",
-        tmp_path,
-        tmp_path / "r.yaml",
-        [axis("data.max_train_samples", "data_size", [100]), axis("strategy.name", "strategy", ["a", "b"])]
-        + [axis("train.seed", "seed", [0, 1])],
-        "validation.accuracy",
-        "maximize",
-        "test.accuracy",
-    )
+    axes = [
+        synthetic_axis("data.max_train_samples", "data_size", [100]),
+        synthetic_axis("strategy.name", "strategy", ["a", "b"]),
+        synthetic_axis("train.seed", "seed", [0, 1]),
+    ]
+    study = synthetic_study(tmp_path, axes, "validation.accuracy", "test.accuracy")
     scores = {"a": (0.80, 0.60), "b": (0.70, 0.90)}  # (validation, test): a wins on validation, b on test
     rows = [
         {
