@@ -225,6 +225,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         lsh_attn_chunk_length=4,
     ),
     "gptj": dict(rotary_dim=8),
+    "gemma3": dict(mm_tokens_per_image=4),  # 4x4 patches pooled to 2x2 image tokens
     **{t: dict(decoder_start_token_id=0) for t in ("t5", "mt5", "umt5")},  # sequence classification shifts
     "perceiver": dict(
         num_latents=8,
@@ -309,6 +310,10 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
     config = tiny_config(model_type)
     if getattr(config, "is_encoder_decoder", False) and isinstance(config.eos_token_id, int):
         batch["input_ids"][:, -1] = config.eos_token_id  # BART's and T5's heads read the last EOS state
+    if model_type in WITH_IMAGE_TOKENS:  # a vision-language model: an image, and its tokens in the text
+        batch["input_ids"][:, 1 : 1 + config.mm_tokens_per_image] = config.image_token_id
+        batch["token_type_ids"] = (batch["input_ids"] == config.image_token_id).long()
+        batch["pixel_values"] = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     if model_type in WITH_BOXES:
         batch["bbox"] = torch.zeros(2, length, 4, dtype=torch.long)
     if model_type == "xmod":
@@ -320,3 +325,4 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
 
 SEQUENCE_LENGTH: dict[str, int] = {}
 WITH_BOXES = {"layoutlm", "layoutlmv3", "lilt", "bros"}
+WITH_IMAGE_TOKENS = {"gemma3"}
