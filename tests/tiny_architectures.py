@@ -8,6 +8,7 @@ here, with the reason. ``tests/test_architectures.py`` builds every other one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -226,6 +227,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     ),
     "gptj": dict(rotary_dim=8),
     "gemma3": dict(mm_tokens_per_image=4),  # 4x4 patches pooled to 2x2 image tokens
+    "modernvbert": dict(image_token_id=4),  # inside the tiny vocabulary
+    "ultravbert": dict(image_token_id=4),
     **{t: dict(decoder_start_token_id=0) for t in ("t5", "mt5", "umt5")},  # sequence classification shifts
     "perceiver": dict(
         num_latents=8,
@@ -311,9 +314,11 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
     if getattr(config, "is_encoder_decoder", False) and isinstance(config.eos_token_id, int):
         batch["input_ids"][:, -1] = config.eos_token_id  # BART's and T5's heads read the last EOS state
     if model_type in WITH_IMAGE_TOKENS:  # a vision-language model: an image, and its tokens in the text
-        batch["input_ids"][:, 1 : 1 + config.mm_tokens_per_image] = config.image_token_id
-        batch["token_type_ids"] = (batch["input_ids"] == config.image_token_id).long()
-        batch["pixel_values"] = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+        tokens, pixels = WITH_IMAGE_TOKENS[model_type](config)
+        batch["input_ids"][:, 1 : 1 + tokens] = config.image_token_id
+        batch["pixel_values"] = torch.randn(2, *pixels, generator=g)
+        if model_type == "gemma3":  # its image tokens attend to each other both ways
+            batch["token_type_ids"] = (batch["input_ids"] == config.image_token_id).long()
     if model_type in WITH_BOXES:
         batch["bbox"] = torch.zeros(2, length, 4, dtype=torch.long)
     if model_type == "xmod":
@@ -325,4 +330,17 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
 
 SEQUENCE_LENGTH: dict[str, int] = {}
 WITH_BOXES = {"layoutlm", "layoutlmv3", "lilt", "bros"}
-WITH_IMAGE_TOKENS = {"gemma3"}
+_IMAGE = (3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _shuffled(config: Any) -> tuple[int, tuple[int, ...]]:
+    """One image per example, its patches pixel-shuffled into fewer tokens (ModernVBERT, UltraVBERT)."""
+    return (IMAGE_SIZE // config.vision_config.patch_size) ** 2 // config.pixel_shuffle_factor**2, (1, *_IMAGE)
+
+
+WITH_IMAGE_TOKENS: dict[str, Callable[[Any], tuple[int, tuple[int, ...]]]] = {
+    "gemma3": lambda c: (c.mm_tokens_per_image, _IMAGE),
+    "modernvbert": _shuffled,
+    "ultravbert": _shuffled,
+}
+"""Vision-language models given an image with their text: (image tokens in the text, pixel shape per example)."""
