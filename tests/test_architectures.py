@@ -5,8 +5,8 @@ that builds here (tiny configs and the exclusions in ``tests/tiny_architectures.
 
 - its layer groups cover every parameter exactly once, numbered blocks run 0..n-1, and the
   new head is the last group; where a forward pass on random inputs runs, the groups' first
-  modules run in group order (an oracle from execution, independent of the module tree; Gemma 3, ModernVBERT and UltraVBERT
-  get an image with their text, so their vision tower runs);
+  modules run in group order (an oracle from execution, independent of the module tree;
+  Gemma 3, ModernVBERT and UltraVBERT get an image with their text, so their vision tower runs);
 - ``plan`` succeeds for full, feature_extraction, partial, LLRD and progressive, and each
   plan trains what its strategy says;
 - LoRA with its default options puts adapters in the body and trains the whole head.
