@@ -48,3 +48,22 @@ def test_fsdp_settings_refused_with_the_setting_named(env, words):
     with pytest.raises(HftlError, match=words):
         check_fsdp(env)
     assert check_fsdp({}) == "none"
+
+
+def test_each_run_in_one_process_gets_its_own_accelerate_settings(text_recipe):
+    """A study worker runs trials one after another in one process: the second run's precision, dynamo backend
+    and accumulation are its own (Accelerate's singletons would refuse the precision and keep the others)."""
+    from hftl.config.recipe import load_recipe
+    from hftl.training.launch import build_accelerator, resolve_launch
+
+    first, _ = resolve_launch(load_recipe(text_recipe(train={"mixed_precision": "no"})))
+    second, _ = resolve_launch(
+        load_recipe(text_recipe(train={"mixed_precision": "bf16", "compile": True, "grad_accum": 2}))
+    )
+    a = build_accelerator(first, find_unused_parameters=False)
+    assert a.mixed_precision == "no" and a.gradient_accumulation_steps == 1
+    b = build_accelerator(second, find_unused_parameters=False)
+    assert b.mixed_precision == "bf16" and b.gradient_accumulation_steps == 2
+    assert str(b.state.dynamo_plugin.backend).lower().endswith("inductor")
+    c = build_accelerator(first, find_unused_parameters=False)
+    assert c.mixed_precision == "no" and str(c.state.dynamo_plugin.backend).lower().endswith("no")

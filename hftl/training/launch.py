@@ -64,6 +64,7 @@ def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerat
         # torchrun on CPU: without this, accelerate starts N independent single-process runs.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     use_tf32()
+    fresh_accelerate_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=recipe.train.grad_accum,
         mixed_precision=recipe.train.mixed_precision,
@@ -75,6 +76,20 @@ def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerat
     )
     check_process_count(accelerator)
     return accelerator
+
+
+def fresh_accelerate_state() -> None:
+    """Forget the previous run's Accelerate settings in this process (the process group is kept).
+
+    One process may run several recipes (a study worker, a notebook, the API). Accelerate keeps its settings in
+    process-wide singletons: a second ``Accelerator()`` with another mixed precision is refused ("AcceleratorState
+    has already been initialized"), and one with another dynamo backend or accumulation would silently keep the
+    first run's. Accelerate has no public reset; ``_reset_state`` is what its own tests and notebook launcher use.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def resolve_launch(recipe: Recipe) -> tuple[Recipe, Backend]:
