@@ -32,7 +32,6 @@ class LoopState:
     best_metric: float | None = None
     best_step: int | None = None
     best_scores: dict[str, float] | None = None
-    last_scores: dict[str, float] | None = None
     bad_evals: int = 0
     done: bool = False
     loss_sum: float = 0.0  # the training loss summed since the last log line (synced from the device when read)
@@ -54,10 +53,9 @@ class Costs:
         finally:
             self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
 
-    def start_loop(self) -> float:
-        """The loop starts now: returns the wall clock (its evaluations are counted as validate, not train)."""
+    def start_loop(self) -> None:
+        """The loop starts now (its evaluations are counted as validate, not train)."""
         self._loop = (time.time(), self.seconds.get("validate", 0.0))
-        return self._loop[0]
 
     def end_loop(self) -> float:
         """The loop ended: its seconds, of which those not spent validating are added to train."""

@@ -278,7 +278,6 @@ def evaluate_and_keep_best(ctx: RunContext) -> None:
     scored = ctx.eval_dls.get(VALIDATION_SAMPLE, ctx.eval_dls["validation"])  # train.eval_sample, else all of it
     with ctx.costs.timed("validate"):
         scores = evaluate(ctx.model, scored, ctx.task, ctx.data.labels, accelerator)
-    state.last_scores = scores
     log_record(ctx.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)
