@@ -110,7 +110,7 @@ def _target_splits(recipe: Recipe, task: Task) -> tuple[datasets.Dataset, datase
     source_features = source[d.splits.train if d.splits.train in source else next(iter(source))].features
     renamed = {}
     for role in task.roles:
-        mine = column(recipe, task.roles, role)
+        mine = column(recipe.data, task.roles, role)
         theirs = t.columns.get(role, mine)
         if mine is None or mine not in source_features:
             continue
@@ -165,7 +165,7 @@ def _encode(recipe: Recipe, task: Task, data: PreparedData, ds: datasets.Dataset
 
     from hftl.tasks.common import column
 
-    label_col = column(recipe, task.roles, "label")
+    label_col = column(recipe.data, task.roles, "label")
     if not labeled:
         ds = (ds.remove_columns(label_col) if label_col in ds.column_names else ds).add_column(
             label_col, [data.labels[0]] * len(ds)
