@@ -29,7 +29,7 @@ from hftl.tasks.common import (
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import DataSection, Recipe
+    from hftl.config.schema import DataSection, ModelSection, Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -137,7 +137,7 @@ class TextClassification:
         from hftl.models import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
         from hftl.models.pretrained import label_config, load_body, load_model_for_labels, model_source
 
-        pooling = resolve_pooling(recipe)
+        pooling = resolve_pooling(recipe.model)
         if pooling == "pooler":  # the checkpoint's own head class (or an earlier run's, with init_from)
             return load_model_for_labels(
                 AutoModelForSequenceClassification,
@@ -186,16 +186,16 @@ class TextClassification:
         return pipeline_predict(run_dir, "text-classification", inputs, top_k)
 
 
-def resolve_pooling(recipe: Recipe) -> str:
+def resolve_pooling(model: ModelSection) -> str:
     """``model.pooling``, with ``auto`` resolved: the checkpoint's own pooling (sentence-transformers), else
     ``pooler`` (the checkpoint's head class). An ``init_from`` run keeps the head class it was trained with."""
     from hftl.models.pretrained import checkpoint_pooling
 
-    if recipe.model.pooling != "auto":
-        return recipe.model.pooling
-    if recipe.model.init_from:
+    if model.pooling != "auto":
+        return model.pooling
+    if model.init_from:
         return "pooler"
-    return checkpoint_pooling(recipe.model.checkpoint, recipe.model.revision) or "pooler"
+    return checkpoint_pooling(model.checkpoint, model.revision) or "pooler"
 
 
 TASKS.register("text-classification")(TextClassification())
