@@ -15,7 +15,7 @@ import torch
 from hftl.cli import main
 from hftl.config.recipe import load_recipe
 from hftl.config.run_folder import read_log
-from hftl.training.adaptation import TargetBatches, coral_loss, dann_coefficient, gather_rows, merge_batches
+from hftl.training.adaptation_methods import TargetBatches, coral_loss, dann_coefficient, gather_rows, merge_batches
 from tests.conftest import make_reviews
 from tests.test_strategies import run_killed_after_checkpoint, weights
 

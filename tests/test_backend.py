@@ -3,6 +3,9 @@ meet the recipe. Table-driven over the environment; tests/test_sharding.py runs 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from hftl.config.errors import HftlError
@@ -56,14 +59,16 @@ def test_each_run_in_one_process_gets_its_own_accelerate_settings(text_recipe):
     from hftl.config.recipe import load_recipe
     from hftl.training.launch import build_accelerator, resolve_launch
 
-    first, _ = resolve_launch(load_recipe(text_recipe(train={"mixed_precision": "no"})))
-    second, _ = resolve_launch(
-        load_recipe(text_recipe(train={"mixed_precision": "bf16", "compile": True, "grad_accum": 2}))
-    )
-    a = build_accelerator(first, find_unused_parameters=False)
+    def launched(**train: Any) -> tuple[Any, Path, Any]:
+        recipe = load_recipe(text_recipe(train=train))
+        resolved, backend = resolve_launch(recipe.train, recipe.strategy, recipe.source_file)
+        return resolved, recipe.run_dir, backend
+
+    first, second = launched(mixed_precision="no"), launched(mixed_precision="bf16", compile=True, grad_accum=2)
+    a = build_accelerator(*first, find_unused_parameters=False)
     assert a.mixed_precision == "no" and a.gradient_accumulation_steps == 1
-    b = build_accelerator(second, find_unused_parameters=False)
+    b = build_accelerator(*second, find_unused_parameters=False)
     assert b.mixed_precision == "bf16" and b.gradient_accumulation_steps == 2
     assert str(b.state.dynamo_plugin.backend).lower().endswith("inductor")
-    c = build_accelerator(first, find_unused_parameters=False)
+    c = build_accelerator(*first, find_unused_parameters=False)
     assert c.mixed_precision == "no" and str(c.state.dynamo_plugin.backend).lower().endswith("no")

@@ -94,7 +94,9 @@ def test_cached_head_matches_uncached_run_then_cache_is_reused_and_invalidated(t
 def test_skip_reasons(text_recipe, sections, reason):
     recipe = load_recipe(text_recipe(**sections))
     model, plan, encoded = build(recipe)
-    found = feature_eligibility.skip_reason(model, plan, recipe, TASK(), encoded)
+    found = feature_eligibility.skip_reason(
+        model, plan, TASK(), encoded, recipe.train.cache_features, recipe.data.augment
+    )
     assert (found is None) if reason is None else (reason in found), found
 
 
@@ -115,13 +117,13 @@ def test_cache_key_follows_the_frozen_weights_and_digest_follows_the_rows(text_r
     recipe = load_recipe(text_recipe(strategy={"name": "feature_extraction"}))
     model, plan, encoded = build(recipe)
     processor = TASK().load_processor(recipe)
-    key = feature_key.cache_key(model, plan, recipe, processor, "dropout")
+    key = feature_key.cache_key(model, plan, recipe.model, recipe.data, processor, "dropout")
     with torch.no_grad():
         model.classifier.weight.add_(1.0)  # the head does not change what is cached
-    assert feature_key.cache_key(model, plan, recipe, processor, "dropout") == key
+    assert feature_key.cache_key(model, plan, recipe.model, recipe.data, processor, "dropout") == key
     with torch.no_grad():
         model.bert.encoder.layer[0].output.dense.bias.add_(1e-3)
-    assert feature_key.cache_key(model, plan, recipe, processor, "dropout") != key
+    assert feature_key.cache_key(model, plan, recipe.model, recipe.data, processor, "dropout") != key
     train = encoded["train"]
     assert feature_key.dataset_digest(train) == feature_key.dataset_digest(train.select(range(len(train))))
     assert feature_key.dataset_digest(train) != feature_key.dataset_digest(train.select(range(len(train) - 1)))

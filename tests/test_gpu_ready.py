@@ -44,5 +44,5 @@ def test_token_batches_pad_to_multiples_of_8_under_half_precision(text_recipe, t
 def test_loader_workers_default_to_none_on_cpu(text_recipe):
     from hftl.training.build import loader_workers
 
-    assert loader_workers(load_recipe(text_recipe())) == 0  # no GPU here: workers would take the model's cores
-    assert loader_workers(load_recipe(text_recipe(train={"num_workers": 3}))) == 3
+    assert loader_workers(load_recipe(text_recipe()).train.num_workers) == 0  # no GPU: they'd take the model's cores
+    assert loader_workers(load_recipe(text_recipe(train={"num_workers": 3})).train.num_workers) == 3

@@ -278,11 +278,11 @@ def test_init_from_that_is_not_a_finished_run(text_recipe, tmp_path):
 
     missing = load_recipe(text_recipe(model={"init_from": str(tmp_path / "nothing-here")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': folder does not exist"):
-        pretrained.model_source(missing)
+        pretrained.model_source(missing.model, missing.source_file)
     (tmp_path / "half").mkdir()
     unfinished = load_recipe(text_recipe(model={"init_from": str(tmp_path / "half")}))
     with pytest.raises(RecipeError, match=r"key 'model.init_from': is not a completed hftl run"):
-        pretrained.model_source(unfinished)
+        pretrained.model_source(unfinished.model, unfinished.source_file)
 
 
 def test_user_errors_are_hftl_errors():

@@ -60,21 +60,21 @@ def evaluate_run(
             f"{source} has the splits {', '.join(raw)}; name the one to score with --split "
             + ("(it has no 'test' split)." if split is None else f"({split!r} is not one of them).")
         )
-    splits = add_label_set(datasets.DatasetDict({"test": raw[chosen]}), recipe)
+    splits = add_label_set(datasets.DatasetDict({"test": raw[chosen]}), recipe.data, recipe.source_file)
     present = splits["test"].column_names
     needed = [r for r in task.required_roles if not (r == "label" and recipe.data.label_columns)]
-    needed += ["text_pair"] if "text_pair" in task.roles and column(recipe, task.roles, "text_pair") else []
+    needed += ["text_pair"] if "text_pair" in task.roles and column(recipe.data, task.roles, "text_pair") else []
     for role in needed:
-        if column(recipe, task.roles, role) not in present:
+        if (col := column(recipe.data, task.roles, role)) not in present:
             raise RecipeError(
                 f"{source} (split {chosen})",
                 None,
-                f"the run reads its {role} from column '{column(recipe, task.roles, role)}', which is not in the data",
+                f"the run reads its {role} from column '{col}', which is not in the data",
                 hint=f"Columns: {', '.join(present)}. Map it with --column {role}=<column>.",
             )
     if "label" in task.roles:  # the declared problem type, checked (token tasks have tags instead)
-        label_col = label_column_of(recipe, column(recipe, task.roles, "label"))
-        check_values(splits["test"][label_col][:2000], recipe, label_col)
+        label_col = label_column_of(recipe.data, column(recipe.data, task.roles, "label"))
+        check_values(splits["test"][label_col][:2000], recipe.data.problem_type, label_col, recipe.source_file)
     model, processor = task.load_trained(run_dir)
     encoded, skipped = task.encode(splits, processor, recipe, run.labels)
     if len(encoded["test"]) == 0:

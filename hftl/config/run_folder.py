@@ -23,7 +23,6 @@ import yaml
 from hftl.config.errors import HftlError
 
 if TYPE_CHECKING:
-    from hftl.config.schema import Recipe
     from hftl.strategies.plan import Plan
 
 RECIPE_FILE, PLAN_FILE, LABELS_FILE = "recipe.yaml", "plan.json", "labels.json"
@@ -44,10 +43,11 @@ def set_status(run_dir: Path, status: str, **extra: Any) -> None:
     write_json_atomic(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
 
-def write_start(run_dir: Path, recipe: Recipe, plan: Plan, labels: list[str]) -> None:
-    """What a run knows before its first step: the plan, the resolved recipe (overrides included), the labels."""
+def write_start(run_dir: Path, recipe_yaml: str, plan: Plan, labels: list[str]) -> None:
+    """What a run knows before its first step: the plan, the resolved recipe (``Recipe.to_yaml``: overrides
+    included), the labels."""
     write_json_atomic(run_dir / PLAN_FILE, plan.to_dict())
-    (run_dir / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
+    (run_dir / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
     (run_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
 
 
@@ -75,12 +75,12 @@ def truncate_log(run_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
+def check_run_dir(run_dir: Path, overwrite: bool, resume: bool, has_checkpoints: bool) -> None:
     """Refuse a run folder that cannot be used, before anything is loaded, written or deleted.
 
-    A path that is a file (or lies under one), a completed run without ``output.overwrite`` or with
-    ``--resume``, or an unfinished run without ``--resume``. (Whether the newest saved state loads:
-    :func:`hftl.training.training_state.check_resumable`.)
+    ``overwrite`` is ``output.overwrite``. Refused: a path that is a file (or lies under one), a completed run
+    without ``overwrite`` or with ``--resume``, or an unfinished run without ``--resume``. (Whether the newest
+    saved state loads: :func:`hftl.training.training_state.check_resumable`.)
     """
     for parent in [run_dir, *run_dir.parents]:
         if parent.exists() and not parent.is_dir():
@@ -97,22 +97,23 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: 
             "output.overwrite=true (without --resume) to train again into it, or choose another folder "
             "with output.dir=..."
         )
-    if status == "completed" and not recipe.output.overwrite and not resume:
+    if status == "completed" and not overwrite and not resume:
         raise HftlError(
             f"{run_dir} holds a completed run. Set output.overwrite=true to train again into it, "
             "or choose another folder with output.dir=..."
         )
-    if has_checkpoints and not resume and not recipe.output.overwrite:
+    if has_checkpoints and not resume and not overwrite:
         raise HftlError(
             f"{run_dir} holds an unfinished run with saved states. Continue it with --resume "
             "(or train.resume=true), or set output.overwrite=true to start again."
         )
 
 
-def prepare(recipe: Recipe, run_dir: Path, resume: bool, has_checkpoints: bool) -> None:
-    """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one."""
-    check_run_dir(recipe, run_dir, resume, has_checkpoints)
-    if not resume and recipe.output.overwrite and run_dir.exists():
+def prepare(run_dir: Path, overwrite: bool, resume: bool, has_checkpoints: bool) -> None:
+    """Create the run folder; refuse to silently overwrite a finished run or restart a resumable one
+    (``overwrite``: ``output.overwrite``)."""
+    check_run_dir(run_dir, overwrite, resume, has_checkpoints)
+    if not resume and overwrite and run_dir.exists():
         for child in ("checkpoints", "best", LOG_FILE):
             path = run_dir / child
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

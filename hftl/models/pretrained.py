@@ -18,7 +18,7 @@ from hftl.config.registry import Registry, did_you_mean
 from hftl.config.run_folder import read_status
 
 if TYPE_CHECKING:
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import LayerGroupPattern, ModelSection
     from hftl.models.layers import LayerGroup
 
 # name -> zero-argument function returning a local save_pretrained folder
@@ -86,42 +86,51 @@ def load_pretrained(
 
 
 # --------------------------------------------------------------------------- weights for a task head
-def model_source(recipe: Recipe) -> str:
-    """Where a recipe's weights come from: ``model.init_from``'s run folder (checked), else ``model.checkpoint``."""
-    if recipe.model.init_from is None:
-        return recipe.model.checkpoint
-    run = Path(recipe.model.init_from).expanduser()
+def model_source(section: ModelSection, recipe_file: str | None) -> str:
+    """Where the recipe's ``model`` section takes its weights from: ``init_from``'s run folder (checked; an error
+    names ``recipe_file``), else ``checkpoint``."""
+    if section.init_from is None:
+        return section.checkpoint
+    run = Path(section.init_from).expanduser()
     status = read_status(run).get("status")
     if not run.is_dir():
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "model.init_from",
             "folder does not exist",
-            recipe.model.init_from,
+            section.init_from,
             hint="Point it at the folder of an earlier completed run (its output.dir, e.g. runs/NAME).",
         )
     if status != "completed" or not (run / "config.json").is_file():
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "model.init_from",
             f"is not a completed hftl run (status: {status or 'no run_status.json'})",
-            recipe.model.init_from,
+            section.init_from,
             hint="Finish that run first (hftl run RECIPE --resume), or point at a run folder "
             "whose run_status.json says completed.",
         )
     if not (run / "model.safetensors").is_file():
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "model.init_from",
             "holds no full model (model.safetensors); starting from a LoRA run's adapter is not supported",
-            recipe.model.init_from,
+            section.init_from,
             hint="Train the first stage with another strategy, or merge its adapter first.",
         )
     return str(run)
 
 
-def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
-    """The recipe's weights (``model.checkpoint`` or ``model.init_from``) with a classification head for ``labels``.
+def load_model_for_labels(
+    factory: Any,
+    section: ModelSection,
+    labels: list[str],
+    problem_type: str,
+    layer_groups: list[LayerGroupPattern] | None,
+    recipe_file: str | None,
+):
+    """The ``model`` section's weights (``checkpoint`` or ``init_from``) with a classification head for ``labels``
+    (``problem_type``: ``data.problem_type``; ``layer_groups``: ``strategy.layer_groups``, where the head is).
 
     The head is new unless the weights were trained for exactly these labels, in this
     order. ``ignore_mismatched_sizes`` covers a different label count; a head of the same
@@ -129,12 +138,12 @@ def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
     """
     from transformers import AutoConfig
 
-    source = model_source(recipe)
-    common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
-    label_args = label_config(labels, recipe.data.problem_type)
-    if not recipe.model.pretrained:  # the same architecture, random weights: the from-scratch baseline
+    source = model_source(section, recipe_file)
+    common = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
+    label_args = label_config(labels, problem_type)
+    if not section.pretrained:  # the same architecture, random weights: the from-scratch baseline
         config = load_pretrained(AutoConfig, source, what="config", **common, **label_args)
-        return factory.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+        return factory.from_config(config, trust_remote_code=section.trust_remote_code)
     old = load_pretrained(AutoConfig, source, what="config", **common)
     old_labels = [old.id2label.get(i) for i in range(old.num_labels)]
     model, info = load_pretrained(
@@ -142,7 +151,7 @@ def load_model_for_labels(factory: Any, recipe: Recipe, labels: list[str]):
     )
     fresh = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
     if old_labels != list(labels):
-        head = find_head(model, recipe)
+        head = find_head(model, layer_groups)
         if not set(head.params) <= fresh:  # a trained head of the right shape was loaded: draw a new one
             reset_head(model, head)
     if getattr(model.config, "label_names", None) is not None:
@@ -170,12 +179,13 @@ def label_config(labels: list[str], problem_type: str | None = None) -> dict[str
     }
 
 
-def load_body(recipe: Recipe, name: str, revision: str | None = None, what: str = "checkpoint"):
-    """A bare ``AutoModel`` backbone: pretrained weights, or (``model.pretrained: false``) random ones."""
+def load_body(section: ModelSection, name: str, revision: str | None = None, what: str = "checkpoint"):
+    """A bare ``AutoModel`` backbone: pretrained weights, or (the ``model`` section's ``pretrained: false``) random
+    ones; the section's ``trust_remote_code`` applies."""
     from transformers import AutoConfig, AutoModel
 
-    remote = recipe.model.trust_remote_code
-    if not recipe.model.pretrained:
+    remote = section.trust_remote_code
+    if not section.pretrained:
         config = load_pretrained(AutoConfig, name, revision=revision, trust_remote_code=remote, what=what)
         return AutoModel.from_config(config, trust_remote_code=remote)
     return load_pretrained(AutoModel, name, revision=revision, trust_remote_code=remote, what=what)
@@ -216,11 +226,12 @@ def describe_head_input(config: dict) -> str:
     return f"the checkpoint's own head class ({head_class})"
 
 
-def find_head(model, recipe: Recipe) -> LayerGroup:
-    """The model's task head: the last layer group (see hftl.models.layers), as the recipe's strategy maps it."""
+def find_head(model, layer_groups: list[LayerGroupPattern] | None) -> LayerGroup:
+    """The model's task head: the last layer group (see hftl.models.layers), as ``strategy.layer_groups`` (if
+    given) maps it."""
     from hftl.models.layers import map_layer_groups
 
-    custom = [(g.name, g.patterns) for g in recipe.strategy.layer_groups or []] or None
+    custom = [(g.name, g.patterns) for g in layer_groups or []] or None
     head = [g for g in map_layer_groups(model, custom=custom) if g.is_head]
     if not head:
         raise CheckpointError(

@@ -10,7 +10,7 @@ from hftl.config.errors import DataError, RecipeError
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import DataSection, Recipe
 
 
 def check_columns_section(recipe: Recipe, roles: dict[str, str | None]) -> None:
@@ -39,27 +39,38 @@ def refuse_pooling(recipe: Recipe, own: str) -> None:
         )
 
 
-def column(recipe: Recipe, roles: dict[str, str | None], role: str) -> str | None:
-    """The dataset column playing ``role`` (recipe mapping first, then the task default)."""
-    return recipe.data.columns.get(role, roles[role])
+def column(data: DataSection, roles: dict[str, str | None], role: str) -> str | None:
+    """The dataset column playing ``role`` (``data.columns`` first, then the task default)."""
+    return data.columns.get(role, roles[role])
 
 
-def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[str, ...]) -> datasets.DatasetDict:
-    """Load the data source, carve missing splits, subsample, and check every needed column exists."""
+def load_splits(
+    d: DataSection,
+    roles: dict[str, str | None],
+    required: tuple[str, ...],
+    *,
+    seed: int,
+    task: str,
+    recipe_file: str | None,
+) -> datasets.DatasetDict:
+    """Load the ``data`` section's source, carve missing splits, subsample, and check every needed column exists.
+
+    ``seed`` (``train.seed``) draws the subsets and, without ``data.split_seed``, the carve; ``task`` and
+    ``recipe_file`` name what an error is about.
+    """
     import datasets
 
-    from hftl.data import sources as data
+    from hftl.data import sources
     from hftl.data import splits as splits_of
 
-    d = recipe.data
-    raw = data.load_source(
-        d.source, config_name=d.config_name, revision=d.revision, data_files=d.files, recipe_file=recipe.source_file
+    raw = sources.load_source(
+        d.source, config_name=d.config_name, revision=d.revision, data_files=d.files, recipe_file=recipe_file
     )
     wanted = {"train": d.splits.train, "validation": d.splits.validation, "test": d.splits.test}
     for role, name in wanted.items():
         if name is not None and name not in raw and name != role:
             raise RecipeError(
-                recipe.source_file,
+                recipe_file,
                 f"data.splits.{role}",
                 f"split '{name}' is not in {d.where}",
                 name,
@@ -67,7 +78,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
             )
     if d.splits.train not in raw:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.splits.train",
             f"split '{d.splits.train}' is not in {d.where}",
             hint=f"Available splits: {', '.join(raw)}.",
@@ -77,7 +88,7 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
     )
     if d.group_column is not None and d.group_column not in renamed["train"].column_names:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.group_column",
             f"column '{d.group_column}' is not in the data",
             hint=f"Columns: {', '.join(renamed['train'].column_names)}.",
@@ -86,27 +97,27 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
         renamed,
         validation=d.validation_size,
         test=d.test_size,
-        seed=recipe.train.seed if d.split_seed is None else d.split_seed,
+        seed=seed if d.split_seed is None else d.split_seed,
         group_column=d.group_column,
-        stratify_column=stratify_column(recipe, roles, renamed),
+        stratify_column=stratify_column(d, roles, renamed, task, recipe_file),
     )
     if d.splits.test is None and "test" in splits:
         splits.pop("test")
-    splits["train"] = splits_of.subsample(splits["train"], d.max_train_samples, recipe.train.seed)
+    splits["train"] = splits_of.subsample(splits["train"], d.max_train_samples, seed)
     if d.shots is not None:
-        splits["train"] = take_shots(
-            splits["train"], recipe, column(recipe, roles, "label") if "label" in roles else None
-        )
+        label_column = column(d, roles, "label") if "label" in roles else None
+        shots = take_shots(splits["train"], d.shots, label_column, seed=seed, task=task, recipe_file=recipe_file)
+        splits["train"] = shots
     for name in [s for s in splits if s != "train"]:
-        splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, recipe.train.seed)
+        splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, seed)
     if d.shift is not None:
-        splits = shift_splits(splits, recipe, roles)
+        splits = shift_splits(splits, d, roles)
     present = splits["train"].column_names
     for role in required:
-        col = column(recipe, roles, role)
+        col = column(d, roles, role)
         if col not in present:
             raise RecipeError(
-                recipe.source_file,
+                recipe_file,
                 f"data.columns.{role}",
                 f"column '{col}' is not in {d.where}",
                 hint=f"Columns: {', '.join(present)}. Map it with data.columns.{role}: <column>.",
@@ -114,12 +125,12 @@ def load_splits(recipe: Recipe, roles: dict[str, str | None], required: tuple[st
     return splits
 
 
-def shift_splits(splits: datasets.DatasetDict, recipe: Recipe, roles: dict[str, str | None]) -> datasets.DatasetDict:
+def shift_splits(splits: datasets.DatasetDict, data: DataSection, roles: dict[str, str | None]) -> datasets.DatasetDict:
     """Apply ``data.shift`` to the input column it names (after carving and subsampling, before encoding)."""
     from hftl.data.shifts import SHIFTS, apply_shift
 
-    shift = recipe.data.shift
-    col = column(recipe, roles, SHIFTS.get(shift.name).modality)
+    shift = data.shift
+    col = column(data, roles, SHIFTS.get(shift.name).modality)
     fn = apply_shift(shift.name, shift.severity, shift.seed)
     for name in shift.splits:
         if name in splits and shift.severity > 0:
@@ -131,25 +142,27 @@ def shift_splits(splits: datasets.DatasetDict, recipe: Recipe, roles: dict[str, 
     return splits
 
 
-def stratify_column(recipe: Recipe, roles: dict[str, str | None], splits: datasets.DatasetDict) -> str | None:
+def stratify_column(
+    data: DataSection, roles: dict[str, str | None], splits: datasets.DatasetDict, task: str, recipe_file: str | None
+) -> str | None:
     """The label column to carve by when ``data.stratify`` is on (one label per example; checked here)."""
-    if not recipe.data.stratify:
+    if not data.stratify:
         return None
     if "label" not in roles:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.stratify",
-            f"needs one label per example; task '{recipe.task}' has none",
+            f"needs one label per example; task '{task}' has none",
             True,
             hint="Remove data.stratify.",
         )
-    col = column(recipe, roles, "label")
+    col = column(data, roles, "label")
     train = splits["train"]
     if col not in train.column_names:
         return None  # the missing column is reported with the other roles
     if any(isinstance(v, (list, dict)) for v in train[col][:100]):
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.stratify",
             f"needs one label per example, but column '{col}' holds lists or mappings",
             True,
@@ -158,19 +171,21 @@ def stratify_column(recipe: Recipe, roles: dict[str, str | None], splits: datase
     return col
 
 
-def take_shots(ds: datasets.Dataset, recipe: Recipe, label_column: str | None) -> datasets.Dataset:
-    """``data.shots`` examples of each class: a seeded permutation per class (``train.seed``), rows kept in order.
+def take_shots(
+    ds: datasets.Dataset, k: int, label_column: str | None, *, seed: int, task: str, recipe_file: str | None
+) -> datasets.Dataset:
+    """``k`` (``data.shots``) examples of each class: a seeded permutation per class (``seed``: ``train.seed``),
+    rows kept in order.
 
     Like :func:`hftl.data.sources.subsample`, a smaller K gives a subset of a larger one with the same seed.
     """
     import numpy as np
 
-    k = recipe.data.shots
     if label_column is None or label_column not in ds.column_names:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.shots",
-            f"needs one label per example; task '{recipe.task}' has none in column {label_column!r}",
+            f"needs one label per example; task '{task}' has none in column {label_column!r}",
             k,
             hint="Remove data.shots.",
         )
@@ -179,31 +194,33 @@ def take_shots(ds: datasets.Dataset, recipe: Recipe, label_column: str | None) -
     if k > counts.min():
         smallest = str(classes[counts.argmin()])
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.shots",
             f"asks for {k} examples per class, but class "
             f"{smallest!r} has only {int(counts.min())} in the training split ({len(ds)} rows)",
             k,
             hint=f"Use data.shots <= {int(counts.min())} (or raise data.max_train_samples).",
         )
-    rng = np.random.default_rng([recipe.train.seed, 0x5407])  # its own stream: not the carve's or subsample's
+    rng = np.random.default_rng([seed, 0x5407])  # its own stream: not the carve's or subsample's
     keep = [i for c in range(len(classes)) for i in rng.permutation(np.flatnonzero(inverse == c))[:k]]
     return ds.select(sorted(keep))
 
 
-def classification_labels(splits: datasets.DatasetDict, recipe: Recipe, label_column: str) -> list[str]:
-    """Label names: recipe first, then a ClassLabel feature, then the sorted distinct values."""
+def classification_labels(
+    splits: datasets.DatasetDict, label_names: list[str] | None, label_column: str, recipe_file: str | None
+) -> list[str]:
+    """Label names: ``data.label_names`` first, then a ClassLabel feature, then the sorted distinct values."""
     import datasets
 
-    if recipe.data.label_names:
-        return list(recipe.data.label_names)
+    if label_names:
+        return list(label_names)
     feature = splits["train"].features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     values = sorted({v for v in splits["train"][label_column] if v is not None}, key=str)
     if len(values) < 2:
         raise DataError(
-            f"{recipe.source_file}: the label column '{label_column}' has {len(values)} distinct "
+            f"{recipe_file}: the label column '{label_column}' has {len(values)} distinct "
             "value(s) in the training split; classification needs at least 2."
         )
     return [str(v) for v in values]
@@ -235,18 +252,17 @@ def text_problem(text: Any, column_name: str) -> str | None:
 
 def select_valid(
     ds: datasets.Dataset,
-    recipe: Recipe,
-    split: str,
+    bad: BadExamples,
     rows: Iterable[tuple[str | None, Any]],
     to_id: Callable[[Any], int | None],
     labels: list[str],
+    problem_type: str,
 ) -> tuple[datasets.Dataset, list[int], list[int], str | None]:
-    """Keep the examples with no input problem and a known label (``data.on_error`` decides the rest).
+    """Keep the examples with no input problem and a known label (``bad``, by ``data.on_error``, takes the rest).
 
     ``rows`` yields ``(input problem or None, raw label)`` per example, in order. Returns the kept
     examples, their indices in ``ds``, their label ids, and the skip report (None if nothing skipped).
     """
-    bad = BadExamples(recipe, split)
     keep, ids = [], []
     for index, (problem, raw) in enumerate(rows):
         label = to_id(raw)
@@ -256,7 +272,7 @@ def select_valid(
             bad.bad(
                 index,
                 f"label {raw!r} is not a number"
-                if recipe.data.problem_type == "regression"
+                if problem_type == "regression"
                 else f"label {raw!r} is not one of {labels} (set data.label_names to change the label set)",
             )
         else:
@@ -265,9 +281,10 @@ def select_valid(
     return (ds.select(keep) if len(keep) < len(ds) else ds), keep, ids, bad.report()
 
 
-def pad_multiple(recipe: Recipe) -> int | None:
-    """Pad token batches to a multiple of 8 under fp16/bf16 (tensor cores work on multiples of 8), else exactly."""
-    return 8 if recipe.train.mixed_precision in ("fp16", "bf16") else None
+def pad_multiple(mixed_precision: str) -> int | None:
+    """Pad token batches to a multiple of 8 under fp16/bf16 (``train.mixed_precision``: tensor cores work on
+    multiples of 8), else exactly."""
+    return 8 if mixed_precision in ("fp16", "bf16") else None
 
 
 def without_length(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
@@ -280,10 +297,10 @@ def without_length(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict
 
 
 class BadExamples:
-    """Collects bad examples: raise at once (``on_error: raise``) or count and report (``skip``)."""
+    """Collects bad examples of a split: raise at once (``data.on_error: raise``) or count and report (``skip``)."""
 
-    def __init__(self, recipe: Recipe, split: str) -> None:
-        self.policy, self.split, self.file = recipe.data.on_error, split, recipe.source_file
+    def __init__(self, on_error: str, split: str, recipe_file: str | None) -> None:
+        self.policy, self.split, self.file = on_error, split, recipe_file
         self.skipped: list[tuple[int, str]] = []
 
     def bad(self, index: int, problem: str) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hftl.config.errors import DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
+    BadExamples,
     argmax_predictions,
     check_columns_section,
     classification_metrics,
@@ -181,7 +182,14 @@ class Fusion:
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         register_catalog()
-        return load_splits(recipe, self.roles, self.required_roles)
+        return load_splits(
+            recipe.data,
+            self.roles,
+            self.required_roles,
+            seed=recipe.train.seed,
+            task=self.name,
+            recipe_file=recipe.source_file,
+        )
 
     def load_processor(self, recipe: Recipe) -> FusionProcessor:
         from transformers import AutoImageProcessor, AutoTokenizer
@@ -212,7 +220,7 @@ class Fusion:
         return FusionProcessor(images, tokenizer, max_length=recipe.data.max_length)
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return label_names(splits, recipe, column(recipe, self.roles, "label"))
+        return label_names(splits, recipe.data, column(recipe.data, self.roles, "label"), recipe.source_file)
 
     def encode(
         self, splits: datasets.DatasetDict, processor: FusionProcessor, recipe: Recipe, labels: list[str]
@@ -223,7 +231,7 @@ class Fusion:
         """
         import datasets
 
-        image_col, text_col, label_col = (column(recipe, self.roles, r) for r in self.required_roles)
+        image_col, text_col, label_col = (column(recipe.data, self.roles, r) for r in self.required_roles)
         to_id = label_encoder(splits, label_col, labels)
         reports = []
         for split in list(splits):
@@ -232,7 +240,8 @@ class Fusion:
                 (pair_problem(image, text, image_col, text_col), raw)
                 for image, text, raw in zip(ds[image_col], ds[text_col], ds[label_col])
             )
-            ds, keep, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            bad = BadExamples(recipe.data.on_error, split, recipe.source_file)
+            ds, keep, ids, report = select_valid(ds, bad, rows, to_id, labels, recipe.data.problem_type)
             reports += [report] if report else []
             ds = (
                 ds.select_columns([image_col, text_col])
@@ -284,13 +293,13 @@ class Fusion:
 
         specs = recipe.model.towers
         towers = {
-            name: load_body(recipe, specs[name].checkpoint, specs[name].revision, what=f"model.towers.{name}")
+            name: load_body(recipe.model, specs[name].checkpoint, specs[name].revision, what=f"model.towers.{name}")
             for name in TOWERS
         }
         if recipe.data.image_size:  # a clear error now if the vision tower cannot take that size
             from hftl.tasks.image_classification import fit_image_size
 
-            fit_image_size(towers["vision"], recipe.data.image_size, recipe)
+            fit_image_size(towers["vision"], recipe.data.image_size, recipe.source_file)
         fusion = recipe.model.fusion or FusionSection()
         saved = {
             name: {

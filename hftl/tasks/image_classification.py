@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import DataSection, Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -137,11 +137,11 @@ class ImageCollator:
     resize and crop by a random resized crop, and flips half the images horizontally.
     """
 
-    def __init__(self, processor: Any, recipe: Recipe, train: bool) -> None:
+    def __init__(self, processor: Any, data: DataSection, recipe_file: str | None, train: bool) -> None:
         from torchvision.transforms import v2
 
-        augment = recipe.data.augment
-        self.processor, self.recipe = processor, recipe
+        augment = data.augment
+        self.processor, self.on_error, self.file = processor, data.on_error, recipe_file
         self.crop = (
             crop_transform(processor_geometry(processor), augment.min_scale)
             if train and augment.random_resized_crop
@@ -158,11 +158,11 @@ class ImageCollator:
                 images.append(decode_image(feature["image"]))
                 labels.append(feature["labels"])
             except Exception as exc:  # a file that passed the header check but whose pixels are broken
-                bad = BadExamples(self.recipe, feature["split"])
+                bad = BadExamples(self.on_error, feature["split"], self.file)
                 bad.bad(feature["index"], f"cannot decode the image ({type(exc).__name__}: {exc})")  # raises...
                 warnings.warn(f"[data] {bad.report()}", stacklevel=2)  # ...unless data.on_error is skip
         if not images:
-            raise DataError(f"{self.recipe.source_file}: no image of a batch could be decoded.")
+            raise DataError(f"{self.file}: no image of a batch could be decoded.")
         if self.crop is not None:
             pixels = torch.stack([self.crop(image) for image in images])
         else:
@@ -195,8 +195,10 @@ class ImageClassification:
         label_kinds.check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        needed = ("image",) if recipe.data.label_columns else self.required_roles
-        return label_kinds.add_label_set(load_splits(recipe, self.roles, needed), recipe)
+        data, file = recipe.data, recipe.source_file
+        needed = ("image",) if data.label_columns else self.required_roles
+        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
+        return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
@@ -205,7 +207,7 @@ class ImageClassification:
 
         processor = load_pretrained(
             AutoImageProcessor,
-            model_source(recipe),
+            model_source(recipe.model, recipe.source_file),
             revision=recipe.model.revision,
             trust_remote_code=recipe.model.trust_remote_code,
             what="image processor",
@@ -213,10 +215,10 @@ class ImageClassification:
         return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return label_kinds.label_names(splits, recipe, self.label_column(recipe))
+        return label_kinds.label_names(splits, recipe.data, self.label_column(recipe.data), recipe.source_file)
 
-    def label_column(self, recipe: Recipe) -> str:
-        return label_kinds.label_column_of(recipe, column(recipe, self.roles, "label"))
+    def label_column(self, data: DataSection) -> str:
+        return label_kinds.label_column_of(data, column(data, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
@@ -226,18 +228,20 @@ class ImageClassification:
         Encoded columns: ``image`` (undecoded), ``labels``, and ``split`` + ``index``, the example's
         place in the loaded split, so an image that fails to decode later is still named.
         """
-        image_col, label_col = column(recipe, self.roles, "image"), self.label_column(recipe)
-        to_id = label_kinds.target_encoder(splits, recipe, label_col, labels)
+        data = recipe.data
+        image_col, label_col = column(data, self.roles, "image"), self.label_column(data)
+        to_id = label_kinds.target_encoder(splits, data.problem_type, label_col, labels)
         reports = []
         for split in list(splits):
             ds = splits[split].select_columns(list(dict.fromkeys([image_col, label_col])))
-            ds = undecoded(ds, image_col, recipe)
+            ds = undecoded(ds, image_col, recipe.source_file)
             rows = (
                 (image_problem(value), raw)
                 for batch in ds.iter(batch_size=1000)
                 for value, raw in zip(batch[image_col], batch[label_col])
             )
-            ds, keep, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            bad = BadExamples(data.on_error, split, recipe.source_file)
+            ds, keep, ids, report = select_valid(ds, bad, rows, to_id, labels, data.problem_type)
             reports += [report] if report else []
             ds = ds.select_columns([image_col]).rename_columns({image_col: "image"} if image_col != "image" else {})
             splits[split] = (
@@ -246,16 +250,23 @@ class ImageClassification:
         return splits, reports
 
     def collator(self, processor: Any, recipe: Recipe, train: bool) -> ImageCollator:
-        return ImageCollator(processor, recipe, train)
+        return ImageCollator(processor, recipe.data, recipe.source_file, train)
 
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForImageClassification
 
         from hftl.models.pretrained import load_model_for_labels
 
-        model = load_model_for_labels(AutoModelForImageClassification, recipe, labels)
+        model = load_model_for_labels(
+            AutoModelForImageClassification,
+            recipe.model,
+            labels,
+            recipe.data.problem_type,
+            recipe.strategy.layer_groups,
+            recipe.source_file,
+        )
         if recipe.data.image_size:
-            fit_image_size(model, recipe.data.image_size, recipe)
+            fit_image_size(model, recipe.data.image_size, recipe.source_file)
         return model
 
     def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
@@ -285,7 +296,7 @@ class ImageClassification:
         return pipeline_predict(run_dir, "image-classification", inputs, top_k)
 
 
-def undecoded(ds: datasets.Dataset, image_col: str, recipe: Recipe) -> datasets.Dataset:
+def undecoded(ds: datasets.Dataset, image_col: str, recipe_file: str | None) -> datasets.Dataset:
     """``ds`` with ``image_col`` as an undecoded ``datasets.Image`` (file paths in a text column are accepted)."""
     import datasets
 
@@ -294,13 +305,13 @@ def undecoded(ds: datasets.Dataset, image_col: str, recipe: Recipe) -> datasets.
         return ds
     if not (isinstance(feature, datasets.Image) or feature == datasets.Value("string")):
         raise DataError(
-            f"{recipe.source_file}: column '{image_col}' holds {feature}, not images or image paths. "
+            f"{recipe_file}: column '{image_col}' holds {feature}, not images or image paths. "
             "Map the image column with data.columns.image: <column>."
         )
     return ds.cast_column(image_col, datasets.Image(decode=False))
 
 
-def fit_image_size(model: Any, pixels: int, recipe: Recipe) -> None:
+def fit_image_size(model: Any, pixels: int, recipe_file: str | None) -> None:
     """Record ``data.image_size`` in a timm config (its processor is rebuilt from it); check the model takes it."""
     import torch
 
@@ -313,7 +324,7 @@ def fit_image_size(model: Any, pixels: int, recipe: Recipe) -> None:
             model.eval()(pixel_values=torch.zeros(1, 3, pixels, pixels))
     except (ValueError, RuntimeError) as exc:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.image_size",
             f"does not suit this checkpoint: {(str(exc).splitlines() or [''])[0]}",
             pixels,

@@ -23,7 +23,7 @@ from hftl.config.registry import TASKS
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import DataSection, Recipe
 
 # The metric that picks the best model, per problem type, when train.metric is not set.
 DEFAULT_METRICS = {"single_label": "accuracy", "multi_label": "f1_micro", "regression": "rmse"}
@@ -61,21 +61,21 @@ def check_problem_type(recipe: Recipe, supported: tuple[str, ...]) -> None:
         )
 
 
-def label_column_of(recipe: Recipe, default: str) -> str:
+def label_column_of(data: DataSection, default: str) -> str:
     """The column holding the labels (the set built from ``data.label_columns`` for 0/1 columns)."""
-    return MULTI_LABEL_COLUMN if recipe.data.label_columns else default
+    return MULTI_LABEL_COLUMN if data.label_columns else default
 
 
-def add_label_set(splits: datasets.DatasetDict, recipe: Recipe) -> datasets.DatasetDict:
+def add_label_set(splits: datasets.DatasetDict, data: DataSection, recipe_file: str | None) -> datasets.DatasetDict:
     """``data.label_columns``: one list-of-labels column from the 0/1 columns (checked to hold 0/1)."""
-    names = recipe.data.label_columns
+    names = data.label_columns
     if not names:
         return splits
     for split, ds in splits.items():
         missing = [c for c in names if c not in ds.column_names]
         if missing:
             raise RecipeError(
-                recipe.source_file,
+                recipe_file,
                 "data.label_columns",
                 f"column(s) {', '.join(repr(c) for c in missing)} are not in the {split} split",
                 hint=f"Columns: {', '.join(ds.column_names)}.",
@@ -84,7 +84,7 @@ def add_label_set(splits: datasets.DatasetDict, recipe: Recipe) -> datasets.Data
             bad = next((v for v in ds[name][:_SAMPLE] if v not in (0, 1, True, False, None)), ...)
             if bad is not ...:
                 raise RecipeError(
-                    recipe.source_file,
+                    recipe_file,
                     "data.label_columns",
                     f"column '{name}' should hold 0/1 (label absent / present), but holds {bad!r}",
                     hint="Use one 0/1 column per label, or one column holding a list of labels per example.",
@@ -101,49 +101,48 @@ def _rows(batch: dict[str, list], names: list[str]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
 
 
-def label_names(splits: datasets.DatasetDict, recipe: Recipe, label_col: str) -> list[str]:
+def label_names(splits: datasets.DatasetDict, data: DataSection, label_col: str, recipe_file: str | None) -> list[str]:
     """The labels in id order, after checking the column against ``data.problem_type``."""
     import datasets
 
     from hftl.tasks.common import classification_labels
 
-    kind, values = recipe.data.problem_type, splits["train"][label_col][:_SAMPLE]
+    kind, values = data.problem_type, splits["train"][label_col][:_SAMPLE]
     if kind == "regression" and isinstance(splits["train"].features[label_col], datasets.ClassLabel):
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.problem_type",
             f"is regression, but label column '{label_col}' holds classes "
             f"({', '.join(splits['train'].features[label_col].names[:5])}, ...)",
             hint="For classes use problem_type: single_label; regression needs a numeric column.",
         )
-    check_values(values, recipe, label_col)
+    check_values(values, kind, label_col, recipe_file)
     if kind == "regression":
         return [label_col if label_col != MULTI_LABEL_COLUMN else "value"]
     if kind == "multi_label":
-        if recipe.data.label_columns:
-            return list(recipe.data.label_columns)
-        if recipe.data.label_names:
-            return list(recipe.data.label_names)
+        if data.label_columns:
+            return list(data.label_columns)
+        if data.label_names:
+            return list(data.label_names)
         seen = sorted({str(x) for v in splits["train"][label_col] if v for x in v})
         if len(seen) < 2:
             raise RecipeError(
-                recipe.source_file,
+                recipe_file,
                 "data.problem_type",
                 f"multi_label needs at least 2 labels; column '{label_col}' names {len(seen)} in the training split",
                 "multi_label",
             )
         return seen
-    return classification_labels(splits, recipe, label_col)
+    return classification_labels(splits, data.label_names, label_col, recipe_file)
 
 
-def check_values(values: list[Any], recipe: Recipe, col: str) -> None:
-    """Stop when the label values contradict the declared problem type (one paragraph, the fix in it)."""
-    kind = recipe.data.problem_type
+def check_values(values: list[Any], kind: str, col: str, recipe_file: str | None) -> None:
+    """Stop when the label values contradict the declared problem type ``kind`` (one paragraph, the fix in it)."""
     present = [(i, v) for i, v in enumerate(values) if v is not None]
 
     def refuse(what: str, example: tuple[int, Any], hint: str) -> None:
         raise RecipeError(
-            recipe.source_file,
+            recipe_file,
             "data.problem_type",
             f"is {kind}, but label column '{col}' {what} (row {example[0]}: {example[1]!r})",
             hint=hint,
@@ -183,13 +182,11 @@ def check_values(values: list[Any], recipe: Recipe, col: str) -> None:
             )
 
 
-def target_encoder(
-    splits: datasets.DatasetDict, recipe: Recipe, label_col: str, labels: list[str]
-) -> Callable[[Any], Any]:
-    """Raw label -> the model's target (class id, multi-hot floats, or a float); None when unusable."""
+def target_encoder(splits: datasets.DatasetDict, kind: str, label_col: str, labels: list[str]) -> Callable[[Any], Any]:
+    """Raw label -> the model's target (class id, multi-hot floats, or a float) for ``data.problem_type``
+    ``kind``; None when unusable."""
     from hftl.tasks.common import label_encoder
 
-    kind = recipe.data.problem_type
     if kind == "regression":
         return _number
     if kind == "single_label":

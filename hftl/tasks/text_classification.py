@@ -13,6 +13,7 @@ from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
 from hftl.tasks.common import (
+    BadExamples,
     argmax_predictions,
     check_columns_section,
     classification_metrics,
@@ -28,7 +29,7 @@ from hftl.tasks.common import (
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import DataSection, ModelSection, Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -59,9 +60,11 @@ class TextClassification:
         label_kinds.check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        needed = ("text",) if recipe.data.label_columns else self.required_roles
-        needed += ("text_pair",) if column(recipe, self.roles, "text_pair") else ()
-        return label_kinds.add_label_set(load_splits(recipe, self.roles, needed), recipe)
+        data, file = recipe.data, recipe.source_file
+        needed = ("text",) if data.label_columns else self.required_roles
+        needed += ("text_pair",) if column(data, self.roles, "text_pair") else ()
+        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
+        return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoTokenizer
@@ -70,25 +73,26 @@ class TextClassification:
 
         return load_pretrained(
             AutoTokenizer,
-            model_source(recipe),
+            model_source(recipe.model, recipe.source_file),
             revision=recipe.model.revision,
             trust_remote_code=recipe.model.trust_remote_code,
             what="tokenizer",
         )
 
     def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return label_kinds.label_names(splits, recipe, self.label_column(recipe))
+        return label_kinds.label_names(splits, recipe.data, self.label_column(recipe.data), recipe.source_file)
 
-    def label_column(self, recipe: Recipe) -> str:
-        return label_kinds.label_column_of(recipe, column(recipe, self.roles, "label"))
+    def label_column(self, data: DataSection) -> str:
+        return label_kinds.label_column_of(data, column(data, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
     ) -> tuple[datasets.DatasetDict, list[str]]:
         """Tokenize without padding (the collator pads each batch to its own longest text)."""
-        text_col, pair_col = column(recipe, self.roles, "text"), column(recipe, self.roles, "text_pair")
-        label_col = self.label_column(recipe)
-        to_id = label_kinds.target_encoder(splits, recipe, label_col, labels)
+        data = recipe.data
+        text_col, pair_col = column(data, self.roles, "text"), column(data, self.roles, "text_pair")
+        label_col = self.label_column(data)
+        to_id = label_kinds.target_encoder(splits, data.problem_type, label_col, labels)
         reports = []
         for split in list(splits):
             ds = splits[split]
@@ -97,7 +101,8 @@ class TextClassification:
                 (text_problem(text, text_col) or (pair_col and text_problem(pair, pair_col)) or None, raw)
                 for text, pair, raw in zip(ds[text_col], pairs, ds[label_col])
             )
-            ds, _, ids, report = select_valid(ds, recipe, split, rows, to_id, labels)
+            bad = BadExamples(data.on_error, split, recipe.source_file)
+            ds, _, ids, report = select_valid(ds, bad, rows, to_id, labels, data.problem_type)
             reports += [report] if report else []
             ds = (
                 ds.add_column("labels", ids)
@@ -123,7 +128,8 @@ class TextClassification:
     def collator(self, processor: Any, recipe: Recipe, train: bool) -> Any:
         from transformers import DataCollatorWithPadding
 
-        return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=pad_multiple(recipe)))
+        multiple = pad_multiple(recipe.train.mixed_precision)
+        return without_length(DataCollatorWithPadding(processor, pad_to_multiple_of=multiple))
 
     def build_model(self, recipe: Recipe, labels: list[str]) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -131,12 +137,19 @@ class TextClassification:
         from hftl.models import pooled_model  # noqa: F401  (registers the class: init_from a pooled run)
         from hftl.models.pretrained import label_config, load_body, load_model_for_labels, model_source
 
-        pooling = resolve_pooling(recipe)
+        pooling = resolve_pooling(recipe.model)
         if pooling == "pooler":  # the checkpoint's own head class (or an earlier run's, with init_from)
-            return load_model_for_labels(AutoModelForSequenceClassification, recipe, labels)
+            return load_model_for_labels(
+                AutoModelForSequenceClassification,
+                recipe.model,
+                labels,
+                recipe.data.problem_type,
+                recipe.strategy.layer_groups,
+                recipe.source_file,
+            )
         from hftl.models.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
 
-        body = load_body(recipe, model_source(recipe), recipe.model.revision)
+        body = load_body(recipe.model, model_source(recipe.model, recipe.source_file), recipe.model.revision)
         config = PooledClassifierConfig(
             body=body.config.to_dict(), pooling=pooling, **label_config(labels, recipe.data.problem_type)
         )
@@ -173,16 +186,16 @@ class TextClassification:
         return pipeline_predict(run_dir, "text-classification", inputs, top_k)
 
 
-def resolve_pooling(recipe: Recipe) -> str:
+def resolve_pooling(model: ModelSection) -> str:
     """``model.pooling``, with ``auto`` resolved: the checkpoint's own pooling (sentence-transformers), else
     ``pooler`` (the checkpoint's head class). An ``init_from`` run keeps the head class it was trained with."""
     from hftl.models.pretrained import checkpoint_pooling
 
-    if recipe.model.pooling != "auto":
-        return recipe.model.pooling
-    if recipe.model.init_from:
+    if model.pooling != "auto":
+        return model.pooling
+    if model.init_from:
         return "pooler"
-    return checkpoint_pooling(recipe.model.checkpoint, recipe.model.revision) or "pooler"
+    return checkpoint_pooling(model.checkpoint, model.revision) or "pooler"
 
 
 TASKS.register("text-classification")(TextClassification())

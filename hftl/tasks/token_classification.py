@@ -97,7 +97,14 @@ class TokenClassification:
         check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        return load_splits(recipe, self.roles, self.required_roles)
+        return load_splits(
+            recipe.data,
+            self.roles,
+            self.required_roles,
+            seed=recipe.train.seed,
+            task=self.name,
+            recipe_file=recipe.source_file,
+        )
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoConfig, AutoTokenizer
@@ -131,7 +138,7 @@ class TokenClassification:
 
         if recipe.data.label_names:
             return list(recipe.data.label_names)
-        tags_col = column(recipe, self.roles, "tags")
+        tags_col = column(recipe.data, self.roles, "tags")
         feature = _tag_feature(splits, tags_col)
         if isinstance(feature, datasets.ClassLabel):
             return list(feature.names)
@@ -149,14 +156,14 @@ class TokenClassification:
         """Check every sentence, then tokenize the words and align their tags to sub-words."""
         import datasets
 
-        tokens_col, tags_col = column(recipe, self.roles, "tokens"), column(recipe, self.roles, "tags")
+        tokens_col, tags_col = column(recipe.data, self.roles, "tokens"), column(recipe.data, self.roles, "tags")
         feature = _tag_feature(splits, tags_col)
         names = feature.names if isinstance(feature, datasets.ClassLabel) else None
         index = {name: i for i, name in enumerate(labels)}
         continuation = continuation_ids(labels)
         reports = []
         for split in list(splits):
-            ds, bad = splits[split], BadExamples(recipe, split)
+            ds, bad = splits[split], BadExamples(recipe.data.on_error, split, recipe.source_file)
             keep, tag_ids = [], []
             for i, (words, tags) in enumerate(zip(ds[tokens_col], ds[tags_col])):
                 if not words:
@@ -214,7 +221,7 @@ class TokenClassification:
 
         return without_length(
             DataCollatorForTokenClassification(
-                processor, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_multiple(recipe)
+                processor, label_pad_token_id=IGNORE, pad_to_multiple_of=pad_multiple(recipe.train.mixed_precision)
             )
         )
 

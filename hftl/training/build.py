@@ -88,7 +88,7 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
     )
     # Each loader has its own generator: starting an iterator then draws no number from the global RNG, so
     # dropout sees the same random stream whether a run was resumed mid-epoch or not.
-    workers = loader_workers(recipe)
+    workers = loader_workers(recipe.train.num_workers)
     on_gpu = torch.cuda.is_available()
     train_dl = torch.utils.data.DataLoader(
         train,
@@ -115,14 +115,14 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
     return train_dl, eval_dls
 
 
-def loader_workers(recipe: Recipe) -> int:
+def loader_workers(num_workers: int | None) -> int:
     """``train.num_workers``, or its default: none on CPU (they would take cores from the model), else up to 4."""
     import os
 
     import torch
 
-    if recipe.train.num_workers is not None:
-        return recipe.train.num_workers
+    if num_workers is not None:
+        return num_workers
     if not torch.cuda.is_available():
         return 0
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)

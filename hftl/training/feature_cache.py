@@ -69,7 +69,7 @@ def maybe_use_cache(
     collate = task.collator(processor, recipe, train=False)
     chain: list[str] = []
     with rng_untouched():
-        reason = skip_reason(model, plan, recipe, task, encoded)
+        reason = skip_reason(model, plan, task, encoded, recipe.train.cache_features, recipe.data.augment)
         if reason is None:
             sample = rows_of(encoded["train"], range(min(8, len(encoded["train"]))))
             reason = augmentation_reason(task.collator(processor, recipe, train=True), collate, sample)
@@ -82,7 +82,7 @@ def maybe_use_cache(
         return train_dl, eval_dls, []
 
     modules = dict(model.named_modules())
-    key = cache_key(model, plan, recipe, processor, chain[0])
+    key = cache_key(model, plan, recipe.model, recipe.data, processor, chain[0])
     say(
         f"[cache] the body is frozen for the whole run: the head ({' -> '.join(chain)}) trains on cached "
         f"inputs of '{chain[0]}'"

@@ -30,13 +30,21 @@ from hftl.training.feature_extraction import model_inputs
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import AugmentSection
     from hftl.strategies.plan import Plan
 
 
-def skip_reason(model: nn.Module, plan: Plan, recipe: Recipe, task: Any, encoded: datasets.DatasetDict) -> str | None:
-    """Why features cannot be cached for this run (from the recipe and plan alone), or None."""
-    if recipe.train.cache_features == "never":
+def skip_reason(
+    model: nn.Module,
+    plan: Plan,
+    task: Any,
+    encoded: datasets.DatasetDict,
+    cache_features: str,
+    augment: AugmentSection,
+) -> str | None:
+    """Why features cannot be cached for this run (from ``train.cache_features``, ``data.augment`` and the plan
+    alone), or None."""
+    if cache_features == "never":
         return "train.cache_features is 'never'"
     frozen = {g.name for g in plan.frozen_for_whole_run()}
     heads = [g for g in plan.groups if g.is_head]
@@ -53,7 +61,6 @@ def skip_reason(model: nn.Module, plan: Plan, recipe: Recipe, task: Any, encoded
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
         return "strategy.batchnorm is 'train': the frozen body's BatchNorm statistics change while training"
-    augment = recipe.data.augment
     if "image" in task.roles and (augment.random_resized_crop or augment.hflip):
         return (
             "random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "

@@ -26,7 +26,7 @@ from hftl.training.feature_store import CACHE_VERSION
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import DataSection, ModelSection
     from hftl.strategies.plan import Plan
 
 NOT_INPUTS = ("labels", "length")  # encoded columns the body never reads
@@ -56,8 +56,11 @@ def cache_dir() -> Path:
     return root() / "features"
 
 
-def cache_key(model: nn.Module, plan: Plan, recipe: Recipe, processor: Any, hooked: str) -> str:
-    """Digest of everything but the rows that decides what the body computes (see the module docstring)."""
+def cache_key(
+    model: nn.Module, plan: Plan, model_section: ModelSection, data_section: DataSection, processor: Any, hooked: str
+) -> str:
+    """Digest of everything but the rows that decides what the body computes (see the module docstring): the
+    recipe's ``model`` and ``data`` sections are the settings it reads."""
     import transformers
 
     head = next(g for g in plan.groups if g.is_head)
@@ -73,11 +76,11 @@ def cache_key(model: nn.Module, plan: Plan, recipe: Recipe, processor: Any, hook
         "problem_type",
     ):
         config.pop(field, None)
-    data = {k: v for k, v in recipe.data.model_dump(mode="json").items() if k not in _ROW_SETTINGS}
+    data = {k: v for k, v in data_section.model_dump(mode="json").items() if k not in _ROW_SETTINGS}
     fields = {
         "version": CACHE_VERSION,
-        "checkpoint": recipe.model.checkpoint,
-        "revision": recipe.model.revision,
+        "checkpoint": model_section.checkpoint,
+        "revision": model_section.revision,
         "commit": getattr(getattr(model, "config", None), "_commit_hash", None),
         "class": type(model).__name__,
         "config": config,

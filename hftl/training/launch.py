@@ -18,7 +18,7 @@ from hftl.config.errors import HftlError
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import StrategySection, TrainSection
     from hftl.training.backend import Backend
 
 
@@ -50,15 +50,21 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
-def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
-    """The Accelerator for this launch: the recipe's precision (resolved in :mod:`hftl.training.backend`), accumulation.
+def build_accelerator(
+    train: TrainSection, run_dir: Path, backend: Backend, find_unused_parameters: bool
+) -> Accelerator:
+    """The Accelerator for this launch: the recipe's ``train`` precision (resolved in :mod:`hftl.training.backend`),
+    accumulation, trackers (logging under ``run_dir/logs``) and compilation; checked against (and logged with) the
+    ``backend`` :func:`resolve_launch` planned.
 
-    ``recipe.train.mixed_precision`` is never ``auto`` here (:func:`resolve_launch` resolved it). DDP tolerates
+    ``train.mixed_precision`` is never ``auto`` here (:func:`resolve_launch` resolved it). DDP tolerates
     unused parameters when the trainable set changes mid-run; FSDP comes from the launch's own settings.
     """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+
+    from hftl.training.backend import check_backend_applied
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # torchrun on CPU: without this, accelerate starts N independent single-process runs.
@@ -66,15 +72,16 @@ def build_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerat
     use_tf32()
     fresh_accelerate_state()
     accelerator = Accelerator(
-        gradient_accumulation_steps=recipe.train.grad_accum,
-        mixed_precision=recipe.train.mixed_precision,
-        log_with=recipe.train.trackers or None,
-        project_dir=str(recipe.run_dir / "logs"),
+        gradient_accumulation_steps=train.grad_accum,
+        mixed_precision=train.mixed_precision,
+        log_with=train.trackers or None,
+        project_dir=str(run_dir / "logs"),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         # None: the launch's own --dynamo_backend (ACCELERATE_DYNAMO_BACKEND), if any
-        dynamo_backend="inductor" if recipe.train.compile else None,
+        dynamo_backend="inductor" if train.compile else None,
     )
     check_process_count(accelerator)
+    check_backend_applied(backend, accelerator)
     return accelerator
 
 
@@ -92,19 +99,20 @@ def fresh_accelerate_state() -> None:
     GradientState._reset_state()
 
 
-def resolve_launch(recipe: Recipe) -> tuple[Recipe, Backend]:
-    """The recipe with ``train.mixed_precision`` as this launch runs it, and the launch's backend (or a refusal)."""
+def resolve_launch(
+    train: TrainSection, strategy: StrategySection, recipe_file: str | None
+) -> tuple[TrainSection, Backend]:
+    """The recipe's ``train`` section with ``mixed_precision`` as this launch runs it, and the launch's backend
+    (or a refusal: ``strategy.adaptation`` under sharding, named in ``recipe_file``)."""
     from hftl.training.backend import refuse_under_sharding, resolve_backend
 
-    backend = resolve_backend(recipe.train.mixed_precision, recipe.train.grad_accum)
-    refuse_under_sharding(
-        backend, recipe.strategy.adaptation.method if recipe.strategy.adaptation else None, recipe.source_file
-    )
+    backend = resolve_backend(train.mixed_precision, train.grad_accum)
+    adaptation = strategy.adaptation.method if strategy.adaptation else None
+    refuse_under_sharding(backend, adaptation, recipe_file)
     update: dict[str, Any] = {"mixed_precision": backend.mixed_precision}
     if backend.sharding != "none":  # cached features feed an unsharded head: not under FSDP
         update["cache_features"] = "never"
-    train = recipe.train.model_copy(update=update)
-    return recipe.model_copy(update={"train": train}), backend
+    return train.model_copy(update=update), backend
 
 
 def use_tf32() -> None:

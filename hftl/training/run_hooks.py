@@ -156,7 +156,7 @@ class DomainAdaptation(RunHook):
 
     def __init__(self) -> None:
         self.unlabeled: Any = None
-        self.adaptation: Any = None  # hftl.training.adaptation.Adaptation, with strategy.adaptation
+        self.adaptation: Any = None  # hftl.training.adaptation_methods.Adaptation, with strategy.adaptation
 
     def on_data(self, ctx: RunContext) -> None:
         from hftl.training.adaptation import load_target
@@ -169,7 +169,7 @@ class DomainAdaptation(RunHook):
         self.adaptation = build_adaptation(ctx, self.unlabeled)
 
     def param_groups(self, ctx: RunContext) -> list[ExtraGroup]:
-        return self.adaptation.param_groups(ctx.recipe, ctx.plan) if self.adaptation else []
+        return self.adaptation.param_groups(ctx.recipe.optim, ctx.plan) if self.adaptation else []
 
     def before_prepare(self, ctx: RunContext) -> dict[str, Any]:
         return self.adaptation.prepare(ctx.accelerator) if self.adaptation else {}

@@ -19,7 +19,6 @@ from typing import Any
 
 from hftl.config import log, run_folder
 from hftl.config.schema import Recipe
-from hftl.training.backend import check_backend_applied
 from hftl.training.build import (
     VALIDATION_SAMPLE,
     build_loaders,
@@ -65,24 +64,24 @@ class RunResult:
 
 
 def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None = None) -> RunResult:
-    """Train, evaluate and save one recipe; returns the final metrics. ``on_evaluate(step, validation scores)``
-    runs after each evaluation (a study's pruner: what it raises ends the run there). ``strategy.name: auto``
-    is resolved where the recipe is loaded for a run (:func:`hftl.analysis.advise.resolve_strategy`)."""
+    """Train, evaluate and save one recipe; returns the final metrics. ``on_evaluate(step, validation scores)`` runs
+    after each evaluation (a study's pruner: what it raises ends the run there). ``strategy.name: auto`` is resolved
+    where the recipe is loaded for a run (:func:`hftl.analysis.advise.resolve_strategy`)."""
     from accelerate.utils import set_seed
 
     from hftl.strategies import changes_mid_run
     from hftl.strategies.plan import format_plan
     from hftl.tasks import TASKS
 
-    recipe, backend = resolve_launch(recipe)  # accelerate config / launch flags vs the recipe (training/backend.py)
+    train, backend = resolve_launch(recipe.train, recipe.strategy, recipe.source_file)
+    recipe = recipe.model_copy(update={"train": train})  # as the accelerate config / launch flags run it
     resume = recipe.train.resume if resume is None else resume
     ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, resume, on_evaluate=on_evaluate)
     hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
     check_before_work(ctx, hooks)
 
     # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
-    ctx.accelerator = build_accelerator(recipe, find_unused_parameters=changes_mid_run(recipe.strategy))
-    check_backend_applied(backend, ctx.accelerator)  # and logs it
+    ctx.accelerator = build_accelerator(recipe.train, ctx.run_dir, backend, changes_mid_run(recipe.strategy))
     set_seed(recipe.train.seed)
     ctx.data = load_data(recipe, ctx.accelerator)
     hooks.on_data(ctx)
@@ -154,7 +153,8 @@ def check_before_work(ctx: RunContext, hooks: Hooks) -> None:
 
     set_threads(ctx.recipe.train.num_threads)
     check_trackers(ctx.recipe.train.trackers)
-    run_folder.check_run_dir(ctx.recipe, ctx.run_dir, ctx.resume, bool(complete_checkpoints(ctx.run_dir)))
+    overwrite, has_checkpoints = ctx.recipe.output.overwrite, bool(complete_checkpoints(ctx.run_dir))
+    run_folder.check_run_dir(ctx.run_dir, overwrite, ctx.resume, has_checkpoints)
     check_resumable(ctx.run_dir, ctx.resume)
     hooks.check(ctx)
 
@@ -169,8 +169,8 @@ def prepare(ctx: RunContext) -> None:
     if is_sharded(accelerator):  # [FSDP] sharded states are saved and loaded by key: every key from the start
         init_optimizer_state(ctx.optimizer)
     if accelerator.is_main_process:  # the inputs all loaded: only now is the run folder created or cleared
-        run_folder.prepare(recipe, run_dir, ctx.resume, bool(complete_checkpoints(run_dir)))
-        run_folder.write_start(run_dir, recipe, ctx.plan, ctx.data.labels)
+        run_folder.prepare(run_dir, recipe.output.overwrite, ctx.resume, bool(complete_checkpoints(run_dir)))
+        run_folder.write_start(run_dir, recipe.to_yaml(), ctx.plan, ctx.data.labels)
     accelerator.wait_for_everyone()
     check_shared_run_dir(run_dir, accelerator)  # several machines: one run folder that every one of them sees
     accelerator.init_trackers(recipe.name, config=_flat(recipe.model_dump(mode="json")))

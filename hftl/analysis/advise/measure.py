@@ -193,7 +193,7 @@ def frozen_features(
     from hftl.training.feature_store import read_rows, write_rows
 
     plan = plan_for(model, recipe, 1, 1)
-    reason = skip_reason(model, plan, recipe, task, {"train": subset})
+    reason = skip_reason(model, plan, task, {"train": subset}, recipe.train.cache_features, recipe.data.augment)
     collate = task.collator(processor, recipe, train=False)
     with rng_untouched():
         if reason is None:
@@ -201,7 +201,7 @@ def frozen_features(
     if reason is not None:
         raise HftlError(f"{recipe.source_file}: cannot measure the frozen checkpoint's features: {reason}.")
     modules = dict(model.named_modules())
-    path = cache_file(cache_key(model, plan, recipe, processor, chain[0]), subset)
+    path = cache_file(cache_key(model, plan, recipe.model, recipe.data, processor, chain[0]), subset)
     rows = read_rows(path) if path.is_file() else None
     cached = rows is not None and len(rows) == len(subset)
     if not cached:
