@@ -85,6 +85,19 @@ def build_accelerator(
     return accelerator
 
 
+def bare_model(accelerator: Any, model: Any) -> Any:
+    """The prepared ``model`` without its launch wrappers (DDP, mixed-precision forward, torch.compile).
+
+    ``accelerator.unwrap_model`` keeps a ``torch.compile`` wrapper by default, whose parameters are named
+    ``_orig_mod.<name>``: the plan's names would match none of them (every parameter frozen: "element 0 of
+    tensors does not require grad", issue 22) and ``strict=False`` loading would silently load nothing. Setting
+    ``requires_grad``, saving and loading all go through this module; the compiled wrapper shares its
+    parameters, and dynamo's guards on ``requires_grad`` and train/eval mode recompile it when the plan changes
+    them.
+    """
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def fresh_accelerate_state() -> None:
     """Forget the previous run's Accelerate settings in this process (the process group is kept).
 

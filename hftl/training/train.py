@@ -36,6 +36,7 @@ from hftl.training.hooks import Hooks, hooks_for
 from hftl.training.launch import (
     Interrupted,
     StopFlag,
+    bare_model,
     build_accelerator,
     check_shared_run_dir,
     end_processes,
@@ -269,7 +270,7 @@ def apply_plan(ctx: RunContext, train_mode: bool = False) -> None:
 
     if train_mode:
         ctx.model.train()
-    apply(ctx.accelerator.unwrap_model(ctx.model), ctx.plan, ctx.state.step)
+    apply(bare_model(ctx.accelerator, ctx.model), ctx.plan, ctx.state.step)
 
 
 def evaluate_and_keep_best(ctx: RunContext) -> None:

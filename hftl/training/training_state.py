@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.config.run_folder import write_json_atomic
+from hftl.training.launch import bare_model
 
 STATE_FILE = "trainer_state.json"
 MODEL_WEIGHTS = "model.safetensors"  # accelerate's name for the first prepared model
@@ -70,7 +71,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    with _extra_modules_named(accelerator, extra_modules or {}):
+    with _checkpoint_files(accelerator, extra_modules or {}):
         accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -135,33 +136,40 @@ def load_checkpoint(
             "by a launch with fewer processes, or this machine does not see the folder the main process wrote "
             "(several machines need one shared filesystem for the run folder)."
         )
-    with _extra_modules_named(accelerator, extra_modules or {}):
+    with _checkpoint_files(accelerator, extra_modules or {}):
         accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
 
 @contextmanager
-def _extra_modules_named(accelerator, extra_modules: dict[str, Any]) -> Iterator[None]:
+def _checkpoint_files(accelerator, extra_modules: dict[str, Any]) -> Iterator[None]:
     """Within ``save_state``/``load_state``: the extra modules as ``<name>.safetensors``, the model as
-    ``model.safetensors`` (accelerate would number every prepared module in the order it was prepared)."""
+    ``model.safetensors`` (accelerate would number every prepared module in the order it was prepared), and a
+    ``torch.compile``d model saved and loaded as the module it wraps.
+
+    Accelerate saves a compiled model's own ``state_dict``, every name prefixed ``_orig_mod.``: a state saved with
+    ``train.compile`` (or ``--dynamo_backend``) would then not resume without it, nor the other way round. Without
+    the prefix, a saved state is the same whether the run was compiled or not.
+    """
+    from accelerate.utils import is_compiled_module
     from safetensors.torch import load_model, save_model
 
-    if not extra_modules:
-        yield
-        return
     ids = {id(module): name for name, module in extra_modules.items()}
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
+        if len(weights) == len(models):  # not sharded: one state dict per prepared model
+            weights[:] = [w if not is_compiled_module(m) else m._orig_mod.state_dict() for m, w in zip(models, weights)]
         keep = [i for i, m in enumerate(models) if id(m) not in ids]
         for m in models:
             if id(m) in ids and accelerator.is_main_process:
-                save_model(accelerator.unwrap_model(m), str(Path(output_dir) / f"{ids[id(m)]}.safetensors"))
+                save_model(bare_model(accelerator, m), str(Path(output_dir) / f"{ids[id(m)]}.safetensors"))
         weights[:] = [weights[i] for i in keep]
 
     def load_hook(models: list, input_dir: str) -> None:
         for m in [m for m in models if id(m) in ids]:
-            load_model(accelerator.unwrap_model(m), str(Path(input_dir) / f"{ids[id(m)]}.safetensors"))
+            load_model(bare_model(accelerator, m), str(Path(input_dir) / f"{ids[id(m)]}.safetensors"))
             models.remove(m)
+        models[:] = [m._orig_mod if is_compiled_module(m) else m for m in models]
 
     handles = [accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)]
     try:
@@ -179,7 +187,7 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
         return
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    bare_model(accelerator, model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     loadable_by_timm(tmp / "config.json")
     if processor is not None:
         processor.save_pretrained(tmp)
@@ -249,7 +257,7 @@ def load_best(accelerator, model, folder: Path, rebuild=None):
     Sharded (FSDP): the main process builds a plain copy with ``rebuild()``, loads the folder into it as
     :func:`load_saved_weights` does (a peft folder too), and every process takes its shard of that copy.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare_model(accelerator, model)
     if not is_sharded(accelerator):
         load_saved_weights(unwrapped, folder)
         return unwrapped
