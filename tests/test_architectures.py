@@ -278,3 +278,27 @@ def test_lora_refuses_named_convolutions_it_cannot_merge() -> None:
         wrap_model(model, recipe)
     wrapped = wrap_model(model, make_recipe({"name": "lora"}, "image-classification"))
     assert not any("dwconv.lora_" in n for n, _ in wrapped.named_parameters())
+
+
+def test_mobilenet_lora_adapter_runs_with_the_card_snippet(tmp_path) -> None:
+    """The card's peft snippet for a MobileNet adapter runs as written: it shows peft's conv wrappers the stride
+    that MobileNet's TF-style padding reads (without it, the forward fails with an AttributeError), and loads
+    with peft's AutoPeftModel (peft has no image-classification class; the adapter names its base class)."""
+    from hftl.config.run_folder import RunFiles
+    from hftl.publish.usage import usage_section
+
+    torch.manual_seed(0)
+    base = task_class("mobilenet_v2", "image")(tiny_config("mobilenet_v2"))
+    base.save_pretrained(tmp_path / "base")
+    base.name_or_path = str(tmp_path / "base")  # as if loaded from there: the adapter names its base model
+    wrapped = wrap_model(base, make_recipe({"name": "lora"}, "image-classification"))
+    wrapped.save_pretrained(tmp_path / "run" / "adapter")
+    copy.deepcopy(wrapped).merge_and_unload().save_pretrained(tmp_path / "run")
+    recipe = {"task": "image-classification", "data": {}}
+    text = usage_section(RunFiles(tmp_path / "run", recipe, "", {}, {}, ["a", "b", "c"]), None)
+    snippet = re.findall(r"```python\n(.*?)```", text, re.S)[-1]
+    assert "expose_conv_geometry(model)" in snippet
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own code, as a reader would run it
+    with torch.no_grad():
+        assert scope["model"](pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
