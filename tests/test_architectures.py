@@ -67,6 +67,11 @@ LORA_REFUSED = {
     "merged into the weight would not compute what was trained, and the run publishes the merged model",
 }
 """Model types whose body has no layer a LoRA adapter can be merged into exactly: LoRA is refused, naming the key."""
+FLOAT32_ONLY = {
+    "mra": "its attention builds float32 tensors whatever the model's dtype",
+    "canine": "its outputs are NaN in float64",
+}
+"""Model types whose merged-adapter check runs in float32 (the others: float64, free of round-off)."""
 ARCHS = [(t, kind) for t, kind in model_types() if t not in EXCLUDED and t not in REFUSED]
 TASK = {"sequence": "text-classification", "token": "token-classification", "image": "image-classification"}
 STRATEGIES = {
@@ -180,12 +185,13 @@ def test_lora_default_adapts_the_body_and_trains_the_head(model_type: str, kind:
     wrapped.train()(**batch).loss.backward()
     grads = {n for n, p in wrapped.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any(".lora_B." in n for n in grads) and {n for n in head.params if n in trainable and "weight" in n} <= grads
-    with torch.no_grad():  # adapters that change the output, merged into the weights: the same model (float64)
-        wrapped.double()
+    dtype = torch.float32 if model_type in FLOAT32_ONLY else torch.float64
+    with torch.no_grad():  # adapters that change the output, merged into the weights: the same model
+        wrapped.to(dtype)
         for name, p in wrapped.named_parameters():
             if ".lora_B." in name:
                 p.add_(0.1 * torch.randn_like(p))
-        inputs = {k: v.double() if v.is_floating_point() else v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items() if k != "labels"}
         outputs = []
         for model in (wrapped.eval(), copy.deepcopy(wrapped).merge_and_unload().eval(), None):
             torch.manual_seed(1)  # Reformer's LSH attention hashes with random rotations drawn at each forward
@@ -195,7 +201,8 @@ def test_lora_default_adapts_the_body_and_trains_the_head(model_type: str, kind:
             else:
                 outputs.append(model(**inputs).logits)
         adapted, merged, base = outputs
-        assert (merged - adapted).abs().max() < 1e-9 < (adapted - base).abs().max()
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-9
+        assert (merged - adapted).abs().max() < tolerance < (adapted - base).abs().max()
 
 
 @pytest.mark.parametrize("model_type", sorted(REFUSED))

@@ -306,7 +306,7 @@ def tiny_batch(model_type: str, kind: str, seed: int = 0) -> dict[str, torch.Ten
     length = SEQUENCE_LENGTH.get(model_type, 8)
     batch = {
         "input_ids": torch.randint(
-            5, min(100, tiny_config(model_type).get_text_config().vocab_size), (2, length), generator=g
+            5, min(100, getattr(tiny_config(model_type).get_text_config(), "vocab_size", 100)), (2, length), generator=g
         ),
         "attention_mask": torch.ones(2, length, dtype=torch.long),
     }
