@@ -20,6 +20,7 @@ train some steps with progressive unfreezing, checking which weights change at e
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 
@@ -37,8 +38,6 @@ from tests.test_strategies import calibrate_batchnorm, make_recipe, train_and_wa
 from tests.tiny_architectures import EXCLUDED, model_types, task_class, tiny_batch, tiny_config, tiny_model
 
 REFUSED = {
-    "canine": "three stacks of blocks (character, molecule, character encoders) with no relation in the module tree: "
-    "the sequence head reads the molecule encoder's pooler, the token head the final character encoder",
     "shieldgemma2": "no new head: it classifies by its language model's output layer (tied to the token embeddings) "
     "read at the yes/no tokens",
 }
@@ -64,15 +63,15 @@ NO_FORWARD = {
 """Model types whose forward pass on random tiny inputs fails in transformers: the execution-order check
 and the LoRA backward pass are not run for them (their groups, plans and adapters still are)."""
 LORA_REFUSED = {
-    "mobilenet_v1": "no Linear in the body, and its TF-style padding reads conv.stride, which peft's wrapper lacks",
-    "mobilenet_v2": "no Linear in the body, and its TF-style padding reads conv.stride, which peft's wrapper lacks",
+    "bit": "every conv of its body standardises its weight at each forward (weight standardisation), so an adapter "
+    "merged into the weight would not compute what was trained, and the run publishes the merged model",
 }
-"""Model types whose body has no layer peft's LoRA can adapt: LoRA is refused with a clear error."""
-LORA_NO_GRADIENT = {
-    "mra": "its attention runs through a custom kernel that ignores the adapted projections' autograd",
-    "reformer": "its reversible layers compute gradients by hand, without the adapters",
+"""Model types whose body has no layer a LoRA adapter can be merged into exactly: LoRA is refused, naming the key."""
+FLOAT32_ONLY = {
+    "mra": "its attention builds float32 tensors whatever the model's dtype",
+    "canine": "its outputs are NaN in float64",
 }
-"""Model types where the adapters attach but get no gradient: not checked by a backward pass."""
+"""Model types whose merged-adapter check runs in float32 (the others: float64, free of round-off)."""
 ARCHS = [(t, kind) for t, kind in model_types() if t not in EXCLUDED and t not in REFUSED]
 TASK = {"sequence": "text-classification", "token": "token-classification", "image": "image-classification"}
 STRATEGIES = {
@@ -179,11 +178,31 @@ def test_lora_default_adapts_the_body_and_trains_the_head(model_type: str, kind:
     head = plan.groups[-1]
     assert head.is_head and {n for n in head.params if ".modules_to_save." in n} == set(head.params) & trainable
     assert any(".modules_to_save." in n for n in head.params) and any(".lora_A." in n for n in trainable)
-    if model_type in NO_FORWARD or model_type in LORA_NO_GRADIENT:
+    if model_type in NO_FORWARD:
+        copy.deepcopy(wrapped).merge_and_unload()  # the run publishes the merged model
         return
-    wrapped.train()(**tiny_batch(model_type, kind)).loss.backward()
+    batch = tiny_batch(model_type, kind)
+    wrapped.train()(**batch).loss.backward()
     grads = {n for n, p in wrapped.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any(".lora_B." in n for n in grads) and {n for n in head.params if n in trainable and "weight" in n} <= grads
+    dtype = torch.float32 if model_type in FLOAT32_ONLY else torch.float64
+    with torch.no_grad():  # adapters that change the output, merged into the weights: the same model
+        wrapped.to(dtype)
+        for name, p in wrapped.named_parameters():
+            if ".lora_B." in name:
+                p.add_(0.1 * torch.randn_like(p))
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items() if k != "labels"}
+        outputs = []
+        for model in (wrapped.eval(), copy.deepcopy(wrapped).merge_and_unload().eval(), None):
+            torch.manual_seed(1)  # Reformer's LSH attention hashes with random rotations drawn at each forward
+            if model is None:
+                with wrapped.disable_adapter():
+                    outputs.append(wrapped(**inputs).logits)
+            else:
+                outputs.append(model(**inputs).logits)
+        adapted, merged, base = outputs
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-9
+        assert (merged - adapted).abs().max() < tolerance < (adapted - base).abs().max()
 
 
 @pytest.mark.parametrize("model_type", sorted(REFUSED))
@@ -238,3 +257,55 @@ def test_lora_on_weights_in_place_refuses_a_dropout_it_cannot_apply() -> None:
     model = task_class("ibert", "sequence")(tiny_config("ibert"))
     with pytest.raises(RecipeError, match=r"'strategy\.lora\.dropout'.*no dropout"):
         wrap_model(model, make_recipe({"name": "lora", "lora": {"dropout": 0.1}}, "text-classification"))
+
+
+def test_reformer_layers_get_gradient_under_frozen_embeddings() -> None:
+    """Reformer's reversible layers run inside one autograd Function that takes no parameter as input: with the
+    embeddings frozen (partial here; LoRA and progressive alike) its layers learn only if the embeddings' output
+    requires grad, which wrap_model arranges for every strategy."""
+    torch.manual_seed(0)
+    model = task_class("reformer", "sequence")(tiny_config("reformer"))
+    recipe = make_recipe(STRATEGIES["partial"], "text-classification")
+    model = wrap_model(model, recipe)
+    trains = plan_for(model, recipe, 1, 10).ever_trainable()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trains)
+    model.train()(**tiny_batch("reformer", "sequence")).loss.backward()
+    layers = {n for n in trains if ".encoder.layers." in n}
+    learning = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert layers and learning >= layers
+
+
+def test_lora_refuses_named_convolutions_it_cannot_merge() -> None:
+    """ConvNeXt's depthwise conv (groups = channels): peft trains an adapter there but cannot merge it, and the run
+    publishes the merged model, so naming it is refused up front; the default leaves it out."""
+    model = task_class("convnext", "image")(tiny_config("convnext"))
+    recipe = make_recipe({"name": "lora", "lora": {"target_modules": ["dwconv"]}}, "image-classification")
+    with pytest.raises(RecipeError, match=r"'strategy\.lora\.target_modules'.*cannot adapt and merge.*dwconv"):
+        wrap_model(model, recipe)
+    wrapped = wrap_model(model, make_recipe({"name": "lora"}, "image-classification"))
+    assert not any("dwconv.lora_" in n for n, _ in wrapped.named_parameters())
+
+
+def test_mobilenet_lora_adapter_runs_with_the_card_snippet(tmp_path) -> None:
+    """The card's peft snippet for a MobileNet adapter runs as written: it shows peft's conv wrappers the stride
+    that MobileNet's TF-style padding reads (without it, the forward fails with an AttributeError), and loads
+    with peft's AutoPeftModel (peft has no image-classification class; the adapter names its base class)."""
+    from hftl.config.run_folder import RunFiles
+    from hftl.publish.usage import usage_section
+
+    torch.manual_seed(0)
+    base = task_class("mobilenet_v2", "image")(tiny_config("mobilenet_v2"))
+    base.save_pretrained(tmp_path / "base")
+    base.name_or_path = str(tmp_path / "base")  # as if loaded from there: the adapter names its base model
+    wrapped = wrap_model(base, make_recipe({"name": "lora"}, "image-classification"))
+    wrapped.save_pretrained(tmp_path / "run" / "adapter")
+    copy.deepcopy(wrapped).merge_and_unload().save_pretrained(tmp_path / "run")
+    recipe = {"task": "image-classification", "data": {}}
+    text = usage_section(RunFiles(tmp_path / "run", recipe, "", {}, {}, ["a", "b", "c"]), None)
+    snippet = re.findall(r"```python\n(.*?)```", text, re.S)[-1]
+    assert "expose_conv_geometry(model)" in snippet
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own code, as a reader would run it
+    with torch.no_grad():
+        assert scope["model"](pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)

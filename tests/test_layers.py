@@ -41,12 +41,14 @@ from transformers import (
 from hftl.config.errors import HftlError
 from hftl.models.layers import LAYER_MAPPERS, describe_groups, map_layer_groups, mapper_spec
 from tests import tiny_models
+from tests.tiny_architectures import task_class, tiny_config
 from tests.tiny_models import TEXT, bert_config, distilbert_config
 
 VISION = {**tiny_models.VISION, "num_labels": 3}  # for every vision family below
 CNN = {**tiny_models.CNN, "num_labels": 3}
 TEXT_BODY = ["embeddings", "layer.0", "layer.1"]
 CLASSIFIER = {"classifier.weight", "classifier.bias"}
+CANINE_BODY = ["embeddings", "initial_char_encoder", "chars_to_molecules", "encoder.layer.0", "encoder.layer.1"]
 
 
 def bert(**kw: object) -> BertConfig:
@@ -103,6 +105,19 @@ CASES = [
         "xlm-roberta-token",
         lambda: AutoModelForTokenClassification.from_config(XLMRobertaConfig(**TEXT)),
         TEXT_BODY + ["head"],
+        CLASSIFIER,
+    ),
+    # CANINE: its sequence head reads the molecule encoder's pooler, its token head the final character encoder
+    Case(
+        "canine-seq",
+        lambda: task_class("canine", "sequence")(tiny_config("canine")),
+        CANINE_BODY + ["pooler", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "canine-token",
+        lambda: task_class("canine", "token")(tiny_config("canine")),
+        CANINE_BODY + ["neck", "final_char_encoder", "head"],
         CLASSIFIER,
     ),
     Case("camembert-bare", lambda: AutoModel.from_config(CamembertConfig(**TEXT)), TEXT_BODY + ["pooler"], set()),

@@ -20,11 +20,12 @@ Any transformers model is mapped by the generic mapper (:mod:`hftl.models.layer_
 which reads this order from the module tree and refuses, with a working example, when the
 tree leaves it unsure. A family mapper, registered in :data:`LAYER_MAPPERS` under
 ``config.model_type``, is kept only where it knows more: timm models (timm's own group
-matcher) and hftl's pooled classifier. A mapper returns ``(group name, [regex patterns])``
-pairs; a recipe's ``strategy.layer_groups`` gives the same pairs and wins over both (its last
-group is the head). Patterns are searched (``re.search``) in each parameter name as the bare
-model spells it: a ``PeftModel``'s ``base_model.model.`` prefix and PEFT's own segments
-(``base_layer``, ``lora_A.<adapter>``, ``modules_to_save.<adapter>``, ``original_module``)
+matcher), hftl's pooled classifier, and CANINE (whose head reads one of two branches).
+A mapper returns ``(group name, [regex patterns])`` pairs; a recipe's ``strategy.layer_groups``
+gives the same pairs and wins over them (its last group is the head). Patterns are searched
+(``re.search``) in each parameter name as the bare model spells it: a ``PeftModel``'s
+``base_model.model.`` prefix and PEFT's own segments (``base_layer``, ``lora_A.<adapter>``,
+``modules_to_save.<adapter>``, ``original_module``)
 are removed first, so LoRA weights join the group of the module they adapt and the trainable
 copy of a head stays in the head. The first matching group wins; the mappers never rely on
 that (a test checks that their patterns do not overlap). Returned names are always the real
@@ -108,6 +109,29 @@ def _timm_wrapper(model: nn.Module) -> GroupPatterns:
     order = sorted((g for g in keys if g != "neck"), key=keys.__getitem__) + ["neck", "head"]
     patterns = _prefix_patterns(group_of)
     return [(g, patterns.get(g, [])) for g in order]
+
+
+@LAYER_MAPPERS.register("canine")
+def _canine(model: nn.Module) -> GroupPatterns:
+    """CANINE: characters -> a shallow character encoder -> downsampled to molecules -> the deep encoder -> then
+    either the pooler (read by the sequence and multiple-choice heads) or the molecules upsampled, joined with the
+    characters (``projection``) and a shallow final character encoder (read by the token head).
+
+    Groups follow the path the model's head reads; the branch it does not read runs but gets no gradient, and
+    joins the group where the two branches part (``pooler`` for a sequence head, ``neck`` for a token head),
+    so no schedule spends a stage on it."""
+    base = "canine." if hasattr(model, "canine") else ""
+
+    def at(*names: str) -> list[str]:
+        return [rf"^{re.escape(base + name)}\." for name in names]
+
+    blocks = [(f"encoder.layer.{i}", at(f"encoder.layer.{i}")) for i in range(model.config.num_hidden_layers)]
+    start = [("embeddings", at("char_embeddings")), ("initial_char_encoder", at("initial_char_encoder"))]
+    start += [("chars_to_molecules", at("chars_to_molecules")), *blocks]
+    head = [("head", [r"^classifier\."])] if hasattr(model, "classifier") else []
+    if type(model).__name__.endswith(("ForSequenceClassification", "ForMultipleChoice")):
+        return [*start, ("pooler", at("pooler", "projection", "final_char_encoder")), *head]
+    return [*start, ("neck", at("pooler", "projection")), ("final_char_encoder", at("final_char_encoder")), *head]
 
 
 def _timm_key(matcher: Mapping[str, Any], name: str) -> tuple[tuple[float, ...], str]:

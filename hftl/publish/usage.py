@@ -76,11 +76,21 @@ def usage_section(run: RunFiles, repo_id: str | None) -> str:
             else f'"{run.adapter_dir}"'
         )
         merged = " (the root holds the same model with the adapter merged in)" if run.has_full_model else ""
+        # MobileNet's TF-style padding reads each conv's stride, which peft's LoRA conv wrapper hides
+        shim = (
+            (
+                "from hftl.strategies.lora import expose_conv_geometry\n",
+                "expose_conv_geometry(model)  # its TF-style padding reads the convs' stride, hidden by peft\n",
+            )
+            if config.get("tf_padding")
+            else ("", "")
+        )
         blocks += [
             f"The LoRA adapter, with its trained head, is in `{sub}/`{merged}. With peft, on top of the base model:"
             if sub != "."
             else "This repo holds a LoRA adapter with its trained head. With peft:",
-            f"```python\n{fetch}from peft import {cls}\n\nmodel = {cls}.from_pretrained({where})\n```",
+            f"```python\n{fetch}from peft import {cls}\n{shim[0]}\n"
+            f"model = {cls}.from_pretrained({where})\n{shim[1]}```",
         ]
     if not blocks:
         where = f'run_dir = snapshot_download("{repo_id}")\n' if repo_id else f'run_dir = "{ref}"\n'

@@ -121,8 +121,19 @@ def tune_body(model: torch.nn.Module, recipe: Recipe, data: Any, accelerator: An
     return spec.tune_body(model, recipe, data, spec.options_of(recipe.strategy), accelerator)
 
 
+# Reformer runs all its layers inside one autograd Function (reversible residuals, recomputed in its backward), and
+# the layers' parameters are no inputs of that Function: autograd records it only when its input, the embeddings'
+# output, requires grad. With frozen embeddings (LoRA, partial, progressive) no layer would get a gradient, so the
+# embeddings' output is made to require grad (transformers' own fix for adapters under checkpointing).
+GRADIENT_NEEDS_INPUT = {"reformer"}
+
+
 def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     """The model as the recipe's strategy trains it (e.g. wrapped with peft LoRA adapters)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel) and model.config.model_type in GRADIENT_NEEDS_INPUT:
+        model.enable_input_require_grads()
     spec = STRATEGIES.get(recipe.strategy.name)
     if spec.wrap_model is None:
         return model

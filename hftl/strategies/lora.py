@@ -7,16 +7,20 @@ Which layers get adapters when ``strategy.lora.target_modules`` is left out, in 
 2. else the body's attention query and value projections, found by their usual names
    (ViT/DINOv2 ``query``/``value``, ``q_proj``/``v_proj``, fused ``qkv`` / ``Wqkv`` / ``query_key_value``);
 3. else (CNNs) every ``Linear`` and plain ``Conv2d`` of the body: peft adapts ``Conv2d`` with a
-   kxk ``lora_A`` conv and a 1x1 ``lora_B``, but only where the rank divides the conv's groups, so
-   depthwise convolutions (groups = channels) are left out, and not under MobileNet's TF-style
-   padding (it reads ``conv.stride``, which peft's wrapper does not have);
+   kxk ``lora_A`` conv and a 1x1 ``lora_B``. The run publishes the model with its adapters merged,
+   so only convolutions an adapter merges into exactly are adapted: not grouped or depthwise ones
+   (peft cannot merge them), not ``Conv2d`` subclasses (BiT's standardises its weight at every
+   forward, which a merged weight would not match), not dilated ones or ones with a padding mode
+   other than zeros (peft's ``lora_A`` copies neither);
 4. else (I-BERT, whose ``QuantLinear`` is no ``nn.Linear`` and returns a tuple) the query/value
    weights themselves, through peft's ``target_parameters`` (a parametrisation of the weight:
    no wrapper, so it reloads with plain peft; it takes no dropout, so dropout is 0 there).
 
-A body with nothing to adapt (MobileNet v1/v2: depthwise convolutions, and pointwise ones
-under TF-style padding) is refused with the layer names it has. An hftl-side Conv2d wrapper
-that exposes ``stride`` would train there, but the saved adapter would not load in plain peft.
+Model types where the query/value projections may not reach the loss (MRA without its CUDA kernel)
+get every Linear of the body
+(:data:`ALL_LINEAR`). peft's conv wrapper hides its base conv's ``stride``, ``kernel_size`` and
+``dilation``, which MobileNet's TF-style padding reads at every forward: :func:`expose_conv_geometry`
+shows them on the wrapper again (the merged model needs nothing; plain peft needs the same call).
 
 ``target_modules: all-linear`` adapts every ``Linear`` (and GPT-2's ``Conv1D``) of the body,
 as peft's shorthand does. The head is never adapted: it trains whole and is saved with the
@@ -36,6 +40,14 @@ from hftl.strategies import strategy
 
 # q_proj, v_lin, query, qkv, DeepSeek's q_a_proj / kv_b_proj, GPT-2's c_attn, ...
 _ATTENTION_QV = re.compile(r"(q|v|kv|qkv|query|value|query_key_value|Wqkv|c_attn)(_\w+)?")
+ALL_LINEAR = {
+    # transformers' MRA attention needs the kernels-community/mra CUDA kernel; without it (on CPU, or offline) it
+    # returns zeros, so the query/value projections are off the forward path and only the feed-forward layers learn
+    "mra": "every Linear of the body: MRA's attention returns zeros without its CUDA kernel, the feed-forward "
+    "layers learn either way",
+}
+"""Model types whose default LoRA targets are every Linear of the body, and why."""
+_CONV_GEOMETRY = ("stride", "kernel_size", "dilation", "padding")
 
 
 class LoraOptions(Section):
@@ -73,7 +85,7 @@ def wrap_lora(model, recipe, options: LoraOptions):
         check_target_modules(model, options.target_modules, recipe.source_file)
         targets, how = options.target_modules, "strategy.lora.target_modules"
     else:
-        targets, how = lora_targets(model, head, options.target_modules, options.r)
+        targets, how = lora_targets(model, head, options.target_modules)
         if not targets and options.target_modules is None:
             weights, how = weight_targets(model, head)
         if not targets and not weights:
@@ -81,7 +93,8 @@ def wrap_lora(model, recipe, options: LoraOptions):
                 model,
                 recipe.source_file,
                 f"finds no layer peft's LoRA can adapt in the body of this '{model.config.model_type}' model "
-                "(nn.Linear, or nn.Conv2d outside TF-style padding)",
+                "(nn.Linear, or a plain nn.Conv2d an adapter merges into: not grouped, dilated or subclassed, "
+                "as BiT's weight-standardised conv is; the run publishes the adapters merged into the weights)",
                 options.target_modules,
                 hint="Use another strategy (full, partial, progressive), or name the layers to adapt.",
             )
@@ -111,6 +124,7 @@ def wrap_lora(model, recipe, options: LoraOptions):
         wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. a named module peft cannot adapt
         raise _target_error(model, recipe.source_file, str(exc).splitlines()[0]) from None
+    expose_conv_geometry(wrapped)
     summary = describe_adapters(wrapped)
     say(
         f"[lora] adapters on {summary['adapted_layers']} layers ({_counts(summary['modules'])}; {how}); "
@@ -119,34 +133,28 @@ def wrap_lora(model, recipe, options: LoraOptions):
     return wrapped
 
 
-def lora_targets(model, head: list[str], choice: str | None, r: int) -> tuple[list[str], str]:
+def lora_targets(model, head: list[str], choice: str | None) -> tuple[list[str], str]:
     """Full names of the body layers to adapt by default (or for 'all-linear'), and how they were chosen."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    # MobileNet's TF-style padding reads `conv.stride` at every forward, which peft's Conv2d wrapper lacks
-    convs = not getattr(getattr(model, "config", None), "tf_padding", False)
     linear = [
         (name, module)
         for name, module in model.named_modules()
-        if (
-            isinstance(module, (nn.Linear, Conv1D))
-            # peft builds lora_A with the conv's own class (EfficientNet's depthwise one takes no `groups`);
-            # the rank must divide the conv's groups
-            or (convs and isinstance(module, nn.Conv2d) and _plain_conv(type(module)) and r % module.groups == 0)
-        )
+        if (isinstance(module, (nn.Linear, Conv1D)) or (isinstance(module, nn.Conv2d) and _adaptable_conv(module)))
         and not any(name == h or name.startswith(h + ".") for h in head)
     ]
-    if choice == "all-linear":
-        return [n for n, m in linear if not isinstance(m, nn.Conv2d)], "all-linear"
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if choice == "all-linear" or (choice is None and model_type in ALL_LINEAR):
+        names = [n for n, m in linear if not isinstance(m, nn.Conv2d)]
+        return names, "all-linear" if choice else ALL_LINEAR[model_type]
     leaf = {n: n.rpartition(".")[2] for n, _ in linear}
     if names := [n for n, _ in linear if leaf[n] in PEFT_DEFAULTS.get(model_type, ())]:
         return names, f"peft's default for '{model_type}'"
     if names := [n for n, m in linear if not isinstance(m, nn.Conv2d) and _ATTENTION_QV.fullmatch(leaf[n])]:
         return names, "the attention query/value projections"
-    return [n for n, _ in linear], "every Linear and Conv2d layer of the body"
+    return [n for n, _ in linear], "every Linear and ungrouped Conv2d layer of the body"
 
 
 def weight_targets(model, head: list[str]) -> tuple[list[str], str]:
@@ -167,13 +175,29 @@ def weight_targets(model, head: list[str]) -> tuple[list[str], str]:
     return names, "the attention query/value weights, adapted in place"
 
 
-def _plain_conv(cls: type) -> bool:
-    """A Conv2d class whose constructor takes 5 positional arguments and `groups` and `bias` by keyword, as peft
-    builds lora_A and lora_B with it (BiT's weight-standardised conv does; EfficientNet's depthwise one does not)."""
-    import inspect
+def _adaptable_conv(conv) -> bool:
+    """A Conv2d whose LoRA adapter computes what it should and merges into it (the run publishes the merged model).
 
-    parameters = inspect.signature(cls).parameters
-    return len(parameters) >= 5 and {"groups", "bias"} <= set(parameters)
+    Only plain ``nn.Conv2d``: a subclass may transform its weight in ``forward`` (BiT standardises it), which peft's
+    merge cannot follow. peft cannot merge into a grouped conv, and its lora_A copies the stride and padding but not
+    the dilation or the padding mode."""
+    from torch import nn
+
+    return type(conv) is nn.Conv2d and conv.groups == 1 and set(conv.dilation) == {1} and conv.padding_mode == "zeros"
+
+
+def expose_conv_geometry(model) -> None:
+    """Show each LoRA conv wrapper's base ``stride``, ``kernel_size``, ``dilation`` and ``padding`` on the wrapper.
+
+    peft's wrapper is no nn.Conv2d and does not forward them; MobileNet v1/v2 read them at every forward (their
+    TF-style padding). Plain attributes copied from the frozen conv (they never change); merging drops the wrapper."""
+    from peft.tuners.lora.layer import _ConvNd
+
+    for module in model.modules():
+        if isinstance(module, _ConvNd):
+            base = module.get_base_layer()
+            for attribute in _CONV_GEOMETRY:
+                setattr(module, attribute, getattr(base, attribute))
 
 
 def describe_adapters(model) -> dict:
@@ -197,10 +221,29 @@ def check_target_modules(model, targets: list[str] | None, file: str | None) -> 
     """Every name in ``strategy.lora.target_modules`` must name a module (peft matches whole name parts)."""
     if targets is None:
         return
+    from torch import nn
+
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise _target_error(model, file, f"names no module of this model: {', '.join(missing)}", missing)
+    convs = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and not _adaptable_conv(module)
+        and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if convs:
+        raise _target_error(
+            model,
+            file,
+            f"names convolutions peft's LoRA cannot adapt and merge (grouped or depthwise, dilated, a padding mode "
+            f"other than zeros, or a Conv2d subclass that may change its weight in forward): {', '.join(convs[:5])}"
+            f"{' ...' if len(convs) > 5 else ''}",
+            targets,
+            hint="Name only plain Linear and ungrouped Conv2d layers.",
+        )
 
 
 def _target_error(model, file: str | None, problem: str, value=..., hint: str = ""):

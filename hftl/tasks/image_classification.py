@@ -180,7 +180,7 @@ class ImageClassification:
     problem_types = ("single_label", "multi_label", "regression")
     towers = ()
     peft_task_type = None  # peft has no image TaskType: its generic wrapper
-    card = CardInfo("image-classification", "EXAMPLE_IMAGE", "AutoPeftModelForImageClassification")
+    card = CardInfo("image-classification", "EXAMPLE_IMAGE", "AutoPeftModel")
 
     def check(self, recipe: Recipe) -> None:
         if not (recipe.model.checkpoint or recipe.model.init_from):
