@@ -157,6 +157,7 @@ def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, acc
 
 
 _WEIGHTS = "model.safetensors"
+_BODY_OPTIONS = {"num_iterations", "sampling_strategy", "body_epochs", "body_lr", "body_batch_size", "max_body_steps"}
 _DONE = ("pairs", "body_steps", "first_loss", "last_loss", "seconds")
 
 
@@ -262,7 +263,7 @@ def _cache_file(body: Any, recipe: Recipe, options: SetFitOptions, pooling: str,
 
     digest = hashlib.sha256()
     fields = {
-        "options": options.model_dump(),
+        "options": options.model_dump(include=_BODY_OPTIONS),  # the head's options do not change the tuned body
         "pooling": pooling,
         "seed": recipe.train.seed,
         "max_length": recipe.data.max_length,
