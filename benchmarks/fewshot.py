@@ -12,9 +12,9 @@ validation/test split and the K-shot training set. What a few-shot user has is K
 nothing else, so *no* method uses the validation split for any choice (it is scored, never read): every knob is
 fixed beforehand.
 
-- ``setfit``: the strategy's defaults = setfit 1.2's (pairs by ``oversampling``: every pair at least once, 1 epoch,
-  body LR 2e-5, batch 16; head: scikit-learn LogisticRegression, C = 1, on the unit-length embeddings the
-  checkpoint's Normalize module gives).
+- ``setfit``: the strategy's defaults (the setfit paper's 20 iterations of pairs, 1 epoch, body LR 2e-5, batch 16;
+  head: setfit's scikit-learn LogisticRegression, C = 1, on the unit-length embeddings the checkpoint's Normalize
+  module gives).
 - ``prototypes``: cosine nearest class mean of the frozen body's features (no knob).
 - ``probe``: ``feature_extraction``, L-BFGS head at the fixed L2 10 (the best fixed value at 100 snippets in
   benchmarks/small_data), head LR 1e-12 in the loop so the L-BFGS head is the model.

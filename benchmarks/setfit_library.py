@@ -60,15 +60,9 @@ def measure(dataset: str, shots: int, seed: int, variant: str) -> dict:
 
     data, max_length = splits(dataset, shots, seed)
     model = SetFitModel.from_pretrained(resolve_checkpoint("all-MiniLM-L6-v2"))
+    settings = {"batch_size": 16, "num_epochs": 1, **VARIANTS[variant]}
     args = TrainingArguments(
-        batch_size=16,
-        num_epochs=1,
-        seed=seed,
-        max_length=max_length,
-        report_to="none",
-        save_strategy="no",
-        show_progress_bar=False,
-        **VARIANTS[variant],
+        seed=seed, max_length=max_length, report_to="none", save_strategy="no", show_progress_bar=False, **settings
     )
     train = Dataset.from_dict({"text": data["train"]["text"], "label": data["train"]["label"]})
     started = time.perf_counter()
