@@ -107,8 +107,9 @@ def report(rows: list[dict]) -> str:
             f"{c}: {statistics.mean(r['head_c'][c]['validation'] for r in cell):.3f}" for c in cell[0]["head_c"]
         )
         lines.append(
-            f"| {dataset} | {k} | {variant} | {statistics.mean(accs):.3f} ± {spread:.3f} "
-            f"| {' / '.join(f'{a:.3f}' for a in accs)} | {by_c} | {cell[0]['pairs']} "
+            f"| {dataset} | {k} | {variant} | {statistics.mean(accs):.3f} "
+            + (f"± {spread:.3f} " if len(accs) > 1 else "(1 seed) ")
+            + f"| {' / '.join(f'{a:.3f}' for a in accs)} | {by_c} | {cell[0]['pairs']} "
             f"| {statistics.median(r['seconds'] for r in cell):.0f} |"
         )
     return "\n".join(lines)
