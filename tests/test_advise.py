@@ -314,3 +314,15 @@ def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ne
     assert advice.data["per_class_unit"] == "entities" and set(advice.data["per_class"]) == {"PER", "LOC", "ORG"}
     assert advice.features["rows"] > advice.data["n_train"]  # one row per labelled token
     assert advice.features["baseline"].startswith("token identity") and advice.features["baseline_cv_accuracy"] > 0.9
+
+
+def test_few_shot_text_is_advised_setfit(text_recipe, cache):
+    """data.shots (16 per class) puts the measured toy reviews on the few-shot rows; the whole split does not."""
+    from hftl.analysis.advice_rules import FEW_SHOT_TABLE, SETFIT
+    from hftl.analysis.advise import advise
+
+    few = advise(load_recipe(text_recipe(data={"shots": 16})), step_times=False)
+    assert few.data["n_train"] == 32 and few.decision.size_band == "few-shot"
+    assert few.decision.rung.label == FEW_SHOT_TABLE[few.decision.feature_class].rung
+    assert SETFIT in (few.decision.rung.label, few.decision.runner_up.label)
+    assert advise(load_recipe(text_recipe()), step_times=False).decision.size_band == "small"  # 192 per class

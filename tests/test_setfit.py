@@ -28,7 +28,7 @@ DATA = {"shots": 16, "group_column": "movie", "max_length": 16}
 
 @pytest.fixture(scope="module")
 def tiny_st_dir(tiny_bert_dir, tmp_path_factory) -> Path:
-    """The tiny BERT as a sentence-transformers model folder (mean pooling), like all-MiniLM-L6-v2's."""
+    """The tiny BERT as a sentence-transformers model folder (mean pooling, then Normalize), like all-MiniLM-L6-v2's."""
     folder = tmp_path_factory.mktemp("tiny-st") / "model"
     shutil.copytree(tiny_bert_dir, folder)
     (folder / "modules.json").write_text(
@@ -36,6 +36,7 @@ def tiny_st_dir(tiny_bert_dir, tmp_path_factory) -> Path:
             [
                 {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                 {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
             ]
         )
     )
@@ -72,7 +73,7 @@ def test_setfit_tunes_the_body_and_saves_a_pipeline_model(text_recipe, tiny_st_d
     result = run(load_recipe(_recipe(text_recipe, tiny_st_dir, SETFIT)))
     out = capsys.readouterr().out
     assert "[setfit] body tuned in" in out and "640 pairs from 32 examples of 2 classes, 40 contrastive steps" in out
-    assert "[probe] head fitted by L-BFGS" in out and "L2 1 (fixed)" in out
+    assert "head fitted as setfit's: scikit-learn LogisticRegression(C=1 fixed) on 32 tuned-body features" in out
     log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     tuning = next(r["body_tuning"] for r in log if "body_tuning" in r)
     assert tuning["pairs"] == 640 and tuning["body_steps"] == 40 and tuning["last_loss"] < tuning["first_loss"]
@@ -84,6 +85,8 @@ def test_setfit_tunes_the_body_and_saves_a_pipeline_model(text_recipe, tiny_st_d
     untuned = load_file(str(probe.run_dir / "model.safetensors"))
     changed = [k for k in saved if k.startswith("body.") and not torch.equal(saved[k], untuned[k])]
     assert len(changed) > 10
+    # The head read unit-length features (the folder's modules.json ends with Normalize), and so does the saved run.
+    assert json.loads((result.run_dir / "config.json").read_text())["normalize"] is True
     card = (result.run_dir / "README.md").read_text()
     assert "Body tuned first (SetFit, contrastive): 640 sentence pairs drawn from 32 training examples" in card
     assert "40 steps of batch 16" in card
@@ -170,3 +173,76 @@ def test_setfit_under_two_processes_tunes_one_body(text_recipe, tiny_st_dir, tmp
         rank0["body.encoder.layer.0.attention.self.query.weight"],
         untuned["encoder.layer.0.attention.self.query.weight"],
     )
+
+
+def test_the_head_reads_unit_length_features_only_where_the_checkpoint_and_strategy_say_so(
+    text_recipe, tiny_st_dir, tiny_bert_dir, tmp_path
+):
+    from transformers import AutoModelForSequenceClassification
+
+    from hftl.models.pooled_model import pool
+    from hftl.tasks import TASKS
+
+    task = TASKS.get("text-classification")
+    plain_st = tmp_path / "plain-st"  # a sentence-transformers folder whose pipeline ends at Pooling
+    shutil.copytree(tiny_st_dir, plain_st)
+    modules = json.loads((plain_st / "modules.json").read_text())[:2]
+    (plain_st / "modules.json").write_text(json.dumps(modules))
+
+    def built(folder: Path, strategy: dict, pooling: str = "auto"):
+        recipe = load_recipe(text_recipe(model={"checkpoint": str(folder), "pooling": pooling}, strategy=strategy))
+        return task.build_model(recipe, ["neg", "pos"])
+
+    no_unit = {**SETFIT, "setfit": {**SETFIT["setfit"], "normalize": False}}
+    cases = [
+        (tiny_st_dir, SETFIT, True),
+        (tiny_st_dir, no_unit, False),  # the option turns it off
+        (tiny_st_dir, {"name": "prototypes"}, False),  # other strategies keep the raw pooled features
+        (plain_st, SETFIT, False),  # no Normalize in modules.json
+    ]
+    for folder, strategy, unit in cases:
+        assert built(folder, strategy).config.normalize is unit, (folder.name, strategy["name"], unit)
+    assert built(tiny_bert_dir, SETFIT, pooling="mean").config.normalize is False  # not a sentence-transformers folder
+
+    model = built(tiny_st_dir, SETFIT).eval()
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]]),
+        "attention_mask": torch.tensor([[1] * 5, [1] * 3 + [0] * 2]),
+    }
+    with torch.no_grad():
+        states = model.body(**batch).last_hidden_state
+        unit = torch.nn.functional.normalize(pool(states, batch["attention_mask"], "mean"), dim=-1)
+        assert torch.allclose(model(**batch).logits, model.classifier(unit), atol=1e-6)
+        assert not torch.allclose(
+            model(**batch).logits, model.classifier(pool(states, batch["attention_mask"], "mean"))
+        )
+    # Saved and loaded the transformers way, the flag and the predictions come back.
+    model.save_pretrained(tmp_path / "saved")
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved")).eval()
+    assert loaded.config.normalize is True
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_logistic_head_is_scikit_learns(classes):
+    """The head set in the linear layer gives scikit-learn LogisticRegression's class probabilities."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from hftl.strategies.setfit import fit_logistic_head
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(classes, 8, generator=generator)
+    y = torch.arange(classes).repeat(10)
+    x = centres[y] + 0.8 * torch.randn(len(y), 8, generator=generator)
+    linear = torch.nn.Linear(8, classes)
+    chain = [torch.nn.Dropout(0.1), linear]
+    fit = fit_logistic_head(chain, list(x), y.tolist(), list(x[:6]), y[:6].tolist(), grid=(0.5,))
+    assert fit is not None and fit.c == 0.5 and fit.scores == {0.5: fit.validation_accuracy}
+    expected = LogisticRegression(C=0.5, max_iter=1000).fit(x.double().numpy(), y.numpy()).predict_proba(x.numpy())
+    with torch.no_grad():
+        got = torch.softmax(linear(x), dim=-1).numpy()
+    assert np.allclose(got, expected, atol=1e-5)
+    picked = fit_logistic_head(chain, list(x), y.tolist(), list(x[:6]), (1 - y[:6] % 2).tolist(), grid=(1e-4, 1.0))
+    assert list(picked.scores) == [1e-4, 1.0] and picked.c == max(picked.scores, key=picked.scores.get)

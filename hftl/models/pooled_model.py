@@ -7,6 +7,13 @@ all-MiniLM-L6-v2 were trained for *mean* pooling instead (their
 accuracy at small data (measured; see the README). This class puts a dropout +
 linear head on the pooled token states of any ``AutoModel`` body.
 
+``normalize: true`` scales each pooled vector to unit length before the head, as
+a sentence-transformers checkpoint whose ``modules.json`` ends with a
+``Normalize`` module does (all-MiniLM-L6-v2), and as the setfit library's head
+sees it. It lives in the forward pass, so training, the feature cache (which
+records the head's input), the saved run and ``pipeline`` loading all see the
+same features.
+
 It is saved and loaded the transformers way: ``save_pretrained`` writes a
 config with ``model_type: hftl-pooled-classifier`` (the body's config nested
 inside) and this file with an ``auto_map``, so ``pipeline("text-classification",
@@ -33,10 +40,16 @@ class PooledClassifierConfig(PretrainedConfig):
     sub_configs = {}
 
     def __init__(
-        self, body: dict[str, Any] | None = None, pooling: str = "mean", classifier_dropout: float = 0.1, **kwargs: Any
+        self,
+        body: dict[str, Any] | None = None,
+        pooling: str = "mean",
+        classifier_dropout: float = 0.1,
+        normalize: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.body = dict(body or {})
         self.pooling = pooling
+        self.normalize = normalize
         self.classifier_dropout = classifier_dropout
         super().__init__(**kwargs)
 
@@ -86,7 +99,10 @@ class PooledModelForSequenceClassification(PreTrainedModel):
     ) -> SequenceClassifierOutput:
         inputs = {k: v for k, v in inputs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, **inputs)
-        logits = self.classifier(self.dropout(pool(out.last_hidden_state, attention_mask, self.config.pooling)))
+        pooled = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        if getattr(self.config, "normalize", False):  # configs saved before the flag existed: not normalised
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        logits = self.classifier(self.dropout(pooled))
         return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

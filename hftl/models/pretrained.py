@@ -218,10 +218,32 @@ def checkpoint_pooling(name: str, revision: str | None = None) -> str | None:
     return None
 
 
+def checkpoint_normalizes(name: str, revision: str | None = None) -> bool:
+    """Whether a sentence-transformers checkpoint's ``modules.json`` ends its pipeline with ``Normalize``
+    (unit-length embeddings, e.g. all-MiniLM-L6-v2); False for any other checkpoint or when it cannot be read."""
+    path = Path(resolve_checkpoint(name)).expanduser()
+    file = path / "modules.json"
+    if not path.is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(name, "modules.json", revision=revision))
+        except Exception:  # not a sentence-transformers repo, offline, gated...: no Normalize module known
+            return False
+    if not file.is_file():
+        return False
+    try:
+        modules = json.loads(file.read_text(encoding="utf-8"))
+        return bool(modules) and str(modules[-1].get("type", "")).endswith(".Normalize")
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return False
+
+
 def describe_head_input(config: dict) -> str:
     """What the task head reads, from a model's config (for ``hftl plan`` and the model card)."""
     if config.get("pooling"):
-        return f"{config['pooling']} pooling of the token states (model.pooling), then dropout + linear"
+        unit = ", scaled to unit length" if config.get("normalize") else ""
+        return f"{config['pooling']} pooling of the token states (model.pooling){unit}, then dropout + linear"
     head_class = (config.get("architectures") or ["the checkpoint's head class"])[0]
     return f"the checkpoint's own head class ({head_class})"
 

@@ -210,8 +210,13 @@ def _strategy(run: RunFiles) -> str:
     if tuning := next((r["body_tuning"] for r in run.log if "body_tuning" in r), None):  # setfit
         lines.append(
             f"- Body tuned first (SetFit, contrastive): {tuning['pairs']} sentence pairs drawn from "
-            f"{tuning['examples']} training examples of {tuning['classes']} classes, {tuning['num_iterations']} "
-            f"iterations, {tuning['body_steps']} steps of batch {tuning['body_batch_size']}"
+            f"{tuning['examples']} training examples of {tuning['classes']} classes ("
+            + (
+                f"{tuning['num_iterations']} iterations"
+                if tuning.get("num_iterations")
+                else f"{tuning.get('sampling_strategy', 'oversampling')} sampling"
+            )
+            + f"), {tuning['body_steps']} steps of batch {tuning['body_batch_size']}"
             + (f" on each of {tuning['processes']} processes" if tuning.get("processes", 1) > 1 else "")
             + f" at LR {tuning['body_lr']:g}; pair loss {tuning['first_loss']:.4f} -> {tuning['last_loss']:.4f}. "
             "The head was then fitted on the tuned body's pooled features."

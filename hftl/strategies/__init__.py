@@ -71,6 +71,9 @@ class Strategy:
     # tunes the body before the run's feature cache and loop (setfit): (model, recipe, data, options, accelerator)
     # -> what was done (a dict, logged to metrics.jsonl and shown in the card)
     tune_body: Callable[..., dict[str, Any]] | None = None
+    # options -> whether a pooled text head reads unit-length features when the checkpoint's sentence-transformers
+    # pipeline ends with Normalize (setfit: its head is fitted on normalised embeddings)
+    unit_features: Callable[[Any], bool] | None = None
 
     def options_of(self, section: StrategySection) -> Any:
         """This strategy's validated options from a strategy section (defaults when the recipe gives none)."""
@@ -121,11 +124,18 @@ def tune_body(model: torch.nn.Module, recipe: Recipe, data: Any, accelerator: An
     return spec.tune_body(model, recipe, data, spec.options_of(recipe.strategy), accelerator)
 
 
+<<<<<<< HEAD
 # Reformer runs all its layers inside one autograd Function (reversible residuals, recomputed in its backward), and
 # the layers' parameters are no inputs of that Function: autograd records it only when its input, the embeddings'
 # output, requires grad. With frozen embeddings (LoRA, partial, progressive) no layer would get a gradient, so the
 # embeddings' output is made to require grad (transformers' own fix for adapters under checkpointing).
 GRADIENT_NEEDS_INPUT = {"reformer"}
+=======
+def unit_features(recipe: Recipe) -> bool:
+    """Whether the strategy asks for the checkpoint's own embedding normalisation before a pooled head."""
+    spec = STRATEGIES.get(recipe.strategy.name)
+    return bool(spec.unit_features and spec.unit_features(spec.options_of(recipe.strategy)))
+>>>>>>> setfit
 
 
 def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:

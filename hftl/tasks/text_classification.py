@@ -148,10 +148,16 @@ class TextClassification:
                 recipe.source_file,
             )
         from hftl.models.pooled_model import PooledClassifierConfig, PooledModelForSequenceClassification
+        from hftl.models.pretrained import checkpoint_normalizes
+        from hftl.strategies import unit_features
 
         body = load_body(recipe.model, model_source(recipe.model, recipe.source_file), recipe.model.revision)
+        normalize = unit_features(recipe) and checkpoint_normalizes(recipe.model.checkpoint, recipe.model.revision)
         config = PooledClassifierConfig(
-            body=body.config.to_dict(), pooling=pooling, **label_config(labels, recipe.data.problem_type)
+            body=body.config.to_dict(),
+            pooling=pooling,
+            normalize=normalize,
+            **label_config(labels, recipe.data.problem_type),
         )
         return PooledModelForSequenceClassification(config, body=body)
 

@@ -136,11 +136,20 @@ def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say
     timings["baseline"] = time.time() - clock
     commonest = [Counter(y[fit].tolist()).most_common(1)[0][0] for fit, _ in folds]
     features["majority_cv_accuracy"] = float(np.mean([np.mean(y[test] == c) for (_, test), c in zip(folds, commonest)]))
+    # The few-shot rows (SetFit) are for single-label text: one sentence-embedding vector per example.
+    single_text = (
+        "text" in task.roles
+        and "image" not in task.roles
+        and not profile["token_level"]
+        and recipe.data.problem_type == "single_label"
+    )
     measured = Measurements(
         profile["n_train"],
         features["majority_cv_accuracy"],
         features["probe_cv_accuracy"],
         features["baseline_cv_accuracy"],
+        n_classes=len(data.labels),
+        text=single_text,
     )
     decision = decide(measured)
     images, pooling = "image" in task.roles, _pooling(recipe)
