@@ -276,3 +276,38 @@ def test_coral_under_two_processes_keeps_ranks_identical_and_resumes_exactly(
     assert run_child([*killed, "--resume"], log, processes=2) == 0, log.read_text()[-3000:]
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["num_processes"] == 2
     assert_same_model(tmp_path / "killed", tmp_path / "straight")
+
+
+def test_shipped_text_shift_recipe_splits_the_titles_into_unlabeled_and_target_test():
+    """recipes/bbc-bodies-to-titles.yaml: the target titles are cut in two disjoint halves (seeded by train.seed):
+    the unlabeled target for adaptation and the labeled target_test, each holding all 5 sections."""
+    from hftl.config.registry import TASKS
+    from hftl.training.adaptation import target_splits
+
+    recipe = load_recipe("bbc-bodies-to-titles")
+    unlabeled, test = target_splits(recipe, TASKS.get(recipe.task))
+    assert len(unlabeled) + len(test) == 1031 and abs(len(test) - 1031 * 0.5) <= 1
+    assert set(unlabeled.column_names) == set(test.column_names) == {"text", "label"}
+    assert not set(unlabeled["text"]) & set(test["text"])
+    assert set(test["label"]) == set(unlabeled["label"]) == set(range(5))
+    other, other_test = target_splits(load_recipe("bbc-bodies-to-titles", ["train.seed=1"]), TASKS.get(recipe.task))
+    assert other_test["text"] != test["text"] and len(other) == len(unlabeled)
+
+
+def test_benchmark_table_and_results_file_per_recipe():
+    """benchmarks/adaptation.py: one JSON per recipe (MNIST keeps docs/adaptation.json); mean ± std per method."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import adaptation as bench
+
+    assert bench.default_out(Path("recipes/mnist-to-digits.yaml")).name == "adaptation.json"
+    assert bench.default_out(Path("recipes/bbc-bodies-to-titles.yaml")).name == "adaptation-bbc-bodies-to-titles.json"
+    rows = [
+        {"method": m, "seed": s, "test": t, "target_test": g, "target_test_majority": 0.25, "train_seconds": 10.0}
+        for m, s, t, g in [("dann", 1, 0.9, 0.6), ("source", 0, 0.9, 0.5), ("source", 1, 0.8, 0.7)]
+    ]
+    lines = bench.report(rows).splitlines()
+    assert lines[2] == "| source | 0,1 | 0.850 ± 0.071 | 0.600 ± 0.141 | 0.250 ± 0.000 | 10 |"
+    assert lines[3].startswith("| dann | 1 | 0.900 ± 0.000 | 0.600 ± 0.000 |") and len(lines) == 4

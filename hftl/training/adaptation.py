@@ -68,7 +68,7 @@ def load_target(recipe: Recipe, task: Task, data: PreparedData, accelerator: Any
     if target is None:
         return None
     with accelerator.main_process_first():
-        unlabeled, test = _target_splits(recipe, task)
+        unlabeled, test = target_splits(recipe, task)
         if test is not None:
             data.encoded[TARGET_TEST] = _encode(recipe, task, data, test, labeled=True)
         encoded = _encode(recipe, task, data, unlabeled, labeled=False) if recipe.strategy.adaptation else None
@@ -79,7 +79,7 @@ def load_target(recipe: Recipe, task: Task, data: PreparedData, accelerator: Any
     return encoded
 
 
-def _target_splits(recipe: Recipe, task: Task) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def target_splits(recipe: Recipe, task: Task) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The target's (unlabeled, labeled test) rows, columns renamed to the source's, input types checked."""
     import datasets
 
