@@ -124,18 +124,17 @@ def tune_body(model: torch.nn.Module, recipe: Recipe, data: Any, accelerator: An
     return spec.tune_body(model, recipe, data, spec.options_of(recipe.strategy), accelerator)
 
 
-<<<<<<< HEAD
 # Reformer runs all its layers inside one autograd Function (reversible residuals, recomputed in its backward), and
 # the layers' parameters are no inputs of that Function: autograd records it only when its input, the embeddings'
 # output, requires grad. With frozen embeddings (LoRA, partial, progressive) no layer would get a gradient, so the
 # embeddings' output is made to require grad (transformers' own fix for adapters under checkpointing).
 GRADIENT_NEEDS_INPUT = {"reformer"}
-=======
+
+
 def unit_features(recipe: Recipe) -> bool:
     """Whether the strategy asks for the checkpoint's own embedding normalisation before a pooled head."""
     spec = STRATEGIES.get(recipe.strategy.name)
     return bool(spec.unit_features and spec.unit_features(spec.options_of(recipe.strategy)))
->>>>>>> setfit
 
 
 def wrap_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
