@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.11, nothing installed by hand):
 #   make demo   -> set up, then run the sentiment recipe (accelerate launch hftl/run.py recipes/sentiment.yaml)
 #   make test   -> set up, then run the test suite
+#   make notebooks -> set up, then execute notebooks/*.ipynb in place with their real settings (~20 min)
 # Set-up is idempotent: it re-runs only when the install files change.
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench notebooks clean
 
 setup: $(STAMP)
 
@@ -47,6 +48,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+notebooks: setup
+	$(PY) benchmarks/execute_notebooks.py
 
 clean:
 	rm -rf runs .pytest_cache
