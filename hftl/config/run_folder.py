@@ -226,6 +226,12 @@ def read_run(run_dir: str | Path) -> RunFiles:
     )
 
 
+def domain_gap(final: dict[str, Any], metric: str | None) -> tuple[float, float] | None:
+    """(source test, target test) of ``metric`` for a run with a labeled ``data.target``, else None."""
+    source, target = final.get("test", {}).get(metric), final.get("target_test", {}).get(metric)
+    return None if source is None or target is None else (source, target)
+
+
 def best_metric(final: dict[str, Any]) -> str | None:
     """The metric named in a final record's ``best_validation_<metric>`` key."""
     return next((k.removeprefix("best_validation_") for k in final if k.startswith("best_validation_")), None)

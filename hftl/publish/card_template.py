@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from hftl.config.errors import HftlError
-from hftl.config.run_folder import RunFiles, read_json, read_run
+from hftl.config.run_folder import RunFiles, domain_gap, read_json, read_run
 from hftl.metrics import lower_is_better
 from hftl.models.pretrained import describe_head_input
 from hftl.publish.card_facts import (
@@ -256,12 +256,11 @@ def _adaptation_seen(run: RunFiles) -> str:
         values = [a[key] for a in logged if key in a]
         if values:
             parts.append(f"{what} {num(values[0])} (first log) -> {num(values[-1])} (last)")
-    metric = run.metric
-    test, target = run.final.get("test", {}), run.final.get("target_test", {})
-    if metric and metric in test and metric in target:
+    if pair := domain_gap(run.final, run.metric):
+        source, target = pair
         parts.append(
-            f"test {metric} {num(test[metric])} on the source domain, {num(target[metric])} on the target "
-            f"(gap {test[metric] - target[metric]:+.4f})"
+            f"test {run.metric} {num(source)} on the source domain, {num(target)} on the target "
+            f"(gap {source - target:+.4f})"
         )
     return "; ".join(parts)
 

@@ -350,9 +350,9 @@ def finish(ctx: RunContext, train_seconds: float) -> dict[str, Any]:
 
 def _domain_gap(final: dict[str, Any], metric: str) -> str:
     """Source test, target test and their gap side by side (runs with a labeled data.target), else ''."""
-    source, target = final.get("test", {}).get(metric), final.get("target_test", {}).get(metric)
-    if source is None or target is None:
+    if (pair := run_folder.domain_gap(final, metric)) is None:
         return ""
+    source, target = pair
     return f"  | {metric}: source test {source:.4f}  target test {target:.4f}  gap {source - target:+.4f}"
 
 
