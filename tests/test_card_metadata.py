@@ -87,7 +87,7 @@ def test_a_saved_timm_wrapper_model_loads_with_timm_local_dir(tmp_path):
     class OneProcess:
         is_main_process = True
 
-        def unwrap_model(self, model):
+        def unwrap_model(self, model, keep_torch_compile=True):
             return model
 
     source = tmp_path / "timm-export"

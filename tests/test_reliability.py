@@ -304,7 +304,7 @@ class OneProcess:
     def wait_for_everyone(self) -> None:
         pass
 
-    def unwrap_model(self, model):
+    def unwrap_model(self, model, keep_torch_compile=True):
         return model
 
 

@@ -157,13 +157,16 @@ def _checkpoint_files(accelerator, extra_modules: dict[str, Any]) -> Iterator[No
     ids = {id(module): name for name, module in extra_modules.items()}
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
-        if len(weights) == len(models):  # not sharded: one state dict per prepared model
-            weights[:] = [w if not is_compiled_module(m) else m._orig_mod.state_dict() for m, w in zip(models, weights)]
-        keep = [i for i, m in enumerate(models) if id(m) not in ids]
         for m in models:
             if id(m) in ids and accelerator.is_main_process:
                 save_model(bare_model(accelerator, m), str(Path(output_dir) / f"{ids[id(m)]}.safetensors"))
-        weights[:] = [weights[i] for i in keep]
+        if len(weights) != len(models):  # sharded (FSDP): accelerate saves the shards itself, weights stays empty
+            return
+        weights[:] = [
+            w if not is_compiled_module(m) else m._orig_mod.state_dict()
+            for m, w in zip(models, weights)
+            if id(m) not in ids
+        ]
 
     def load_hook(models: list, input_dir: str) -> None:
         for m in [m for m in models if id(m) in ids]:
