@@ -191,22 +191,29 @@ def load_body(section: ModelSection, name: str, revision: str | None = None, wha
     return load_pretrained(AutoModel, name, revision=revision, trust_remote_code=remote, what=what)
 
 
+def _sentence_transformers_file(name: str, revision: str | None, relative: str) -> Path | None:
+    """A file of a sentence-transformers checkpoint (``modules.json``, ``1_Pooling/config.json``): from the local
+    folder, else from the Hub; None when there is no such file (not a sentence-transformers repo, offline, gated)."""
+    path = Path(resolve_checkpoint(name)).expanduser()
+    file = path / relative
+    if not path.is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(name, relative, revision=revision))
+        except Exception:  # not a sentence-transformers repo, offline, gated...
+            return None
+    return file if file.is_file() else None
+
+
 def checkpoint_pooling(name: str, revision: str | None = None) -> str | None:
     """The pooling a sentence-transformers checkpoint was trained with (its ``1_Pooling/config.json``), or None.
 
     Read from the local folder, else from the Hub (a missing file or no network: None, so the
     checkpoint's own head class is used).
     """
-    path = Path(resolve_checkpoint(name)).expanduser()
-    file = path / "1_Pooling" / "config.json"
-    if not path.is_dir():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(hf_hub_download(name, "1_Pooling/config.json", revision=revision))
-        except Exception:  # not a sentence-transformers repo, offline, gated...: fall back to the head class
-            return None
-    if not file.is_file():
+    file = _sentence_transformers_file(name, revision, "1_Pooling/config.json")
+    if file is None:  # not a sentence-transformers checkpoint: the checkpoint's own head class
         return None
     modes = json.loads(file.read_text(encoding="utf-8"))
     if modes.get("pooling_mode_cls_token"):
@@ -221,16 +228,8 @@ def checkpoint_pooling(name: str, revision: str | None = None) -> str | None:
 def checkpoint_normalizes(name: str, revision: str | None = None) -> bool:
     """Whether a sentence-transformers checkpoint's ``modules.json`` ends its pipeline with ``Normalize``
     (unit-length embeddings, e.g. all-MiniLM-L6-v2); False for any other checkpoint or when it cannot be read."""
-    path = Path(resolve_checkpoint(name)).expanduser()
-    file = path / "modules.json"
-    if not path.is_dir():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(hf_hub_download(name, "modules.json", revision=revision))
-        except Exception:  # not a sentence-transformers repo, offline, gated...: no Normalize module known
-            return False
-    if not file.is_file():
+    file = _sentence_transformers_file(name, revision, "modules.json")
+    if file is None:
         return False
     try:
         modules = json.loads(file.read_text(encoding="utf-8"))
