@@ -94,7 +94,7 @@ def merged(doc: dict, sections: dict) -> dict:
         ({"train": {"label_smoothing": 0.1}, "data": {"problem_type": "regression"}}, "train.label_smoothing", ""),
         ({"train": {"label_smoothing": 0.1}, "data": {"problem_type": "multi_label"}}, "train.label_smoothing", ""),
         ({"data": {"augment": {"auto": "autoaugment"}}}, "data.augment.auto", "trivialaugment"),
-        ({"data": {"augment": {"randaugment_magnitude": 5}}}, "data.augment", "only applies with auto: randaugment"),
+        ({"data": {"augment": {"randaugment_magnitude": 5}}}, "data.augment.randaugment_magnitude", "auto: randaug"),
         (
             {"data": {"augment": {"auto": "randaugment", "randaugment_magnitude": 31}}},
             "data.augment.randaugment_magnitude",
@@ -105,7 +105,7 @@ def merged(doc: dict, sections: dict) -> dict:
         ({"train": {"mixup": {}}, "data": {"problem_type": "multi_label"}}, "train.mixup", "single-label"),
         ({"train": {"ema": {"decay": 1.0}}}, "train.ema.decay", "less than 1"),
         ({"optim": {"name": "adam"}}, "optim.name", "'adamw', 'sgd' or 'lamb'"),
-        ({"optim": {"momentum": 0.5}}, "optim", "momentum only applies with name: sgd"),
+        ({"optim": {"momentum": 0.5}}, "optim.momentum", "only applies with optim.name: sgd"),
         ({"optim": {"name": "sgd", "momentum": 0.0}}, "optim", "nesterov needs momentum > 0"),
     ],
 )
@@ -255,6 +255,20 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, stripes_dir, checkpoints,
     assert len(scored) == 1 and result.metrics["best_step"] == 6
     assert all(torch.equal(published[k], ema[k]) and torch.equal(scored[0][k], ema[k]) for k in ema)
     assert any(not torch.equal(trained[k], ema[k]) for k in ema if k.endswith("weight"))
+
+
+def test_ema_of_a_lora_model_publishes_the_averaged_adapter(tmp_path, stripes_dir, checkpoints) -> None:  # noqa: F811
+    lora = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["convolution"]}}
+    sections = {"strategy": lora, "train": {"ema": {"decay": 0.9}, "eval_steps": 6}}
+    sections["output"] = {"keep_checkpoints": "last"}
+    result = run(load_recipe(write(tmp_path, stripes_dir, checkpoints, **sections)))
+    ema = load_file(str(complete_checkpoints(result.run_dir)[-1] / "ema.safetensors"))
+    adapter = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    averaged = {k.replace(".default", ""): v for k, v in ema.items() if "lora_" in k}
+    assert averaged and all(torch.equal(adapter[k], v) for k, v in averaged.items())
+    from transformers import AutoModelForImageClassification
+
+    assert AutoModelForImageClassification.from_pretrained(result.run_dir).config.num_labels == 2  # merged, loads
 
 
 def test_mixup_and_auto_augment_turn_the_feature_cache_off_and_ema_runs_on_it(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hftl.config.schema_inputs import (
     AugmentSection,
@@ -159,14 +159,18 @@ class OptimSection(Section):
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
+    @field_validator("momentum", "nesterov")
+    @classmethod
+    def _sgd_only(cls, value: float | bool, info: ValidationInfo) -> float | bool:
+        name, default = info.data.get("name"), cls.model_fields[str(info.field_name)].default
+        if value != default and name != "sgd":  # a resolved recipe spells the default out: only a change is refused
+            raise ValueError(f"only applies with optim.name: sgd (name is {name}), got {value}")
+        return value
+
     @model_validator(mode="after")
-    def _sgd_options(self) -> OptimSection:
-        fields = type(self).model_fields  # a resolved recipe spells the defaults out: only a change is refused
-        changed = [k for k in ("momentum", "nesterov") if getattr(self, k) != fields[k].default]
-        if changed and self.name != "sgd":
-            raise ValueError(f"{changed[0]} only applies with name: sgd, got name: {self.name}")
+    def _nesterov_needs_momentum(self) -> OptimSection:
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
-            raise ValueError("sgd: nesterov needs momentum > 0; set momentum (e.g. 0.9) or nesterov: false")
+            raise ValueError("sgd: nesterov needs momentum > 0, got momentum 0; set optim.momentum or optim.nesterov: false")
         return self
 
 

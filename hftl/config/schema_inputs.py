@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -76,15 +76,15 @@ class AugmentSection(Section):
         9, ge=0, le=30, description="auto: randaugment's strength, 0..30 (torchvision's 31 bins; 9 as in its paper)."
     )
 
-    @model_validator(mode="after")
-    def _magnitude_with_randaugment(self) -> AugmentSection:
-        default = type(self).model_fields["randaugment_magnitude"].default  # a resolved recipe spells it out
-        if self.randaugment_magnitude != default and self.auto != "randaugment":
+    @field_validator("randaugment_magnitude")
+    @classmethod
+    def _with_randaugment(cls, value: int, info: ValidationInfo) -> int:
+        default = cls.model_fields["randaugment_magnitude"].default  # a resolved recipe spells it out
+        if value != default and info.data.get("auto") != "randaugment":
             raise ValueError(
-                f"randaugment_magnitude only applies with auto: randaugment, got auto: {self.auto}; "
-                "set data.augment.auto=randaugment or remove data.augment.randaugment_magnitude"
+                f"only applies with data.augment.auto: randaugment (auto is {info.data.get('auto')}), got {value}"
             )
-        return self
+        return value
 
 
 class ShiftSection(Section):
