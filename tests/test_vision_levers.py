@@ -3,6 +3,9 @@ optimizer choice (AdamW / SGD / LAMB). Recipe errors for each; each changes the 
 was; the EMA is what is evaluated and saved; EMA and optimizer states resume exactly after a kill; the EMA stays
 equal across 2 processes. Tiny random ResNet on generated stripes (tests/test_image_classification.py)."""
 
+# The image fixtures (checkpoints, stripes_dir) are imported from test_image_classification, so the tests' parameters
+# redefine those names: that is how pytest finds them.
+# ruff: noqa: F811
 from __future__ import annotations
 
 import json
@@ -26,7 +29,7 @@ from hftl.training.losses import TaskLoss
 from hftl.training.mixup import BatchMixer
 from hftl.training.train import run
 from hftl.training.training_state import complete_checkpoints
-from tests.test_image_classification import checkpoints, image_recipe, stripes, stripes_dir, undecoded  # noqa: F401
+from tests.test_image_classification import checkpoints, stripes, stripes_dir, undecoded  # noqa: F401
 from tests.test_reliability import assert_same_model, run_child
 
 TASK = TASKS.get("image-classification")
@@ -34,7 +37,6 @@ TASK = TASKS.get("image-classification")
 LEVERS = {
     "label_smoothing": {"train": {"label_smoothing": 0.2}},
     "trivialaugment": {"data": {"augment": {"auto": "trivialaugment"}}},
-    "randaugment": {"data": {"augment": {"auto": "randaugment", "randaugment_magnitude": 15}}},
     "mixup": {"train": {"mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}}},
     "ema": {"train": {"ema": {"decay": 0.9}}},
     "sgd": {"optim": {"name": "sgd", "lr": 0.05}},
@@ -52,12 +54,12 @@ def losses(run_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, stripes_dir, checkpoints) -> Path:  # noqa: F811
+def baseline(tmp_path_factory, stripes_dir, checkpoints) -> Path:
     """The run with every lever off (the defaults)."""
     return run(load_recipe(write(tmp_path_factory.mktemp("baseline"), stripes_dir, checkpoints))).run_dir
 
 
-def write(folder: Path, stripes_dir: Path, checkpoints: dict, **sections) -> Path:  # noqa: F811
+def write(folder: Path, stripes_dir: Path, checkpoints: dict, **sections) -> Path:
     """The stripes recipe of test_image_classification on the tiny ResNet, with ``sections`` merged in."""
     import yaml
 
@@ -109,7 +111,7 @@ def merged(doc: dict, sections: dict) -> dict:
         ({"optim": {"name": "sgd", "momentum": 0.0}}, "optim", "nesterov needs momentum > 0"),
     ],
 )
-def test_image_recipe_errors_name_the_key(tmp_path, stripes_dir, checkpoints, sections, key, says) -> None:  # noqa: F811
+def test_image_recipe_errors_name_the_key(tmp_path, stripes_dir, checkpoints, sections, key, says) -> None:
     with pytest.raises(RecipeError) as error:
         load_recipe(write(tmp_path, stripes_dir, checkpoints, **sections))
     assert f"'{key}" in str(error.value) and says in str(error.value), str(error.value)
@@ -168,7 +170,7 @@ def test_mixer_mixes_even_batches_and_keeps_an_odd_last_example() -> None:
 
 
 @pytest.mark.parametrize("policy", ["trivialaugment", "randaugment"])
-def test_auto_augment_in_training_only_and_repeats_with_the_seed(tmp_path, stripes_dir, checkpoints, policy) -> None:  # noqa: F811
+def test_auto_augment_in_training_only_and_repeats_with_the_seed(tmp_path, stripes_dir, checkpoints, policy) -> None:
     plain = load_recipe(write(tmp_path, stripes_dir, checkpoints))
     auto = load_recipe(write(tmp_path, stripes_dir, checkpoints, data={"augment": {"auto": policy}}))
     processor = TASK.load_processor(plain)
@@ -190,15 +192,7 @@ def test_auto_augment_in_training_only_and_repeats_with_the_seed(tmp_path, strip
     assert pixels(resized, True).shape == pixels(plain, False).shape  # a plain resize to the input size
 
 
-def test_an_auto_augmented_run_repeats_itself_with_its_seed(tmp_path, stripes_dir, checkpoints) -> None:  # noqa: F811
-    auto = {"data": {"augment": {"auto": "randaugment"}}}
-    first, second = (run(load_recipe(write(tmp_path / n, stripes_dir, checkpoints, **auto))).run_dir for n in "ab")
-    assert losses(first) == losses(second)
-    want, got = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
-    assert all(torch.equal(got[k], want[k]) for k in want)
-
-
-def test_optimizer_choice_keeps_every_param_group_and_its_lr(tmp_path, stripes_dir, checkpoints) -> None:  # noqa: F811
+def test_optimizer_choice_keeps_every_param_group_and_its_lr(tmp_path, stripes_dir, checkpoints) -> None:
     llrd = {"strategy": {"name": "full", "llrd": {"decay": 0.5}}, "optim": {"head_lr": 1e-2}}
     groups = {}
     for name in ("adamw", "sgd", "lamb"):
@@ -213,7 +207,7 @@ def test_optimizer_choice_keeps_every_param_group_and_its_lr(tmp_path, stripes_d
 
 
 # --------------------------------------------------------------------------- each lever changes the training
-def test_explicitly_off_is_the_default_run_bit_for_bit(tmp_path, stripes_dir, checkpoints, baseline) -> None:  # noqa: F811
+def test_explicitly_off_is_the_default_run_bit_for_bit(tmp_path, stripes_dir, checkpoints, baseline) -> None:
     off = run(load_recipe(write(tmp_path, stripes_dir, checkpoints, **OFF))).run_dir
     want, got = load_file(str(baseline / "model.safetensors")), load_file(str(off / "model.safetensors"))
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -221,7 +215,7 @@ def test_explicitly_off_is_the_default_run_bit_for_bit(tmp_path, stripes_dir, ch
 
 
 @pytest.mark.parametrize("lever", list(LEVERS))
-def test_each_lever_changes_the_training(tmp_path, stripes_dir, checkpoints, baseline, capsys, lever) -> None:  # noqa: F811
+def test_each_lever_changes_the_training(tmp_path, stripes_dir, checkpoints, baseline, lever) -> None:
     result = run(load_recipe(write(tmp_path, stripes_dir, checkpoints, **LEVERS[lever])))
     assert json.loads((result.run_dir / "run_status.json").read_text())["status"] == "completed"
     assert len(losses(result.run_dir)) == len(losses(baseline)) == 6
@@ -236,7 +230,7 @@ def test_each_lever_changes_the_training(tmp_path, stripes_dir, checkpoints, bas
     assert shown.get(lever, "") in card
 
 
-def test_ema_weights_are_evaluated_and_saved(tmp_path, stripes_dir, checkpoints, monkeypatch) -> None:  # noqa: F811
+def test_ema_weights_are_evaluated_and_saved(tmp_path, stripes_dir, checkpoints, monkeypatch) -> None:
     """One evaluation, at the last step: what it scored, the published model and the checkpoint's EMA are the same
     weights, and differ from the trained weights of that step."""
     scored = []
@@ -257,7 +251,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, stripes_dir, checkpoints,
     assert any(not torch.equal(trained[k], ema[k]) for k in ema if k.endswith("weight"))
 
 
-def test_ema_of_a_lora_model_publishes_the_averaged_adapter(tmp_path, stripes_dir, checkpoints) -> None:  # noqa: F811
+def test_ema_of_a_lora_model_publishes_the_averaged_adapter(tmp_path, stripes_dir, checkpoints) -> None:
     lora = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["convolution"]}}
     sections = {"strategy": lora, "train": {"ema": {"decay": 0.9}, "eval_steps": 6}}
     sections["output"] = {"keep_checkpoints": "last"}
@@ -271,23 +265,43 @@ def test_ema_of_a_lora_model_publishes_the_averaged_adapter(tmp_path, stripes_di
     assert AutoModelForImageClassification.from_pretrained(result.run_dir).config.num_labels == 2  # merged, loads
 
 
-def test_mixup_and_auto_augment_turn_the_feature_cache_off_and_ema_runs_on_it(
-    tmp_path,
-    stripes_dir,  # noqa: F811
-    checkpoints,  # noqa: F811
-    capsys,
-) -> None:
-    frozen = {"strategy": {"name": "feature_extraction"}, "data": {"augment": {"random_resized_crop": False}}}
-    frozen = merged(frozen, {"data": {"augment": {"hflip": False}}})
-    for name, extra, says in [
-        ("mixup", {"train": {"mixup": {"mixup_alpha": 0.2}}}, "[cache] skipped: train.mixup mixes the raw images"),
-        ("auto", {"data": {"augment": {"auto": "trivialaugment"}}}, "[cache] skipped: random augmentation"),
-        ("ema", {"train": {"ema": {}}}, "trains on cached inputs"),
+def test_mixup_and_auto_augment_turn_the_feature_cache_off(tmp_path, stripes_dir, checkpoints) -> None:
+    import datasets
+
+    from hftl.training.feature_eligibility import skip_reason
+
+    frozen = {"strategy": {"name": "feature_extraction"}}
+    frozen["data"] = {"augment": {"random_resized_crop": False, "hflip": False}}
+    encoded = {"train": datasets.Dataset.from_dict({"labels": [0, 1]})}
+    reasons = {}
+    for name, extra in [
+        ("none", {}),
+        ("mixup", {"train": {"mixup": {"mixup_alpha": 0.2}}}),
+        ("auto", {"data": {"augment": {"auto": "trivialaugment"}}}),
     ]:
-        sections = merged(frozen, extra)
-        result = run(load_recipe(write(tmp_path / name, stripes_dir, checkpoints, **sections)))
-        assert says in capsys.readouterr().out, name
-        assert json.loads((result.run_dir / "run_status.json").read_text())["status"] == "completed"
+        recipe = load_recipe(write(tmp_path / name, stripes_dir, checkpoints, **merged(frozen, extra)))
+        model = TASK.build_model(recipe, ["horizontal", "vertical"])
+        plan = plan_for(model, recipe, 3, 6)
+        reasons[name] = skip_reason(model, plan, TASK, encoded, "auto", recipe.data.augment, recipe.train.mixup)
+    assert reasons["none"] is None
+    assert reasons["mixup"].startswith("train.mixup mixes the raw images")
+    assert reasons["auto"].startswith("random augmentation feeds the backbone")
+    assert "data.augment.auto" in reasons["auto"]
+
+
+def test_ema_on_cached_features_averages_the_head(tmp_path, stripes_dir, checkpoints, capsys) -> None:
+    """A frozen body's cached features with an EMA: the average's head-only forward runs its own head."""
+    sections = {"strategy": {"name": "feature_extraction"}, "train": {"ema": {"decay": 0.9}, "eval_steps": 6}}
+    sections["data"] = {"augment": {"random_resized_crop": False, "hflip": False}}
+    sections["output"] = {"keep_checkpoints": "last"}
+    result = run(load_recipe(write(tmp_path, stripes_dir, checkpoints, **sections)))
+    assert "trains on cached inputs" in capsys.readouterr().out
+    state = complete_checkpoints(result.run_dir)[-1]
+    ema, trained = load_file(str(state / "ema.safetensors")), load_file(str(state / "model.safetensors"))
+    published = load_file(str(result.run_dir / "model.safetensors"))
+    head = [k for k in ema if k.startswith("classifier.")]
+    assert head and all(torch.equal(published[k], ema[k]) for k in ema)
+    assert any(not torch.equal(trained[k], ema[k]) for k in head)
 
 
 # --------------------------------------------------------------------------- resume and processes
@@ -305,7 +319,7 @@ NO_AUGMENT = {"data": {"augment": {"random_resized_crop": False, "hflip": False}
     ],
     ids=["sgd-ema-mixup", "lamb-ema-smoothing"],
 )
-def test_a_killed_run_resumes_exactly(tmp_path, stripes_dir, checkpoints, levers) -> None:  # noqa: F811
+def test_a_killed_run_resumes_exactly(tmp_path, stripes_dir, checkpoints, levers) -> None:
     """Killed inside step 5 (mid-epoch; the last state is step 4), resumed: the same model, scores and log as the
     uninterrupted run: the EMA, the optimizer's state and the mixup / augmentation draws all continue."""
     sections = merged(merged(NO_AUGMENT, levers), {"train": {"save_steps": 2, "eval_steps": 3}})
@@ -318,7 +332,7 @@ def test_a_killed_run_resumes_exactly(tmp_path, stripes_dir, checkpoints, levers
 
 
 @pytest.mark.distributed
-def test_ema_stays_equal_across_two_processes(tmp_path, stripes_dir, checkpoints, monkeypatch) -> None:  # noqa: F811
+def test_ema_stays_equal_across_two_processes(tmp_path, stripes_dir, checkpoints, monkeypatch) -> None:
     """2 forked CPU processes (gloo DDP); after each saved state every rank writes its EMA (BatchNorm statistics
     included): the ranks' averages are equal bit for bit, and differ from the trained weights."""
     dump = tmp_path / "dump"

@@ -170,7 +170,9 @@ class OptimSection(Section):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
-            raise ValueError("sgd: nesterov needs momentum > 0, got momentum 0; set optim.momentum or optim.nesterov: false")
+            raise ValueError(
+                "sgd: nesterov needs momentum > 0, got momentum 0; set optim.momentum or optim.nesterov: false"
+            )
         return self
 
 
