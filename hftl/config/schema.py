@@ -258,8 +258,9 @@ class TrainSection(Section):
         ge=0,
         description="DataLoader worker processes per training process (image decoding and augmentation off the "
         "training loop; pinned memory and persistent workers on GPU). Default: 0 on CPU, where workers take "
-        "cores from the model, else min(4, cores per process). With workers, augmentation draws from the "
-        "workers' random streams: a mid-epoch resume is not bit-exact.",
+        "cores from the model, else min(4, cores per process). A mid-epoch resume of an augmented image run is "
+        "not bit-exact, with or without workers: the loader collates the next batch before a state is saved "
+        "(and workers draw from their own random streams).",
     )
     label_smoothing: float = Field(
         0.0,
@@ -273,7 +274,7 @@ class TrainSection(Section):
         None,
         description="Mixup / CutMix of training images (timm.data.Mixup), e.g. {mixup_alpha: 0.2} or "
         "{mixup_alpha: 0.8, cutmix_alpha: 1.0}; label_smoothing is applied to the mixed targets. Single-label "
-        "image classification; a frozen body's features are then not cached. Pays over many epochs.",
+        "image classification; a frozen body's features are then not cached. It slows the fit: give it more epochs.",
     )
     ema: EmaSection | None = Field(
         None,
