@@ -55,8 +55,10 @@ def test_every_hook_describes_itself() -> None:
         "body_tuning",
         "feature_cache",
         "probe_head",
-        "class_weights",
+        "mixup",
+        "task_loss",
         "adaptation",
+        "ema",
         "card",
         "hub",
     }

@@ -141,21 +141,21 @@ def test_balanced_class_weights_follow_scikit_learn(tiny_bert_dir, data_file):
 def test_weighted_loss_matches_the_models_own_at_equal_weights_and_moves_with_them(tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from hftl.training.losses import WeightedLoss
+    from hftl.training.losses import TaskLoss
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).eval()
     batch = {"input_ids": torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]]), "labels": torch.tensor([0, 2])}
     out = model(**batch)
-    assert WeightedLoss([1.0, 1.0, 1.0], False)(out.logits, batch["labels"]).item() == pytest.approx(out.loss.item())
-    heavy = WeightedLoss([1.0, 1.0, 50.0], False)(out.logits, batch["labels"]).item()
-    light = WeightedLoss([50.0, 1.0, 1.0], False)(out.logits, batch["labels"]).item()
+    assert TaskLoss([1.0, 1.0, 1.0], False)(out.logits, batch["labels"]).item() == pytest.approx(out.loss.item())
+    heavy = TaskLoss([1.0, 1.0, 50.0], False)(out.logits, batch["labels"]).item()
+    light = TaskLoss([50.0, 1.0, 1.0], False)(out.logits, batch["labels"]).item()
     assert heavy != pytest.approx(light)
     multi = AutoModelForSequenceClassification.from_pretrained(
         tiny_bert_dir, num_labels=2, problem_type="multi_label_classification"
     ).eval()
     hot = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     own = multi(input_ids=batch["input_ids"], labels=hot)
-    assert WeightedLoss([1.0, 1.0], True)(own.logits, hot).item() == pytest.approx(own.loss.item())
+    assert TaskLoss([1.0, 1.0], True)(own.logits, hot).item() == pytest.approx(own.loss.item())
 
 
 def test_class_weights_train_and_are_logged(tiny_bert_dir, data_file, tmp_path, capsys):

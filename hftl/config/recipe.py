@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hftl.config.errors import HftlError, RecipeError
+from hftl.config.recipe_levers import check_levers
 from hftl.config.registry import SHIFTS, STRATEGIES, TASKS, did_you_mean
 from hftl.config.schema import Recipe, Section, StrategySection
 from hftl.config.yaml_loader import load_yaml
@@ -171,6 +172,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
         check_shift(recipe, task.roles)
     task.check(recipe)
     check_adaptation(recipe, task)  # data.target / strategy.adaptation
+    check_levers(recipe, task)  # label smoothing, mixup, auto augmentation: only where they mean something
     return recipe
 
 

@@ -12,8 +12,9 @@ Sections::
     model     checkpoint (catalog name, Hub id or local folder), revision, init_from, towers/fusion
     data      source, splits, columns (role -> column), label_names, max_length, sizes
     strategy  what trains when (name) + how LRs are shaped (llrd / discriminative) + the strategy's options
-    optim     lr, head_lr, weight decay, scheduler, warmup, clipping
-    train     epochs/steps, batch size, accumulation, precision, eval/save cadence, early stopping, seed
+    optim     optimizer (adamw / sgd / lamb), lr, head_lr, weight decay, scheduler, warmup, clipping
+    train     epochs/steps, batch size, accumulation, precision, eval/save cadence, early stopping, seed,
+              label smoothing, mixup, EMA of the weights
     output    run folder
     hub       push at the end of the run
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hftl.config.schema_inputs import (
     AugmentSection,
@@ -43,10 +44,12 @@ __all__ = [
     "AugmentSection",
     "DataSection",
     "DiscriminativeSection",
+    "EmaSection",
     "FusionSection",
     "HubSection",
     "LLRDSection",
     "LayerGroupPattern",
+    "MixupSection",
     "ModelSection",
     "OptimSection",
     "OutputSection",
@@ -138,6 +141,14 @@ class StrategySection(Section):
 
 # --------------------------------------------------------------------------- optim / train / output / hub
 class OptimSection(Section):
+    name: Literal["adamw", "sgd", "lamb"] = Field(
+        "adamw",
+        description="The optimizer over the strategy's param groups (their LRs and weight decay whatever the "
+        "name): adamw (torch, fused); sgd (torch, with momentum and Nesterov: the classic for CNNs, needs a "
+        "larger lr, e.g. 0.01-0.1); lamb (timm.optim.Lamb: AdamW with a per-layer trust ratio, for large batches).",
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only: momentum.")
+    nesterov: bool = Field(True, description="sgd only: Nesterov momentum (needs momentum > 0).")
     lr: float = Field(5e-5, gt=0.0, description="Base LR of the pretrained body.")
     head_lr: float | None = Field(None, gt=0.0, description="LR of the new head (default: lr).")
     weight_decay: float = Field(0.01, ge=0.0)
@@ -147,6 +158,48 @@ class OptimSection(Section):
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+    @field_validator("momentum", "nesterov")
+    @classmethod
+    def _sgd_only(cls, value: float | bool, info: ValidationInfo) -> float | bool:
+        name, default = info.data.get("name"), cls.model_fields[str(info.field_name)].default
+        if value != default and name != "sgd":  # a resolved recipe spells the default out: only a change is refused
+            raise ValueError(f"only applies with optim.name: sgd (name is {name}), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimSection:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError(
+                "sgd: nesterov needs momentum > 0, got momentum 0; set optim.momentum or optim.nesterov: false"
+            )
+        return self
+
+
+class MixupSection(Section):
+    """timm.data.Mixup on each training batch (its defaults); the loss then takes the mixed soft targets."""
+
+    mixup_alpha: float = Field(1.0, ge=0.0, description="Beta(alpha, alpha) of mixup's blend; 0 = no mixup.")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="Beta(alpha, alpha) of cutmix's box area; 0 = no cutmix.")
+    prob: float = Field(1.0, gt=0.0, le=1.0, description="Probability that a batch is mixed at all.")
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="With both alphas > 0: probability of cutmix.")
+
+    @model_validator(mode="after")
+    def _one_alpha(self) -> MixupSection:
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: set one > 0 (e.g. mixup_alpha: 0.2)")
+        return self
+
+
+class EmaSection(Section):
+    """An exponential moving average of the weights (timm.utils.ModelEmaV3), evaluated and saved."""
+
+    decay: float = Field(0.999, gt=0.0, lt=1.0, description="The average's decay per optimizer step.")
+    warmup: bool = Field(
+        True,
+        description="Ramp the decay up as 1 - (1 + step)^(-2/3), capped at decay (timm's warmup): without it, "
+        "a run of a few hundred steps keeps most of the pretrained weights in the average (0.999^300 = 0.74).",
+    )
 
 
 class TrainSection(Section):
@@ -205,8 +258,28 @@ class TrainSection(Section):
         ge=0,
         description="DataLoader worker processes per training process (image decoding and augmentation off the "
         "training loop; pinned memory and persistent workers on GPU). Default: 0 on CPU, where workers take "
-        "cores from the model, else min(4, cores per process). With workers, augmentation draws from the "
-        "workers' random streams: a mid-epoch resume is not bit-exact.",
+        "cores from the model, else min(4, cores per process). A mid-epoch resume of an augmented image run is "
+        "not bit-exact, with or without workers: the loader collates the next batch before a state is saved "
+        "(and workers draw from their own random streams).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Single-label classification: train on targets (1 - x) one-hot + x / classes "
+        "(torch's CrossEntropyLoss label_smoothing; 0.1 is the usual value). Tempers over-confident fits "
+        "of small data; validation and test losses stay plain cross-entropy.",
+    )
+    mixup: MixupSection | None = Field(
+        None,
+        description="Mixup / CutMix of training images (timm.data.Mixup), e.g. {mixup_alpha: 0.2} or "
+        "{mixup_alpha: 0.8, cutmix_alpha: 1.0}; label_smoothing is applied to the mixed targets. Single-label "
+        "image classification; a frozen body's features are then not cached. It slows the fit: give it more epochs.",
+    )
+    ema: EmaSection | None = Field(
+        None,
+        description="Keep an exponential moving average of the weights ({} for decay 0.999 with warmup), "
+        "updated after each optimizer step; it is what is evaluated, picked as the best and saved.",
     )
     class_weights: Literal["balanced"] | list[float] | None = Field(
         None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -60,9 +60,31 @@ class SplitsSection(Section):
 
 
 class AugmentSection(Section):
+    """Training-time image augmentation (torchvision); evaluation always sees the processor's plain image."""
+
     random_resized_crop: bool = True
     min_scale: float = Field(0.6, gt=0.0, le=1.0)
     hflip: bool = True
+    auto: Literal["trivialaugment", "randaugment"] | None = Field(
+        None,
+        description="An automatic augmentation policy on training images at the model's input size, before "
+        "normalisation: torchvision's TrivialAugmentWide (one random op of random strength per image, no setting) "
+        "or RandAugment (2 random ops at randaugment_magnitude). Pays on small image sets trained for several "
+        "epochs; off by default. Images only; a frozen body's features are then not cached.",
+    )
+    randaugment_magnitude: int = Field(
+        9, ge=0, le=30, description="auto: randaugment's strength, 0..30 (torchvision's 31 bins; 9 as in its paper)."
+    )
+
+    @field_validator("randaugment_magnitude")
+    @classmethod
+    def _with_randaugment(cls, value: int, info: ValidationInfo) -> int:
+        default = cls.model_fields["randaugment_magnitude"].default  # a resolved recipe spells it out
+        if value != default and info.data.get("auto") != "randaugment":
+            raise ValueError(
+                f"only applies with data.augment.auto: randaugment (auto is {info.data.get('auto')}), got {value}"
+            )
+        return value
 
 
 class ShiftSection(Section):

@@ -84,3 +84,32 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def optimizer_text(o: dict[str, Any]) -> str:
+    """The optimizer row: optim.name and its settings (recipes saved before optim.name read as AdamW)."""
+    name, decay = o.get("name", "adamw"), f"weight decay {o['weight_decay']:g}"
+    if name == "sgd":
+        nesterov = ", Nesterov" if o.get("nesterov") else ""
+        return f"SGD (momentum {o.get('momentum', 0.9):g}{nesterov}), {decay}"
+    title = "LAMB (timm)" if name == "lamb" else "AdamW"
+    return f"{title} (betas {tuple(o['betas'])}, eps {o['eps']:g}), {decay}"
+
+
+def loss_text(t: dict[str, Any]) -> str:
+    """The loss row: class weights, label smoothing and mixup, or the model's own loss."""
+    parts = [f"class-weighted ({t['class_weights']})"] if t.get("class_weights") else []
+    if t.get("label_smoothing"):
+        parts.append(f"label smoothing {t['label_smoothing']:g}")
+    if t.get("mixup"):
+        m = t["mixup"]
+        parts.append(f"mixup {m['mixup_alpha']:g} / cutmix {m['cutmix_alpha']:g} (prob {m['prob']:g})")
+    return ", ".join(parts) if parts else "the model's own (no class weights)"
+
+
+def weights_kept_text(t: dict[str, Any]) -> str:
+    """The weights-kept row: the EMA of the weights, or the trained weights."""
+    ema = t.get("ema")
+    if not ema:
+        return "the trained weights of the best step"
+    return f"an EMA of the weights (decay {ema['decay']:g}{', warmup' if ema.get('warmup') else ''}) at the best step"

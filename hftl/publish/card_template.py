@@ -11,7 +11,9 @@ from hftl.models.pretrained import describe_head_input
 from hftl.publish.card_facts import (
     adapter_settings,
     kv,
+    loss_text,
     num,
+    optimizer_text,
     param_size,
     param_sizes,
     short_source,
@@ -19,6 +21,7 @@ from hftl.publish.card_facts import (
     strategy_doc,
     table,
     task_of,
+    weights_kept_text,
 )
 from hftl.publish.card_metadata import base_checkpoints
 from hftl.publish.plots import ADAPTATION_PNG, CONFUSION_PNG, CURVES_PNG, LR_PNG
@@ -301,7 +304,7 @@ def _hyperparameters(run: RunFiles) -> str:
         f"{o['warmup_steps']} steps" if o.get("warmup_steps") is not None else f"{o['warmup_ratio']:.0%} of the steps"
     )
     rows = [
-        ("optimizer", f"AdamW (betas {tuple(o['betas'])}, eps {o['eps']:g}), weight decay {o['weight_decay']:g}"),
+        ("optimizer", optimizer_text(o)),
         ("learning rate", f"body {o['lr']:g}, head {o.get('head_lr') or o['lr']:g}"),
         ("schedule", f"{o['scheduler']}, warmup {warmup}"),
         ("gradient clipping", f"{o['max_grad_norm']:g}" if o.get("max_grad_norm") else "off"),
@@ -314,12 +317,8 @@ def _hyperparameters(run: RunFiles) -> str:
         ),
         ("mixed precision", t["mixed_precision"]),
         ("problem type", str(run.recipe["data"].get("problem_type", "single_label"))),
-        (
-            "loss",
-            f"class-weighted ({t['class_weights']})"
-            if t.get("class_weights")
-            else "the model's own (no class weights)",
-        ),
+        ("loss", loss_text(t)),
+        ("weights kept", weights_kept_text(t)),
         ("evaluation", f"every {t['eval_steps']} steps" if t.get("eval_steps") else "every epoch"),
         ("early stopping", f"patience {t['early_stopping_patience']}" if t.get("early_stopping_patience") else "off"),
         ("seed", str(t["seed"])),

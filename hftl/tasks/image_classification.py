@@ -5,8 +5,8 @@ Images stay encoded until they are batched: :meth:`ImageClassification.encode`
 only reads each file's header (so 60k images cost seconds, and a corrupt or
 non-image file is reported with its split and index before training starts), and
 the collator decodes, converts to RGB and transforms each batch. Training batches
-get torchvision augmentation (random resized crop, horizontal flip, from
-``data.augment``); evaluation uses the processor itself, exactly as
+get torchvision augmentation (random resized crop, horizontal flip, optionally TrivialAugment or
+RandAugment, from ``data.augment``); evaluation uses the processor itself, exactly as
 ``pipeline("image-classification")`` does on the saved run.
 """
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from hftl.config.schema import DataSection, Recipe
+    from hftl.config.schema import AugmentSection, DataSection, Recipe
     from hftl.strategies.plan import Plan
 
 
@@ -115,15 +115,35 @@ def image_problem(value: dict[str, Any] | None) -> str | None:
     return None
 
 
-def crop_transform(geometry: Geometry, min_scale: float) -> Any:
-    """torchvision random resized crop to the checkpoint's input size, then its normalisation."""
+def train_transform(processor: Any, augment: AugmentSection) -> Any:
+    """The training images' torchvision pipeline (``data.augment``), or None when training uses the processor.
+
+    A random resized crop to the checkpoint's input size (else, with an automatic policy, a plain resize to it),
+    then the policy (TrivialAugmentWide / RandAugment) on the uint8 image at that size, as timm's training
+    transforms do (their pixel magnitudes, e.g. TrivialAugment's translation of up to 32 px, are meant for
+    model-sized images, not 28 px originals), then the checkpoint's normalisation.
+    """
     import torch
     from torchvision.transforms import v2
 
+    if augment.random_resized_crop or augment.auto is not None:
+        geometry = processor_geometry(processor)
+    if augment.random_resized_crop:
+        resize = v2.RandomResizedCrop(geometry.size, scale=(augment.min_scale, 1.0), antialias=True)
+    elif augment.auto is not None:
+        resize = v2.Resize(geometry.size, antialias=True)
+    else:
+        return None
+    policy = {
+        None: [],
+        "trivialaugment": [v2.TrivialAugmentWide()],
+        "randaugment": [v2.RandAugment(num_ops=2, magnitude=augment.randaugment_magnitude)],
+    }[augment.auto]
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RandomResizedCrop(geometry.size, scale=(min_scale, 1.0), antialias=True),
+            resize,
+            *policy,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(geometry.mean), list(geometry.std)),
         ]
@@ -134,7 +154,8 @@ class ImageCollator:
     """Decodes a batch of images, then makes ``pixel_values``.
 
     Evaluation uses the checkpoint's processor as is. Training (``data.augment``) replaces its
-    resize and crop by a random resized crop, and flips half the images horizontally.
+    resize and crop by a random resized crop (and an automatic augmentation policy when asked), and flips half
+    the images horizontally.
     """
 
     def __init__(self, processor: Any, data: DataSection, recipe_file: str | None, train: bool) -> None:
@@ -142,11 +163,7 @@ class ImageCollator:
 
         augment = data.augment
         self.processor, self.on_error, self.file = processor, data.on_error, recipe_file
-        self.crop = (
-            crop_transform(processor_geometry(processor), augment.min_scale)
-            if train and augment.random_resized_crop
-            else None
-        )
+        self.crop = train_transform(processor, augment) if train else None
         self.flip = v2.RandomHorizontalFlip() if train and augment.hflip else None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

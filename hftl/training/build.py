@@ -158,13 +158,14 @@ def build_plan(model: torch.nn.Module, recipe: Recipe, task: Task, n_batches: in
 def build_optimizer(
     model: torch.nn.Module, plan: Plan, optim: OptimSection, extra: Sequence[ExtraGroup] = ()
 ) -> tuple[Any, list[str]]:
-    """AdamW over every parameter that will ever train: one param group per (layer group, decay or not).
+    """The optimizer ``optim.name`` names (AdamW by default, :mod:`hftl.training.optimizers`) over every parameter
+    that will ever train: one param group per (layer group, decay or not).
 
     Biases and normalisation weights (1-d tensors) get no weight decay. ``extra``: groups a run hook trains
     beside the model (DANN's domain classifier), after the plan's. Returns the optimizer and the layer-group
     name of each of the plan's param groups (for the LR lambdas and the logged LRs).
     """
-    import torch
+    from hftl.training.optimizers import make_optimizer
 
     params = dict(model.named_parameters())
     groups, names = [], []
@@ -178,9 +179,7 @@ def build_optimizer(
                 groups.append({"params": chunk, "lr": group.lr, "weight_decay": wd, "name": group.name + suffix})
                 names.append(group.name)
     groups += [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name} for g in extra]
-    # The fused kernel (CPU and GPUs; transformers.Trainer's default too): on CPU a MiniLM step's AdamW update
-    # takes about 1/7 of the default per-tensor loop's time.
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True), names
+    return make_optimizer(groups, optim), names
 
 
 def build_scheduler(optimizer: Any, plan: Plan, group_names: list[str], extra: Sequence[ExtraGroup] = ()) -> Any:

@@ -83,12 +83,20 @@ class RunContext:
     scheduler: Any = None
     group_names: list[str] = field(default_factory=list)  # the plan's layer group of each optimizer param group
     extra_modules: dict[str, Any] = field(default_factory=dict)  # trained beside the model, saved in checkpoints
+    eval_model: Any = None  # what is evaluated and saved as the best model when not the model itself (the EMA)
+    hooks: Any = None  # the run's Hooks (hftl.training.hooks), for the loop's named steps
     head_chain: list[Any] = field(default_factory=list)  # the head modules run on cached features (if cached)
     evaluate_first: bool = False  # a hook set the head before the loop: its weights are the first best candidate
     state: LoopState = field(default_factory=LoopState)
     running_loss: torch.Tensor | None = None  # the loss since the last log line, on the device (no per-batch sync)
     costs: Costs = field(default_factory=Costs)
     on_evaluate: Callable[[int, dict[str, float]], None] | None = None  # the caller's, after each evaluation
+
+    @property
+    def evaluated_model(self) -> Any:
+        """The model scored at each evaluation and saved when best: a hook's (the EMA of the weights), else the
+        trained one."""
+        return self.model if self.eval_model is None else self.eval_model
 
     @property
     def metric(self) -> str:

@@ -69,7 +69,9 @@ def maybe_use_cache(
     collate = task.collator(processor, recipe, train=False)
     chain: list[str] = []
     with rng_untouched():
-        reason = skip_reason(model, plan, task, encoded, recipe.train.cache_features, recipe.data.augment)
+        reason = skip_reason(
+            model, plan, task, encoded, recipe.train.cache_features, recipe.data.augment, recipe.train.mixup
+        )
         if reason is None:
             sample = rows_of(encoded["train"], range(min(8, len(encoded["train"]))))
             reason = augmentation_reason(task.collator(processor, recipe, train=True), collate, sample)

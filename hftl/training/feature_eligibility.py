@@ -4,7 +4,7 @@ Checked before anything is cached; each failure is logged as the reason for skip
 
 - ``train.cache_features`` is ``auto``; no body group trains at any step of the run;
 - no BatchNorm statistics update in the body (``strategy.batchnorm: train``);
-- nothing random feeds the body: image tasks need ``data.augment`` off, and the
+- nothing random feeds the body: image tasks need ``data.augment`` (and ``train.mixup``) off, and the
   train and eval collators must give the same inputs on a sample;
 - on a sample batch, traced in training and in evaluation configuration, the
   head group's modules (e.g. BERT's ``dropout`` then ``classifier``) run once
@@ -30,7 +30,7 @@ from hftl.training.feature_extraction import model_inputs
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import AugmentSection
+    from hftl.config.schema import AugmentSection, MixupSection
     from hftl.strategies.plan import Plan
 
 
@@ -41,9 +41,10 @@ def skip_reason(
     encoded: datasets.DatasetDict,
     cache_features: str,
     augment: AugmentSection,
+    mixup: MixupSection | None = None,
 ) -> str | None:
-    """Why features cannot be cached for this run (from ``train.cache_features``, ``data.augment`` and the plan
-    alone), or None."""
+    """Why features cannot be cached for this run (from ``train.cache_features``, ``data.augment``,
+    ``train.mixup`` and the plan alone), or None."""
     if cache_features == "never":
         return "train.cache_features is 'never'"
     frozen = {g.name for g in plan.frozen_for_whole_run()}
@@ -61,11 +62,13 @@ def skip_reason(
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
         return "strategy.batchnorm is 'train': the frozen body's BatchNorm statistics change while training"
-    if "image" in task.roles and (augment.random_resized_crop or augment.hflip):
+    if "image" in task.roles and (augment.random_resized_crop or augment.hflip or augment.auto is not None):
         return (
             "random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "
-            "and data.augment.hflip=false to cache features"
+            "and data.augment.hflip=false (and remove data.augment.auto) to cache features"
         )
+    if mixup is not None:
+        return "train.mixup mixes the raw images that feed the backbone; remove it to cache features"
     if any("labels" not in encoded[split].column_names for split in encoded):
         return "the encoded data has no 'labels' column"
     config = getattr(model, "config", None)

@@ -16,7 +16,9 @@ The events, in the order a run reaches them:
 ``param_groups``    extra optimizer param groups beside the plan's, each with its LR schedule
 ``before_prepare``  optimizer and scheduler built; returns modules trained beside the model (checkpointed)
 ``on_start``        prepared, the run folder written and the state restored; before the first step
+``train_batch``     a training micro-batch, before its loss: each hook may return a changed batch (mixup)
 ``loss``            one micro-batch's loss (the first hook returning one wins; default: the model's own)
+``on_step``         an optimizer step is done and counted (``ctx.state.step``): the EMA of the weights
 ``log_fields``      extra fields for a training log line (every process calls it: it may reduce across them)
 ``on_finish``       the run is complete and its processes have ended (every process calls it)
 ==================  ===========================================================================================
@@ -47,7 +49,9 @@ EVENTS = (
     "param_groups",
     "before_prepare",
     "on_start",
+    "train_batch",
     "loss",
+    "on_step",
     "log_fields",
     "on_finish",
 )
@@ -87,9 +91,16 @@ class RunHook:
     def on_start(self, ctx: RunContext) -> None:
         """Prepared, the run folder written and ``ctx.state`` restored (``step > 0`` when resumed)."""
 
+    def train_batch(self, ctx: RunContext, batch: dict[str, Any]) -> dict[str, Any]:
+        """A training micro-batch (on the device) before its loss; returns it, changed or not."""
+        return batch
+
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
         """This micro-batch's loss, or None to leave it to the next hook (or the model's own loss)."""
         return None
+
+    def on_step(self, ctx: RunContext) -> None:
+        """An optimizer step is done: ``ctx.state.step`` counts it, the LRs have moved on."""
 
     def log_fields(self, ctx: RunContext) -> dict[str, Any]:
         """Fields to add to a training log line of metrics.jsonl (called on every process)."""
@@ -164,10 +175,17 @@ class Hooks:
             hook.on_start(ctx)
 
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor:
+        """The micro-batch's loss, after every hook's ``train_batch``."""
+        for hook in self.hooks:
+            batch = hook.train_batch(ctx, batch)
         for hook in self.hooks:
             if (loss := hook.loss(ctx, batch)) is not None:
                 return loss
         return ctx.model(**batch).loss
+
+    def on_step(self, ctx: RunContext) -> None:
+        for hook in self.hooks:
+            hook.on_step(ctx)
 
     def log_fields(self, ctx: RunContext) -> dict[str, Any]:
         return {key: value for hook in self.hooks for key, value in hook.log_fields(ctx).items()}

@@ -1,8 +1,10 @@
-"""The training loss when ``train.class_weights`` is set: computed from the logits, weighted per class.
+"""The training loss computed from the logits, when the model's own loss is not the one to train on.
 
-Without class weights the loop uses the model's own loss (transformers picks it from ``config.problem_type``).
-With them, the same loss is computed here with a weight per class (cross-entropy, ignoring -100 positions)
-or per label (multi-label: BCE's ``pos_weight``, the weight of each label's positives).
+Without ``train.class_weights``, ``train.label_smoothing`` and ``train.mixup`` the loop uses the model's own loss
+(transformers picks it from ``config.problem_type``). With any of them, the same loss is computed here: cross-entropy
+(ignoring -100 positions) with a weight per class and torch's label smoothing, or with the soft targets mixup made
+(already smoothed by timm's Mixup, so not smoothed twice); multi-label: BCE with ``pos_weight``, the weight of each
+label's positives.
 """
 
 from __future__ import annotations
@@ -19,33 +21,45 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class WeightedLoss:
-    """Class-weighted cross-entropy (single-label, per token) or BCE with ``pos_weight`` (multi-label)."""
+class TaskLoss:
+    """Cross-entropy (single-label, per token; class-weighted, label-smoothed, or on soft targets) or BCE with
+    ``pos_weight`` (multi-label)."""
 
-    weights: list[float]
+    weights: list[float] | None
     multi_label: bool
+    label_smoothing: float = 0.0
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch
 
-        weight = torch.tensor(self.weights, device=logits.device)
+        weight = None if self.weights is None else torch.tensor(self.weights, device=logits.device)
         if self.multi_label:
             return torch.nn.functional.binary_cross_entropy_with_logits(
                 logits.float(), labels.float(), pos_weight=weight
             )
+        if labels.is_floating_point():  # class probabilities per example (mixup's targets, smoothed by it)
+            return torch.nn.functional.cross_entropy(logits.float(), labels.float(), weight=weight)
         return torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weight, ignore_index=-100
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            weight=weight,
+            ignore_index=-100,
+            label_smoothing=self.label_smoothing,
         )
 
 
-def build_loss(recipe: Recipe, labels: list[str], train_targets: list[Any]) -> WeightedLoss | None:
-    """The weighted loss ``train.class_weights`` asks for (None: the model's own loss)."""
+def build_loss(recipe: Recipe, labels: list[str], train_targets: list[Any]) -> TaskLoss | None:
+    """The loss ``train.class_weights``, ``train.label_smoothing`` and ``train.mixup`` ask for (None: the model's
+    own loss)."""
     from hftl.tasks.labels import balanced_weights
 
-    asked, kind = recipe.train.class_weights, recipe.data.problem_type
-    if asked is None:
+    train, kind = recipe.train, recipe.data.problem_type
+    asked = train.class_weights
+    if asked is None and train.label_smoothing == 0 and train.mixup is None:
         return None
-    if asked == "balanced":
+    if asked is None:
+        weights = None
+    elif asked == "balanced":
         flat = [t for row in train_targets for t in (row if isinstance(row, list) and kind != "multi_label" else [row])]
         weights = balanced_weights([t for t in flat if t != -100], len(labels), kind)
     elif len(asked) != len(labels):
@@ -58,4 +72,6 @@ def build_loss(recipe: Recipe, labels: list[str], train_targets: list[Any]) -> W
         )
     else:
         weights = list(asked)
-    return WeightedLoss(weights, kind == "multi_label")
+    # with mixup, timm's Mixup smooths the mixed targets itself (hftl.training.mixup)
+    smoothing = 0.0 if train.mixup is not None else train.label_smoothing
+    return TaskLoss(weights, kind == "multi_label", smoothing)

@@ -4,8 +4,9 @@ publishing's (:mod:`hftl.publish.run_hooks`).
 Each class is only the wiring: the feature's own code stays in its module (domain adaptation in
 :mod:`hftl.training.adaptation`, the feature cache in :mod:`hftl.training.feature_cache`, the probe in
 :mod:`hftl.models.probe`, class weights in :mod:`hftl.training.losses`, body tuning in the strategy's
-module). Their order, at every event: body tuning (5), feature cache (10), probe head (20), class weights
-(25), domain adaptation (30), then the card (35) and the Hub push (40).
+module, mixup in :mod:`hftl.training.mixup`, the EMA in :mod:`hftl.training.ema`). Their order, at every event:
+body tuning (5), feature cache (10), probe head (20), mixup (22), the loss from the logits (25), domain
+adaptation (30), the EMA of the weights (33), then the card (35) and the Hub push (40).
 """
 
 from __future__ import annotations
@@ -122,27 +123,55 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
 
 
 @run_hook(
-    "class_weights",
-    order=25,
-    applies=lambda recipe: recipe.train.class_weights is not None,
-    when="train.class_weights is set",
+    "mixup",
+    order=22,
+    applies=lambda recipe: recipe.train.mixup is not None,
+    when="train.mixup is set (single-label image classification)",
 )
-class ClassWeights(RunHook):
-    """The loss computed from the logits with a weight per class (train.class_weights), for imbalanced data."""
+class Mixup(RunHook):
+    """Each training batch's images mixed (mixup / cutmix, timm) and its targets made class probabilities."""
 
     def __init__(self) -> None:
-        self.weighted: Any = None
+        self.mixer: Any = None
+
+    def on_data(self, ctx: RunContext) -> None:
+        from hftl.training.mixup import BatchMixer
+
+        train = ctx.recipe.train
+        self.mixer = BatchMixer(train.mixup, train.label_smoothing, len(ctx.data.labels))
+        log.say(f"[mixup] {train.mixup.model_dump()} (label smoothing {train.label_smoothing:g} of the mixed targets)")
+
+    def train_batch(self, ctx: RunContext, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.mixer(batch)
+
+
+@run_hook(
+    "task_loss",
+    order=25,
+    applies=lambda recipe: (
+        recipe.train.class_weights is not None or recipe.train.label_smoothing > 0 or recipe.train.mixup is not None
+    ),
+    when="train.class_weights, train.label_smoothing or train.mixup is set",
+)
+class TaskLossFromLogits(RunHook):
+    """The loss computed from the logits: a weight per class (train.class_weights), label smoothing, soft targets."""
+
+    def __init__(self) -> None:
+        self.loss_fn: Any = None
 
     def on_data(self, ctx: RunContext) -> None:
         from hftl.training.losses import build_loss
 
-        self.weighted = build_loss(ctx.recipe, ctx.data.labels, ctx.data.encoded["train"]["labels"])
-        log.say(
-            "[loss] class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(ctx.data.labels, self.weighted.weights))
-        )
+        self.loss_fn = build_loss(ctx.recipe, ctx.data.labels, ctx.data.encoded["train"]["labels"])
+        if self.loss_fn.weights is not None:
+            weights = ", ".join(f"{n} {w:.3g}" for n, w in zip(ctx.data.labels, self.loss_fn.weights))
+            log.say("[loss] class weights: " + weights)
+        if self.loss_fn.label_smoothing:
+            log.say(f"[loss] label smoothing {self.loss_fn.label_smoothing:g}")
 
     def loss(self, ctx: RunContext, batch: dict[str, Any]) -> torch.Tensor | None:
-        return self.weighted(ctx.model(**batch).logits, batch["labels"])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # the model's own loss is not needed
+        return self.loss_fn(ctx.model(**inputs).logits, batch["labels"])
 
 
 @run_hook(
@@ -182,3 +211,29 @@ class DomainAdaptation(RunHook):
         if self.adaptation is None:
             return None
         return self.adaptation.loss(ctx.model, batch, ctx.state.step, ctx.accelerator)
+
+
+@run_hook("ema", order=33, applies=lambda recipe: recipe.train.ema is not None, when="train.ema is set")
+class WeightAverage(RunHook):
+    """An exponential moving average of the weights (timm ModelEmaV3), evaluated and saved instead of them."""
+
+    def __init__(self) -> None:
+        self.ema: Any = None
+
+    def before_prepare(self, ctx: RunContext) -> dict[str, Any]:
+        from hftl.training.ema import build_ema, check_ema_launch
+
+        check_ema_launch(ctx.accelerator)
+        section = ctx.recipe.train.ema
+        self.ema = build_ema(ctx.model, section, ctx.head_chain)
+        # on the device, never wrapped for DDP: every process averages the same synchronised weights
+        self.ema.module = ctx.accelerator.prepare_model(self.ema.module, evaluation_mode=True)
+        ctx.eval_model = self.ema.module
+        log.say(f"[ema] decay {section.decay:g}{' with warmup' if section.warmup else ''}: evaluated and saved")
+        return {"ema": self.ema.module}  # saved with each resumable state, restored on resume
+
+    def on_step(self, ctx: RunContext) -> None:
+        from hftl.training.ema import update_ema
+        from hftl.training.launch import bare_model
+
+        update_ema(self.ema, bare_model(ctx.accelerator, ctx.model), ctx.state.step, ctx.accelerator.num_processes)

@@ -78,7 +78,7 @@ def run(recipe: Recipe, resume: bool | None = None, on_evaluate: Callable | None
     recipe = recipe.model_copy(update={"train": train})  # as the accelerate config / launch flags run it
     resume = recipe.train.resume if resume is None else resume
     ctx = RunContext(recipe, TASKS.get(recipe.task), recipe.run_dir, resume, on_evaluate=on_evaluate)
-    hooks = hooks_for(recipe)  # the features this recipe uses, in their order (hftl/training/run_hooks.py)
+    hooks = ctx.hooks = hooks_for(recipe)  # the features this recipe uses, in order (hftl/training/run_hooks.py)
     check_before_work(ctx, hooks)
 
     # -- set-up: accelerator, data, model, loaders, plan, optimizer and scheduler from the plan, run folder
@@ -204,12 +204,15 @@ def optimizer_step(ctx: RunContext) -> None:
 
 
 def next_step(ctx: RunContext, bar: Any) -> None:
-    """One optimizer step done: count it, move the LRs on, and apply the plan's trainable set for the next."""
+    """One optimizer step done: count it, move the LRs on, tell the hooks (the EMA), and apply the plan's
+    trainable set for the next."""
     state, plan = ctx.state, ctx.plan
     state.step += 1
     state.epoch = state.step / plan.steps_per_epoch
     ctx.scheduler.step()
     bar.update(1)
+    if ctx.hooks is not None:
+        ctx.hooks.on_step(ctx)
     if state.step in plan.stage_starts:
         joined = ", ".join(g.name for g in plan.trainable_at(state.step))
         log.say(f"[strategy] step {state.step}: now training {joined}")
@@ -278,13 +281,13 @@ def evaluate_and_keep_best(ctx: RunContext) -> None:
     state, recipe, accelerator, metric = ctx.state, ctx.recipe, ctx.accelerator, ctx.metric
     scored = ctx.eval_dls.get(VALIDATION_SAMPLE, ctx.eval_dls["validation"])  # train.eval_sample, else all of it
     with ctx.costs.timed("validate"):
-        scores = evaluate(ctx.model, scored, ctx.task, ctx.data.labels, accelerator)
+        scores = evaluate(ctx.evaluated_model, scored, ctx.task, ctx.data.labels, accelerator)
     log_record(ctx.run_dir, {"step": state.step, "epoch": round(state.epoch, 4), "validation": scores}, accelerator)
     kill_point("eval", state.step)  # test hook
     improved = is_better(scores[metric], state.best_metric, metric)
     if improved:
         state.best_metric, state.best_step, state.best_scores, state.bad_evals = scores[metric], state.step, scores, 0
-        save_model_atomic(accelerator, ctx.model, ctx.data.processor, ctx.run_dir / "best")
+        save_model_atomic(accelerator, ctx.evaluated_model, ctx.data.processor, ctx.run_dir / "best")
     else:
         state.bad_evals += 1
     log.say(
@@ -363,7 +366,7 @@ def release(ctx: RunContext) -> None:
     third of the time.
     """
     ctx.accelerator.free_memory()
-    ctx.model = ctx.optimizer = ctx.train_dl = ctx.scheduler = None
+    ctx.model = ctx.optimizer = ctx.train_dl = ctx.scheduler = ctx.eval_model = None
     ctx.eval_dls = {}
     end_processes(ctx.accelerator)
 

@@ -236,6 +236,13 @@ def init_optimizer_state(optimizer) -> None:
     from torch.optim.optimizer import _get_scalar_dtype
 
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    if not isinstance(inner, torch.optim.AdamW):
+        from hftl.config.errors import HftlError
+
+        raise HftlError(
+            f"optim.name '{type(inner).__name__.lower()}' is not supported under a sharded (FSDP) launch yet: its "
+            "saved states were only proven exact with AdamW's. Use optim.name: adamw, or launch without FSDP."
+        )
     for group in inner.param_groups:
         for p in group["params"]:
             state = inner.state[p]
