@@ -72,7 +72,7 @@ def judge(cells: list[dict[str, Any]], strategy: str, advised_cell: str | None, 
     ``advised_cell`` the strategy label of the advised rung in the study (None: not run)."""
     sign = 1.0 if maximize else -1.0
     measured = [c for c in cells if c["n"] >= thresholds.MIN_SEEDS and len(c["reported"]) >= thresholds.MIN_SEEDS]
-    out: dict[str, Any] = {"compared": len(measured), "strategies": len(cells)}
+    out: dict[str, Any] = {"compared": len(measured), "strategies": len(cells), "agrees": None}
     advised = next((c for c in measured if str(c["labels"][strategy]) == str(advised_cell)), None)
     if advised_cell is None:
         return {**out, "why": "the advised strategy is not one of the study's"}
@@ -117,11 +117,13 @@ def verdicts(
             if entry is None:
                 found = judge(st.at_size(value.label), st.strategy_axis.name, None)
                 found["why"] = "no advisor measurement cached (run with --measure)"
+                found["strategies"] = len(st.strategy_axis.values)
                 out.append(Verdict(st.name, size, "", **found))
                 continue
             decision = decision_of(entry)
             cell = cell_of.get(decision.rung.label)
             found = judge(st.at_size(value.label), st.strategy_axis.name, cell, st.study.direction == "maximize")
+            found["strategies"] = len(st.strategy_axis.values)
             out.append(Verdict(st.name, size, decision.rung.label, decision.branch, cell, **found))
     return out
 
@@ -181,12 +183,13 @@ def measure_missing(studies: list[StrategySizeStudy], cache: dict[str, Any], say
     return cache
 
 
-def read_cache(path: Path = CACHE) -> dict[str, Any]:
+def read_cache(path: Path | None = None) -> dict[str, Any]:
+    path = path or CACHE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def write_cache(cache: dict[str, Any], path: Path = CACHE) -> None:
-    path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+def write_cache(cache: dict[str, Any], path: Path | None = None) -> None:
+    (path or CACHE).write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the report
