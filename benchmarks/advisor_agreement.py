@@ -227,9 +227,24 @@ def agreement_table(rows: list[Verdict]) -> str:
     return "\n".join(out)
 
 
-def evidence_table(
-    studies: list[StrategySizeStudy], rows: list[Verdict], cache: dict[str, Any], rungs: dict[str, dict[str, str]]
-) -> str:
+def measurements_table(cache: dict[str, Any]) -> str:
+    """What the advisor measured per (study, size) and what today's table decides from it."""
+    out = [
+        "| study | size | examples | majority | probe (3-fold) | raw-input baseline | today's branch: pick | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for name, sizes in sorted(cache.items()):
+        for size, entry in sizes.items():
+            m, d = entry["measurements"], decision_of(entry)
+            base = "-" if m["baseline_accuracy"] is None else f"{m['baseline_accuracy']:.3f}"
+            out.append(
+                f"| {name} | {size} | {m['n_train']:,} | {m['majority']:.3f} | {m['probe_accuracy']:.3f} | {base} | "
+                f"{d.branch}: {d.rung.label} | {entry.get('seconds', '-')} |"
+            )
+    return "\n".join(out)
+
+
+def evidence_table(studies: list[StrategySizeStudy], cache: dict[str, Any], rungs: dict[str, dict[str, str]]) -> str:
     from hftl.analysis import advice_rules as rules
     from hftl.analysis.advice_rules import Measurements
 
@@ -245,22 +260,21 @@ def evidence_table(
         cells = "; ".join(f"{c.dataset}: {c.crossing.text()} [{c.cells}]" for c in found) or "no study"
         out.append(f"| {constant} | {getattr(rules, constant):,} | {thresholds.summarise(found)} | {cells} |")
     points = []
-    by = {
-        (st.name, str(c["labels"][st.size_axis.name]), str(c["labels"][st.strategy_axis.name])): c
-        for st in studies
-        for c in st.cells
-    }
-    for r in rows:
-        entry = cache.get(r.dataset, {}).get(r.size)
-        fe_label = next((k for k, v in rungs[r.dataset].items() if v == rules.FE), None)
-        fe = by.get((r.dataset, r.size, str(fe_label)))
-        if entry is None or r.best is None or fe is None or len(fe["reported"]) < thresholds.MIN_SEEDS:
-            continue
-        m = Measurements(**entry["measurements"])
-        reduction = (m.probe_accuracy - m.majority) / (1 - m.majority) if m.majority < 1 else 0.0
-        gap = None if m.baseline_accuracy is None else m.baseline_accuracy - m.probe_accuracy
-        held = r.best_test - fe["report_mean"] <= POINT + 1e-12
-        points.append(thresholds.FePoint(f"{r.dataset} @ {r.size}", m.n_train, reduction, gap, held))
+    for st in studies:
+        fe_label = next((k for k, v in rungs[st.name].items() if v == rules.FE), None)
+        sign = 1.0 if st.study.direction == "maximize" else -1.0
+        for value in st.size_axis.values:
+            entry = cache.get(st.name, {}).get(str(value.label))
+            measured = [c for c in st.at_size(value.label) if c["n"] >= thresholds.MIN_SEEDS]
+            fe = next((c for c in measured if str(c["labels"][st.strategy_axis.name]) == str(fe_label)), None)
+            if entry is None or fe is None or len(measured) < 2:
+                continue
+            best = max(measured, key=lambda c: sign * c["mean"])  # placing a threshold is a choice: validation
+            m = Measurements(**entry["measurements"])
+            reduction = (m.probe_accuracy - m.majority) / (1 - m.majority) if m.majority < 1 else 0.0
+            gap = None if m.baseline_accuracy is None else m.baseline_accuracy - m.probe_accuracy
+            held = sign * (best["mean"] - fe["mean"]) <= POINT + 1e-12
+            points.append(thresholds.FePoint(f"{st.name} @ {value.label}", m.n_train, reduction, gap, held))
     for constant, (where, cells) in thresholds.feature_evidence(points, rules.FEW_EXAMPLES).items():
         out.append(f"| {constant} | {getattr(rules, constant)} | {where} | {cells} |")
     out.append(
@@ -306,14 +320,22 @@ def report(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> tuple[str
             "",
             block,
             "",
+            "## The advisor's measurements",
+            "",
+            "Cross-validated on up to 2,000 training examples of the size's subset (seed of the first trial); "
+            "seconds: the measuring alone, on the machine and load of the `--measure` run.",
+            "",
+            measurements_table(cache),
+            "",
             "## Threshold evidence",
             "",
             "Where each threshold of `hftl/analysis/advice_rules.py` lies in the same results (size thresholds: the "
             "crossing of the validation means, interpolated in log size; the rule takes the median over datasets; "
             "feature thresholds: the values that would separate the sizes where feature_extraction held, i.e. its "
-            "test mean within 1 point of the best cell's, from those where it lost).",
+            "validation mean within 1 point of the best cell's, from those where it lost). Placing a threshold is a "
+            "choice, so it reads validation means only; the agreement above reports test.",
             "",
-            evidence_table(studies, rows, cache, rungs),
+            evidence_table(studies, cache, rungs),
             "",
         ]
     )

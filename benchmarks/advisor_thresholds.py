@@ -1,7 +1,7 @@
 """Where the advisor's thresholds (hftl/analysis/advice_rules.py) lie in the strategy x size studies.
 
 Used by ``benchmarks/advisor_agreement.py``, which prints the result as the "threshold evidence" table of
-docs/studies/advisor_agreement.md. Everything chooses on the validation means of the studies' cells (n >= 2 seeds);
+docs/studies/advisor_agreement.md. Everything reads the validation means of the studies' cells (n >= 2 seeds):
 test is what the agreement check reports, never what places a threshold.
 
 - Size thresholds: per dataset, the training-set size where one group of strategies' best validation mean overtakes
@@ -9,7 +9,7 @@ test is what the agreement check reports, never what places a threshold.
   FEW_EXAMPLES: the best of partial / full over feature_extraction; MANY_EXAMPLES: full over partial. The rule takes
   the median over the datasets whose crossing lies between two measured sizes (the others give only a bound).
 - Feature thresholds: per (dataset x size) with the advisor's measurements cached, whether feature_extraction held
-  (its test mean within 1 point of the best cell's, best chosen on validation) against the probe's error reduction
+  (its validation mean within 1 point of the best cell's) against the probe's error reduction
   (SEPARABLE_ERROR_REDUCTION) and the raw-input baseline's lead over the probe (NEGATIVE_GAP).
 """
 
@@ -157,13 +157,13 @@ def summarise(crossings: list[DatasetCrossing]) -> str:
 # --------------------------------------------------------------------------- feature thresholds
 @dataclass(frozen=True)
 class FePoint:
-    """One (dataset x size): the advisor's measurements beside how feature_extraction fared (test, 3 seeds)."""
+    """One (dataset x size): the advisor's measurements beside how feature_extraction fared (validation means)."""
 
     cell: str  # "dataset @ size"
     n_train: int
     error_reduction: float  # (probe - majority) / (1 - majority)
     gap: float | None  # raw-input baseline - probe (None: no baseline for this input)
-    fe_held: bool  # feature_extraction's test mean within 1 point of the best cell's
+    fe_held: bool  # feature_extraction's validation mean within 1 point of the best cell's
 
 
 def separating(points: list[tuple[float, bool, str]], fe_when_high: bool) -> str:
