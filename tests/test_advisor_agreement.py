@@ -139,7 +139,7 @@ def toy_study(tmp_path, text_recipe):
         ("full+llrd", 10): (0.6, 0.6),
         ("full", 10): (0.6, 0.6),
         ("scratch", 10): (0.5, 0.5),
-        ("fe", 20): (0.7, 0.7),
+        ("fe", 20): (0.7, 0.895),  # within a point of full on test, 20 points behind on validation
         ("full+llrd", 20): (0.85, 0.85),
         ("full", 20): (0.9, 0.9),
         ("scratch", 20): (0.5, 0.5),
@@ -204,7 +204,8 @@ def test_report_from_results_and_cached_decisions(toy_study, monkeypatch):
     many = next(line for line in whole.splitlines() if line.startswith("| MANY_EXAMPLES"))
     assert "toy: > 10 (never ahead) [10: full 0.600 vs half 0.700]" in many  # partial never ran at 20
     separable = next(line for line in whole.splitlines() if line.startswith("| SEPARABLE_ERROR_REDUCTION"))
-    assert "toy @ 20 0.200 (lost)" in separable  # the probe removes 20% of the errors at 20, and fe lost there
+    # the probe removes 20% of the errors at 20, and fe lost there on validation (on test it was within a point)
+    assert "toy @ 20 0.200 (lost)" in separable
     negative = next(line for line in whole.splitlines() if line.startswith("| NEGATIVE_GAP"))
     assert "toy @ 10 -0.150 (held)" in negative
 
