@@ -92,7 +92,7 @@ def judge(cells: list[dict[str, Any]], strategy: str, advised_cell: str | None, 
         "advised_test": advised["report_mean"],
         "agrees": lag <= POINT + 1e-12 or lag <= se + 1e-12,
         "worst": sign * advised["report_mean"] <= lowest,
-        "why": f"{lag * 100:+.1f} points behind the best" if lag > 0 else "the best or ahead of it on test",
+        "why": f"{lag * 100:.1f} points behind the best" if lag > 0 else "the best or ahead of it on test",
     }
 
 
@@ -234,7 +234,7 @@ def measurements_table(cache: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for name, sizes in sorted(cache.items()):
-        for size, entry in sizes.items():
+        for size, entry in sorted(sizes.items(), key=lambda kv: thresholds.size_label_value(*kv) or 0.0):
             m, d = entry["measurements"], decision_of(entry)
             base = "-" if m["baseline_accuracy"] is None else f"{m['baseline_accuracy']:.3f}"
             out.append(

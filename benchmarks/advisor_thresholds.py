@@ -95,11 +95,14 @@ def crossing(points: list[tuple[float, float]]) -> Crossing:
     return Crossing("above", sizes=(points[-1][0],))
 
 
-def size_label_value(label: object, n_train: int | None) -> float | None:
-    """A size label as a number (``10207``; a non-numeric label such as ``full`` needs the measured n_train)."""
+def size_label_value(label: object, n_train: int | dict[str, Any] | None = None) -> float | None:
+    """A size label as a number (``10207``; a non-numeric label such as ``full`` needs the measured n_train, given
+    as a number or as the label's cache entry)."""
     try:
         return float(str(label).replace(",", ""))
     except ValueError:
+        if isinstance(n_train, dict):
+            n_train = n_train.get("measurements", {}).get("n_train")
         return float(n_train) if n_train else None
 
 
@@ -149,9 +152,13 @@ def _name(st: Any, cell: dict[str, Any]) -> str:
 def summarise(crossings: list[DatasetCrossing]) -> str:
     """The rule's value: the median over the datasets whose crossing lies between two measured sizes."""
     values = [c.crossing.value for c in crossings if c.crossing.kind == "between" and c.crossing.value]
+    bounds = [
+        f"{c.dataset} {c.crossing.text().split(' (')[0]}" for c in crossings if c.crossing.kind in ("below", "above")
+    ]
+    shown = f" (bounds only: {', '.join(bounds)})" if bounds else ""
     if not values:
-        return "not placed: no dataset crosses between two measured sizes"
-    return f"median {statistics.median(values):,.0f} over {len(values)} dataset(s)"
+        return "not placed between measured sizes" + shown
+    return f"median {statistics.median(values):,.0f} over {len(values)} dataset(s)" + shown
 
 
 # --------------------------------------------------------------------------- feature thresholds

@@ -103,7 +103,9 @@ def test_crossing_bounds_when_no_sign_change_lies_between_measured_sizes():
         thresholds.DatasetCrossing("c", thresholds.crossing([(1000, -1), (4000, 1)]), ""),
         thresholds.DatasetCrossing("d", thresholds.crossing([(100, -1), (400, 1)]), ""),
     ]
-    assert thresholds.summarise(crossings) == "median 1,000 over 3 dataset(s)"  # 1,000, 2,000 and 200; b a bound
+    # 1,000, 2,000 and 200; b a bound
+    assert thresholds.summarise(crossings) == "median 1,000 over 3 dataset(s) (bounds only: b < 100)"
+    assert thresholds.summarise(crossings[1:2]) == "not placed between measured sizes (bounds only: b < 100)"
 
 
 def test_separating_interval_for_the_feature_thresholds():
