@@ -1,6 +1,7 @@
 """The advisor's agreement check: its pick against the best strategy of each (dataset x size) cell of the studies.
 
-    PYTHONPATH=. python benchmarks/advisor_agreement.py --measure          # measure what the cache lacks (~30 s each)
+    PYTHONPATH=. python benchmarks/advisor_agreement.py --measure          # measure what the cache lacks (10-30 s each)
+    PYTHONPATH=. python benchmarks/advisor_agreement.py --measure --again  # ... everything (the advisor's code changed)
     PYTHONPATH=. python benchmarks/advisor_agreement.py                    # the comparison alone, from the cache
     PYTHONPATH=. python benchmarks/advisor_agreement.py --write README.md  # ... and the README's marked block
 
@@ -169,12 +170,16 @@ def measure(st: StrategySizeStudy, size: object) -> dict[str, Any]:
     }
 
 
-def measure_missing(studies: list[StrategySizeStudy], cache: dict[str, Any], say: Any = print) -> dict[str, Any]:
-    """Measure every (study, size) whose entry is absent or stale (recipe, overrides or sample changed)."""
+def measure_missing(
+    studies: list[StrategySizeStudy], cache: dict[str, Any], say: Any = print, again: bool = False
+) -> dict[str, Any]:
+    """Measure every (study, size) whose entry is absent or stale (recipe, overrides or sample changed); ``again``:
+    every one (after a change to what the advisor measures, which the fingerprint cannot see)."""
     for st in studies:
         for value in st.size_axis.values:
             entry = cache.get(st.name, {}).get(str(value.label))
-            if entry and entry.get("fingerprint") == fingerprint(st, advisor_overrides(st, value.label)):
+            fresh = entry and entry.get("fingerprint") == fingerprint(st, advisor_overrides(st, value.label))
+            if fresh and not again:
                 continue
             entry = measure(st, value.label)
             cache.setdefault(st.name, {})[str(value.label)] = entry
@@ -304,9 +309,9 @@ def report(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> tuple[str
         [
             "# The advisor's agreement check",
             "",
-            f"Regenerate: `{COMMAND}` (`--measure` runs the advisor's measurements the cache lacks, about 30 s per "
-            "(study, size) on 2 cores; without it only the comparison is recomputed, with today's table applied to "
-            "the cached measurements). Studies read: "
+            f"Regenerate: `{COMMAND}` (`--measure` runs the advisor's measurements the cache lacks, seconds "
+            "below; without it only the comparison is recomputed, with today's table applied to the cached "
+            "measurements; `--measure --again` measures everything again). Studies read: "
             + (", ".join(f"`{st.name}`" for st in studies) or "none")
             + f". Measurements cached: {measured}.",
             "",
@@ -363,12 +368,13 @@ def strategy_studies(studies: Path = ROOT / "studies", docs: Path = DOCS) -> lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="run the advisor on what the cache lacks")
+    parser.add_argument("--again", action="store_true", help="with --measure: measure every (study, size) again")
     parser.add_argument("--write", type=Path, help="replace the marked block of this file (e.g. README.md)")
     args = parser.parse_args()
     studies = strategy_studies()
     cache = read_cache()
     if args.measure:
-        cache = measure_missing(studies, cache)
+        cache = measure_missing(studies, cache, again=args.again)
     block, whole = report(studies, cache)
     REPORT.write_text(whole, encoding="utf-8")
     print(whole)

@@ -243,5 +243,7 @@ def test_cache_round_trip_and_stale_entries_are_measured_again(toy_study, tmp_pa
     monkeypatch.setattr(agreement, "CACHE", path)
     agreement.measure_missing([st], cache, say=lambda *a: None)
     assert calls == [10]  # 20 is fresh, 10 is stale
+    agreement.measure_missing([st], cache, say=lambda *a: None, again=True)
+    assert calls == [10, 10, 20]
     assert agreement.read_cache(path)["toy"]["10"]["measurements"]["probe_accuracy"] == 0.75
     assert study_tables.strategy_size_study("missing", *toy_study) is None
