@@ -98,12 +98,13 @@ ARCHS = [
 
 
 # --------------------------------------------------------------------------- strategies and what they must do
-def _progressive_starts(n: int, per_stage: int, every: int, until: int | None = None) -> list[int | None]:
-    """Independent oracle: body group at distance d from the head (d = 1 is the top) joins at ((d-1)//k + 1)*every."""
+def _progressive_starts(n: int, per_stage: int, every: float, until: int | None = None) -> list[int | None]:
+    """Independent oracle: body group at distance d from the head (d = 1 is the top) joins at ((d-1)//k + 1)*every
+    (rounded to a step)."""
     starts: list[int | None] = []
     for depth in range(n - 1):
         d = n - 1 - depth
-        starts.append(((d - 1) // per_stage + 1) * every if until is None or d <= until else None)
+        starts.append(round(((d - 1) // per_stage + 1) * every) if until is None or d <= until else None)
     return starts + [0]
 
 
@@ -170,6 +171,11 @@ CASES = [
         "progressive-steps",
         lambda a: {"name": "progressive", "progressive": {"unit": "step", "every": 1, "groups_per_stage": 3}},
         lambda n: _progressive_starts(n, 3, 1),
+    ),
+    Case(  # percent of the run's steps: 20% of 6 steps = a stage every 1.2 steps (1, 2, 4, 5), whatever the epochs
+        "progressive-percent",
+        lambda a: {"name": "progressive", "progressive": {"unit": "percent", "every": 20, "groups_per_stage": 3}},
+        lambda n: _progressive_starts(n, 3, STEPS * 0.2),
     ),
     Case(
         "progressive-epochs-until",

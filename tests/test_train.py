@@ -53,3 +53,34 @@ def test_eval_sample_scores_a_fixed_sample_in_the_loop_and_the_full_splits_at_th
     assert final["validation"]["accuracy"] * sizes["validation"] == pytest.approx(
         round(final["validation"]["accuracy"] * sizes["validation"])
     )
+
+
+def test_evaluation_batches_are_sorted_by_length_and_score_what_sequential_batches_score(text_recipe):
+    """The eval loaders batch rows longest first (less padding); every row is scored once and the scores are those
+    of plain sequential batches over the same model."""
+    import torch
+    from accelerate import Accelerator
+
+    from hftl.tasks import TASKS
+    from hftl.training.build import build_loaders, load_data
+    from hftl.training.evaluation import score
+
+    recipe = load_recipe(text_recipe(train={"eval_batch_size": 4}))
+    task, accelerator = TASKS.get(recipe.task), Accelerator(cpu=True)
+    data = load_data(recipe, accelerator)
+    _, eval_dls = build_loaders(recipe, task, data)
+    split = data.encoded["validation"]
+    batches = list(eval_dls["validation"].batch_sampler)
+    lengths = [[split["length"][i] for i in b] for b in batches]
+    assert sorted(i for b in batches for i in b) == list(range(len(split)))
+    flat = [n for b in lengths for n in b]
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) > 1, lengths
+    torch.manual_seed(0)
+    model = task.build_model(recipe, data.labels)
+    sequential = torch.utils.data.DataLoader(
+        split, batch_size=4, collate_fn=task.collator(data.processor, recipe, False)
+    )
+    got, want = (
+        score(model, dl, task, data.labels, accelerator).metrics for dl in (eval_dls["validation"], sequential)
+    )
+    assert got["accuracy"] == want["accuracy"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)

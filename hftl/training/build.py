@@ -76,11 +76,11 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
     """Training loader (length-grouped, seeded per epoch, so a resumed run sees the same batches) + eval loaders."""
     import torch
 
-    from hftl.training.batching import LengthGroupedBatchSampler
+    from hftl.training.batching import LengthGroupedBatchSampler, LengthSortedBatchSampler
 
     train = data.encoded["train"]
     sampler = LengthGroupedBatchSampler(
-        train["length"] if "length" in train.column_names else None,
+        _lengths(train),
         recipe.train.batch_size,
         seed=recipe.train.seed,
         group_by_length=recipe.train.group_by_length,
@@ -103,7 +103,7 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
     eval_dls = {
         split: torch.utils.data.DataLoader(
             data.encoded[split],
-            batch_size=eval_bs,
+            batch_sampler=LengthSortedBatchSampler(_lengths(data.encoded[split]), eval_bs, n=len(data.encoded[split])),
             generator=torch.Generator(),
             collate_fn=task.collator(data.processor, recipe, train=False),
             num_workers=workers,
@@ -113,6 +113,11 @@ def build_loaders(recipe: Recipe, task: Task, data: PreparedData) -> tuple[Any, 
         if split in data.encoded
     }  # target: adaptation; the validation sample: train.eval_sample
     return train_dl, eval_dls
+
+
+def _lengths(split: Any) -> list[int] | None:
+    """Token counts of a tokenized split (its ``length`` column), None for inputs without one (images)."""
+    return split["length"] if "length" in split.column_names else None
 
 
 def loader_workers(num_workers: int | None) -> int:

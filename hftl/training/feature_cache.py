@@ -99,7 +99,7 @@ def maybe_use_cache(
                 modules[chain[0]],
                 encoded[split],
                 collate,
-                dl.batch_size or recipe.train.batch_size * 2,
+                dl.batch_sampler.batch_size,
                 accelerator,
             )
         shape = tuple(rows[0].shape) if all(r.shape == rows[0].shape for r in rows) else ("T", *rows[0].shape[1:])
@@ -114,7 +114,7 @@ def maybe_use_cache(
     )
     new_eval = {
         split: torch.utils.data.DataLoader(
-            cached[split], batch_size=dl.batch_size, generator=dl.generator, collate_fn=collate_cached
+            cached[split], batch_sampler=dl.batch_sampler, generator=dl.generator, collate_fn=collate_cached
         )
         for split, dl in eval_dls.items()
     }
