@@ -198,6 +198,9 @@ def test_report_from_results_and_cached_decisions(toy_study, monkeypatch):
     assert (small.compared, small.strategies, medium.compared, medium.strategies) == (5, 5, 4, 5)
     block, whole = agreement.report(studies, cache)
     assert "agrees in **2 of 2** measured cells (100%)" in block and block in whole
+    assert "| toy | 10 (stale) | 10 |" in whole  # no fingerprint of today's recipe: measured on something else
+    cache["toy"]["10"]["fingerprint"] = agreement.fingerprint(studies[0], agreement.advisor_overrides(studies[0], 10))
+    assert "| toy | 10 | 10 |" in agreement.report(studies, cache)[1]
     # FEW_EXAMPLES: the best of partial/full against fe, -0.1 at 10 (half 0.7 vs 0.8) and +0.2 at 20 (full 0.9 vs
     # 0.7): a third of the way from 10 to 20 in log size, 12.6
     few = next(line for line in whole.splitlines() if line.startswith("| FEW_EXAMPLES"))
