@@ -236,6 +236,35 @@ def agreement_table(rows: list[Verdict]) -> str:
     return "\n".join(out)
 
 
+def cells_table(st: StrategySizeStudy, rows: list[Verdict]) -> str:
+    """Every cell of one study: validation (chooses) and test (reported), mean ± std (SE) over seeds."""
+    sign = 1.0 if st.study.direction == "maximize" else -1.0
+    marks = {}
+    for value in st.size_axis.values:  # the best on validation among cells with 2+ seeds, as the verdicts choose
+        measured = [c for c in st.at_size(value.label) if c["n"] >= thresholds.MIN_SEEDS]
+        if measured:
+            best = max(measured, key=lambda c: sign * c["mean"])
+            marks[(str(value.label), str(best["labels"][st.strategy_axis.name]))] = "best"
+    for r in rows:
+        if r.dataset == st.name and r.cell:
+            marks[(r.size, r.cell)] = "best, advised" if marks.get((r.size, r.cell)) else "advised"
+    out = [
+        f"`{st.name}`: `{st.study.metric}` chooses, `{st.study.report}` is reported; mean ± std (standard error) "
+        "over the completed seeds.",
+        "",
+        "| size | strategy | seeds | validation | test | |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for c in st.cells:
+        size, strategy = str(c["labels"][st.size_axis.name]), str(c["labels"][st.strategy_axis.name])
+        if not c["n"]:
+            continue
+        val, test = (c["mean"], c["std"], c["n"]), (c["report_mean"], c["report_std"], len(c["reported"]))
+        shown = [f"{m:.3f} ± {sd:.3f} ({sd / math.sqrt(n):.3f})" if n else "-" for m, sd, n in (val, test)]
+        out.append(f"| {size} | {strategy} | {c['n']} | {shown[0]} | {shown[1]} | {marks.get((size, strategy), '')} |")
+    return "\n".join(out)
+
+
 def stale(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> set[tuple[str, str]]:
     """(study, size) entries measured on another recipe or other overrides than the study's today."""
     out = set()
@@ -342,6 +371,10 @@ def report(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> tuple[str
             "## Agreement",
             "",
             block,
+            "",
+            "## The cells",
+            "",
+            "\n\n".join(cells_table(st, rows) for st in studies) or "No strategy x size study has results yet.",
             "",
             "## The advisor's measurements",
             "",

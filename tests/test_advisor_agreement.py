@@ -198,6 +198,10 @@ def test_report_from_results_and_cached_decisions(toy_study, monkeypatch):
     assert (small.compared, small.strategies, medium.compared, medium.strategies) == (5, 5, 4, 5)
     block, whole = agreement.report(studies, cache)
     assert "agrees in **2 of 2** measured cells (100%)" in block and block in whole
+    cells = {tuple(line.split(" | ")[:2]): line for line in whole.splitlines() if line.startswith("| 10 |")}
+    assert cells[("| 10", "fe")].startswith("| 10 | fe | 2 | 0.800 ± 0.000 (0.000) |")
+    assert cells[("| 10", "fe")].endswith("| best, advised |") and cells[("| 10", "half")].endswith("|  |")
+    assert "| 20 | full | 2 | 0.900 ± 0.000 (0.000) | 0.901 ± 0.001 (0.001) | best, advised |" in whole
     assert "| toy | 10 (stale) | 10 |" in whole  # no fingerprint of today's recipe: measured on something else
     cache["toy"]["10"]["fingerprint"] = agreement.fingerprint(studies[0], agreement.advisor_overrides(studies[0], 10))
     assert "| toy | 10 | 10 |" in agreement.report(studies, cache)[1]
