@@ -423,11 +423,20 @@ def main() -> int:
     parser.add_argument("--again", action="store_true", help="with --measure: measure every (study, size) again")
     parser.add_argument("--write", type=Path, help="replace the marked block of this file (e.g. README.md)")
     args = parser.parse_args()
-    studies = strategy_studies()
-    cache = read_cache()
-    if args.measure:
-        cache = measure_missing(studies, cache, again=args.again)
-    block, whole = report(studies, cache)
+    if args.write and not args.write.is_file():
+        print(f"error: --write {args.write}: no such file; name the README to update.", file=sys.stderr)
+        return 2
+    from hftl.config.errors import HftlError
+
+    try:
+        studies = strategy_studies()
+        cache = read_cache()
+        if args.measure:
+            cache = measure_missing(studies, cache, again=args.again)
+        block, whole = report(studies, cache)
+    except HftlError as exc:  # a study or recipe that does not load: its own one-paragraph message
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     REPORT.write_text(whole, encoding="utf-8")
     print(whole)
     if args.write:
