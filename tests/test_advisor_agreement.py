@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import hftl.analysis.advise  # noqa: F401  (imported before any test patches FEW_EXAMPLES: its SAMPLE is read once)
 from hftl.analysis import advice_rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
