@@ -15,7 +15,9 @@ import csv
 import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,10 +39,26 @@ def read_rows(results: Path) -> list[dict[str, object]]:
         return [{k: (v if k == "state" else _value(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str | None:
-    """The markdown table of study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/), or None."""
+@dataclass
+class StrategySizeStudy:
+    """A committed study with a strategy axis and a data-size axis: its cells, labels as the study writes them."""
+
+    name: str
+    study: Any  # hftl.analysis.study.Study
+    size_axis: Any  # its Axis of kind data_size
+    strategy_axis: Any  # its Axis of kind strategy
+    cells: list[dict[str, Any]]  # hftl.analysis.study_report.cell_stats, one per (strategy, size)
+
+    def at_size(self, size: object) -> list[dict[str, Any]]:
+        """The cells of one size, in the strategy axis's order."""
+        return [c for c in self.cells if str(c["labels"][self.size_axis.name]) == str(size)]
+
+
+def strategy_size_study(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> StrategySizeStudy | None:
+    """Study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/results.csv) read into its cells, or None
+    when it has no results, no strategy or data-size axis, another axis besides seeds, or no reported metric."""
     from hftl.analysis.study import load_study
-    from hftl.analysis.study_report import best_cells, cell_stats
+    from hftl.analysis.study_report import cell_axes, cell_stats
 
     results = docs / name / "results.csv"
     if not results.exists() or not (studies / f"{name}.yaml").exists():
@@ -50,11 +68,23 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
     if "strategy" not in kinds or "data_size" not in kinds or not study.report:
         return None
     size_axis, strategy_axis = kinds["data_size"], kinds["strategy"]
+    if set(cell_axes(study)) != {size_axis.name, strategy_axis.name}:
+        return None  # a third axis would make several cells per (strategy, size)
     rows = read_rows(results)
     for row in rows:  # labels back to the study's own (csv reads 100 as 100.0)
         for axis in (size_axis, strategy_axis):
             row[axis.name] = next((v.label for v in axis.values if str(v.label) == _label(row[axis.name])), None)
-    cells = cell_stats(study, rows)
+    return StrategySizeStudy(name, study, size_axis, strategy_axis, cell_stats(study, rows))
+
+
+def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str | None:
+    """The markdown table of study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/), or None."""
+    from hftl.analysis.study_report import best_cells
+
+    read = strategy_size_study(name, studies, docs)
+    if read is None:
+        return None
+    study, size_axis, strategy_axis, cells = read.study, read.size_axis, read.strategy_axis, read.cells
     chosen = {id(c) for c in best_cells(study, cells, size_axis.name)}
     sizes = [v.label for v in size_axis.values]
     strategies = [v.label for v in strategy_axis.values]

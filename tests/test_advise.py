@@ -5,6 +5,7 @@ and clear errors for data it cannot advise on."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -289,6 +290,11 @@ def test_advice_record_is_json(text_recipe, cache):
     advice = advise(load_recipe(text_recipe()), step_times=False)
     assert json.loads(json.dumps(advice.record()))["strategy"] == advice.decision.rung.label
     assert yaml.safe_load(yaml.safe_dump(advice.record()))["branch"] == advice.decision.branch
+    # what the table read is kept, and deciding from it again gives the same answer (benchmarks/advisor_agreement.py
+    # caches it as JSON and decides again with the table of the day)
+    kept = json.loads(json.dumps(dataclasses.asdict(advice.measurements)))
+    assert advice_rules.decide(advice_rules.Measurements(**kept)) == advice.decision
+    assert kept["n_train"] == advice.data["n_train"] and kept["text"] is True
 
 
 # --------------------------------------------------------------------------- images and token tags

@@ -57,6 +57,7 @@ class Advice:
     estimates: dict[str, float] = field(default_factory=dict)  # rung label -> estimated training seconds
     timings: dict[str, float] = field(default_factory=dict)  # what the measuring itself cost
     seconds: float = 0.0
+    measurements: Measurements | None = None  # what the table read (benchmarks/advisor_agreement.py caches it)
 
     def record(self) -> dict[str, Any]:
         """The compact record kept in a resolved recipe (strategy.advice), plan.json and the model card."""
@@ -163,6 +164,7 @@ def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say
         rung_settings(decision.runner_up, profile["n_train"], batch, images, pooling),
         batch,
         timings=timings,
+        measurements=measured,
     )
     if step_times:
         clock = time.time()
