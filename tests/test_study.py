@@ -161,10 +161,11 @@ def test_shipped_studies_validate():
     for path in shipped:  # every one: validates, chooses on validation, reports test
         study = load_study(path)
         assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), path.name
-    # text: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; images: 6 x 3 x 3; shift: 2 x 6 severities x 3 seeds
+    # text and images: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; Fashion-MNIST at 1,000: 4 x 3; shift: 2 x 6 x 3
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "bbc-strategies.yaml").points) == 7 * 4 * 3
-    assert len(load_study(ROOT / "studies" / "fashion-mnist-strategies.yaml").points) == 6 * 3 * 3
+    assert len(load_study(ROOT / "studies" / "mnist-strategies.yaml").points) == 7 * 4 * 3
+    assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 4 * 3
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
 
