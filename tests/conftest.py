@@ -93,3 +93,18 @@ def text_recipe(tmp_path, tiny_bert_dir, reviews_csv):
         return path
 
     return write
+
+
+def write_study_results(path: Path, scores: dict[tuple[str, int], tuple[float, float]], test_spread: float) -> None:
+    """A strategy x size study's results.csv: two seeds per (strategy, size) cell at the given (validation, test)
+    scores, seed 1's test score ``test_spread`` above seed 0's."""
+    fields = ["trial", "state", "data.max_train_samples", "strategy.name", "train.seed"]
+    fields += ["validation.accuracy", "test.accuracy", "train_seconds"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for i, ((strategy, size), (val, test)) in enumerate(scores.items()):
+            for seed in (0, 1):
+                row = {"trial": 2 * i + seed, "state": "COMPLETE", "data.max_train_samples": size}
+                row.update({"strategy.name": strategy, "train.seed": seed, "validation.accuracy": val})
+                writer.writerow({**row, "test.accuracy": test + seed * test_spread, "train_seconds": ""})

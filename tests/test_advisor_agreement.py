@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_study_results
 
 import hftl.analysis.advise  # noqa: F401  (imported before any test patches FEW_EXAMPLES: its SAMPLE is read once)
 from hftl.analysis import advice_rules
@@ -147,16 +147,7 @@ def toy_study(tmp_path, text_recipe):
         ("full", 20): (0.9, 0.9),
         ("scratch", 20): (0.5, 0.5),
     }
-    fields = ["trial", "state", "data.max_train_samples", "strategy.name", "train.seed"]
-    fields += ["validation.accuracy", "test.accuracy", "train_seconds"]
-    with open(docs / "toy" / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for i, ((strategy, size), (val, test)) in enumerate(scores.items()):
-            for seed in (0, 1):
-                row = {"trial": 2 * i + seed, "state": "COMPLETE", "data.max_train_samples": size}
-                row.update({"strategy.name": strategy, "train.seed": seed, "validation.accuracy": val})
-                writer.writerow({**row, "test.accuracy": test + seed / 1000, "train_seconds": ""})
+    write_study_results(docs / "toy" / "results.csv", scores, test_spread=0.001)
     return studies, docs
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import yaml
+from conftest import write_study_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -33,25 +33,7 @@ def test_table_reports_test_and_bolds_the_validation_choice(tmp_path, text_recip
     # at 10: full wins on validation, feature_extraction on test; at 20 feature_extraction wins both
     scores = {("full", 10): (0.8, 0.6), ("feature_extraction", 10): (0.7, 0.9), ("full", 20): (0.5, 0.5)}
     scores[("feature_extraction", 20)] = (0.9, 0.95)
-    fields = ["trial", "state", "data.max_train_samples", "strategy.name", "train.seed"]
-    fields += ["validation.accuracy", "test.accuracy", "train_seconds"]
-    with open(docs / "toy" / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for i, ((strategy, size), (val, test)) in enumerate(scores.items()):
-            for seed in (0, 1):
-                writer.writerow(
-                    {
-                        "trial": 2 * i + seed,
-                        "state": "COMPLETE",
-                        "data.max_train_samples": size,
-                        "strategy.name": strategy,
-                        "train.seed": seed,
-                        "validation.accuracy": val,
-                        "test.accuracy": test + seed / 100,
-                        "train_seconds": "",
-                    }
-                )
+    write_study_results(docs / "toy" / "results.csv", scores, test_spread=0.01)
     text = study_tables.table("toy", studies, docs)
     lines = text.splitlines()
     assert lines[0] == "| strategy \\ training examples | 10 | 20 |"
