@@ -169,6 +169,9 @@ def test_strategy_labels_are_matched_to_rungs_by_what_they_train(toy_study):
 
 def test_report_from_results_and_cached_decisions(toy_study, monkeypatch):
     monkeypatch.setattr(advice_rules, "FEW_EXAMPLES", 15)  # 10: small, 20: medium
+    # a table whose small band freezes (the verdicts are under test here, not the table's cells)
+    freezing = advice_rules.Cell("feature_extraction", "partial", "")
+    monkeypatch.setitem(advice_rules.TABLE, ("small", "ordinary"), freezing)
     studies = agreement.strategy_studies(*toy_study)
     cache = {"toy": {"10": measured(10, 0.75, 0.6), "20": measured(20, 0.6, 0.75)}}  # ordinary, then negative
     rungs = {"toy": thresholds.rung_of_values(studies[0].study, studies[0].strategy_axis)}

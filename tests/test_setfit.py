@@ -130,7 +130,7 @@ def test_setfit_on_the_checkpoints_own_pooler_is_a_recipe_error(text_recipe, tin
 
 
 def test_the_advisor_knows_setfit_for_few_shot_text():
-    from hftl.analysis.advice_rules import FE, SETFIT, Measurements, decide, neighbours, rung_settings
+    from hftl.analysis.advice_rules import FE, SETFIT, TABLE, Measurements, decide, neighbours, rung_settings
 
     few = decide(Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=True))  # 16 per class, ordinary features
     assert (few.size_band, few.rung.label, few.runner_up.label) == ("few-shot", SETFIT, FE)
@@ -138,9 +138,13 @@ def test_the_advisor_knows_setfit_for_few_shot_text():
     assert settings["strategy.name"] == SETFIT and settings["model.pooling"] == "mean"
     assert [r.label for r in neighbours(SETFIT)] == [FE, "full"]
     # Not few-shot: 150 per class, images, or an unknown label count read the size bands as before.
-    assert decide(Measurements(300, 0.6, 0.62, 0.55, n_classes=2, text=True)).rung.label == FE
-    assert decide(Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=False)).rung.label == FE
-    assert decide(Measurements(32, 0.6, 0.62, 0.55)).rung.label == FE
+    for m in (
+        Measurements(300, 0.6, 0.62, 0.55, n_classes=2, text=True),
+        Measurements(32, 0.6, 0.62, 0.55, n_classes=2, text=False),
+        Measurements(32, 0.6, 0.62, 0.55),
+    ):
+        d = decide(m)
+        assert (d.size_band, d.rung.label) == ("small", TABLE[("small", "ordinary")].rung) != ("small", SETFIT), m
 
 
 @pytest.mark.distributed
