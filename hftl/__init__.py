@@ -11,6 +11,7 @@ _API = {
     "compare_runs": "hftl.publish.plots",
     "write_card": "hftl.publish.card",
     "push_run": "hftl.publish.hub",
+    "strategy_settings": "hftl.analysis.advice_rules",
 }
 __all__ = ["__version__", *_API]
 

@@ -273,6 +273,12 @@ def rung_settings(r: Rung, n_train: int, batch_size: int, images: bool, pooling:
     return sets
 
 
+def strategy_settings(label: str, n_train: int, batch_size: int = 32, images: bool = False) -> dict[str, Any]:
+    """The recipe keys (dotted paths) ``hftl advise`` writes for the rung named ``label`` (a strategy of the table,
+    e.g. its runner-up) at ``n_train`` training examples: for setting it against the advice in a study."""
+    return rung_settings(rung(label), n_train, batch_size, images, pooling=None)
+
+
 def describe_table() -> str:
     """The table as text (``hftl advise`` prints it with the branch taken)."""
     lines = [f"  {'':8}" + "".join(f"{k:<22}" for k in FEATURE_CLASSES)]
