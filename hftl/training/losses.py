@@ -17,7 +17,7 @@ from hftl.config.errors import RecipeError
 if TYPE_CHECKING:
     import torch
 
-    from hftl.config.schema import Recipe
+    from hftl.config.schema import Recipe, TrainSection
 
 
 @dataclass
@@ -48,6 +48,12 @@ class TaskLoss:
         )
 
 
+def loss_from_logits(train: TrainSection) -> bool:
+    """Whether ``train.class_weights``, ``train.label_smoothing`` or ``train.mixup`` asks for :class:`TaskLoss`
+    rather than the model's own loss."""
+    return train.class_weights is not None or train.label_smoothing > 0 or train.mixup is not None
+
+
 def build_loss(recipe: Recipe, labels: list[str], train_targets: list[Any]) -> TaskLoss | None:
     """The loss ``train.class_weights``, ``train.label_smoothing`` and ``train.mixup`` ask for (None: the model's
     own loss)."""
@@ -55,7 +61,7 @@ def build_loss(recipe: Recipe, labels: list[str], train_targets: list[Any]) -> T
 
     train, kind = recipe.train, recipe.data.problem_type
     asked = train.class_weights
-    if asked is None and train.label_smoothing == 0 and train.mixup is None:
+    if not loss_from_logits(train):
         return None
     if asked is None:
         weights = None

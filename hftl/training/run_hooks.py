@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hftl.config import log
 from hftl.config.registry import STRATEGIES
 from hftl.training.hooks import ExtraGroup, RunHook, run_hook
+from hftl.training.losses import loss_from_logits
 
 if TYPE_CHECKING:
     import torch
@@ -148,9 +149,7 @@ class Mixup(RunHook):
 @run_hook(
     "task_loss",
     order=25,
-    applies=lambda recipe: (
-        recipe.train.class_weights is not None or recipe.train.label_smoothing > 0 or recipe.train.mixup is not None
-    ),
+    applies=lambda recipe: loss_from_logits(recipe.train),
     when="train.class_weights, train.label_smoothing or train.mixup is set",
 )
 class TaskLossFromLogits(RunHook):
