@@ -126,14 +126,13 @@ def train_transform(processor: Any, augment: AugmentSection) -> Any:
     import torch
     from torchvision.transforms import v2
 
-    if augment.random_resized_crop or augment.auto is not None:
-        geometry = processor_geometry(processor)
+    if not augment.random_resized_crop and augment.auto is None:
+        return None
+    geometry = processor_geometry(processor)
     if augment.random_resized_crop:
         resize = v2.RandomResizedCrop(geometry.size, scale=(augment.min_scale, 1.0), antialias=True)
-    elif augment.auto is not None:
-        resize = v2.Resize(geometry.size, antialias=True)
     else:
-        return None
+        resize = v2.Resize(geometry.size, antialias=True)
     policy = {
         None: [],
         "trivialaugment": [v2.TrivialAugmentWide()],
