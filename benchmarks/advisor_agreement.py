@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from study_tables import DOCS, ROOT, StrategySizeStudy  # noqa: E402
 CACHE = DOCS / "advisor_agreement.json"
 REPORT = DOCS / "advisor_agreement.md"
 POINT = 0.01  # "within 1 point" of accuracy
-BLOCK = re.compile(r"(<!-- advisor-agreement -->\n).*?(<!-- /advisor-agreement -->)", re.S)
 COMMAND = "python benchmarks/advisor_agreement.py [--measure] --write README.md"
 
 
@@ -402,10 +400,12 @@ def report(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> tuple[str
 def write_block(path: Path, body: str) -> bool:
     """Replace the text between ``<!-- advisor-agreement -->`` and ``<!-- /advisor-agreement -->``; False when
     the file has no such block (nothing written)."""
-    text = path.read_text(encoding="utf-8")
-    if not BLOCK.search(text):
+    text = study_tables.replace_block(
+        path.read_text(encoding="utf-8"), "<!-- advisor-agreement -->", "<!-- /advisor-agreement -->", body
+    )
+    if text is None:
         return False
-    path.write_text(BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return True
 
 

@@ -122,14 +122,22 @@ def _label(value: object) -> str:
     return str(value)
 
 
+def replace_block(text: str, start: str, end: str, body: str) -> str | None:
+    """``text`` with the lines between the marker lines ``start`` and ``end`` replaced by ``body``; None when
+    ``text`` has no such block."""
+    pattern = re.compile(rf"({re.escape(start)}\n).*?({re.escape(end)})", re.S)
+    if not pattern.search(text):
+        return None
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
 def write(path: Path, tables: dict[str, str]) -> list[str]:
     """Replace each marked block of ``path`` with its table; returns the names written."""
     text = path.read_text(encoding="utf-8")
     done = []
     for name, body in tables.items():
-        pattern = re.compile(rf"(<!-- study-table: {re.escape(name)} -->\n).*?(<!-- /study-table -->)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+        if (changed := replace_block(text, f"<!-- study-table: {name} -->", "<!-- /study-table -->", body)) is not None:
+            text = changed
             done.append(name)
     path.write_text(text, encoding="utf-8")
     return done
