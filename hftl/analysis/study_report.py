@@ -148,7 +148,10 @@ def _fmt(value: Any) -> str:
 
 
 def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.4f} ± {std:.4f}" if n and not math.isnan(mean) else "-"
+    """Mean ± sample std; one trial has no spread, so it shows the value alone."""
+    if not n or math.isnan(mean):
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
 def _cost_breakdown(study: Study, rows: list[dict[str, Any]]) -> list[str]:
