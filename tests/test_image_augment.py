@@ -1,7 +1,8 @@
 """``data.augment.zoom`` and ``data.augment.low_resolution`` (hftl/tasks/image_classification.py ``train_transform``):
 recipe errors that name the key, refusal on text tasks, the image statistics each one produces (a zoomed digit fills
 the frame, a low-resolution rendering loses detail finer than its size, ``bits`` quantises, ``probability`` mixes),
-and, off, the very pipeline of before (bitwise the same images for the same seed)."""
+and, off, the very pipeline of before (bitwise the same images for the same seed); the target batches of
+``strategy.adaptation`` get neither."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hftl.config.errors import RecipeError
 from hftl.config.recipe import load_recipe
 from hftl.config.schema import AugmentSection
 from hftl.tasks.image_classification import train_transform
+from hftl.training.adaptation import target_side
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mnist-to-digits.yaml"
 NO_CROP = {"random_resized_crop": False, "hflip": False}
@@ -137,3 +139,13 @@ def test_off_is_the_pipeline_of_before_bitwise(processor) -> None:
     assert train_transform(processor, AugmentSection(**NO_CROP)) is None  # nothing random: the processor itself
     assert not AugmentSection(**NO_CROP).random
     assert AugmentSection(**NO_CROP, zoom=[1.0, 1.2]).random  # so the feature cache is off (feature_eligibility)
+
+
+def test_target_batches_of_adaptation_keep_their_framing_and_resolution() -> None:
+    recipe = load_recipe(RECIPE, ["strategy.adaptation={method: coral}"])
+    target = target_side(recipe)
+    assert target.data.augment.zoom is None and target.data.augment.low_resolution is None
+    assert target.data.augment.min_scale == recipe.data.augment.min_scale == 0.8  # the crop applies to both
+    assert target.source_file == recipe.source_file and recipe.data.augment.zoom == (1.0, 1.4)  # not changed
+    plain = load_recipe(RECIPE, ["data.augment.zoom=null", "data.augment.low_resolution=null"])
+    assert target_side(plain) is plain

@@ -101,12 +101,14 @@ class AugmentSection(Section):
         None,
         description="[min, max] scale of a random zoom about the image's centre, before any crop (torchvision's "
         "RandomAffine scale; > 1 zooms in, < 1 out), e.g. [1.0, 1.4] lets an MNIST digit (a 20x20 box in 28x28) "
-        "fill the frame as digits cropped to their bounding box do. null: no zoom.",
+        "fill the frame as digits cropped to their bounding box do. Source images only: the unlabeled target "
+        "batches of strategy.adaptation keep their framing. null: no zoom.",
     )
     low_resolution: LowResolutionSection | None = Field(
         None,
         description="Render some training images at a low resolution (after the zoom), so a model trained on "
-        "sharp images also reads small upscaled ones, e.g. {size: 8, probability: 0.5, bits: 4}. null: off.",
+        "sharp images also reads small upscaled ones, e.g. {size: 8, probability: 0.5, bits: 4}. Source images "
+        "only, as zoom. null: off.",
     )
 
     @property
