@@ -48,7 +48,7 @@ def target_majority(recipe: Any) -> float:
 
     task = TASKS.get(recipe.task)
     _, test = target_splits(recipe, task)
-    labels = test[column(recipe, task.roles, "label")]
+    labels = test[column(recipe.data, task.roles, "label")]
     return max(Counter(labels).values()) / len(labels)
 
 

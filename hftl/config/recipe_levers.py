@@ -14,7 +14,8 @@ from hftl.config.schema import Recipe
 
 
 def check_levers(recipe: Recipe, task: Any) -> None:
-    """``train.label_smoothing``, ``train.mixup`` and ``data.augment.auto`` fit the task and the problem type."""
+    """``train.label_smoothing``, ``train.mixup`` and ``data.augment.auto`` / ``zoom`` / ``low_resolution`` fit the
+    task and the problem type."""
     file, kind, train = recipe.source_file, recipe.data.problem_type, recipe.train
     images = "image" in task.roles and not task.towers
     smoothing = train.label_smoothing
@@ -42,11 +43,14 @@ def check_levers(recipe: Recipe, task: Any) -> None:
                 "is not combined with strategy.adaptation (its loss is the model's own on the merged batch)",
                 hint="Remove one of them.",
             )
-    if recipe.data.augment.auto is not None and "image" not in task.roles:
-        raise RecipeError(
-            file,
-            "data.augment.auto",
-            f"augments images; task '{recipe.task}' reads none",
-            recipe.data.augment.auto,
-            hint="Remove data.augment.auto.",
-        )
+    augment = recipe.data.augment
+    for name in ("auto", "zoom", "low_resolution"):
+        value = getattr(augment, name)
+        if value is not None and "image" not in task.roles:
+            raise RecipeError(
+                file,
+                f"data.augment.{name}",
+                f"augments images; task '{recipe.task}' reads none",
+                value.model_dump() if hasattr(value, "model_dump") else value,
+                hint=f"Remove data.augment.{name}.",
+            )

@@ -59,6 +59,27 @@ class SplitsSection(Section):
     test: str | None = Field("test", description="Carved from train when the source has none; null for no test.")
 
 
+class LowResolutionSection(Section):
+    """Some training images rendered at a low resolution (``data.augment.low_resolution``)."""
+
+    size: int = Field(
+        gt=0,
+        description="Side in pixels of the low-resolution rendering: the image is downscaled (antialiased) to "
+        "size x size, then the usual resize brings it to the model's input, blocky and blurred as a small "
+        "image upscaled by the processor is (e.g. 8 for scikit-learn's 8x8 digits).",
+    )
+    probability: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of training images rendered so (the rest keep their resolution)."
+    )
+    bits: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="Also keep only this many bits per channel (torchvision's posterize): 4 bits = 16 grey levels, "
+        "as the 0..16 counts of the 8x8 digits. null: no quantisation.",
+    )
+
+
 class AugmentSection(Section):
     """Training-time image augmentation (torchvision); evaluation always sees the processor's plain image."""
 
@@ -75,6 +96,38 @@ class AugmentSection(Section):
     randaugment_magnitude: int = Field(
         9, ge=0, le=30, description="auto: randaugment's strength, 0..30 (torchvision's 31 bins; 9 as in its paper)."
     )
+
+    zoom: tuple[float, float] | None = Field(
+        None,
+        description="[min, max] scale of a random zoom about the image's centre, before any crop (torchvision's "
+        "RandomAffine scale; > 1 zooms in, < 1 out), e.g. [1.0, 1.4] lets an MNIST digit (a 20x20 box in 28x28) "
+        "fill the frame as digits cropped to their bounding box do. Source images only: the unlabeled target "
+        "batches of strategy.adaptation keep their framing. null: no zoom.",
+    )
+    low_resolution: LowResolutionSection | None = Field(
+        None,
+        description="Render some training images at a low resolution (after the zoom), so a model trained on "
+        "sharp images also reads small upscaled ones, e.g. {size: 8, probability: 0.5, bits: 4}. Source images "
+        "only, as zoom. null: off.",
+    )
+
+    @property
+    def random(self) -> bool:
+        """Whether training images differ from evaluation's at random (crop, flip, policy, zoom, low resolution)."""
+        return (
+            self.random_resized_crop
+            or self.hflip
+            or self.auto is not None
+            or self.zoom is not None
+            or self.low_resolution is not None
+        )
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"must be [min, max] scales with 0 < min <= max, e.g. [1.0, 1.4]; got {list(value)}")
+        return value
 
     @field_validator("randaugment_magnitude")
     @classmethod

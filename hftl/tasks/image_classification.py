@@ -6,8 +6,8 @@ only reads each file's header (so 60k images cost seconds, and a corrupt or
 non-image file is reported with its split and index before training starts), and
 the collator decodes, converts to RGB and transforms each batch. Training batches
 get torchvision augmentation (random resized crop, horizontal flip, optionally TrivialAugment or
-RandAugment, from ``data.augment``); evaluation uses the processor itself, exactly as
-``pipeline("image-classification")`` does on the saved run.
+RandAugment, a centred zoom and a low-resolution rendering, from ``data.augment``); evaluation uses the
+processor itself, exactly as ``pipeline("image-classification")`` does on the saved run.
 """
 
 from __future__ import annotations
@@ -118,17 +118,27 @@ def image_problem(value: dict[str, Any] | None) -> str | None:
 def train_transform(processor: Any, augment: AugmentSection) -> Any:
     """The training images' torchvision pipeline (``data.augment``), or None when training uses the processor.
 
-    A random resized crop to the checkpoint's input size (else, with an automatic policy, a plain resize to it),
-    then the policy (TrivialAugmentWide / RandAugment) on the uint8 image at that size, as timm's training
-    transforms do (their pixel magnitudes, e.g. TrivialAugment's translation of up to 32 px, are meant for
-    model-sized images, not 28 px originals), then the checkpoint's normalisation.
+    On the image at its own size: a random zoom about the centre (``zoom``), then, for a share of the images,
+    a downscale to ``low_resolution.size`` (and fewer grey levels), which the next resize blows up again as the
+    processor blows up a small image. Then a random resized crop to the checkpoint's input size (else a plain
+    resize to it), the policy (TrivialAugmentWide / RandAugment) on the uint8 image at that size, as timm's
+    training transforms do (their pixel magnitudes, e.g. TrivialAugment's translation of up to 32 px, are meant
+    for model-sized images, not 28 px originals), then the checkpoint's normalisation.
     """
     import torch
     from torchvision.transforms import v2
 
-    if not augment.random_resized_crop and augment.auto is None:
+    if not augment.random_resized_crop and augment.auto is None and not (augment.zoom or augment.low_resolution):
         return None
     geometry = processor_geometry(processor)
+    bilinear = v2.InterpolationMode.BILINEAR  # RandomAffine's default, nearest, makes jagged edges
+    zoom = [v2.RandomAffine(degrees=0, scale=augment.zoom, interpolation=bilinear)] if augment.zoom else []
+    low = augment.low_resolution
+    shrink = []
+    if low is not None:
+        side = (low.size, low.size)
+        levels = [v2.RandomPosterize(low.bits, p=1.0)] if low.bits is not None else []
+        shrink = [v2.RandomApply([v2.Resize(side, antialias=True), *levels], p=low.probability)]
     if augment.random_resized_crop:
         resize = v2.RandomResizedCrop(geometry.size, scale=(augment.min_scale, 1.0), antialias=True)
     else:
@@ -141,6 +151,8 @@ def train_transform(processor: Any, augment: AugmentSection) -> Any:
     return v2.Compose(
         [
             v2.ToImage(),
+            *zoom,
+            *shrink,
             resize,
             *policy,
             v2.ToDtype(torch.float32, scale=True),

@@ -221,13 +221,24 @@ def build_adaptation(ctx: RunContext, unlabeled: datasets.Dataset | None) -> Ada
         unlabeled,
         batch_sampler=sampler,
         generator=torch.Generator(),
-        collate_fn=ctx.task.collator(ctx.data.processor, recipe, train=True),
+        collate_fn=ctx.task.collator(ctx.data.processor, target_side(recipe), train=True),
     )
     pad_id = getattr(ctx.data.processor, "pad_token_id", None) or 0
     log.say(f"[adaptation] {options.method} (weight {options.weight:g}): {METHODS[options.method]}")
     return Adaptation(
         options.method, options.weight, plan.total_steps, recipe.train.grad_accum, loader, features, pad_id, extra
     )
+
+
+def target_side(recipe: Recipe) -> Recipe:
+    """The recipe the target batches are collated with: ``data.augment.zoom`` and ``low_resolution`` make the
+    source look like the target (a frame-filling, low-resolution digit), so the target keeps its own framing and
+    resolution; the crop, flip and policy apply to both domains."""
+    augment = recipe.data.augment
+    if augment.zoom is None and augment.low_resolution is None:
+        return recipe
+    source_only = augment.model_copy(update={"zoom": None, "low_resolution": None})
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": source_only})})
 
 
 def describe_adaptation(recipe: dict[str, Any]) -> str:

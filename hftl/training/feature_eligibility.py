@@ -62,10 +62,10 @@ def skip_reason(
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
         return "strategy.batchnorm is 'train': the frozen body's BatchNorm statistics change while training"
-    if "image" in task.roles and (augment.random_resized_crop or augment.hflip or augment.auto is not None):
+    if "image" in task.roles and augment.random:
         return (
             "random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "
-            "and data.augment.hflip=false (and remove data.augment.auto) to cache features"
+            "and data.augment.hflip=false (and remove data.augment.auto, zoom and low_resolution) to cache features"
         )
     if mixup is not None:
         return "train.mixup mixes the raw images that feed the backbone; remove it to cache features"
