@@ -355,15 +355,26 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
 
 
 def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
+    """Outside its axes a grid may not change (tests/test_study_extend.py: the axes may); a search not at all."""
     from hftl.analysis.study_storage import ensure_study, open_storage
 
     path = write_study()
     study = load_study(path)
     ensure_study(study, open_storage(study))
     ensure_study(study, open_storage(study))  # the same study loads again
-    changed = load_study(write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]}))
-    with pytest.raises(HftlError, match="already holds a study named 'toy-study' with another recipe"):
+    changed = load_study(write_study(overrides={**FAST, "train.max_steps": 3}))
+    with pytest.raises(HftlError, match="with another recipe, fixed overrides, metric or search settings"):
         ensure_study(changed, open_storage(changed))
+    changed = load_study(write_study(metric="validation.loss"))
+    with pytest.raises(HftlError, match="only the axes may change"):
+        ensure_study(changed, open_storage(changed))
+
+    search = {"search": "tpe", "trials": 2, "name": "search"}
+    tpe = load_study(write_study(**search, axes={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}))
+    ensure_study(tpe, open_storage(tpe))
+    grown = load_study(write_study(**search, axes={"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}}))
+    with pytest.raises(HftlError, match="already holds a study named 'search' with another recipe, axes or metric"):
+        ensure_study(grown, open_storage(grown))
 
 
 def synthetic_axis(name: str, kind: str, labels: list):

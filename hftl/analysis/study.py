@@ -181,23 +181,41 @@ class Study:
     def storage_url(self) -> str:
         return self.spec.storage or f"sqlite:///{(self.folder / 'study.db').resolve()}"
 
-    def trial_overrides(self, labels: dict[str, Any]) -> list[str]:
-        """``key=value`` overrides for one point (axes in order, later axes win), fixed ones first."""
+    def point_sets(self, labels: dict[str, Any]) -> dict[str, Any]:
+        """The recipe keys one point sets: the fixed overrides, then each axis's value (later axes win)."""
         sets = dict(self.spec.overrides)
         for axis in self.axes:
             sets.update(axis.value_for(labels[axis.name]).sets)
-        return [f"{key}={to_yaml_text(value)}" for key, value in sets.items()]
+        return sets
+
+    def trial_overrides(self, labels: dict[str, Any]) -> list[str]:
+        """``key=value`` overrides for one point (axes in order, later axes win), fixed ones first."""
+        return [f"{key}={to_yaml_text(value)}" for key, value in self.point_sets(labels).items()]
+
+    def point_digest(self, labels: dict[str, Any]) -> str:
+        """Digest of what one point's trial is run with, so a finished trial whose label now means
+        something else is caught when the study grows (see :mod:`hftl.analysis.study_storage`)."""
+        return _digest(self.point_sets(labels))
 
     def fingerprint(self) -> str:
-        """Digest of what decides the trials, so a name reused for a different study in one storage is refused."""
-        doc = {
-            "recipe": self.recipe_file.read_text(encoding="utf-8"),
-            "spec": self.spec.model_dump(
-                mode="json",
-                exclude={"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"},
-            ),
-        }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Digest of the whole study (recipe, settings and axes): a sampled search must not change at all."""
+        return self._fingerprint(NOT_DECIDING)
+
+    def base_fingerprint(self) -> str:
+        """Digest of the study without its axes: what must stay the same for a grid to grow or shrink."""
+        return self._fingerprint(NOT_DECIDING | {"axes"})
+
+    def _fingerprint(self, exclude: set[str]) -> str:
+        recipe = self.recipe_file.read_text(encoding="utf-8")
+        return _digest({"recipe": recipe, "spec": self.spec.model_dump(mode="json", exclude=exclude)})
+
+
+# Study keys that change neither a trial nor its meaning (left out of the fingerprints).
+NOT_DECIDING = {"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"}
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def point_key(labels: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.analysis.study import Study, load_study, point_key
-from hftl.analysis.study_report import current_trials, write_report, write_results
+from hftl.analysis.study_report import current_trials, latest_trials, write_report, write_results
 from hftl.analysis.study_storage import (
     HEARTBEAT_SECONDS,
     ensure_study,
@@ -82,11 +82,13 @@ def run(study: Study, jobs: int | None = None) -> int:
     )
     code = work(study, storage, ostudy) if jobs == 1 else _spawn_workers(study, jobs)
     write_report(study, ostudy)
-    states = [t.state.name for t in current_trials(ostudy)]
+    states = [t.state.name for t in current_trials(study, ostudy)]
     failed = states.count("FAIL")
+    hidden = len(latest_trials(ostudy)) - len(states)
     log.summary(
         f"[study] {states.count('COMPLETE')} complete, {failed} failed, {states.count('RUNNING')} running, "
         f"{states.count('WAITING')} waiting -> {study.folder / 'report.md'}"
+        + (f" ({hidden} earlier trial(s) of points no longer in the grid not shown)" if hidden else "")
     )
     return code or (1 if failed > 0 else 0)
 
@@ -143,7 +145,11 @@ def _work(study: Study, storage: Any, ostudy: Any) -> int:
 def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
     """Pop a WAITING trial (the storage lets only one worker switch it to RUNNING); tpe: else ask a new one."""
     optuna = load_optuna()
+    ours = {point_key(labels): study.point_digest(labels) for labels in study.points}  # grid
     for frozen in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        key, digest = frozen.user_attrs.get("hftl_key"), frozen.user_attrs.get("hftl_digest")
+        if study.spec.search == "grid" and (key not in ours or digest not in (None, ours[key])):
+            continue  # a point of another version of this grid (a machine that runs it grown): not ours to run
         if storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.RUNNING):
             return optuna.Trial(ostudy, frozen._trial_id)
     if study.spec.search == "tpe":
@@ -251,7 +257,13 @@ def _pruning_hook(study: Study, trial: Any) -> Any:
 
 
 def _suggest(study: Study, trial: Any) -> dict[str, Any]:
-    """The trial's axis labels, recorded as Optuna parameters (fixed for enqueued grid points)."""
+    """The trial's axis labels: a grid point's as enqueued; a search's sampled, as Optuna parameters.
+
+    A grid's labels are not recorded as Optuna parameters: a categorical parameter's choices
+    cannot change within a study in Optuna, and a grid may grow (the labels are user attributes).
+    """
+    if study.spec.search == "grid":
+        return dict(trial.user_attrs["hftl_labels"])
     labels = {}
     for axis in study.axes:
         if axis.is_range:

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hftl.analysis.study import Study
+from hftl.analysis.study import Study, point_key
 from hftl.analysis.study_plots import write_plots
 
 FIXED_COLUMNS = ("train_seconds", "run_seconds", "overhead_seconds", "attempts", "error", "dir")
@@ -21,17 +21,27 @@ FIXED_COLUMNS = ("train_seconds", "run_seconds", "overhead_seconds", "attempts",
 COST_PARTS = ("load", "tokenize", "model", "features", "train", "validate", "final_eval")
 
 
-def current_trials(ostudy: Any) -> list[Any]:
+def latest_trials(ostudy: Any) -> list[Any]:
     """Every trial but those superseded by a retry (a trial whose worker died is queued again as a new trial)."""
     trials = ostudy.get_trials(deepcopy=False)
     superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return [t for t in trials if t.number not in superseded]
 
 
+def current_trials(study: Study, ostudy: Any) -> list[Any]:
+    """The latest trials of the study's points: a grid that shrank keeps its other trials in the storage
+    (they count again if their values come back), but they are not this study's results."""
+    trials = latest_trials(ostudy)
+    if study.spec.search != "grid":
+        return trials
+    points = {point_key(labels) for labels in study.points}
+    return [t for t in trials if t.user_attrs.get("hftl_key") in points]
+
+
 def result_rows(study: Study, ostudy: Any) -> list[dict[str, Any]]:
     """One row per current trial: axis labels, state, metrics, times and error."""
     rows = []
-    for t in sorted(current_trials(ostudy), key=lambda t: t.number):
+    for t in sorted(current_trials(study, ostudy), key=lambda t: t.number):
         labels = t.user_attrs.get("hftl_labels") or dict(t.params)
         metrics = t.user_attrs.get("hftl_metrics") or {}
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
@@ -82,7 +92,7 @@ def write_results(study: Study, ostudy: Any) -> Path:
 def write_report(study: Study, ostudy: Any = None) -> Path:
     """results.csv, report.md and the plots; loads the study from its storage when not given."""
     if ostudy is None:
-        from hftl.analysis.study_storage import load_optuna, open_storage
+        from hftl.analysis.study_storage import load_optuna, open_storage, upgrade_storage
         from hftl.config.errors import HftlError
 
         optuna = load_optuna()
@@ -93,12 +103,14 @@ def write_report(study: Study, ostudy: Any = None) -> Path:
                 f"{study.file}: the storage {study.storage_url} has no study '{study.name}' yet; "
                 "run `hftl study` first."
             ) from None
+        upgrade_storage(study, ostudy)  # refuses a study that would misread the storage's trials
     write_results(study, ostudy)
     rows = result_rows(study, ostudy)
     cells = cell_stats(study, rows)
     plots = write_plots(study, cells)
+    hidden = len(latest_trials(ostudy)) - len(current_trials(study, ostudy))
     path = study.folder / "report.md"
-    path.write_text(_markdown(study, rows, cells, plots), encoding="utf-8")
+    path.write_text(_markdown(study, rows, cells, plots, hidden), encoding="utf-8")
     return path
 
 
@@ -215,7 +227,9 @@ def _best_per_group(study: Study, cells: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, Any]], plots: list[str]) -> str:
+def _markdown(
+    study: Study, rows: list[dict[str, Any]], cells: list[dict[str, Any]], plots: list[str], hidden: int = 0
+) -> str:
     states = [r["state"] for r in rows]
     seeds = [a.name for a in study.axes if a.kind == "seed"]
     done = [r for r in rows if r["state"] == "COMPLETE" and r[study.metric] is not None]
@@ -233,6 +247,11 @@ def _markdown(study: Study, rows: list[dict[str, Any]], cells: list[dict[str, An
         f"{states.count('WAITING')} waiting.",
         "",
     ]
+    if hidden:
+        out += [
+            f"{hidden} earlier trial(s) of points no longer in the grid are not shown (they stay in the storage).",
+            "",
+        ]
     if best:
         shown = ", ".join(f"{a.name}={best[a.name]}" for a in study.axes)
         beside = f"; {study.report} {_fmt(best.get(study.report))}" if study.report else ""

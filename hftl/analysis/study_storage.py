@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.analysis.study import Study, point_key
+from hftl.config import log
 from hftl.config.errors import HftlError
 
 HEARTBEAT_SECONDS = 20
@@ -85,7 +87,12 @@ def make_pruner(study: Study) -> Any:
 
 
 def ensure_study(study: Study, storage: Any) -> Any:
-    """Create the Optuna study and enqueue the grid once; or load it (refusing a different study of that name)."""
+    """Create the Optuna study and enqueue its grid; or load it, check it, and enqueue the points it lacks.
+
+    A grid may grow (new axis values, seeds) and shrink between runs; what it may not change is
+    checked by :func:`check_storage`. Each enqueued trial records its point (``hftl_key``,
+    ``hftl_labels``) and the digest of the overrides it runs with (``hftl_digest``).
+    """
     optuna = load_optuna()
     sampler = (
         optuna.samplers.TPESampler(seed=study.spec.seed)
@@ -106,18 +113,104 @@ def ensure_study(study: Study, storage: Any) -> Any:
         deadline = time.time() + 15  # its creator may still be enqueueing the grid
         while "hftl_fingerprint" not in ostudy.user_attrs and time.time() < deadline:
             time.sleep(0.5)
-    stored = ostudy.user_attrs.get("hftl_fingerprint")
-    if stored is not None and stored != study.fingerprint():
-        raise HftlError(
-            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
-            "axes or metric. Give this one another `name:`, or delete the old storage to start again."
-        )
-    if stored is None:  # created now, or its creator died before the grid was complete: fill in what is missing
-        with storage_lock(study):
-            have = {t.user_attrs.get("hftl_key") for t in ostudy.get_trials(deepcopy=False)}
-            for labels in study.points:
-                if point_key(labels) not in have:
-                    ostudy.enqueue_trial(labels, user_attrs={"hftl_key": point_key(labels), "hftl_labels": labels})
-            ostudy.set_user_attr("hftl_metric", study.metric)
-            ostudy.set_user_attr("hftl_fingerprint", study.fingerprint())
+    with storage_lock(study):
+        check_storage(study, ostudy)
+        have = {t.user_attrs.get("hftl_key") for t in ostudy.get_trials(deepcopy=False)}
+        missing = [labels for labels in study.points if point_key(labels) not in have]
+        for labels in missing:
+            attrs = {"hftl_key": point_key(labels), "hftl_labels": labels, "hftl_digest": study.point_digest(labels)}
+            ostudy.enqueue_trial(labels, user_attrs=attrs)
+        if missing and have - {None}:
+            log.say(f"[study] {study.name}: {len(missing)} new point(s) queued beside the trials it has")
+        record_study(study, ostudy)
     return ostudy
+
+
+def check_storage(study: Study, ostudy: Any) -> None:
+    """Refuse a storage whose trials this study would misread (nothing is written).
+
+    A grid keeps its finished trials when it grows or shrinks, provided nothing outside the axes
+    changed (recipe text, fixed overrides, metric, search settings: ``hftl_base_fingerprint``) and
+    no axis value that has trials now sets other keys (``hftl_values``, and each trial's
+    ``hftl_digest``). A sampled search must be the same study (``hftl_fingerprint``), as before.
+    A storage of an earlier hftl holds only ``hftl_fingerprint``: the same study passes (and
+    :func:`record_study` upgrades it); a changed one is refused, since which trials still hold
+    cannot be told from it.
+    """
+    attrs = ostudy.user_attrs
+    whole, base = attrs.get("hftl_fingerprint"), attrs.get("hftl_base_fingerprint")
+    if study.spec.search == "tpe" or base is None:
+        if whole is not None and whole != study.fingerprint():
+            earlier = study.spec.search == "grid"
+            raise HftlError(
+                f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
+                "axes or metric. Give this one another `name:`, or delete the old storage to start again."
+                + (_EARLIER.format(file=study.file) if earlier else "")
+            )
+        return
+    if base != study.base_fingerprint():
+        raise HftlError(
+            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, fixed "
+            "overrides, metric or search settings; of a grid only the axes may change (values added or removed). "
+            "Put those back, give this study another `name:`, or delete the old storage to start again."
+        )
+    stored: dict[str, dict[str, Any]] = attrs.get("hftl_values") or {}
+    for axis in study.axes:
+        for value in axis.values:
+            before = stored.get(axis.name, {}).get(_label_key(value.label))
+            if before is not None and before != _jsonable(value.sets):
+                raise HftlError(
+                    f"{study.file}: axis '{axis.name}', value {value.label!r} now sets {_jsonable(value.sets)}, but "
+                    f"its trials in the storage ran with {before}. Give the new setting a new label (the finished "
+                    "trials keep the old one), or give the study another `name:`."
+                )
+    points = {point_key(labels): labels for labels in study.points}
+    for t in ostudy.get_trials(deepcopy=False):
+        labels = points.get(t.user_attrs.get("hftl_key"))
+        if labels is not None and t.user_attrs.get("hftl_digest") not in (None, study.point_digest(labels)):
+            shown = ", ".join(f"{k}={v}" for k, v in labels.items())
+            raise HftlError(
+                f"{study.file}: point {shown}: trial {t.number} in the storage ran with other overrides than this "
+                "point resolves to now (two axes that set one key, in another order?). Put the axes back in "
+                "their order, or give the study another `name:`."
+            )
+
+
+_EARLIER = (
+    " This storage was written by an earlier hftl, which kept no record of what each point ran with; to grow "
+    "the grid, put the study file back as it was, run `hftl study {file} --report` once (it records that and "
+    "trains nothing), then make the change."
+)
+
+
+def upgrade_storage(study: Study, ostudy: Any) -> None:
+    """Check the storage (:func:`check_storage`) and, for an earlier hftl's record of this same grid,
+    record what lets the grid grow (``hftl study --report`` does this without training)."""
+    with storage_lock(study):
+        check_storage(study, ostudy)
+        attrs = ostudy.user_attrs
+        if study.spec.search == "grid" and "hftl_fingerprint" in attrs and "hftl_base_fingerprint" not in attrs:
+            record_study(study, ostudy)
+
+
+def record_study(study: Study, ostudy: Any) -> None:
+    """What the storage's trials were run with: the study's digests and each axis value's keys (merged with
+    the values recorded before, so a value removed and added back later is checked too)."""
+    if study.spec.search == "grid":
+        values = {k: dict(v) for k, v in (ostudy.user_attrs.get("hftl_values") or {}).items()}
+        for axis in study.axes:
+            values.setdefault(axis.name, {}).update({_label_key(v.label): _jsonable(v.sets) for v in axis.values})
+        ostudy.set_user_attr("hftl_values", values)
+        ostudy.set_user_attr("hftl_base_fingerprint", study.base_fingerprint())
+    ostudy.set_user_attr("hftl_metric", study.metric)
+    ostudy.set_user_attr("hftl_fingerprint", study.fingerprint())  # last: the grid is complete
+
+
+def _label_key(label: Any) -> str:
+    """A label as a mapping key that keeps its type (1 and "1" are different labels)."""
+    return json.dumps(label)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as the storage gives it back (JSON), so a recorded value and today's compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))

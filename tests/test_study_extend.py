@@ -1,0 +1,204 @@
+"""A grid study grows and shrinks on its storage: new axis values run, finished trials are kept, a label whose
+meaning changed is refused, removed points are hidden, and a storage of an earlier hftl is upgraded.
+
+The trials' training is replaced by a fake that counts its calls and scores from the trial's recipe, so these
+tests measure the study's bookkeeping alone (tests/test_study.py runs the tiny model for real).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from hftl.analysis.study import load_study, point_key
+from hftl.cli import main
+from tests.test_study import FAST, read_csv
+
+LLRD = {"label": "full+llrd", "set": {"strategy.name": "full", "strategy.llrd": {"decay": 0.8}}}
+
+
+@pytest.fixture
+def write_study(tmp_path, text_recipe):
+    """(Re)write a study on the tiny-BERT recipe (as tests/test_study.py's); returns a function(**keys) -> path."""
+    recipe = text_recipe(output={"dir": str(tmp_path / "unused")})
+
+    def write(name: str = "toy-study", **doc) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"recipe": recipe.name, "overrides": dict(FAST), **doc}, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Replace the trials' training: each call is recorded as (strategy, seed) and scores from them."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_run(recipe, on_evaluate=None):
+        calls.append((recipe.strategy.name, recipe.train.seed))
+        score = 0.5 + 0.1 * recipe.train.seed + (0.05 if recipe.strategy.name == "full" else 0.0)
+        return SimpleNamespace(metrics={"validation": {"accuracy": score}, "test": {"accuracy": score - 0.01}})
+
+    monkeypatch.setattr("hftl.training.train.run", fake_run)
+    return calls
+
+
+def stored_trials(path):
+    import optuna
+
+    url = f"sqlite:///{path.parent / path.stem / 'study.db'}"
+    return optuna.load_study(study_name=path.stem, storage=url)
+
+
+def test_a_grid_grows_and_runs_only_its_new_points(write_study, trainings, capsys):
+    path = write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0]})
+    assert main(["study", str(path)]) == 0
+    assert sorted(trainings) == [("feature_extraction", 0), ("full", 0)]
+    folder = path.parent / path.stem
+    before = read_csv(folder / "results.csv")
+
+    trainings.clear()
+    write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0, 1, 2]})
+    assert main(["study", str(path)]) == 0
+    assert "4 new point(s) queued" in capsys.readouterr().out
+    assert sorted(trainings) == [("feature_extraction", 1), ("feature_extraction", 2), ("full", 1), ("full", 2)]
+    rows = read_csv(folder / "results.csv")
+    assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
+    assert rows[:2] == before  # the finished trials, untouched
+    report = (folder / "report.md").read_text()
+    assert "| full | 0.6500 ± 0.1000 | 0.6400 ± 0.1000 | 3/3 |" in report, report  # seeds 0-2: 0.55, 0.65, 0.75
+    assert "no longer in the grid" not in report
+
+    # a new value of the other axis: its three seeds, nothing else
+    trainings.clear()
+    write_study(axes={"strategy.name": ["full", "feature_extraction", LLRD], "train.seed": [0, 1, 2]})
+    assert main(["study", str(path)]) == 0
+    assert sorted(trainings) == [("full", 0), ("full", 1), ("full", 2)]
+    assert len(read_csv(folder / "results.csv")) == 9
+    assert "| full+llrd | " in (folder / "report.md").read_text()
+    trainings.clear()
+    assert main(["study", str(path)]) == 0 and trainings == []  # finished: nothing runs again
+
+
+def test_a_label_whose_set_changed_is_refused_and_nothing_is_written(write_study, trainings, capsys):
+    path = write_study(axes={"strategy.name": ["feature_extraction", LLRD], "train.seed": [0]})
+    assert main(["study", str(path)]) == 0
+    db = path.parent / path.stem / "study.db"
+    stored = db.read_bytes()
+    capsys.readouterr()
+    trainings.clear()
+
+    changed = {**LLRD, "set": {"strategy.name": "full", "strategy.llrd": {"decay": 0.5}}}
+    write_study(axes={"strategy.name": ["feature_extraction", changed], "train.seed": [0, 1]})
+    for args in (["study", str(path)], ["study", str(path), "--report"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hftl: error: {path}: axis 'strategy.name', value 'full+llrd' now sets"), err
+        assert "'decay': 0.5" in err and "'decay': 0.8" in err and "new label" in err and "`name:`" in err
+        assert "Traceback" not in err
+    assert trainings == [] and db.read_bytes() == stored  # refused before anything was queued or recorded
+
+    # the same setting under a new label is a new value: its point runs, the old one keeps its trial
+    write_study(
+        axes={"strategy.name": ["feature_extraction", LLRD, {**changed, "label": "llrd-0.5"}], "train.seed": [0]}
+    )
+    assert main(["study", str(path)]) == 0
+    assert trainings == [("full", 0)]
+
+
+def test_a_removed_value_is_hidden_and_comes_back(write_study, trainings, capsys):
+    path = write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]})
+    assert main(["study", str(path)]) == 0
+    folder = path.parent / path.stem
+    trainings.clear()
+
+    write_study(axes={"strategy.name": ["full"], "train.seed": [0]})
+    assert main(["study", str(path)]) == 0
+    assert trainings == []
+    rows = read_csv(folder / "results.csv")
+    assert [(r["train.seed"], r["state"]) for r in rows] == [("0", "COMPLETE")]
+    report = (folder / "report.md").read_text()
+    assert "1 earlier trial(s) of points no longer in the grid are not shown" in report
+    assert "Trials: 1 complete," in report and "| full | 0.5500 ± 0.0000 | 0.5400 ± 0.0000 | 1/1 |" in report
+    assert "report.md (1 earlier trial(s) of points no longer in the grid not shown)" in capsys.readouterr().out
+    assert len(stored_trials(path).trials) == 2  # still in the storage
+
+    write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]})  # back: shown again, not rerun
+    assert main(["study", str(path), "--report"]) == 0
+    assert len(read_csv(folder / "results.csv")) == 2
+    assert "no longer in the grid" not in (folder / "report.md").read_text()
+    assert main(["study", str(path)]) == 0 and trainings == []
+
+
+def test_a_worker_takes_only_the_points_of_its_own_grid(write_study):
+    """A machine still running the smaller grid leaves the points another machine added to it."""
+    from hftl.analysis.study_engine import _next_trial
+    from hftl.analysis.study_storage import ensure_study, open_storage
+
+    grown = load_study(write_study(axes={"train.seed": [0, 1, 2]}), check=False)
+    storage = open_storage(grown)
+    ensure_study(grown, storage)
+    small = load_study(write_study(axes={"train.seed": [1]}), check=False)
+    import optuna
+
+    ostudy = optuna.load_study(study_name=small.name, storage=storage)
+    taken = []
+    while (trial := _next_trial(small, storage, ostudy)) is not None:
+        taken.append(trial.user_attrs["hftl_labels"])
+        ostudy.tell(trial, 0.0)
+    assert taken == [{"train.seed": 1}]
+
+
+def _earlier_hftl_storage(study) -> None:
+    """The storage an earlier hftl left (its ensure_study and worker, as they were): the grid enqueued
+    without digests, each finished trial's labels recorded as categorical Optuna parameters, and only a digest
+    of the whole study -- written here from the formula that version used, as an oracle for Study.fingerprint."""
+    import optuna
+
+    from hftl.analysis.study_storage import open_storage
+
+    storage = open_storage(study)
+    ostudy = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
+    for labels in study.points:
+        ostudy.enqueue_trial(labels, user_attrs={"hftl_key": point_key(labels), "hftl_labels": labels})
+    ostudy.set_user_attr("hftl_metric", study.metric)
+    exclude = {"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"}
+    doc = {"recipe": study.recipe_file.read_text(), "spec": study.spec.model_dump(mode="json", exclude=exclude)}
+    ostudy.set_user_attr("hftl_fingerprint", hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16])
+    for _ in study.points:
+        trial = ostudy.ask()
+        for axis in study.axes:
+            trial.suggest_categorical(axis.name, [v.label for v in axis.values])
+        trial.set_user_attr("hftl_metrics", {"validation.accuracy": 0.5, "test.accuracy": 0.4})
+        ostudy.tell(trial, 0.5)
+
+
+def test_a_storage_of_an_earlier_hftl_is_upgraded_then_grows(write_study, trainings, capsys):
+    path = write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0]})
+    _earlier_hftl_storage(load_study(path))
+    assert main(["study", str(path), "--report"]) == 0  # the same study: upgraded in place, nothing trained
+    assert trainings == [] and "hftl_base_fingerprint" in stored_trials(path).user_attrs
+    assert len(read_csv(path.parent / path.stem / "results.csv")) == 2
+
+    # grown on an upgraded storage: only the new points run, beside trials that carry Optuna parameters
+    write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0, 1]})
+    assert main(["study", str(path)]) == 0
+    assert sorted(trainings) == [("feature_extraction", 1), ("full", 1)]
+    assert len(read_csv(path.parent / path.stem / "results.csv")) == 4
+
+
+def test_a_changed_study_on_an_earlier_hftl_storage_is_refused_with_the_way_out(write_study, trainings, capsys):
+    path = write_study(axes={"strategy.name": ["full"], "train.seed": [0]})
+    _earlier_hftl_storage(load_study(path))
+    capsys.readouterr()
+    write_study(axes={"strategy.name": ["full"], "train.seed": [0, 1]})
+    assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "written by an earlier hftl" in err and "--report` once" in err and "Traceback" not in err
+    assert trainings == [] and len(stored_trials(path).trials) == 1
