@@ -17,6 +17,8 @@ augmentation: scale 0.7-1, random flip). Features are cached in ``<hftl cache>/b
 Each variant fits the multinomial logistic probe hftl fits (``hftl.models.probe.fit_logistic``: L-BFGS, mean
 cross-entropy + L2 on standardised features) and picks its L2 on validation per seed; the table gives validation and
 test side by side (mean ± sample std over the 3 seeds). Only validation may choose a variant; test is reported.
+Results: ``docs/studies/fashion-mnist-probe/benchmark.json`` (one block per input size) and ``benchmark.md`` (the
+tables; text below its notes marker is written by hand and kept).
 """
 
 from __future__ import annotations
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only rewrite the markdown from the results file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results_file = OUT / "results.json"
+    results_file = OUT / "benchmark.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if not args.report:
         load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else ["?"]
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         OUT.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(results, indent=1) + "\n")
-    md = OUT / "report.md"
+    md = OUT / "benchmark.md"
     notes = md.read_text().split(NOTES, 1)[1] if md.is_file() and NOTES in md.read_text() else "\n"
     header = "# Linear probe on frozen EfficientNet-Lite0 features, 1,000 Fashion-MNIST images\n\n"
     header += "Regenerate: `python benchmarks/fashion_probe.py [--size N]` (`--report`: the tables only).\n\n"
