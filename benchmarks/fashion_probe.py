@@ -81,7 +81,7 @@ def extract(size: int, crops: int) -> dict:
         splits[seed] = {}
         for split in ("train", "validation", "test"):
             ds = data.encoded[split]
-            keys = list(zip(ds["split"], ds["index"]))
+            keys = [_image_key(image, label) for image, label in zip(ds["image"], ds["labels"])]
             splits[seed][split] = keys
             for key, i in zip(keys, range(len(ds))):
                 rows.setdefault(key, {"ds": ds, "i": i, "train": False})
@@ -113,6 +113,13 @@ def extract(size: int, crops: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     return out
+
+
+def _image_key(image: dict, label: int) -> tuple[str, int]:
+    """An image's identity across seeds (the encoded ``index`` column is the row's position in its split)."""
+    import hashlib
+
+    return hashlib.sha1(image["bytes"] or image["path"].encode()).hexdigest(), label
 
 
 def _augmented(recipe):
@@ -161,6 +168,10 @@ FLIP_ROWS = (("image",), ("flip",))  # each training image twice: as is and flip
 
 def variants(crops: int) -> list[Variant]:
     crop_rows = FLIP_ROWS + tuple((f"crop{k}",) for k in range(crops))
+    with_crops = [
+        Variant(f"pre-classifier, + flip + {crops} crop train rows", head, train_views=crop_rows),
+        Variant(f"stages 4-7 + pre-cl., + flip + {crops} crop rows", stages(3, 4, 5, 6), train_views=crop_rows),
+    ]
     return [
         Variant("pre-classifier avg (hftl today)", head),
         Variant("  finer L2 grid (33 values)", head, grid=FINE),
@@ -176,11 +187,9 @@ def variants(crops: int) -> list[Variant]:
             "pre-classifier, + flipped train rows, flip-averaged eval", head, train_views=FLIP_ROWS, eval_views=FLIP
         ),
         Variant("pre-classifier, flip-averaged (train, eval)", head, train_views=(FLIP,), eval_views=FLIP),
-        Variant(f"pre-classifier, + flip + {crops} crop train rows", head, train_views=crop_rows),
         Variant("stages 4-7 + pre-cl., + flipped train rows", stages(3, 4, 5, 6), train_views=FLIP_ROWS),
         Variant("stages 4-7 + pre-cl., flip-averaged", stages(3, 4, 5, 6), train_views=(FLIP,), eval_views=FLIP),
-        Variant(f"stages 4-7 + pre-cl., + flip + {crops} crop rows", stages(3, 4, 5, 6), train_views=crop_rows),
-    ]
+    ] + (with_crops if crops else [])
 
 
 def fit(variant: Variant, features: dict, seed: int) -> dict:
@@ -229,14 +238,15 @@ def fit(variant: Variant, features: dict, seed: int) -> dict:
 
 def report(results: dict) -> str:
     lines = []
-    for size, block in sorted(results.items(), key=lambda kv: int(kv[0])):
+    for size, block in sorted(results.items()):
         rows = block["rows"]
         names = list(dict.fromkeys(r["variant"] for r in rows))
         best = max(names, key=lambda n: statistics.mean(r["validation"] for r in rows if r["variant"] == n))
         lines += [
-            f"### {size} px: {block['images']} images x {block['views']} views extracted in {block['seconds']:.0f} s"
+            f"### {size}: {block['images']} images x {block['views']} views extracted in {block['seconds']:.0f} s"
             f" ({block['load']})",
             "",
+            *([block["note"], ""] if block.get("note") else []),
             "| variant | dims | train rows | L2 picked | validation | test |",
             "|---|---:|---:|---|---:|---:|",
         ]
@@ -254,13 +264,15 @@ def report(results: dict) -> str:
 
 
 def _ms(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=112, help="input pixels (data.image_size)")
-    parser.add_argument("--crops", type=int, default=4, help="random resized crops per training image")
+    parser.add_argument("--crops", type=int, default=0, help="random resized crops per training image")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="only rewrite the markdown from the results file")
     args = parser.parse_args(argv)
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"test {r['test']:.4f} ({r['fit_s']:.1f} s)",
                     flush=True,
                 )
-        results[str(args.size)] = {
+        results[f"{args.size} px"] = {
             "rows": rows,
             "images": features["images"],
             "views": len(features["views"]),
