@@ -89,7 +89,7 @@ def test_text_recipes_refuse_them_with_exit_2_and_nothing_written(text_recipe, c
 
 def test_the_shipped_recipe_reads_them() -> None:
     augment = load_recipe(RECIPE).data.augment
-    assert augment.zoom == (1.0, 1.4) and augment.low_resolution.size == 8 and augment.random
+    assert augment.zoom == (1.0, 1.4) and augment.low_resolution.size == 8 and augment.beyond_flip
 
 
 def test_zoom_makes_a_centred_digit_fill_the_frame(processor) -> None:

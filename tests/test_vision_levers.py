@@ -278,6 +278,8 @@ def test_mixup_and_auto_augment_turn_the_feature_cache_off(tmp_path, stripes_dir
         ("none", {}),
         ("mixup", {"train": {"mixup": {"mixup_alpha": 0.2}}}),
         ("auto", {"data": {"augment": {"auto": "trivialaugment"}}}),
+        ("crop", {"data": {"augment": {"random_resized_crop": True}}}),
+        ("hflip", {"data": {"augment": {"hflip": True}}}),  # replayed from the cache's flipped copy
     ]:
         recipe = load_recipe(write(tmp_path / name, stripes_dir, checkpoints, **merged(frozen, extra)))
         model = TASK.build_model(recipe, ["horizontal", "vertical"])
@@ -287,6 +289,63 @@ def test_mixup_and_auto_augment_turn_the_feature_cache_off(tmp_path, stripes_dir
     assert reasons["mixup"].startswith("train.mixup mixes the raw images")
     assert reasons["auto"].startswith("random augmentation feeds the backbone")
     assert "data.augment.auto" in reasons["auto"]
+    assert "data.augment.random_resized_crop=false" in reasons["crop"]
+    assert reasons["hflip"] is None
+
+
+def test_a_horizontal_flip_is_replayed_from_cached_features_of_both_orientations(
+    tmp_path, stripes_dir, checkpoints, capsys, monkeypatch
+) -> None:
+    """data.augment.hflip with a frozen body: the train split is also cached mirrored (each row = the frozen body's
+    features of the mirrored image), the loop draws between the two, and the L-BFGS probe is fitted on both."""
+    import re
+
+    from PIL import ImageOps
+    from transformers import AutoModelForImageClassification
+
+    from hftl.tasks import prepare_data
+    from hftl.tasks.image_classification import decode_image
+    from hftl.training.feature_extraction import rows_of
+    from hftl.training.feature_store import read_rows
+
+    monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
+    sections = {"strategy": {"name": "feature_extraction"}, "data": {"augment": {"random_resized_crop": False}}}
+    sections["model"] = {"checkpoint": str(checkpoints["vit"])}  # a linear head on (CLS) vectors: probed
+    recipe = load_recipe(write(tmp_path, stripes_dir, checkpoints, **sections))
+    result = run(recipe)
+    out = capsys.readouterr().out
+    assert "trains on cached inputs" in out and "[probe] head fitted by L-BFGS" in out
+    path = re.search(
+        r"\[cache\] train, flipped \(data.augment.hflip\): built features of 24 examples .* (\S+)$", out, re.M
+    )
+    assert path, out
+    flipped = read_rows(Path(path.group(1)))
+
+    # Oracle: the saved model's head input for each training image mirrored with PIL before the processor.
+    data = prepare_data(recipe)
+    model = AutoModelForImageClassification.from_pretrained(result.run_dir).eval()
+    rows = rows_of(data.encoded["train"], range(len(data.encoded["train"])))
+    for row in rows:
+        row["image"] = undecoded(ImageOps.mirror(decode_image(row["image"])))
+    captured = []
+    model.classifier.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    with torch.no_grad():
+        model(pixel_values=TASK.collator(data.processor, recipe, train=False)(rows)["pixel_values"])
+    torch.testing.assert_close(torch.stack(list(flipped)).flatten(1), captured[0].flatten(1), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(flipped[0], captured[0][1])  # the images differ, so do their features
+
+
+def test_a_cached_split_with_flipped_rows_draws_either_and_fits_on_both() -> None:
+    from hftl.training.feature_store import CachedSplit
+
+    rows, mirrored = [torch.zeros(2), torch.ones(2)], [torch.full((2,), 10.0), torch.full((2,), 11.0)]
+    split = CachedSplit(rows, [0, 1], flipped_rows=mirrored)
+    torch.manual_seed(0)
+    drawn = [float(split[1][0][0]) for _ in range(200)]
+    assert set(drawn) == {1.0, 11.0} and 60 < drawn.count(11.0) < 140  # about half mirrored
+    every, labels = split.every_view()
+    assert [float(r[0]) for r in every] == [0.0, 1.0, 10.0, 11.0] and labels == [0, 1, 0, 1]
+    assert CachedSplit(rows, [0, 1]).every_view() == (rows, [0, 1])
 
 
 def test_ema_on_cached_features_averages_the_head(tmp_path, stripes_dir, checkpoints, capsys) -> None:

@@ -112,11 +112,11 @@ class AugmentSection(Section):
     )
 
     @property
-    def random(self) -> bool:
-        """Whether training images differ from evaluation's at random (crop, flip, policy, zoom, low resolution)."""
+    def beyond_flip(self) -> bool:
+        """Whether training images differ from evaluation's at random in more than a horizontal flip (crop,
+        policy, zoom, low resolution): a frozen body's cached features can replay a flip, not these."""
         return (
             self.random_resized_crop
-            or self.hflip
             or self.auto is not None
             or self.zoom is not None
             or self.low_resolution is not None

@@ -22,6 +22,12 @@ When it applies: :mod:`hftl.training.feature_eligibility`; the cache's key and f
 :mod:`hftl.training.feature_key`; extraction: :mod:`hftl.training.feature_extraction`; the files:
 :mod:`hftl.training.feature_store`.
 
+A horizontal flip (``data.augment.hflip`` on an image task, with no random crop or automatic policy) is the one
+augmentation the cache replays exactly: the training split is also extracted flipped, and each time the loop
+reads an example it gets the flipped features with probability 1/2, as the uncached collator flips the pixels;
+the L-BFGS probe (and a strategy's closed-form head) is fitted on both orientations of every training image.
+Evaluation reads the unflipped features, so the saved model is the same linear head on the same features.
+
 Limits: the whole train split's features are held in memory. Under several
 processes each one extracts its share and the shares are gathered (one
 machine, or a shared cache folder); only the main process writes. Two-stage and
@@ -47,6 +53,7 @@ from hftl.training.feature_key import cache_file, cache_key
 from hftl.training.feature_store import CachedSplit, collate_cached
 
 if TYPE_CHECKING:
+    from hftl.config.schema import Recipe
     from hftl.training.context import RunContext
 
 
@@ -67,6 +74,7 @@ def maybe_use_cache(
     model, plan, recipe, task, accelerator = ctx.model, ctx.plan, ctx.recipe, ctx.task, ctx.accelerator
     processor, encoded, train_dl, eval_dls = ctx.data.processor, ctx.data.encoded, ctx.train_dl, ctx.eval_dls
     collate = task.collator(processor, recipe, train=False)
+    flips = "image" in task.roles and recipe.data.augment.hflip  # replayed from a flipped copy of the train split
     chain: list[str] = []
     with rng_untouched():
         reason = skip_reason(
@@ -74,7 +82,7 @@ def maybe_use_cache(
         )
         if reason is None:
             sample = rows_of(encoded["train"], range(min(8, len(encoded["train"]))))
-            reason = augmentation_reason(task.collator(processor, recipe, train=True), collate, sample)
+            reason = augmentation_reason(task.collator(processor, unflipped(recipe), train=True), collate, sample)
         if reason is None:
             model.to(accelerator.device)
             chain, reason = trace_head(model, plan, to_device(collate(sample), accelerator.device))
@@ -110,6 +118,24 @@ def maybe_use_cache(
             f"({time.time() - started:.1f} s) {path}"
         )
         cached[split] = CachedSplit(rows, list(encoded[split]["labels"]))
+    if flips:
+        started = time.time()
+        path = cache_file(f"{key}|hflip", encoded["train"])
+        with rng_untouched():
+            rows, built = load_or_build(
+                path,
+                model,
+                modules[chain[0]],
+                encoded["train"],
+                flipped(collate),
+                train_dl.batch_sampler.batch_size,
+                accelerator,
+            )
+        say(
+            f"[cache] train, flipped (data.augment.hflip): {'built' if built else 'reused'} features of {len(rows)} "
+            f"examples ({time.time() - started:.1f} s) {path}"
+        )
+        cached["train"] = CachedSplit(cached["train"].rows, cached["train"].labels, flipped_rows=rows)
     install_head_forward(model, [modules[name] for name in chain])
     new_train = torch.utils.data.DataLoader(
         cached["train"], batch_sampler=train_dl.batch_sampler, generator=train_dl.generator, collate_fn=collate_cached
@@ -121,6 +147,22 @@ def maybe_use_cache(
         for split, dl in eval_dls.items()
     }
     return new_train, new_eval, [modules[name] for name in chain]
+
+
+def unflipped(recipe: Recipe) -> Recipe:
+    """The recipe with ``data.augment.hflip`` off (the flip is replayed from the cache, not drawn on pixels)."""
+    augment = recipe.data.augment.model_copy(update={"hflip": False})
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": augment})})
+
+
+def flipped(collate: Any) -> Any:
+    """The evaluation collator with every image mirrored left-right: what the training collator's flip gives."""
+
+    def collate_flipped(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(features)
+        return {**batch, "pixel_values": batch["pixel_values"].flip(-1)}
+
+    return collate_flipped
 
 
 def install_head_forward(model: nn.Module, chain: list[nn.Module]) -> None:

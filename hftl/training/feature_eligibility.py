@@ -4,8 +4,10 @@ Checked before anything is cached; each failure is logged as the reason for skip
 
 - ``train.cache_features`` is ``auto``; no body group trains at any step of the run;
 - no BatchNorm statistics update in the body (``strategy.batchnorm: train``);
-- nothing random feeds the body: image tasks need ``data.augment`` (and ``train.mixup``) off, and the
-  train and eval collators must give the same inputs on a sample;
+- nothing random feeds the body but a horizontal flip: image tasks need ``data.augment``'s random resized crop
+  and automatic policy (and ``train.mixup``) off, and the train and eval collators must give the same inputs on a
+  sample once the flip is set aside. ``data.augment.hflip`` is replayed exactly from the cached features of both
+  orientations (:mod:`hftl.training.feature_cache`);
 - on a sample batch, traced in training and in evaluation configuration, the
   head group's modules (e.g. BERT's ``dropout`` then ``classifier``) run once
   each, one tensor in, chained output to input, the last one giving the logits;
@@ -62,10 +64,11 @@ def skip_reason(
     body_modules = [m for name, m in model.named_modules() if not _in_any(name, heads[0].modules)]
     if plan.batchnorm == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body_modules):
         return "strategy.batchnorm is 'train': the frozen body's BatchNorm statistics change while training"
-    if "image" in task.roles and augment.random:
+    if "image" in task.roles and augment.beyond_flip:
         return (
             "random augmentation feeds the backbone (data.augment); set data.augment.random_resized_crop=false "
-            "and data.augment.hflip=false (and remove data.augment.auto, zoom and low_resolution) to cache features"
+            "(and remove data.augment.auto, zoom and low_resolution) to cache features (data.augment.hflip is "
+            "replayed from the cache)"
         )
     if mixup is not None:
         return "train.mixup mixes the raw images that feed the backbone; remove it to cache features"

@@ -47,16 +47,30 @@ def read_rows(path: Path) -> Sequence[torch.Tensor] | None:
 
 
 class CachedSplit(torch.utils.data.Dataset):
-    """One split as (cached head input, label) pairs."""
+    """One split as (cached head input, label) pairs.
 
-    def __init__(self, rows: Sequence[torch.Tensor], labels: list[Any]) -> None:
-        self.rows, self.labels = rows, labels
+    With ``flipped_rows`` (the features of the horizontally flipped images, ``data.augment.hflip``), each read
+    returns them instead with probability 1/2, drawn from torch's global generator as the uncached collator's
+    flip is (so a seeded run draws the same flips).
+    """
+
+    def __init__(
+        self, rows: Sequence[torch.Tensor], labels: list[Any], flipped_rows: Sequence[torch.Tensor] | None = None
+    ) -> None:
+        self.rows, self.labels, self.flipped_rows = rows, labels, flipped_rows
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        if self.flipped_rows is not None and bool(torch.rand(()) < 0.5):
+            return self.flipped_rows[i], self.labels[i]
         return self.rows[i], self.labels[i]
+
+    def every_view(self) -> tuple[list[torch.Tensor], list[Any]]:
+        """Every cached row with its label, each orientation once (what a closed-form head is fitted on)."""
+        views = [self.rows] if self.flipped_rows is None else [self.rows, self.flipped_rows]
+        return [row for view in views for row in view], self.labels * len(views)
 
 
 def collate_cached(items: list[tuple[torch.Tensor, Any]]) -> dict[str, torch.Tensor]:

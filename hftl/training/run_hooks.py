@@ -106,7 +106,8 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
 
     started = time.time()
     train, val = ctx.train_dl.dataset, ctx.eval_dls["validation"].dataset
-    fit = (fitter or fit_probe)(ctx.head_chain, train.rows, train.labels, val.rows, val.labels)
+    rows, labels = train.every_view()  # both orientations of each image under data.augment.hflip
+    fit = (fitter or fit_probe)(ctx.head_chain, rows, labels, val.rows, val.labels)
     if fit is None:
         log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
