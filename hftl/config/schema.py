@@ -205,6 +205,8 @@ class EmaSection(Section):
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    # Evidence: fine-tuning MiniLM on BBC News (docs/studies/defaults-bbc, 3 seeds) at 800 articles 0.946 with 200
+    # steps vs 0.922 with one epoch's 50; at 1,781 (112 steps) 0.952 vs 0.954. Rotten Tomatoes: README "Small data".
     min_steps: int = Field(
         200,
         ge=0,
