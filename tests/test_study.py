@@ -449,6 +449,25 @@ def test_best_cell_is_chosen_on_validation_and_test_only_reported(tmp_path):
     assert best["mean"] == pytest.approx(0.805) and best["report_mean"] == pytest.approx(0.605)
 
 
+def test_cells_follow_the_grid_not_the_trial_numbers(tmp_path):
+    """A trial run again after a stop gets a later number; its cell still comes in the grid's place."""
+    import itertools
+
+    from hftl.analysis.study_report import cell_stats
+
+    axes = [
+        synthetic_axis("strategy.name", "strategy", ["a", "b", "c"]),
+        synthetic_axis("train.seed", "seed", [0]),
+    ]
+    study = synthetic_study(tmp_path, axes, "validation.accuracy")
+    study.points = [{"strategy.name": n, "train.seed": s} for n, s in itertools.product(["a", "b", "c"], [0])]
+    rows = [  # trial order: a, c, then b (b's first attempt was stopped and queued again)
+        {"state": "COMPLETE", "strategy.name": n, "train.seed": 0, "validation.accuracy": 0.5, "train_seconds": 1.0}
+        for n in ("a", "c", "b")
+    ]
+    assert [c["labels"]["strategy.name"] for c in cell_stats(study, rows)] == ["a", "b", "c"]
+
+
 def test_a_worker_prepares_each_data_and_seed_once(text_recipe, monkeypatch):
     """reuse_prepared_data: trials that differ in strategy / LRs / random weights share the encoded data; another
     seed or size is encoded again; a split a run adds (train.eval_sample) does not leak into the next trial."""

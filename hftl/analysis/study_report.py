@@ -121,7 +121,7 @@ def cell_axes(study: Study) -> list[str]:
 
 
 def cell_stats(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell, in the order cells first appear (grid order): mean, std and count of the choosing metric
+    """Per cell, in the grid's order (a search's: as cells first appear): mean, std and count of the choosing metric
     (``mean``/``std``, validation) and of the reported one (``report_mean``/``report_std``, test)."""
     names = cell_axes(study)
     cells: dict[tuple, dict[str, Any]] = {}
@@ -142,7 +142,11 @@ def cell_stats(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
         cell["mean"], cell["std"] = _mean_std(cell["values"])
         cell["report_mean"], cell["report_std"] = _mean_std(cell["reported"])
         cell["train_seconds"] = statistics.fmean(cell["seconds"]) if cell["seconds"] else math.nan
-    return list(cells.values())
+    # Grid order, not trial order: a trial run again after a stop is a new, later trial of an early cell.
+    grid: dict[tuple, int] = {}
+    for i, labels in enumerate(study.points):
+        grid.setdefault(tuple(str(labels[n]) for n in names), i)
+    return sorted(cells.values(), key=lambda c: grid.get(tuple(str(c["labels"][n]) for n in names), len(grid)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
