@@ -137,8 +137,8 @@ def test_off_is_the_pipeline_of_before_bitwise(processor) -> None:
         torch.manual_seed(1)
         assert all(torch.equal(transform(image), want) for image, want in zip(images, expected))
     assert train_transform(processor, AugmentSection(**NO_CROP)) is None  # nothing random: the processor itself
-    assert not AugmentSection(**NO_CROP).random
-    assert AugmentSection(**NO_CROP, zoom=[1.0, 1.2]).random  # so the feature cache is off (feature_eligibility)
+    assert not AugmentSection(**NO_CROP).beyond_flip
+    assert AugmentSection(**NO_CROP, zoom=[1.0, 1.2]).beyond_flip  # so the feature cache is off (feature_eligibility)
 
 
 def test_target_batches_of_adaptation_keep_their_framing_and_resolution() -> None:

@@ -125,7 +125,7 @@ def test_a_removed_value_is_hidden_and_comes_back(write_study, trainings, capsys
     assert [(r["train.seed"], r["state"]) for r in rows] == [("0", "COMPLETE")]
     report = (folder / "report.md").read_text()
     assert "1 earlier trial(s) of points no longer in the grid are not shown" in report
-    assert "Trials: 1 complete," in report and "| full | 0.5500 ± 0.0000 | 0.5400 ± 0.0000 | 1/1 |" in report
+    assert "Trials: 1 complete," in report and "| full | 0.5500 | 0.5400 | 1/1 |" in report
     assert "report.md (1 earlier trial(s) of points no longer in the grid not shown)" in capsys.readouterr().out
     assert len(stored_trials(path).trials) == 2  # still in the storage
 
