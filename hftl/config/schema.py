@@ -22,7 +22,7 @@ Sections::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -339,6 +339,11 @@ class Recipe(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir or Path("runs") / self.name)
+
+    def with_augment(self, **changes: Any) -> Recipe:
+        """This recipe with some ``data.augment`` fields changed (a copy; e.g. a collator's view of the data)."""
+        augment = self.data.augment.model_copy(update=changes)
+        return self.model_copy(update={"data": self.data.model_copy(update={"augment": augment})})
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (every default spelled out), as saved in the run folder."""

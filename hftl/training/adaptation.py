@@ -237,8 +237,7 @@ def target_side(recipe: Recipe) -> Recipe:
     augment = recipe.data.augment
     if augment.zoom is None and augment.low_resolution is None:
         return recipe
-    source_only = augment.model_copy(update={"zoom": None, "low_resolution": None})
-    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": source_only})})
+    return recipe.with_augment(zoom=None, low_resolution=None)
 
 
 def describe_adaptation(recipe: dict[str, Any]) -> str:

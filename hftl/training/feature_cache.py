@@ -151,8 +151,7 @@ def maybe_use_cache(
 
 def unflipped(recipe: Recipe) -> Recipe:
     """The recipe with ``data.augment.hflip`` off (the flip is replayed from the cache, not drawn on pixels)."""
-    augment = recipe.data.augment.model_copy(update={"hflip": False})
-    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": augment})})
+    return recipe.with_augment(hflip=False)
 
 
 def flipped(collate: Any) -> Any:
