@@ -98,43 +98,35 @@ def maybe_use_cache(
         f"inputs of '{chain[0]}'"
     )
     splits = {"train": train_dl, **eval_dls}
-    cached = {}
-    for split, dl in splits.items():
-        path = cache_file(key, encoded[split])
-        started = time.time()
+
+    def extract(split: str, key_text: str, collate_fn: Any) -> tuple[Any, str, str]:
+        """One split's cached head inputs (read, or built now) and the words for the log line."""
+        path, started = cache_file(key_text, encoded[split]), time.time()
         with rng_untouched():
             rows, built = load_or_build(
                 path,
                 model,
                 modules[chain[0]],
                 encoded[split],
-                collate,
-                dl.batch_sampler.batch_size,
+                collate_fn,
+                splits[split].batch_sampler.batch_size,
                 accelerator,
             )
-        shape = tuple(rows[0].shape) if all(r.shape == rows[0].shape for r in rows) else ("T", *rows[0].shape[1:])
-        say(
-            f"[cache] {split}: {'built' if built else 'reused'} features of {len(rows)} examples, shape {shape} "
-            f"({time.time() - started:.1f} s) {path}"
+        return (
+            rows,
+            f"{'built' if built else 'reused'} features of {len(rows)} examples",
+            f"({time.time() - started:.1f} s) {path}",
         )
+
+    cached = {}
+    for split in splits:
+        rows, what, where = extract(split, key, collate)
+        shape = tuple(rows[0].shape) if all(r.shape == rows[0].shape for r in rows) else ("T", *rows[0].shape[1:])
+        say(f"[cache] {split}: {what}, shape {shape} {where}")
         cached[split] = CachedSplit(rows, list(encoded[split]["labels"]))
     if flips:
-        started = time.time()
-        path = cache_file(f"{key}|hflip", encoded["train"])
-        with rng_untouched():
-            rows, built = load_or_build(
-                path,
-                model,
-                modules[chain[0]],
-                encoded["train"],
-                flipped(collate),
-                train_dl.batch_sampler.batch_size,
-                accelerator,
-            )
-        say(
-            f"[cache] train, flipped (data.augment.hflip): {'built' if built else 'reused'} features of {len(rows)} "
-            f"examples ({time.time() - started:.1f} s) {path}"
-        )
+        rows, what, where = extract("train", f"{key}|hflip", flipped(collate))
+        say(f"[cache] train, flipped (data.augment.hflip): {what} {where}")
         cached["train"] = CachedSplit(cached["train"].rows, cached["train"].labels, flipped_rows=rows)
     install_head_forward(model, [modules[name] for name in chain])
     new_train = torch.utils.data.DataLoader(
