@@ -20,6 +20,7 @@ from hftl.analysis.advice_rules import (
     PARTIAL,
     RUNGS,
     SCRATCH,
+    SETFIT,
     TABLE,
     Measurements,
     contenders,
@@ -102,6 +103,19 @@ def test_each_branch_is_reached_by_its_measurements(cell):
     assert any("negative transfer" in f for f in decision.flags) == (cell[1] == "negative")
 
 
+def test_the_measured_bbc_points_adapt_the_top_half_though_the_features_separate():
+    """docs/studies/advisor_agreement.json, bbc-strategies at 400 / 1,000 / 1,779 articles (majority, probe, TF-IDF):
+    the probe removes >= 90% of the errors, and the study's partial beats it by 2-3 validation points there."""
+    for n, majority, probe, baseline in (
+        (400, 0.263, 0.945, 0.770),
+        (1_000, 0.234, 0.951, 0.907),
+        (1_779, 0.229, 0.949, 0.926),
+    ):
+        decision = decide(Measurements(n, majority, probe, baseline, text=True, n_classes=5))
+        assert decision.feature_class == "separable"
+        assert (decision.rung.label, decision.runner_up.label) == (PARTIAL, SETFIT if n < 500 else FE)
+
+
 def test_the_measured_sentiment_points_fall_where_the_measurements_say():
     """The advisor's own measurements of docs/studies/advisor_agreement.json (sentiment-strategies at 1,000 / 4,000 /
     10,207 snippets: majority, probe, TF-IDF): partial wherever the study's fine-tunes beat the probe; full at 10.2k."""
@@ -151,7 +165,8 @@ def test_advise_measures_prints_and_writes_a_recipe_that_reuses_the_features(
     # the tiny random BERT's features lose to TF-IDF on the toy reviews ("negative": never frozen); without that
     # branch, and with a table whose small band freezes, the written recipe reuses the features the advisor cached
     monkeypatch.setattr(advice_rules, "NEGATIVE_GAP", 1.0)
-    monkeypatch.setitem(advice_rules.TABLE, ("small", "ordinary"), advice_rules.Cell(FE, "partial", "a probe"))
+    for column in ("ordinary", "separable"):
+        monkeypatch.setitem(advice_rules.TABLE, ("small", column), advice_rules.Cell(FE, "partial", "a probe"))
     out = tmp_path / "advised.yaml"
     assert main(["advise", str(text_recipe()), "--write", str(out)]) == 0
     printed = capsys.readouterr().out
