@@ -156,6 +156,9 @@ def test_a_worker_takes_only_the_points_of_its_own_grid(write_study):
     import optuna
 
     ostudy = optuna.load_study(study_name=small.name, storage=storage)
+    # a machine whose points resolve to another recipe (its recipe file changed under it) takes none of them
+    other = load_study(write_study(overrides={**FAST, "train.max_steps": 3}, axes={"train.seed": [0, 1, 2]}))
+    assert _next_trial(other, storage, ostudy) is None
     taken = []
     while (trial := _next_trial(small, storage, ostudy)) is not None:
         taken.append(trial.user_attrs["hftl_labels"])
@@ -261,7 +264,7 @@ def test_a_pinned_recipe_change_keeps_every_trial(write_study, trainings, capsys
     # pinned: under overrides for one key, in a rewritten value for the other (same label, same resolved recipe)
     full = {"label": "full", "set": {"strategy.name": "full", "strategy.batchnorm": "frozen"}}
     feature = {"label": "feature_extraction", "set": {"strategy.name": "feature_extraction"}}
-    overrides = {"train.max_steps": 2, "train.eval_steps": 2, "data.max_eval_samples": 32, "train.batch_size": 8}
+    overrides = dict(FAST)
     pinned = {"strategy.name": [full, feature], "train.seed": [0, 1]}
     write_study(overrides={**overrides, "optim.lr": 2e-3}, axes=pinned)
     assert main(["study", str(path)]) == 2  # feature_extraction's BatchNorm is not pinned yet
