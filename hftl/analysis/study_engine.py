@@ -146,15 +146,15 @@ def _work(study: Study, storage: Any, ostudy: Any) -> int:
 def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
     """Pop a WAITING trial (the storage lets only one worker switch it to RUNNING); tpe: else ask a new one."""
     optuna = load_optuna()
-    waiting = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     ours = {point_key(labels): labels for labels in study.points}  # grid
     before = ostudy.user_attrs.get("hftl_recipes_before") or {}
-    for frozen in waiting:
+    for frozen in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         key = frozen.user_attrs.get("hftl_key")
         if study.spec.search == "grid" and (
             key not in ours or recorded_recipe(frozen, before) != point_recipe(study, ours[key])
         ):
-            continue  # a point of another version of this grid (a machine that runs it grown): not ours to run
+            continue  # a point of another version of this grid (a machine that runs it grown, or whose recipe
+            # file changed under it): it would run with another recipe than it was queued with, not ours to run
         if storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.RUNNING):
             return optuna.Trial(ostudy, frozen._trial_id)
     if study.spec.search == "tpe":
