@@ -306,6 +306,10 @@ def test_the_trial_record_is_the_recipe_without_machine_paths(write_study):
         "optim.lr: ran with 5e-05 (the default), now 0.1",
         "train.seed: ran with 0, now 1",
     ]
+    assert recipe_changes({"train": {"ema": {"decay": 0.9}}}, {}) == [
+        "train.ema.decay: ran with 0.9, now null (train.ema's default)"
+    ]
+    assert recipe_changes(None, {}) == ["no record of what it ran with"]
 
 
 def _previous_hftl_storage(study, finished: int) -> None:

@@ -101,11 +101,8 @@ def recipe_changes(before: dict[str, Any] | None, now: dict[str, Any]) -> list[s
     return [
         f"{key}: ran with {_shown(key, old)}, now {_shown(key, new)}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key, _UNSET) != new.get(key, _UNSET)
+        if key not in old or key not in new or old[key] != new[key]
     ]
-
-
-_UNSET = object()
 
 
 def _leaves(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,33 +116,31 @@ def _leaves(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _shown(key: str, leaves: dict[str, Any]) -> str:
-    if key in leaves:
-        return _text(leaves[key])
-    default = _default(key)
-    return "its default" if default is _UNSET else f"{_text(default)} (the default)"
+    return _text(leaves[key]) if key in leaves else _default_text(key)
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _default(dotted: str) -> Any:
-    """A recipe field's default in this hftl (a value left at its default is not in a trial's record)."""
+def _default_text(dotted: str) -> str:
+    """How a recipe field left at its default reads (a value at its default is not in a trial's record), e.g.
+    ``frozen (the default)``, or ``null (train.ema's default)`` for a key of a section that is off by default."""
     from hftl.config.schema import Recipe
 
     cls: Any = Recipe
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-        if field is None:
-            return _UNSET
-        if i == len(parts) - 1:
-            if field.is_required():
-                return _UNSET
-            value = field.get_default(call_default_factory=True)
-            return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        field = cls.model_fields.get(part) if _is_model(cls) else None
+        if field is None or (field.is_required() and i == len(parts) - 1):
+            return "unset"
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        if i == len(parts) - 1 or (value is None and not field.is_required()):
+            shown = _text(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
+            whose = "the" if i == len(parts) - 1 else f"{'.'.join(parts[: i + 1])}'s"
+            return f"{shown} ({whose} default)"
         cls = next((t for t in (field.annotation, *getattr(field.annotation, "__args__", ())) if _is_model(t)), None)
-    return _UNSET
+    return "unset"
 
 
 def _is_model(kind: Any) -> bool:
