@@ -355,18 +355,21 @@ def test_concurrent_pops_never_hand_out_a_point_twice(write_study):
 
 
 def test_a_changed_study_is_refused_on_an_existing_storage(write_study):
-    """Outside its axes a grid may not change (tests/test_study_extend.py: the axes may); a search not at all."""
+    """A grid's trials may not change recipe, nor the study its settings (tests/test_study_extend.py: the axes
+    may change); a search not at all."""
     from hftl.analysis.study_storage import ensure_study, open_storage
 
     path = write_study()
     study = load_study(path)
     ensure_study(study, open_storage(study))
     ensure_study(study, open_storage(study))  # the same study loads again
-    changed = load_study(write_study(overrides={**FAST, "train.max_steps": 3}))
-    with pytest.raises(HftlError, match="with another recipe, fixed overrides, metric or search settings"):
+    changed = load_study(write_study(overrides={**FAST, "train.max_steps": 3}))  # every point's recipe changes
+    with pytest.raises(HftlError, match=r"4 point\(s\) of this study now resolve to another recipe"):
+        ensure_study(changed, open_storage(changed))
+    with pytest.raises(HftlError, match="train.max_steps: ran with 2, now 3"):
         ensure_study(changed, open_storage(changed))
     changed = load_study(write_study(metric="validation.loss"))
-    with pytest.raises(HftlError, match="only the axes may change"):
+    with pytest.raises(HftlError, match="with another metric, direction or search settings"):
         ensure_study(changed, open_storage(changed))
 
     search = {"search": "tpe", "trials": 2, "name": "search"}

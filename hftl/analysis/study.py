@@ -28,12 +28,11 @@ results (csv, markdown, plots) are :mod:`hftl.analysis.study_report`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,6 +41,9 @@ from hftl.config.errors import HftlError, RecipeError
 from hftl.config.recipe import to_yaml_text
 from hftl.config.registry import did_you_mean
 from hftl.config.yaml_loader import load_yaml
+
+if TYPE_CHECKING:
+    from hftl.config.schema import Recipe
 
 Kind = Literal["data_size", "seed", "strategy", "lr_multiplier", "pretrained", "shift_severity"]
 # Axes whose role the report knows from the key path alone; others are marked with `kind:`.
@@ -176,6 +178,7 @@ class Study:
     direction: str
     report: str | None = None  # reported beside (test), never chosen on
     points: list[dict[str, Any]] = field(default_factory=list)  # grid: axis -> label, in grid order
+    recipes: dict[str, Recipe] = field(default_factory=dict, repr=False)  # point_recipe's, by point key
 
     @property
     def storage_url(self) -> str:
@@ -192,30 +195,17 @@ class Study:
         """``key=value`` overrides for one point (axes in order, later axes win), fixed ones first."""
         return [f"{key}={to_yaml_text(value)}" for key, value in self.point_sets(labels).items()]
 
-    def point_digest(self, labels: dict[str, Any]) -> str:
-        """Digest of what one point's trial is run with, so a finished trial whose label now means
-        something else is caught when the study grows (see :mod:`hftl.analysis.study_storage`)."""
-        return _digest(self.point_sets(labels))
+    def point_recipe(self, labels: dict[str, Any]) -> Recipe:
+        """The recipe one point's trial runs with (before the study's output.dir), built once per study.
 
-    def fingerprint(self) -> str:
-        """Digest of the whole study (recipe, settings and axes): a sampled search must not change at all."""
-        return self._fingerprint(NOT_DECIDING)
+        What a trial is, for the storage: :mod:`hftl.analysis.study_identity` records it per trial.
+        """
+        key = point_key(labels)
+        if key not in self.recipes:
+            from hftl.config.recipe import load_recipe
 
-    def base_fingerprint(self) -> str:
-        """Digest of the study without its axes: what must stay the same for a grid to grow or shrink."""
-        return self._fingerprint(NOT_DECIDING | {"axes"})
-
-    def _fingerprint(self, exclude: set[str]) -> str:
-        recipe = self.recipe_file.read_text(encoding="utf-8")
-        return _digest({"recipe": recipe, "spec": self.spec.model_dump(mode="json", exclude=exclude)})
-
-
-# Study keys that change neither a trial nor its meaning (left out of the fingerprints).
-NOT_DECIDING = {"description", "jobs", "storage", "output", "timeout_minutes", "keep_models", "name"}
-
-
-def _digest(doc: Any) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            self.recipes[key] = load_recipe(self.recipe_file, self.trial_overrides(labels))
+        return self.recipes[key]
 
 
 def point_key(labels: dict[str, Any]) -> str:
@@ -339,7 +329,7 @@ def _check_point(study: Study, labels: dict[str, Any]) -> None:
     from hftl.config.recipe import load_recipe
 
     try:
-        load_recipe(study.recipe_file, study.trial_overrides(labels))
+        study.point_recipe(labels)
         return
     except HftlError as exc:
         error = exc

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.analysis.study import Study, load_study, point_key
+from hftl.analysis.study_identity import point_recipe, recorded_recipe
 from hftl.analysis.study_report import current_trials, latest_trials, write_report, write_results
 from hftl.analysis.study_storage import (
     HEARTBEAT_SECONDS,
@@ -145,11 +146,15 @@ def _work(study: Study, storage: Any, ostudy: Any) -> int:
 def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
     """Pop a WAITING trial (the storage lets only one worker switch it to RUNNING); tpe: else ask a new one."""
     optuna = load_optuna()
-    ours = {point_key(labels): study.point_digest(labels) for labels in study.points}  # grid
+    ours = {point_key(labels): labels for labels in study.points}  # grid
+    before = ostudy.user_attrs.get("hftl_recipes_before") or {}
     for frozen in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        key, digest = frozen.user_attrs.get("hftl_key"), frozen.user_attrs.get("hftl_digest")
-        if study.spec.search == "grid" and (key not in ours or digest not in (None, ours[key])):
-            continue  # a point of another version of this grid (a machine that runs it grown): not ours to run
+        key = frozen.user_attrs.get("hftl_key")
+        if study.spec.search == "grid" and (
+            key not in ours or recorded_recipe(frozen, before) != point_recipe(study, ours[key])
+        ):
+            continue  # a point of another version of this grid (a machine that runs it grown, or whose recipe
+            # file changed under it): it would run with another recipe than it was queued with, not ours to run
         if storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.RUNNING):
             return optuna.Trial(ostudy, frozen._trial_id)
     if study.spec.search == "tpe":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from hftl.analysis.study import Study, point_key
+from hftl.analysis.study_identity import (
+    digest,
+    fingerprint,
+    point_recipe,
+    recipe_changes,
+    recorded_recipe,
+    settings_digest,
+)
+from hftl.analysis.study_upgrade import check_earlier, earlier_recipes, is_earlier
 from hftl.config import log
 from hftl.config.errors import HftlError
 
@@ -91,7 +99,8 @@ def ensure_study(study: Study, storage: Any) -> Any:
 
     A grid may grow (new axis values, seeds) and shrink between runs; what it may not change is
     checked by :func:`check_storage`. Each enqueued trial records its point (``hftl_key``,
-    ``hftl_labels``) and the digest of the overrides it runs with (``hftl_digest``).
+    ``hftl_labels``) and the recipe it runs with (``hftl_recipe``, ``hftl_digest``:
+    :mod:`hftl.analysis.study_identity`).
     """
     optuna = load_optuna()
     sampler = (
@@ -118,8 +127,9 @@ def ensure_study(study: Study, storage: Any) -> Any:
         have = {t.user_attrs.get("hftl_key") for t in ostudy.get_trials(deepcopy=False)}
         missing = [labels for labels in study.points if point_key(labels) not in have]
         for labels in missing:
-            attrs = {"hftl_key": point_key(labels), "hftl_labels": labels, "hftl_digest": study.point_digest(labels)}
-            ostudy.enqueue_trial(labels, user_attrs=attrs)
+            recipe = point_recipe(study, labels)
+            attrs = {"hftl_key": point_key(labels), "hftl_labels": labels, "hftl_recipe": recipe}
+            ostudy.enqueue_trial(labels, user_attrs={**attrs, "hftl_digest": digest(recipe)})
         if missing and have - {None}:
             log.say(f"[study] {study.name}: {len(missing)} new point(s) queued beside the trials it has")
         record_study(study, ostudy)
@@ -129,88 +139,79 @@ def ensure_study(study: Study, storage: Any) -> Any:
 def check_storage(study: Study, ostudy: Any) -> None:
     """Refuse a storage whose trials this study would misread (nothing is written).
 
-    A grid keeps its finished trials when it grows or shrinks, provided nothing outside the axes
-    changed (recipe text, fixed overrides, metric, search settings: ``hftl_base_fingerprint``) and
-    no axis value that has trials now sets other keys (``hftl_values``, and each trial's
-    ``hftl_digest``). A sampled search must be the same study (``hftl_fingerprint``), as before.
-    A storage of an earlier hftl holds only ``hftl_fingerprint``: the same study passes (and
-    :func:`record_study` upgrades it); a changed one is refused, since which trials still hold
-    cannot be told from it.
+    A grid keeps its trials when it grows or shrinks, when its recipe's text or its fixed overrides change,
+    and when a value is rewritten, as long as each trial's point still resolves to the recipe the trial ran
+    with (``hftl_recipe``) and the study's settings are the same (``hftl_settings``: metric, search, ...). A
+    sampled search must be the same study (``hftl_fingerprint``). A storage of an earlier hftl is checked the
+    way it was written (:mod:`hftl.analysis.study_upgrade`) and :func:`record_study` upgrades it.
     """
     attrs = ostudy.user_attrs
-    whole, base = attrs.get("hftl_fingerprint"), attrs.get("hftl_base_fingerprint")
-    if study.spec.search == "tpe" or base is None:
-        if whole is not None and whole != study.fingerprint():
-            earlier = study.spec.search == "grid"
-            raise HftlError(
-                f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, "
-                "axes or metric. Give this one another `name:`, or delete the old storage to start again."
-                + (_EARLIER.format(file=study.file) if earlier else "")
-            )
+    if is_earlier(attrs):
+        check_earlier(study, ostudy)
         return
-    if base != study.base_fingerprint():
+    if "hftl_settings" not in attrs:  # new: nothing recorded yet
+        return
+    if study.spec.search == "tpe" and attrs.get("hftl_fingerprint") != fingerprint(study):
         raise HftlError(
-            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, fixed "
-            "overrides, metric or search settings; of a grid only the axes may change (values added or removed). "
-            "Put those back, give this study another `name:`, or delete the old storage to start again."
+            f"{study.file}: the storage already holds a study named '{study.name}' with another recipe, axes or "
+            "metric. A search must not change (its sampler learnt from the trials it has); give this one another "
+            "`name:`, or delete the old storage to start again."
         )
-    stored: dict[str, dict[str, Any]] = attrs.get("hftl_values") or {}
-    for axis in study.axes:
-        for value in axis.values:
-            before = stored.get(axis.name, {}).get(_label_key(value.label))
-            if before is not None and before != _jsonable(value.sets):
-                raise HftlError(
-                    f"{study.file}: axis '{axis.name}', value {value.label!r} now sets {_jsonable(value.sets)}, but "
-                    f"its trials in the storage ran with {before}. Give the new setting a new label (the finished "
-                    "trials keep the old one), or give the study another `name:`."
-                )
+    if attrs["hftl_settings"] != settings_digest(study):
+        raise HftlError(
+            f"{study.file}: the storage already holds a study named '{study.name}' with another metric, direction "
+            "or search settings; of a grid only the axes, the overrides and the recipe may change, as long as no "
+            "trial's recipe does. Put those back, give this study another `name:`, or delete the old storage to "
+            "start again."
+        )
+    if study.spec.search == "grid":
+        _check_trials(study, ostudy)
+
+
+def _check_trials(study: Study, ostudy: Any) -> None:
+    """Each trial of a point of this grid ran (or is queued to run) with the recipe the point resolves to now."""
+    before = ostudy.user_attrs.get("hftl_recipes_before") or {}
     points = {point_key(labels): labels for labels in study.points}
+    changed: dict[str, tuple[Any, list[str]]] = {}
     for t in ostudy.get_trials(deepcopy=False):
-        labels = points.get(t.user_attrs.get("hftl_key"))
-        if labels is not None and t.user_attrs.get("hftl_digest") not in (None, study.point_digest(labels)):
-            shown = ", ".join(f"{k}={v}" for k, v in labels.items())
-            raise HftlError(
-                f"{study.file}: point {shown}: trial {t.number} in the storage ran with other overrides than this "
-                "point resolves to now (two axes that set one key, in another order?). Put the axes back in "
-                "their order, or give the study another `name:`."
-            )
+        key = t.user_attrs.get("hftl_key")
+        if key not in points or key in changed:
+            continue
+        ran, now = recorded_recipe(t, before), point_recipe(study, points[key])
+        if ran != now:
+            changed[key] = (t, recipe_changes(ran, now))
+    if not changed:
+        return
+    lines = [
+        f"point {', '.join(f'{k}={v}' for k, v in points[key].items())} (trial {t.number}): {'; '.join(diff)}"
+        for key, (t, diff) in list(changed.items())[:_SHOWN]
+    ]
+    more = f"\n  - ... and {len(changed) - _SHOWN} more point(s)" if len(changed) > _SHOWN else ""
+    raise HftlError(
+        f"{study.file}: {len(changed)} point(s) of this study now resolve to another recipe than their trials in "
+        "the storage ran with:\n  - " + "\n  - ".join(lines) + more + "\nPin what they ran with in the study "
+        "file (the key in the value's `set:`, or under `overrides:`), give the new setting a new label (the "
+        "finished trials keep the old one), or give the study another `name:`. Nothing was written."
+    )
 
 
-_EARLIER = (
-    " This storage was written by an earlier hftl, which kept no record of what each point ran with; to grow "
-    "the grid, put the study file back as it was, run `hftl study {file} --report` once (it records that and "
-    "trains nothing), then make the change."
-)
+_SHOWN = 5  # points named in a refusal
 
 
 def upgrade_storage(study: Study, ostudy: Any) -> None:
-    """Check the storage (:func:`check_storage`) and, for an earlier hftl's record of this same grid,
-    record what lets the grid grow (``hftl study --report`` does this without training)."""
+    """Check the storage (:func:`check_storage`) and, for an earlier hftl's record of this same study, record
+    what each trial ran with (``hftl study --report`` does this without training)."""
     with storage_lock(study):
         check_storage(study, ostudy)
-        attrs = ostudy.user_attrs
-        if study.spec.search == "grid" and "hftl_fingerprint" in attrs and "hftl_base_fingerprint" not in attrs:
+        if is_earlier(ostudy.user_attrs):
             record_study(study, ostudy)
 
 
 def record_study(study: Study, ostudy: Any) -> None:
-    """What the storage's trials were run with: the study's digests and each axis value's keys (merged with
-    the values recorded before, so a value removed and added back later is checked too)."""
-    if study.spec.search == "grid":
-        values = {k: dict(v) for k, v in (ostudy.user_attrs.get("hftl_values") or {}).items()}
-        for axis in study.axes:
-            values.setdefault(axis.name, {}).update({_label_key(v.label): _jsonable(v.sets) for v in axis.values})
-        ostudy.set_user_attr("hftl_values", values)
-        ostudy.set_user_attr("hftl_base_fingerprint", study.base_fingerprint())
+    """The study's digests; for an earlier hftl's storage, first what its trials ran with (by point: Optuna
+    does not let a finished trial's attributes change)."""
+    if is_earlier(ostudy.user_attrs) and study.spec.search == "grid":
+        ostudy.set_user_attr("hftl_recipes_before", earlier_recipes(study, ostudy))
+    ostudy.set_user_attr("hftl_settings", settings_digest(study))
     ostudy.set_user_attr("hftl_metric", study.metric)
-    ostudy.set_user_attr("hftl_fingerprint", study.fingerprint())  # last: the grid is complete
-
-
-def _label_key(label: Any) -> str:
-    """A label as a mapping key that keeps its type (1 and "1" are different labels)."""
-    return json.dumps(label)
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as the storage gives it back (JSON), so a recorded value and today's compare equal."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    ostudy.set_user_attr("hftl_fingerprint", fingerprint(study))  # last: the grid is complete
