@@ -104,6 +104,14 @@ def test_pooling_is_refused_where_the_task_does_not_pool(text_recipe):
         )
 
 
+def test_batchnorm_eval_without_pretrained_statistics_is_refused(text_recipe):
+    with pytest.raises(
+        RecipeError, match=r"strategy\.batchnorm.*model\.pretrained is false.*Set strategy\.batchnorm: frozen"
+    ):
+        load_recipe(text_recipe(model={"pretrained": False}, strategy={"name": "full", "batchnorm": "eval"}))
+    assert load_recipe(text_recipe(model={"pretrained": False}, strategy={"name": "full", "batchnorm": "frozen"}))
+
+
 def test_pretrained_false_is_the_same_architecture_with_random_weights(text_recipe, tiny_bert_dir):
     from safetensors.torch import load_file
 

@@ -92,7 +92,12 @@ FE, PARTIAL, FULL = (r.label for r in LADDER)
 # Off the ladder: the same architecture from random weights, what is left when pretrained features hurt. LRs as
 # studies/sentiment-strategies.yaml's scratch cell (body 1e-4, head 1e-3) and recipes/mnist-scratch.yaml (2e-3).
 SCRATCH_RUNG = Rung(
-    "full", lr=1e-4, head_lr=1e-3, image_lrs=(2e-3, 2e-3), name="scratch", sets={"model.pretrained": False}
+    "full",
+    lr=1e-4,
+    head_lr=1e-3,
+    image_lrs=(2e-3, 2e-3),
+    name="scratch",
+    sets={"model.pretrained": False, "strategy.batchnorm": "frozen"},  # no pretrained statistics to keep
 )
 SCRATCH = SCRATCH_RUNG.label
 # Off the ladder (text only, few shots): the body is tuned contrastively, the head then fitted by L-BFGS; its own

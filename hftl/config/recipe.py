@@ -171,6 +171,14 @@ def check_recipe(recipe: Recipe) -> Recipe:
     if recipe.data.shift is not None:
         check_shift(recipe, task.roles)
     task.check(recipe)
+    if recipe.strategy.batchnorm == "eval" and not recipe.model.pretrained:
+        raise RecipeError(
+            file,
+            "strategy.batchnorm",
+            "'eval' keeps every BatchNorm on its pretrained statistics, but model.pretrained is false: there are "
+            "none (a random network's BatchNorm would stay at mean 0 and variance 1 for the whole run)",
+            hint="Set strategy.batchnorm: frozen (the statistics update as the body trains).",
+        )
     check_adaptation(recipe, task)  # data.target / strategy.adaptation
     check_levers(recipe, task)  # label smoothing, mixup, auto augmentation: only where they mean something
     return recipe
