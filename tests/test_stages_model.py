@@ -119,6 +119,8 @@ def test_layer_groups_are_timms_then_the_linear_head(recipe):
         and [g.name for g in groups[1:-2]] == [f"blocks.{i}" for i in range(len(model.timm_model.blocks))]
     )
     assert groups[-1].is_head and set(groups[-1].params) == {"classifier.weight", "classifier.bias"}
+    assert groups[-1].modules == ("classifier",)  # timm's parameter-free pooling stays in the body (the neck)
+    assert "timm_model.global_pool" in groups[-2].modules
     assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
 
 

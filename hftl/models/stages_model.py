@@ -109,6 +109,26 @@ def _stage_outputs(
     return maps, timm_model.forward_head(final, pre_logits=True)
 
 
+def _tail_before_last_weights(timm_model: nn.Module) -> nn.Module:
+    """``timm_model`` with its trailing parameter-free children (``global_pool`` and, built with ``num_classes=0``,
+    the ``Identity`` classifier) registered just before its last child with parameters (EfficientNet's ``bn2``).
+
+    Why: hftl's layer groups give a parameter-free module to the group of the next module with parameters
+    (hftl/models/layers.py). Left last, timm's pooling would join this model's new head, whose modules must be the
+    one linear layer reading the concatenation (the feature cache replays them; domain adaptation taps the first
+    one's input). timm's forward calls its modules by name, so only the registration order changes: no output,
+    parameter or state-dict key does.
+    """
+    children = list(timm_model.named_children())
+    weighted = [i for i, (_, child) in enumerate(children) if any(True for _ in child.parameters())]
+    if weighted and weighted[-1] < len(children) - 1:
+        last = weighted[-1]
+        order = children[:last] + children[last + 1 :] + [children[last]]
+        timm_model._modules.clear()
+        timm_model._modules.update(order)
+    return timm_model
+
+
 class StagesModelForImageClassification(PreTrainedModel):
     config_class = StagesClassifierConfig
     base_model_prefix = "timm_model"
@@ -121,7 +141,7 @@ class StagesModelForImageClassification(PreTrainedModel):
             import timm
 
             timm_model = timm.create_model(config.architecture, pretrained=False, num_classes=0, **config.model_args)
-        self.timm_model = timm_model
+        self.timm_model = _tail_before_last_weights(timm_model)
         self.classifier = nn.Linear(sum(config.widths), config.num_labels)
         self.post_init()
 
