@@ -16,12 +16,12 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-# hftl's own transformers architectures (the pooled text classifier) register with transformers' Auto classes
-# as soon as transformers loads them, so `import hftl` is all a saved run needs to load with plain
-# `pipeline(...)` / `AutoModelFor*.from_pretrained(...)`, without trust_remote_code. The hook waits for
+# hftl's own transformers architectures (the pooled text classifier, the all-stages image classifier) register with
+# transformers' Auto classes as soon as transformers loads them, so `import hftl` is all a saved run needs to load
+# with plain `pipeline(...)` / `AutoModelFor*.from_pretrained(...)`, without trust_remote_code. The hook waits for
 # transformers' Auto model module: `import hftl` itself stays light (no torch) for the CLI.
 _AUTO_MODULE = "transformers.models.auto.modeling_auto"
-_ARCHITECTURES = ("hftl.models.pooled_model",)
+_ARCHITECTURES = ("hftl.models.pooled_model", "hftl.models.stages_model")
 
 
 def _register_architectures() -> None:

@@ -75,6 +75,15 @@ def pooled_classifier(config) -> nn.Module:
     return PooledModelForSequenceClassification(PooledClassifierConfig(body=config.to_dict(), num_labels=2))
 
 
+def stages_classifier(arch: str) -> nn.Module:
+    """hftl's all-stages image classifier (model.pooling: stages) on a timm body."""
+    from hftl.models.stages_model import StagesClassifierConfig, StagesModelForImageClassification
+
+    body = timm(arch, head=False)
+    config = StagesClassifierConfig.for_timm(body.timm_model, body.config, num_labels=3)
+    return StagesModelForImageClassification(config, timm_model=body.timm_model)
+
+
 def _timm_head(*modules: str) -> set[str]:
     return {f"timm_model.{m}.{p}" for m in modules for p in ("weight", "bias")}
 
@@ -211,6 +220,18 @@ CASES = [
         lambda: timm("efficientnet_lite0", head=False),
         ["stem", *(f"blocks.{i}" for i in range(7)), "neck"],
         set(),
+    ),
+    Case(
+        "stages-efficientnet",
+        lambda: stages_classifier("efficientnet_lite0"),
+        ["stem", *(f"blocks.{i}" for i in range(7)), "neck", "head"],
+        CLASSIFIER,
+    ),
+    Case(
+        "stages-resnet",
+        lambda: stages_classifier("resnet18"),
+        ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
+        CLASSIFIER,
     ),
     Case(
         "timm-resnet",

@@ -165,7 +165,7 @@ def test_shipped_studies_validate():
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "bbc-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "mnist-strategies.yaml").points) == 7 * 4 * 3
-    assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 5 * 3
+    assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 6 * 3  # + feature_extraction+stages
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
 

@@ -38,10 +38,13 @@ class ModelSection(Section):
         description="false: the checkpoint's architecture with random weights (the "
         "from-scratch baseline of a transfer).",
     )
-    pooling: Literal["auto", "pooler", "cls", "mean", "max"] = Field(
+    pooling: Literal["auto", "pooler", "cls", "mean", "max", "stages"] = Field(
         "auto",
-        description="What a text classifier's head reads: auto = what the checkpoint was trained for (a "
-        "sentence-transformers 1_Pooling/config.json), else the checkpoint's own head class (BERT: its pooler).",
+        description="What a classifier's head reads. Text: auto = what the checkpoint was trained for (a "
+        "sentence-transformers 1_Pooling/config.json), else the checkpoint's own head class (BERT: its pooler); "
+        "pooler, cls, mean or max. Images: auto = the checkpoint's own head class; stages = a linear head on the "
+        "average-pooled output of every stage of a timm model plus its pre-classifier vector, concatenated "
+        "(hftl/models/stages_model.py).",
     )
     init_from: str | None = Field(
         None,

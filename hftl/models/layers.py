@@ -20,7 +20,7 @@ Any transformers model is mapped by the generic mapper (:mod:`hftl.models.layer_
 which reads this order from the module tree and refuses, with a working example, when the
 tree leaves it unsure. A family mapper, registered in :data:`LAYER_MAPPERS` under
 ``config.model_type``, is kept only where it knows more: timm models (timm's own group
-matcher), hftl's pooled classifier, and CANINE (whose head reads one of two branches).
+matcher), hftl's pooled and all-stages classifiers, and CANINE (whose head reads one of two branches).
 A mapper returns ``(group name, [regex patterns])`` pairs; a recipe's ``strategy.layer_groups``
 gives the same pairs and wins over them (its last group is the head). Patterns are searched
 (``re.search``) in each parameter name as the bare model spells it: a ``PeftModel``'s
@@ -109,6 +109,13 @@ def _timm_wrapper(model: nn.Module) -> GroupPatterns:
     order = sorted((g for g in keys if g != "neck"), key=keys.__getitem__) + ["neck", "head"]
     patterns = _prefix_patterns(group_of)
     return [(g, patterns.get(g, [])) for g in order]
+
+
+@LAYER_MAPPERS.register("hftl-stages-classifier")
+def _stages_classifier(model: nn.Module) -> GroupPatterns:
+    """hftl's all-stages image classifier (hftl/models/stages_model.py): timm's groups of its body, then its linear
+    head (the timm model is built without a classifier, so timm's own head group is empty)."""
+    return [(g, p) for g, p in _timm_wrapper(model) if g != "head"] + [("head", [r"^classifier\."])]
 
 
 @LAYER_MAPPERS.register("canine")

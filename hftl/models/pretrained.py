@@ -240,11 +240,23 @@ def checkpoint_normalizes(name: str, revision: str | None = None) -> bool:
 
 def describe_head_input(config: dict) -> str:
     """What the task head reads, from a model's config (for ``hftl plan`` and the model card)."""
+    if config.get("model_type") == "hftl-stages-classifier":
+        return describe_stages(config)
     if config.get("pooling"):
         unit = ", scaled to unit length" if config.get("normalize") else ""
         return f"{config['pooling']} pooling of the token states (model.pooling){unit}, then dropout + linear"
     head_class = (config.get("architectures") or ["the checkpoint's head class"])[0]
     return f"the checkpoint's own head class ({head_class})"
+
+
+def describe_stages(config: dict) -> str:
+    """What an all-stages image head reads (``model.pooling: stages``), from its config."""
+    widths = config["widths"]
+    return (
+        f"the average-pooled outputs of all {len(widths) - 1} stages of timm's {config['architecture']} "
+        f"({' + '.join(map(str, widths[:-1]))} channels) and its pre-classifier vector ({widths[-1]}), concatenated: "
+        f"{sum(widths)} features (model.pooling: stages), then linear"
+    )
 
 
 def find_head(model, layer_groups: list[LayerGroupPattern] | None) -> LayerGroup:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import CheckpointError, DataError, RecipeError
@@ -28,7 +29,6 @@ from hftl.tasks.common import (
     column,
     load_splits,
     pipeline_predict,
-    refuse_pooling,
     select_valid,
 )
 
@@ -218,7 +218,15 @@ class ImageClassification:
                 "is required for image-classification (or model.init_from, an earlier run)",
                 hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).",
             )
-        refuse_pooling(recipe, "the checkpoint's own pooling (ViT: CLS token; CNNs: global average)")
+        if recipe.model.pooling not in ("auto", "stages"):
+            raise RecipeError(
+                recipe.source_file,
+                "model.pooling",
+                "pools a text model's token states; an image classifier reads the checkpoint's own pooling (auto) "
+                "or, on a timm model, every stage (stages)",
+                recipe.model.pooling,
+                hint="Set model.pooling: stages, or remove it.",
+            )
         check_columns_section(recipe, self.roles)
         label_kinds.check_problem_type(recipe, self.problem_types)
 
@@ -284,15 +292,14 @@ class ImageClassification:
         from transformers import AutoModelForImageClassification
 
         from hftl.models.pretrained import load_model_for_labels
+        from hftl.models.stages_loading import load_stages_classifier
 
-        model = load_model_for_labels(
-            AutoModelForImageClassification,
-            recipe.model,
-            labels,
-            recipe.data.problem_type,
-            recipe.strategy.layer_groups,
-            recipe.source_file,
+        load = (
+            load_stages_classifier
+            if recipe.model.pooling == "stages"
+            else partial(load_model_for_labels, AutoModelForImageClassification)
         )
+        model = load(recipe.model, labels, recipe.data.problem_type, recipe.strategy.layer_groups, recipe.source_file)
         if recipe.data.image_size:
             fit_image_size(model, recipe.data.image_size, recipe.source_file)
         return model

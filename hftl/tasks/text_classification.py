@@ -56,6 +56,14 @@ class TextClassification:
                 "is required for text-classification (or model.init_from, an earlier run)",
                 hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).",
             )
+        if recipe.model.pooling == "stages":
+            raise RecipeError(
+                recipe.source_file,
+                "model.pooling",
+                "'stages' reads the stages of an image model; a text classifier pools token states",
+                "stages",
+                hint="Use auto, pooler, cls, mean or max.",
+            )
         check_columns_section(recipe, self.roles)
         label_kinds.check_problem_type(recipe, self.problem_types)
 
