@@ -162,7 +162,10 @@ class StagesModelForImageClassification(PreTrainedModel):
         return ImageClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss for the config's ``problem_type``, as transformers' own classification heads."""
+        """The loss for the config's ``problem_type``, as transformers' own classification heads.
+
+        The same lines as ``PooledModelForSequenceClassification.loss``, on purpose: each of these files is the
+        remote code a saved run carries (``auto_map``), so it imports nothing of hftl's."""
         if self.config.problem_type == "regression":
             return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
         if self.config.problem_type == "multi_label_classification":
