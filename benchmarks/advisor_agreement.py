@@ -137,9 +137,9 @@ def advisor_overrides(st: StrategySizeStudy, size: object) -> list[str]:
     for axis in st.study.axes:
         if axis.name != st.strategy_axis.name:
             sets.update(axis.value_for(labels[axis.name]).sets)
-    from hftl.config.recipe import to_yaml_text
+    from hftl.config.recipe import as_overrides
 
-    return [f"{k}={to_yaml_text(v)}" for k, v in sets.items()]
+    return as_overrides(sets)
 
 
 def fingerprint(st: StrategySizeStudy, overrides: list[str]) -> str:

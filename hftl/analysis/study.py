@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hftl.config.errors import HftlError, RecipeError
-from hftl.config.recipe import to_yaml_text
+from hftl.config.recipe import as_overrides
 from hftl.config.registry import did_you_mean
 from hftl.config.yaml_loader import load_yaml
 
@@ -193,7 +193,7 @@ class Study:
 
     def trial_overrides(self, labels: dict[str, Any]) -> list[str]:
         """``key=value`` overrides for one point (axes in order, later axes win), fixed ones first."""
-        return [f"{key}={to_yaml_text(value)}" for key, value in self.point_sets(labels).items()]
+        return as_overrides(self.point_sets(labels))
 
     def point_recipe(self, labels: dict[str, Any]) -> Recipe:
         """The recipe one point's trial runs with (before the study's output.dir), built once per study.
@@ -248,7 +248,7 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     ]:
         if key in RESERVED:
             raise HftlError(f"{file}: key '{key}' is set by the study for every trial (trials/<number>/); remove it.")
-    base = _load_base(recipe_file, [f"{k}={to_yaml_text(v)}" for k, v in spec.overrides.items()], file)
+    base = _load_base(recipe_file, as_overrides(spec.overrides), file)
     from hftl.metrics import lower_is_better
     from hftl.tasks import selection_metric
 
@@ -333,11 +333,11 @@ def _check_point(study: Study, labels: dict[str, Any]) -> None:
         return
     except HftlError as exc:
         error = exc
-    fixed = [f"{k}={to_yaml_text(v)}" for k, v in study.spec.overrides.items()]
+    fixed = as_overrides(study.spec.overrides)
     for axis in study.axes:
         sets = axis.value_for(labels[axis.name]).sets
         try:
-            load_recipe(study.recipe_file, fixed + [f"{k}={to_yaml_text(v)}" for k, v in sets.items()])
+            load_recipe(study.recipe_file, fixed + as_overrides(sets))
         except HftlError as alone:
             raise HftlError(
                 f"{study.file}: axis '{axis.name}', value {labels[axis.name]!r}: the trial's recipe is invalid: {alone}"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from hftl.config.recipe import to_yaml_text
+from hftl.config.recipe import as_overrides
 
 if TYPE_CHECKING:
     from hftl.analysis.study import Study
@@ -80,8 +80,7 @@ def fingerprint(study: Study) -> str:
     fixed overrides) as parsed, so a comment in the recipe file changes nothing."""
     from hftl.config.recipe import load_recipe
 
-    fixed = [f"{k}={to_yaml_text(v)}" for k, v in study.spec.overrides.items()]
-    base = recipe_identity(load_recipe(study.recipe_file, fixed))
+    base = recipe_identity(load_recipe(study.recipe_file, as_overrides(study.spec.overrides)))
     axes = study.spec.model_dump(mode="json", include={"axes"})["axes"]
     return digest({"settings": settings(study), "axes": axes, "recipe": base})
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hftl.analysis.study import point_key
 from hftl.analysis.study_identity import digest, point_recipe, recipe_identity
 from hftl.config.errors import HftlError
-from hftl.config.recipe import to_yaml_text
+from hftl.config.recipe import as_overrides
 
 if TYPE_CHECKING:
     from hftl.analysis.study import Study
@@ -106,7 +106,7 @@ def earlier_recipes(study: Study, ostudy: Any) -> dict[str, dict[str, Any]]:
         try:
             for axis, label in (labels or {}).items():
                 sets.update(values[axis][_label_key(label)])
-            recipe = load_recipe(study.recipe_file, [f"{k}={to_yaml_text(v)}" for k, v in sets.items()])
+            recipe = load_recipe(study.recipe_file, as_overrides(sets))
         except (KeyError, HftlError):
             continue
         recipes[key] = recipe_identity(recipe)

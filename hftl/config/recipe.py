@@ -119,6 +119,11 @@ def apply_overrides(
     return doc
 
 
+def as_overrides(sets: dict[str, Any]) -> list[str]:
+    """``key=value`` override texts for dotted recipe keys (what :func:`load_recipe` reads back as ``sets``)."""
+    return [f"{key}={to_yaml_text(value)}" for key, value in sets.items()]
+
+
 def to_yaml_text(value: Any) -> str:
     """A value as the text of a ``key=value`` override that YAML reads back as the same value.
 

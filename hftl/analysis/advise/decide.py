@@ -15,7 +15,7 @@ from hftl.config import log
 
 if TYPE_CHECKING:
     from hftl.config.schema import Recipe
-from hftl.analysis.advise.measure import Advice, _overrides, _plain_strategy, advise
+from hftl.analysis.advise.measure import Advice, _plain_strategy, advise
 from hftl.analysis.advise.report import _fmt
 
 
@@ -23,11 +23,11 @@ def recommended_recipe(recipe_file: str, overrides: list[str], advice: Advice) -
     """The input recipe as written (with the command-line overrides) plus the recommended keys."""
     import yaml
 
-    from hftl.config.recipe import apply_overrides, validate_recipe
+    from hftl.config.recipe import apply_overrides, as_overrides, validate_recipe
 
     doc = apply_overrides(yaml.safe_load(Path(recipe_file).read_text(encoding="utf-8")), overrides, recipe_file)
     doc["strategy"] = _plain_strategy(doc.get("strategy") or {})
-    doc = apply_overrides(doc, _overrides(advice.settings), recipe_file)
+    doc = apply_overrides(doc, as_overrides(advice.settings), recipe_file)
     validate_recipe(doc, recipe_file)  # what we write must load
     return doc
 
@@ -40,7 +40,7 @@ def resolve_strategy(recipe: Recipe) -> Recipe:
     """
     if recipe.strategy.name != AUTO:
         return recipe
-    from hftl.config.recipe import apply_overrides, validate_recipe
+    from hftl.config.recipe import apply_overrides, as_overrides, validate_recipe
 
     advice = advise(recipe, step_times=False, say=lambda *a: None)
     d = advice.decision
@@ -54,6 +54,6 @@ def resolve_strategy(recipe: Recipe) -> Recipe:
         log.warn(f"[advise] warning: {flag}")
     doc = recipe.model_dump(mode="json")
     doc["strategy"] = _plain_strategy(doc["strategy"])
-    doc = apply_overrides(doc, _overrides(advice.settings), recipe.source_file)
+    doc = apply_overrides(doc, as_overrides(advice.settings), recipe.source_file)
     doc["strategy"][ADVICE_KEY] = advice.record()
     return validate_recipe(doc, recipe.source_file)

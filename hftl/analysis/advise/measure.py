@@ -176,12 +176,12 @@ def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say
 
 def on_rung(recipe: Recipe, label: str, n_train: int, images: bool) -> Recipe:
     """The recipe moved to a rung of the ladder (its strategy section replaced, LRs and budget set)."""
-    from hftl.config.recipe import apply_overrides, validate_recipe
+    from hftl.config.recipe import apply_overrides, as_overrides, validate_recipe
 
     doc = recipe.model_dump(mode="json")
     doc["strategy"] = _plain_strategy(doc.get("strategy") or {})
     sets = rung_settings(rung(label), n_train, recipe.train.batch_size, images, _pooling(recipe))
-    return validate_recipe(apply_overrides(doc, _overrides(sets), recipe.source_file), recipe.source_file)
+    return validate_recipe(apply_overrides(doc, as_overrides(sets), recipe.source_file), recipe.source_file)
 
 
 def frozen_features(
@@ -322,12 +322,6 @@ def one_thread() -> Iterator[None]:
 def _plain_strategy(section: dict[str, Any]) -> dict[str, Any]:
     """The strategy section without its name, options and LR shape (the rung sets them)."""
     return {k: v for k, v in section.items() if k in ("batchnorm", "layer_groups")}
-
-
-def _overrides(sets: dict[str, Any]) -> list[str]:
-    from hftl.config.recipe import to_yaml_text
-
-    return [f"{k}={to_yaml_text(v)}" for k, v in sets.items()]
 
 
 def _pooling(recipe: Recipe) -> str | None:
