@@ -135,6 +135,30 @@ def test_negative_transfer_never_freezes(n):
     assert FE not in {r.label for r in contenders(decision)}
 
 
+@pytest.mark.parametrize("n", [100, 1_257, 20_000])
+def test_constant_features_train_from_scratch_whatever_the_probe_says(n):
+    """docs/studies/digits-screen: EfficientNet-Lite0 at 32 px, 99.5% of its pooled features constant over the digits;
+    scratch won every size of digits-strategies. Read before the table and the few-shot rows, at any size."""
+    for probe, baseline in ((0.36, 0.90), (0.62, 0.55)):  # negative, and (were it not constant) ordinary
+        decision = decide(Measurements(n, 0.1, probe, baseline, n_classes=10, text=True, constant_share=0.995))
+        assert decision.feature_class == "constant"
+        assert (decision.rung.label, decision.runner_up.label) == (SCRATCH, FULL)
+        assert any("99.5% of the frozen features are constant" in f for f in decision.flags), decision.flags
+    # below the threshold (64 px: 54% constant, full fine-tuning 0.96) the table decides as before
+    assert decide(Measurements(n, 0.1, 0.36, 0.90, constant_share=0.54)).feature_class == "negative"
+
+
+def test_constant_share_counts_the_dimensions_that_never_change():
+    from hftl.analysis.advise.baselines import constant_share
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((64, 10), dtype=np.float32)
+    x[:, :3] = rng.normal(size=(64, 3))  # 3 live dimensions, 7 dead (ReLU6 at 0)
+    x[:, 3] = 6.0  # a saturated one is constant too
+    assert constant_share(x) == pytest.approx(0.7)
+    assert constant_share(rng.normal(size=(64, 10))) == 0.0
+
+
 def test_ladder_neighbours_and_settings_are_valid_recipes(text_recipe):
     path = text_recipe()
     assert [r.label for r in neighbours(FE)] == [PARTIAL] and [r.label for r in neighbours(PARTIAL)] == [FE, FULL]
@@ -328,6 +352,7 @@ def test_images_get_sizes_a_pixel_baseline_and_an_uncached_augmentation_free_pro
     fe = rung_settings(LADDER[0], 60, 8, images=True, pooling=None)
     assert fe["data.augment"] == {"random_resized_crop": False, "hflip": False}
     assert advice.estimates["step_seconds_full"] > 0 and "image sizes" in format_advice(advice)
+    assert 0.0 <= advice.features["constant_share"] < 0.9 and advice.measurements.constant_share is not None
 
 
 def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ner_jsonl, tmp_path, cache):

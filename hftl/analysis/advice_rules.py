@@ -43,6 +43,13 @@ SEPARABLE_ERROR_REDUCTION = 0.90
 # Likely negative transfer: the probe on frozen features scores this much below the raw-input baseline (TF-IDF or
 # pixels + logistic regression, same folds). PROVISIONAL: about two standard errors of a 3-fold accuracy on ~1,000.
 NEGATIVE_GAP = 0.03
+# Frozen features that carry no signal: this share of the feature dimensions is constant over the advisor's sample.
+# MEASURED (docs/studies/digits-screen, EfficientNet-Lite0 on scikit-learn's 8x8 digits): at 32 px 99.5% of the
+# 1,280 pooled features are constant over 64 digits (99.7% of the values exactly 0: ImageNet's BatchNorm statistics
+# and ReLU6 leave nothing alive in maps of 1x1), so the probe sees nothing and full fine-tuning gets no gradient
+# (its loss stays at ln 10; validation 0.10-0.16); every pretrained strategy of docs/studies/digits-strategies stays
+# below 0.66 there while scratch reaches 0.70-0.93. At 64 px 54% are constant and full fine-tuning reaches 0.96.
+CONSTANT_SHARE = 0.90
 # Fine-tuning needs enough optimizer steps: with 500-1,000 snippets and 16-63 steps it stayed at the majority class,
 # and one epoch of the full 10.2k (319 steps at batch 32) reached 0.830. Budget: epochs giving at least this many.
 MIN_FINETUNE_STEPS = 300
@@ -59,6 +66,7 @@ FEW_SHOT_PER_CLASS = 100
 
 SIZE_BANDS = ("small", "medium", "large")
 FEATURE_CLASSES = ("separable", "ordinary", "negative")
+CONSTANT = "constant"  # read before the table: frozen features without signal (CONSTANT_SHARE), at every size
 
 
 # --------------------------------------------------------------------------- the ladder of strategies
@@ -156,6 +164,16 @@ TABLE: dict[tuple[str, str], Cell] = {
 }
 
 
+# Frozen features without signal (CONSTANT_SHARE): there is nothing to transfer at this input, at any size.
+CONSTANT_CELL = Cell(
+    SCRATCH,
+    FULL,
+    "the frozen features are constant over the examples (no signal reaches the head, and no gradient the body): "
+    "start from random weights (EfficientNet-Lite0 on 8x8 digits at 32 px, test: scratch 0.70 / 0.93 at 100 / "
+    "1,257 digits, every pretrained strategy below 0.66); or give the checkpoint inputs closer to its own "
+    "(64 px: full fine-tuning 0.98 on the same digits)",
+)
+
 # Few-shot text rows (read before TABLE when the training set has < FEW_SHOT_PER_CLASS examples per class).
 FEW_SHOT_TABLE: dict[str, Cell] = {
     "separable": Cell(
@@ -185,6 +203,7 @@ class Measurements:
     baseline_accuracy: float | None  # raw inputs + logistic regression (None: not measured for this input)
     n_classes: int | None = None  # label count (None: unknown, the few-shot rows are not read)
     text: bool = False  # text inputs (SetFit is for sentence embeddings)
+    constant_share: float | None = None  # share of the feature dimensions constant over the sample (None: unknown)
 
 
 def few_shot(m: Measurements) -> bool:
@@ -211,6 +230,8 @@ def size_band(n: int) -> str:
 
 
 def feature_class(m: Measurements) -> str:
+    if m.constant_share is not None and m.constant_share >= CONSTANT_SHARE:
+        return CONSTANT
     if m.baseline_accuracy is not None and m.probe_accuracy < m.baseline_accuracy - NEGATIVE_GAP:
         return "negative"
     majority_error = 1.0 - m.majority
@@ -222,12 +243,21 @@ def feature_class(m: Measurements) -> str:
 def decide(m: Measurements) -> Decision:
     """The table's answer for these measurements, with the branch taken and warnings."""
     band, kind = size_band(m.n_train), feature_class(m)
-    if few_shot(m):
+    if kind == CONSTANT:
+        cell = CONSTANT_CELL
+    elif few_shot(m):
         band, cell = "few-shot", FEW_SHOT_TABLE[kind]
     else:
         cell = TABLE[(band, kind)]
     flags = []
-    if kind == "negative":
+    if kind == CONSTANT:
+        flags.append(
+            f"{m.constant_share:.1%} of the frozen features are constant over the sampled examples: the pretrained "
+            "body passes no signal at this input. For images far smaller than the checkpoint's training size, raise "
+            "data.image_size (or let BatchNorm re-estimate its statistics: strategy.batchnorm: frozen); otherwise "
+            "check the inputs' preprocessing"
+        )
+    elif kind == "negative":
         flags.append(
             f"likely negative transfer: raw inputs + logistic regression ({m.baseline_accuracy:.3f}) beat "
             f"the linear probe on frozen features ({m.probe_accuracy:.3f}): the body must adapt (or start from "
@@ -295,6 +325,7 @@ def describe_table() -> str:
     lines = [f"  {'':8}" + "".join(f"{k:<22}" for k in FEATURE_CLASSES)]
     for band in SIZE_BANDS:
         lines.append(f"  {band:<8}" + "".join(f"{TABLE[(band, k)].rung:<22}" for k in FEATURE_CLASSES))
+    lines.append(f"  {CONSTANT} features (>= {CONSTANT_SHARE:.0%} of them constant), any size: {CONSTANT_CELL.rung}")
     lines.append(
         f"  text with < {FEW_SHOT_PER_CLASS} examples per class: "
         + ", ".join(f"{k} {FEW_SHOT_TABLE[k].rung}" for k in FEATURE_CLASSES)

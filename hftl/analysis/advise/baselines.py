@@ -75,6 +75,15 @@ def transferability(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]
     return {"logme": logme(x, y), "logme_shuffled": logme(x, y, shuffled_seed=seed)}
 
 
+def constant_share(x: np.ndarray) -> float:
+    """The share of feature dimensions that are constant over the rows (relative spread below 1e-6): features a
+    head cannot read and a body passes no gradient through (advice_rules.CONSTANT_SHARE)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.mean(x.std(axis=0) <= 1e-6 * (1.0 + np.abs(x).mean(axis=0))))
+
+
 def probe_cv(x: np.ndarray, y: np.ndarray, folds: list) -> float:
     """Mean accuracy over the folds of a multinomial logistic regression on standardised features (L-BFGS).
 

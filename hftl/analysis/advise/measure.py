@@ -25,7 +25,7 @@ from hftl.analysis.advice_rules import (
     rung,
     rung_settings,
 )
-from hftl.analysis.advise.baselines import _folds, probe_cv, profile_data, raw_baseline, transferability
+from hftl.analysis.advise.baselines import _folds, constant_share, probe_cv, profile_data, raw_baseline, transferability
 from hftl.config import log
 from hftl.config.errors import HftlError
 
@@ -126,6 +126,7 @@ def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say
             "sampled": len(subset),
             "rows": int(x.shape[0]),
             "dim": int(x.shape[1]),
+            "constant_share": constant_share(x),
             **transferability(x, y, recipe.train.seed),
             "probe_cv_accuracy": probe_cv(x, y, folds),
         }
@@ -151,6 +152,7 @@ def advise(recipe: Recipe, *, step_times: bool = True, sample: int = SAMPLE, say
         features["baseline_cv_accuracy"],
         n_classes=len(data.labels),
         text=single_text,
+        constant_share=features["constant_share"],
     )
     decision = decide(measured)
     images, pooling = "image" in task.roles, _pooling(recipe)

@@ -38,6 +38,7 @@ def format_advice(advice: Advice) -> str:
         f"{f['sampled']:,} training examples, {FOLDS}-fold cross-validation)",
         f"  LogME {f['logme']:.4f} (same features, labels shuffled: {f['logme_shuffled']:.4f}; higher is better)",
         f"  linear probe accuracy {f['probe_cv_accuracy']:.3f}   majority class {f['majority_cv_accuracy']:.3f}",
+        f"  constant over the examples: {f['constant_share']:.1%} of the {f['dim']:,} feature dimensions",
         f"  no-transfer baseline: {f['baseline']}: "
         + (f"{f['baseline_cv_accuracy']:.3f}" if f["baseline_cv_accuracy"] is not None else "-"),
     ]
