@@ -277,17 +277,19 @@ def stale(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> set[tuple[
 def measurements_table(cache: dict[str, Any], old: set[tuple[str, str]]) -> str:
     """What the advisor measured per (study, size) and what today's table decides from it."""
     out = [
-        "| study | size | examples | majority | probe (3-fold) | raw-input baseline | today's branch: pick | seconds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| study | size | examples | majority | probe (3-fold) | raw-input baseline | constant features | "
+        "today's branch: pick | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for name, sizes in sorted(cache.items()):
         for size, entry in sorted(sizes.items(), key=lambda kv: thresholds.size_label_value(*kv) or 0.0):
             m, d = entry["measurements"], decision_of(entry)
             base = "-" if m["baseline_accuracy"] is None else f"{m['baseline_accuracy']:.3f}"
+            constant = "-" if m.get("constant_share") is None else f"{m['constant_share']:.1%}"
             size = f"{size} (stale)" if (name, size) in old else size
             out.append(
                 f"| {name} | {size} | {m['n_train']:,} | {m['majority']:.3f} | {m['probe_accuracy']:.3f} | {base} | "
-                f"{d.branch}: {d.rung.label} | {entry.get('seconds', '-')} |"
+                f"{constant} | {d.branch}: {d.rung.label} | {entry.get('seconds', '-')} |"
             )
     return "\n".join(out)
 
