@@ -387,11 +387,13 @@ def synthetic_axis(name: str, kind: str, labels: list):
 
 
 def synthetic_study(folder, axes: list, metric: str, report: str | None = None):
-    """A Study over made-up axes, for the report code alone (no recipe is loaded, nothing trains)."""
+    """A Study over made-up axes, for the report code alone (its base: the shipped sentiment recipe; nothing trains)."""
     from hftl.analysis.study import Study, StudySpec
+    from hftl.config.recipe import load_recipe
 
     spec = StudySpec(recipe="r.yaml", axes={"x": [1]})
-    return Study(folder / "s.yaml", spec, "s", folder, folder / "r.yaml", axes, metric, "maximize", report)
+    base = load_recipe(ROOT / "recipes" / "sentiment.yaml")
+    return Study(folder / "s.yaml", spec, "s", folder, folder / "r.yaml", base, axes, metric, "maximize", report)
 
 
 def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):
