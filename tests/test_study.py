@@ -168,6 +168,8 @@ def test_shipped_studies_validate():
     assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 6 * 3  # + feature_extraction+stages
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 3 * 4 * 2  # seeds x severities x arms
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
+    for name in ("domain-shift", "lr-multiplier", "mnist-strategies"):  # seeds outermost: a part stopped early
+        assert load_study(ROOT / "studies" / f"{name}.yaml").axes[0].name == "train.seed", name  # leaves whole seeds
 
 
 # --------------------------------------------------------------------------- running
