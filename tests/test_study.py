@@ -161,13 +161,15 @@ def test_shipped_studies_validate():
     for path in shipped:  # every one: validates, chooses on validation, reports test
         study = load_study(path)
         assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), path.name
-    # text and images: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; Fashion-MNIST at 1,000: 4 x 3; shift: 2 x 6 x 3
+    # text and images: 7 strategies (LoRA, scratch) x 4 sizes x 3 seeds; Fashion-MNIST at 1,000: 4 x 3; shift: 3 x 4 x 2
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "bbc-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "mnist-strategies.yaml").points) == 7 * 4 * 3
     assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 6 * 3  # + feature_extraction+stages
-    assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 2 * 6 * 3
+    assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 3 * 4 * 2  # seeds x severities x arms
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
+    for name in ("domain-shift", "lr-multiplier", "mnist-strategies"):  # seeds outermost: a part stopped early
+        assert load_study(ROOT / "studies" / f"{name}.yaml").axes[0].name == "train.seed", name  # leaves whole seeds
 
 
 # --------------------------------------------------------------------------- running
@@ -387,11 +389,13 @@ def synthetic_axis(name: str, kind: str, labels: list):
 
 
 def synthetic_study(folder, axes: list, metric: str, report: str | None = None):
-    """A Study over made-up axes, for the report code alone (no recipe is loaded, nothing trains)."""
+    """A Study over made-up axes, for the report code alone (its base: the shipped sentiment recipe; nothing trains)."""
     from hftl.analysis.study import Study, StudySpec
+    from hftl.config.recipe import load_recipe
 
     spec = StudySpec(recipe="r.yaml", axes={"x": [1]})
-    return Study(folder / "s.yaml", spec, "s", folder, folder / "r.yaml", axes, metric, "maximize", report)
+    base = load_recipe(ROOT / "recipes" / "sentiment.yaml")
+    return Study(folder / "s.yaml", spec, "s", folder, folder / "r.yaml", base, axes, metric, "maximize", report)
 
 
 def test_lr_multiplier_and_transfer_gain_plots_from_cells(tmp_path):

@@ -396,3 +396,25 @@ def test_a_search_is_fingerprinted_over_the_parsed_recipe(write_study):
     changed = load_study(path)
     with pytest.raises(HftlError, match="with another recipe, axes or metric. A search must not change"):
         ensure_study(changed, open_storage(changed))
+
+
+def test_a_search_parses_its_base_recipe_once(write_study, monkeypatch):
+    """load_study parses the base recipe (with the fixed overrides); the fingerprint, on opening the storage and
+    on recording the study, uses that parse instead of reading the recipe file again."""
+    from hftl.analysis.study_identity import fingerprint, recipe_identity
+    from hftl.analysis.study_storage import ensure_study, open_storage
+    from hftl.config import recipe as recipe_module
+    from hftl.config.recipe import as_overrides, load_recipe
+
+    path = write_study(search="tpe", trials=2, axes={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    study = load_study(path)
+    assert recipe_identity(study.base) == recipe_identity(load_recipe(study.recipe_file, as_overrides(FAST)))
+    before = fingerprint(study)
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the base recipe was parsed again")
+
+    monkeypatch.setattr(recipe_module, "load_recipe", no_parse)
+    assert fingerprint(study) == before
+    ensure_study(study, open_storage(study))  # records the study (hftl_fingerprint)
+    ensure_study(study, open_storage(study))  # opens it again: the same search

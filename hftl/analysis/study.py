@@ -173,6 +173,7 @@ class Study:
     name: str
     folder: Path
     recipe_file: Path
+    base: Recipe  # the base recipe with the fixed overrides, parsed once (the task, the splits, the fingerprint)
     axes: list[Axis]
     metric: str  # chooses (validation)
     direction: str
@@ -274,7 +275,7 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
                 f"{file}: key 'report' is {report!r} but the recipe has no test split (data.splits.test: null)."
             )
     direction = spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
-    study = Study(file, spec, spec.name or file.stem, folder, recipe_file, axes, metric, direction, report)
+    study = Study(file, spec, spec.name or file.stem, folder, recipe_file, base, axes, metric, direction, report)
     if spec.search == "grid":
         study.points = [
             dict(zip([a.name for a in axes], combo))
@@ -346,7 +347,7 @@ def _check_point(study: Study, labels: dict[str, Any]) -> None:
     raise HftlError(f"{study.file}: point {shown}: the trial's recipe is invalid: {error}") from None
 
 
-def _load_base(recipe_file: Path, overrides: list[str], file: Path) -> Any:
+def _load_base(recipe_file: Path, overrides: list[str], file: Path) -> Recipe:
     from hftl.config.recipe import load_recipe
 
     try:

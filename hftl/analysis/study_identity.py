@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from hftl.config.recipe import as_overrides
-
 if TYPE_CHECKING:
     from hftl.analysis.study import Study
     from hftl.config.schema import Recipe
@@ -77,10 +75,9 @@ def settings_digest(study: Study) -> str:
 
 def fingerprint(study: Study) -> str:
     """The whole study (``hftl_fingerprint``): its settings, its axes as written and the base recipe (with the
-    fixed overrides) as parsed, so a comment in the recipe file changes nothing."""
-    from hftl.config.recipe import load_recipe
-
-    base = recipe_identity(load_recipe(study.recipe_file, as_overrides(study.spec.overrides)))
+    fixed overrides) as :func:`~hftl.analysis.study.load_study` parsed it, so a comment in the recipe file changes
+    nothing."""
+    base = recipe_identity(study.base)
     axes = study.spec.model_dump(mode="json", include={"axes"})["axes"]
     return digest({"settings": settings(study), "axes": axes, "recipe": base})
 
