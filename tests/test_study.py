@@ -266,12 +266,13 @@ def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None) -
 
 @pytest.mark.distributed  # launches processes (about 2 min)
 def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, capsys):
-    reference = write_study(name="reference")
+    axes = {"strategy.name": ["full"], "train.seed": [0, 1, 2]}  # three points: one done, one killed, one not begun
+    reference = write_study(name="reference", axes=axes)
     assert main(["study", str(reference)]) == 0
     expected = read_csv(reference.parent / reference.stem / "results.csv")
     capsys.readouterr()
 
-    path = write_study(name="killed")
+    path = write_study(name="killed", axes=axes)
     folder = path.parent / path.stem
     proc = hftl_study(str(path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # kill it while trial 1 runs, after trial 0 has finished
@@ -285,7 +286,7 @@ def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, c
     assert main(["study", str(path)]) == 0
     out = capsys.readouterr().out
     ran = [line for line in out.splitlines() if line.startswith("[study] trial") and line.endswith("running")]
-    assert len(ran) == 3, out  # the killed trial again, and the two that never started; not trial 0
+    assert len(ran) == 2, out  # the killed trial again, and the one that never started; not trial 0
     rows = read_csv(folder / "results.csv")
     assert completed_points(rows) == completed_points(expected) and len(rows) == len(expected)
     assert [r["attempts"] for r in rows].count("2") == 1  # the killed trial, run again as a new trial
@@ -295,20 +296,20 @@ def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, c
 
 @pytest.mark.distributed  # launches worker processes (about 2 min)
 def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
-    path = write_study(axes={"strategy.name": ["full", "feature_extraction"], "train.seed": [0, 1, 2]})
+    path = write_study()  # 4 points for 2 workers
     assert main(["study", str(path), "--jobs", "2"]) == 0
     rows = read_csv(path.parent / path.stem / "results.csv")
-    assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
-    assert len(completed_points(rows)) == len(set(completed_points(rows))) == 6
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert len(completed_points(rows)) == len(set(completed_points(rows))) == 4
     import optuna
 
     trials = optuna.load_study(
         study_name="toy-study", storage=f"sqlite:///{path.parent / path.stem / 'study.db'}"
     ).trials
-    assert len(trials) == 6  # no extra trial was created
+    assert len(trials) == 4  # no extra trial was created
     workers = {t.user_attrs["hftl_worker"]["pid"] for t in trials}
     with capsys.disabled():
-        print(f"\n[measure] --jobs 2: 6 trials taken by {len(workers)} worker process(es)")
+        print(f"\n[measure] --jobs 2: 4 trials taken by {len(workers)} worker process(es)")
 
 
 def _pop_all(url: str, folder: str, out: multiprocessing.Queue) -> None:
