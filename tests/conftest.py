@@ -40,7 +40,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     """
     if not getattr(config.option, "loadgroup", False):
         return
-    from _pytest.nodeid import NodeId
+    try:
+        from _pytest.nodeid import NodeId  # pytest >= 9.2's structured node ids; before it, xdist's suffix works
+    except ImportError:
+        return
 
     for item in items:
         marks = item.iter_markers("xdist_group")
