@@ -42,18 +42,22 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def stripes_dir(tmp_path_factory) -> Path:
-    """An imagefolder of 96 stripe images, class = folder; grey, RGB and RGBA files mixed."""
-    root = tmp_path_factory.mktemp("stripes")
+def write_stripe_folder(root: Path, count: int, modes: tuple[str, ...] = ("L",)) -> Path:
+    """An imagefolder of ``count`` stripe images under ``root``, class = folder, image i saved in mode
+    ``modes[i % len(modes)]``."""
     rng = np.random.default_rng(0)
-    for i in range(96):
+    for i in range(count):
         label = ("horizontal", "vertical")[i % 2]
-        image = Image.fromarray(stripes(label, rng))
-        image = image.convert(("L", "RGB", "RGBA")[i % 3])
+        image = Image.fromarray(stripes(label, rng)).convert(modes[i % len(modes)])
         (root / label).mkdir(exist_ok=True)
         image.save(root / label / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def stripes_dir(tmp_path_factory) -> Path:
+    """An imagefolder of 96 stripe images, class = folder; grey, RGB and RGBA files mixed."""
+    return write_stripe_folder(tmp_path_factory.mktemp("stripes"), 96, ("L", "RGB", "RGBA"))
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from hftl.cli import main as cli
 from hftl.config.recipe import load_recipe
@@ -21,7 +19,7 @@ from hftl.models.layers import map_layer_groups
 from hftl.models.stages_model import StagesModelForImageClassification
 from hftl.tasks import TASKS
 from hftl.training.train import run
-from tests.test_image_classification import stripes
+from tests.test_image_classification import write_stripe_folder
 from tests.tiny_models import resnet_config
 
 TASK = TASKS.get("image-classification")
@@ -36,13 +34,7 @@ def own_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def stripes_dir(tmp_path_factory) -> Path:
     """An imagefolder of 64 grey stripe images, class = folder."""
-    root = tmp_path_factory.mktemp("stripes")
-    rng = np.random.default_rng(0)
-    for i in range(64):
-        label = ("horizontal", "vertical")[i % 2]
-        (root / label).mkdir(exist_ok=True)
-        Image.fromarray(stripes(label, rng)).save(root / label / f"{i:03d}.png")
-    return root
+    return write_stripe_folder(tmp_path_factory.mktemp("stripes"), 64)
 
 
 @pytest.fixture(scope="module")
