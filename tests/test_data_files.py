@@ -109,3 +109,16 @@ def test_stratify_needs_one_label_per_example(tmp_path, text_recipe):
     )
     with pytest.raises(RecipeError, match="data.stratify.*needs one label per example"):
         splits_of(path)
+
+
+def test_a_fixed_split_seed_fixes_the_capped_evaluation_samples_too(tmp_path, text_recipe):
+    write_rows(tmp_path / "all.csv", rows(60, "pos", "good") + rows(60, "neg", "bad"))
+    base = {"source": None, "group_column": None, "files": {"train": "all.csv"}, "max_eval_samples": 5}
+
+    def evaluated(train_seed: int, split_seed: int | None) -> dict[str, list[str]]:
+        path = text_recipe(data={**base, "split_seed": split_seed}, train={"seed": train_seed})
+        splits = splits_of(path)
+        return {name: sorted(splits[name]["text"]) for name in ("validation", "test")}
+
+    assert evaluated(0, split_seed=7) == evaluated(1, split_seed=7)  # seeds vary training, never what is scored
+    assert evaluated(0, split_seed=None) != evaluated(1, split_seed=None)  # without it the seed draws the carve

@@ -202,7 +202,7 @@ class DataSection(Section):
     split_seed: int | None = Field(
         None,
         ge=0,
-        description="Seed of the validation/test carve (default: train.seed). "
+        description="Seed of the validation/test carve and of the max_eval_samples samples (default: train.seed). "
         "Fix it to vary train.seed over runs without moving examples between splits.",
     )
     stratify: bool = Field(False, description="Carve missing splits keeping each label's share (classification).")

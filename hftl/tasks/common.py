@@ -55,8 +55,8 @@ def load_splits(
 ) -> datasets.DatasetDict:
     """Load the ``data`` section's source, carve missing splits, subsample, and check every needed column exists.
 
-    ``seed`` (``train.seed``) draws the subsets and, without ``data.split_seed``, the carve; ``task`` and
-    ``recipe_file`` name what an error is about.
+    ``seed`` (``train.seed``) draws the training subsets and, without ``data.split_seed``, the carve and the capped
+    evaluation samples; ``task`` and ``recipe_file`` name what an error is about.
     """
     import datasets
 
@@ -93,11 +93,12 @@ def load_splits(
             f"column '{d.group_column}' is not in the data",
             hint=f"Columns: {', '.join(renamed['train'].column_names)}.",
         )
+    split_seed = seed if d.split_seed is None else d.split_seed  # the carve and the capped evaluation samples
     splits = splits_of.ensure_splits(
         renamed,
         validation=d.validation_size,
         test=d.test_size,
-        seed=seed if d.split_seed is None else d.split_seed,
+        seed=split_seed,
         group_column=d.group_column,
         stratify_column=stratify_column(d, roles, renamed, task, recipe_file),
     )
@@ -109,7 +110,7 @@ def load_splits(
         shots = take_shots(splits["train"], d.shots, label_column, seed=seed, task=task, recipe_file=recipe_file)
         splits["train"] = shots
     for name in [s for s in splits if s != "train"]:
-        splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, seed)
+        splits[name] = splits_of.subsample(splits[name], d.max_eval_samples, split_seed)
     if d.shift is not None:
         splits = shift_splits(splits, d, roles)
     present = splits["train"].column_names
