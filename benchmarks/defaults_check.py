@@ -1,6 +1,7 @@
 """Issue 23's defaults check, from the committed results only (no training): docs/studies/defaults.md's tables.
 
-    python benchmarks/defaults_check.py            # print both tables (markdown)
+    python benchmarks/defaults_check.py                                   # print both tables (markdown)
+    python benchmarks/defaults_check.py --write docs/studies/defaults.md  # replace its marked tables
 
 Goal: "on each dataset, the default recipe within 1 point of the best recipe of its strategy x size grid at the
 full size; none worse than the previous release by more than 1 point". Table 1 compares, per dataset, what the
@@ -349,16 +350,39 @@ def previous_table(docs: Path = DOCS) -> str:
     return "\n".join(out)
 
 
+def tables(docs: Path = DOCS) -> dict[str, str]:
+    """The marked blocks of docs/studies/defaults.md: table 1 with its notes, table 2."""
+    return {
+        "grid": grid_table(grid_rows(docs=docs)) + "\n\nHow each was run:\n\n" + notes(),
+        "previous": previous_table(docs),
+    }
+
+
+def write(path: Path, blocks: dict[str, str]) -> list[str]:
+    """Replace each ``<!-- defaults-check: NAME -->`` ... ``<!-- /defaults-check -->`` block of ``path``."""
+    from study_tables import replace_block
+
+    text, done = path.read_text(encoding="utf-8"), []
+    for name, body in blocks.items():
+        changed = replace_block(text, f"<!-- defaults-check: {name} -->", "<!-- /defaults-check -->", body)
+        if changed is not None:
+            text, done = changed, [*done, name]
+    path.write_text(text, encoding="utf-8")
+    return done
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    rows = grid_rows()
+    parser.add_argument("--write", type=Path, help="replace the marked blocks of this file (docs/studies/defaults.md)")
+    args = parser.parse_args(argv)
+    blocks = tables()
+    if args.write:
+        print("written:", ", ".join(write(args.write, blocks)) or "nothing (no marked block)")
+        return 0
     print("## 1. The default recipe against its grid's best cell at the full size\n")
-    print(grid_table(rows))
-    print("\nHow each was run:\n")
-    print(notes())
+    print(blocks["grid"])
     print("\n## 2. Today's defaults against the previous release's\n")
-    print(previous_table())
+    print(blocks["previous"])
     return 0
 
 

@@ -97,3 +97,12 @@ def test_committed_results_give_one_row_per_measurement(capsys):
     assert dc.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("| Rotten Tomatoes") == 4  # two measurements in table 1, two sizes in table 2
+
+
+def test_write_replaces_only_the_marked_blocks(tmp_path):
+    doc = tmp_path / "defaults.md"
+    doc.write_text("intro\n<!-- defaults-check: grid -->\nold\n<!-- /defaults-check -->\nmiddle\n", encoding="utf-8")
+    assert dc.write(doc, {"grid": "new table", "previous": "unused"}) == ["grid"]
+    assert doc.read_text(encoding="utf-8") == (
+        "intro\n<!-- defaults-check: grid -->\nnew table\n<!-- /defaults-check -->\nmiddle\n"
+    )
