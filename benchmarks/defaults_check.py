@@ -184,16 +184,26 @@ CHECKS: tuple[Check, ...] = (
         "body/head LR 1e-4/1e-3, bf16, 319 steps, evaluation every 80 steps on 500 validation snippets",
         (
             Measurement(
+                "sentiment-strategies `full` (the recipe since P1)",
+                Source(
+                    "studies/sentiment-strategies/results.csv",
+                    {"data.max_train_samples": "10207", "strategy.name": "full"},
+                ),
+                "the recipe's LR since P1 (1e-4/1e-3) under the grid's protocol (bf16, evaluation every 80 steps on "
+                "500 snippets; the recipe: fp32, evaluation at its default cadence)",
+            ),
+            Measurement(
                 "defaults-sentiment `today`",
                 Source(
                     "studies/defaults-sentiment/results.csv", {"data.max_train_samples": "10207", "defaults": "today"}
                 ),
-                "the grid's protocol (bf16, evaluation every 80 steps on 500 snippets); LR 5e-5/5e-4 (the recipe's)",
+                "the grid's protocol (bf16, evaluation every 80 steps on 500 snippets); LR 5e-5/5e-4 (the recipe's "
+                "before P1)",
             ),
             Measurement(
                 "sentiment-demo `1ep`",
                 Source("studies/sentiment-demo/results.csv", {"levers": "1ep"}),
-                "the recipe's cadence (full validation every 100 steps) and LR 5e-5/5e-4; bf16 (the recipe: fp32)",
+                "the recipe's cadence (full validation every 100 steps) and LR 5e-5/5e-4 (before P1); bf16 (the recipe: fp32)",
             ),
         ),
     ),
