@@ -203,7 +203,8 @@ CHECKS: tuple[Check, ...] = (
             Measurement(
                 "sentiment-demo `1ep`",
                 Source("studies/sentiment-demo/results.csv", {"levers": "1ep"}),
-                "the recipe's cadence (full validation every 100 steps) and LR 5e-5/5e-4 (before P1); bf16 (the recipe: fp32)",
+                "the recipe's cadence (full validation every 100 steps) and LR 5e-5/5e-4 (before P1); "
+                "bf16 (the recipe: fp32)",
             ),
         ),
     ),
