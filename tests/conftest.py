@@ -31,6 +31,25 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
+    """On a pytest-xdist worker (whose collection order the scheduler follows) the long tests go first; the
+    loadgroup groups work (:func:`restore_xdist_groups`)."""
+    if hasattr(config, "workerinput"):
+        slow_first(items)
+    restore_xdist_groups(config, items)
+
+
+def slow_first(items: list) -> None:
+    """Tests marked ``slow`` or ``integration`` first, each set in its collected order.
+
+    xdist hands a worker its next test when it has two or fewer left, in collection order (a loadgroup group as one
+    unit, the largest first), so a long test collected late can leave one worker running it alone at the end
+    (test_sentiment, 49 s, or the notebooks' smoke runs); started first, they overlap the other worker's short tests.
+    """
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slow") is None
+                      and item.get_closest_marker("integration") is None)  # fmt: skip
+
+
+def restore_xdist_groups(config, items: list) -> None:
     """Give ``--dist loadgroup`` its groups back: a test marked ``xdist_group(NAME)`` gets ``@NAME`` at the end of
     its node id, which is how pytest-xdist's scheduler keeps a group on one worker.
 

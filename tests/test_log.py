@@ -87,6 +87,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
     """validate, plan, run, predict, advise and study with --quiet: no progress line, no warning, no bar; each
     command's own answer (its summary line, the plan table, the predictions) and nothing else. The second run

@@ -220,6 +220,7 @@ def test_sigkill_at_each_point_then_resume_gives_the_same_model(tmp_path, tiny_b
     print(f"kill points tried {len(KILL_CHAIN)}, survived {survived}")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_state_exits_130_and_resume_finishes(tmp_path, tiny_bert_dir, reviews_csv, reference):
     """A real ``python -m hftl run`` gets SIGTERM during step 5: it finishes the step, saves, says how to resume."""
     recipe = write_recipe(tmp_path, tiny_bert_dir, reviews_csv)
