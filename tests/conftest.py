@@ -40,14 +40,19 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def slow_first(items: list) -> None:
-    """Tests marked ``slow`` or ``integration`` first, each set in its collected order.
+    """The test modules holding a test marked ``slow`` or ``integration`` first, each set in its collected order.
 
     xdist hands a worker its next test when it has two or fewer left, in collection order (a loadgroup group as one
     unit, the largest first), so a long test collected late can leave one worker running it alone at the end
-    (test_sentiment, 49 s, or the notebooks' smoke runs); started first, they overlap the other worker's short tests.
+    (test_sentiment, 49 s, or the notebooks' smoke runs); started early, they overlap the other worker's short
+    tests. Whole modules move, so that their module-scoped fixtures are still built once per worker.
     """
-    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slow") is None
-                      and item.get_closest_marker("integration") is None)  # fmt: skip
+
+    def long(item) -> bool:
+        return item.get_closest_marker("slow") is not None or item.get_closest_marker("integration") is not None
+
+    files = {item.nodeid.split("::")[0] for item in items if long(item)}
+    items[:] = sorted(items, key=lambda item: item.nodeid.split("::")[0] not in files)
 
 
 def restore_xdist_groups(config, items: list) -> None:
