@@ -48,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     assets = tiny_assets(work) if smoke else real_assets(work)
     if smoke:  # what each forked run would import itself
+        import gc
+
         import hftl.cli.commands  # noqa: F401
         import hftl.training.train  # noqa: F401
+
+        gc.freeze()  # the forks' garbage collections (two a run) then skip the imported objects
     rows: list[dict[str, Any]] = []
     for name, recipe in assets["throughput"].items():
         rows.append(check_throughput(name, recipe, work, smoke))
