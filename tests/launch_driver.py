@@ -4,6 +4,8 @@ Same arguments as ``hftl/run.py``. One hook around ``save_checkpoint``, off unle
 ``HFTL_TEST_DUMP=DIR``: after each checkpoint, every rank writes the weights and buffers it
 holds to ``DIR/rank{R}-step{S}.safetensors`` (to compare ranks with each other). Kills go
 through hftl's own test hook, ``HFTL_TEST_KILL_AT`` (:func:`hftl.training.training_state.kill_point`).
+Tests that fork their ranks instead (tests/test_reliability.py's ``run_child``) install the same hook with
+:func:`dumping` (e.g. through ``monkeypatch``); the forked ranks inherit it.
 """
 
 import os
@@ -14,18 +16,21 @@ import hftl.training.train
 from hftl.cli import main
 
 
-def _save_and_watch(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs):
-    path = _save_checkpoint(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs)
-    if dump := os.environ.get("HFTL_TEST_DUMP"):
-        from safetensors.torch import save_file
+def dumping(save_checkpoint):
+    """``save_checkpoint`` that, with ``HFTL_TEST_DUMP`` set, also writes every rank's weights after each save."""
 
-        tensors = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        save_file(tensors, str(Path(dump) / f"rank{accelerator.process_index}-step{state['step']}.safetensors"))
-    return path
+    def save_and_dump(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs):
+        path = save_checkpoint(accelerator, model, optimizer, run_dir, state, keep, *args, **kwargs)
+        if dump := os.environ.get("HFTL_TEST_DUMP"):
+            from safetensors.torch import save_file
 
+            tensors = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            save_file(tensors, str(Path(dump) / f"rank{accelerator.process_index}-step{state['step']}.safetensors"))
+        return path
 
-_save_checkpoint = hftl.training.train.save_checkpoint
-hftl.training.train.save_checkpoint = _save_and_watch
+    return save_and_dump
+
 
 if __name__ == "__main__":
+    hftl.training.train.save_checkpoint = dumping(hftl.training.train.save_checkpoint)
     sys.exit(main(["run", *sys.argv[1:]]))

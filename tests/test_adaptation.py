@@ -244,6 +244,7 @@ def test_target_batches_are_sharded_over_processes_as_accelerate_prepares_them()
     assert shards[0] == stream[0::2] and shards[1] == stream[1::2]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_coral_under_two_processes_keeps_ranks_identical_and_resumes_exactly(
     text_recipe, target_csv, tmp_path, monkeypatch

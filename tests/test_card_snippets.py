@@ -149,6 +149,7 @@ def execute(codes: dict[str, str], cwd: Path) -> dict[str, dict]:
     return json.loads((cwd / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_card_snippet_runs_as_written_in_a_fresh_process(runs, tmp_path):
     codes = {name: snippet(run_dir) for name, run_dir in runs.items()}
     results = execute(codes, tmp_path)

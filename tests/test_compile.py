@@ -60,6 +60,7 @@ def _train(text_recipe, monkeypatch, tmp_path, strategy: dict, backend: str | No
     return out, compiled == [True]
 
 
+@pytest.mark.slow
 def test_a_compiled_run_trains_saves_and_loads_as_the_eager_one(text_recipe, tiny_bert_dir, monkeypatch, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

@@ -4,10 +4,12 @@ Why this needs real processes: a layer frozen when ``accelerator.prepare`` wraps
 model and unfrozen later trains without gradient synchronisation and drifts apart
 across ranks (see ``hftl.strategies``). Each launch dumps every rank's weights at each
 checkpoint (``tests/launch_driver.py``), so the test compares the ranks with each other
-and with the pretrained weights, stage by stage. The three launches run back to back,
-each must exit 0: two-process CPU runs used to abort at exit now and then.
+and with the pretrained weights, stage by stage. The progressive run goes through the documented
+``accelerate launch`` command and must exit 0 (two-process CPU runs used to abort at exit now and then);
+the two_stage and LoRA runs are the same 2-process DDP jobs with ranks forked from the test process
+(tests/test_reliability.py's ``run_child``, the environment a launcher gives each rank).
 
-Each launch takes 20-40 s on a 2-core machine, most of it importing torch in 3 processes.
+A launch takes 20-40 s on a 2-core machine, most of it importing torch in 3 processes; a forked job a few seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import hftl.training.train
 from hftl.config.run_folder import read_log
+from tests.launch_driver import dumping
+from tests.test_reliability import run_child
 
 pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 
@@ -119,8 +124,9 @@ def assert_ranks_identical(by_step: dict) -> None:
         assert not drift, f"step {step}: ranks differ in {sorted(drift)[:5]}"
 
 
-def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_path) -> None:
+def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_path, monkeypatch) -> None:
     initial = load_file(str(tiny_bert_dir / "model.safetensors"))
+    monkeypatch.setattr(hftl.training.train, "save_checkpoint", dumping(hftl.training.train.save_checkpoint))
     recipe = text_recipe(train={"epochs": 2, "batch_size": 16, "save_steps": 6, "log_steps": 6, "seed": 0})
     runs = {
         # head from step 0, pooler from 6, layer.1 from 12, layer.0 from 18; embeddings never
@@ -138,11 +144,17 @@ def test_staged_strategies_under_two_processes(text_recipe, tiny_bert_dir, tmp_p
             24: {"embeddings", "layer.0", "layer.1", "pooler"},
         },
     }
-    for name, overrides in runs.items():  # back to back: each launch must exit 0
-        run_dir = tmp_path / name
-        proc = launch_two(recipe, tmp_path / f"dump-{name}", f"output.dir={run_dir}", *overrides)
-        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
-        by_step = dumps(tmp_path / f"dump-{name}")
+    for name, overrides in runs.items():  # back to back: each job must exit 0
+        run_dir, dump = tmp_path / name, tmp_path / f"dump-{name}"
+        if name == "progressive":  # the documented launcher, real processes
+            proc = launch_two(recipe, dump, f"output.dir={run_dir}", *overrides)
+            assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        else:  # the same 2-rank DDP job, ranks forked (about 25 s less each)
+            dump.mkdir()
+            argv = ["run", str(recipe), f"output.dir={run_dir}", *overrides]
+            code = run_child(argv, tmp_path / f"{name}.log", processes=2, HFTL_TEST_DUMP=str(dump))
+            assert code == 0, f"{name}: exit {code}\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
+        by_step = dumps(dump)
         assert sorted(by_step) == [6, 12, 18, 24]
         assert_ranks_identical(by_step)
 

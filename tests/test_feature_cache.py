@@ -46,6 +46,7 @@ def train(text_recipe, tmp_path, capsys, name: str, **sections):
     return result, {k: v for k, v in weights.items() if k.startswith("classifier.")}, log
 
 
+@pytest.mark.slow
 def test_cached_head_matches_uncached_run_then_cache_is_reused_and_invalidated(text_recipe, tmp_path, capsys):
     plain, plain_head, log = train(text_recipe, tmp_path, capsys, "plain", train={"cache_features": "never"})
     assert log == ["[cache] skipped: train.cache_features is 'never'"]

@@ -326,6 +326,7 @@ def test_bad_pairs_are_named_or_skipped(tmp_path, number_bert_dir, digit_resnet_
 
 
 # --------------------------------------------------------------------------- the evidence
+@pytest.mark.slow
 def test_fusion_beats_each_single_tower(tmp_path, number_bert_dir, digit_resnet_dir, digits_plus_data):
     """label = (digit + k) mod 10 for an image of a digit and the text "plus <k>".
 

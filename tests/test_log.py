@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,6 +73,7 @@ def test_bad_log_level_and_contradicting_flags_are_user_errors(monkeypatch, caps
 QUIET_DRIVER = """
 import contextlib, io, json, sys
 from hftl.cli import main
+import transformers.modeling_utils  # its log handler binds the process's stderr now, not a command's StringIO
 seen = []
 for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
@@ -85,10 +87,30 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
     """validate, plan, run, predict, advise and study with --quiet: no progress line, no warning, no bar; each
-    command's own answer (its summary line, the plan table, the predictions) and nothing else."""
+    command's own answer (its summary line, the plan table, the predictions) and nothing else. The second run
+    loads the real EfficientNet-Lite0 under a new 2-class head, which transformers reports with its LOAD REPORT
+    table (a warning; as each trial of a timm study did): --quiet hides it too."""
+    from hftl.models.pretrained import resolve_checkpoint
+    from tests.test_image_classification import write_stripe_folder
+
     recipe = text_recipe(train={"max_steps": 2, "eval_steps": 2, "batch_size": 8}, data={"max_eval_samples": 32})
+    (tmp_path / "stripes").mkdir()
+    images = tmp_path / "images.yaml"
+    images.write_text(
+        yaml.safe_dump(
+            {
+                "name": "stripes",
+                "task": "image-classification",
+                "model": {"checkpoint": resolve_checkpoint("efficientnet-lite0")},  # exported once, in this cache
+                "data": {"source": str(write_stripe_folder(tmp_path / "stripes", 32)), "image_size": 32},
+                "train": {"min_steps": 0, "max_steps": 1, "batch_size": 8, "eval_steps": 1},
+                "output": {"dir": str(tmp_path / "image-run")},
+            }
+        )
+    )
     study = tmp_path / "study.yaml"
     study.write_text(
         yaml.safe_dump(
@@ -103,6 +125,7 @@ def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
         ["validate", str(recipe)],
         ["plan", str(recipe)],
         ["run", str(recipe)],
+        ["run", str(images)],
         ["predict", str(tmp_path / "run"), "--text", "a fine film", "--text", "dull"],
         ["advise", str(recipe)],
         ["study", str(study)],
@@ -120,9 +143,13 @@ def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
     # nothing written past Python's streams either (this check had its own `python -m hftl --quiet run` process,
     # merged here: 10 s saved; `python -m hftl` itself runs in tests/test_reliability.py)
     assert "[eval]" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-2000:]
-    results = {r["argv"][0]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
-    for name, r in results.items():
-        assert r["code"] == 0 and r["err"] == "", (name, r["err"][-2000:])
+    assert "LOAD REPORT" not in proc.stderr, proc.stderr[-2000:]  # transformers' table for the run's new head
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in seen:
+        assert r["code"] == 0 and r["err"] == "", (r["argv"], r["err"][-2000:])
+    image_run = next(r for r in seen if r["argv"] == ["run", str(images)])
+    assert image_run["out"].startswith("[done] validation accuracy") and image_run["out"].count("\n") == 1
+    results = {r["argv"][0]: r for r in seen if r is not image_run}
     lines = {name: r["out"].strip().splitlines() for name, r in results.items()}
     assert len(lines["validate"]) == 1 and ": ok (text-classification" in lines["validate"][0]
     assert lines["plan"][0].strip().startswith("strategy: full") and not any(
@@ -132,3 +159,63 @@ def test_every_command_with_quiet_says_only_its_summary(text_recipe, tmp_path):
     assert [line.split("\t")[0] for line in lines["predict"]] == ["a fine film", "dull"], lines["predict"]
     assert len(lines["advise"]) == 1 and lines["advise"][0].startswith("[advise] recommended strategy: ")
     assert len(lines["study"]) == 1 and lines["study"][0].startswith("[study] 1 complete, 0 failed"), lines["study"]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _tiny_timm(folder):
+    from transformers import TimmWrapperForImageClassification
+
+    from tests.tiny_models import timm_config
+
+    TimmWrapperForImageClassification(timm_config()).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["bert", "timm"])
+def test_quiet_hides_the_transformers_load_report_and_the_default_keeps_it(kind, tiny_bert_dir, tmp_path):
+    """A checkpoint loaded under a new head (BERT: a missing classifier; timm, as each trial of a timm study: a
+    mismatched one) makes transformers warn its LOAD REPORT table: shown by default, gone with --quiet."""
+    import transformers
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    folder, factory = (tiny_bert_dir, AutoModelForSequenceClassification)
+    if kind == "timm":
+        folder, factory = _tiny_timm(tmp_path / "timm"), AutoModelForImageClassification
+    seen = _Records()
+    library = logging.getLogger("transformers.modeling_utils")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # its default; TRANSFORMERS_VERBOSITY=error would hide it anyway
+    library.addHandler(seen)
+    reports = {}
+    try:
+        for quiet in (False, True, False):
+            log.configure(quiet=quiet)
+            seen.messages.clear()
+            factory.from_pretrained(str(folder), num_labels=5, ignore_mismatched_sizes=True)
+            reports.setdefault(quiet, []).append(sum("LOAD REPORT" in m for m in seen.messages))
+    finally:
+        library.removeHandler(seen)
+        transformers.logging.set_verbosity(verbosity)
+        log.configure()
+    assert reports == {False: [1, 1], True: [0]}, reports
+
+
+def test_the_load_report_loggers_are_every_caller_in_transformers():
+    """hftl's quiet filter sits on the loggers transformers passes to its load report: every module calling it."""
+    import transformers
+
+    root = Path(transformers.__file__).parent
+    callers = {
+        "transformers." + ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in root.rglob("*.py")
+        if path.name != "loading_report.py" and "log_state_dict_report(" in path.read_text(encoding="utf-8")
+    }
+    assert callers and callers <= set(log.LOAD_REPORT_LOGGERS), callers - set(log.LOAD_REPORT_LOGGERS)

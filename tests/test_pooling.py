@@ -65,6 +65,7 @@ def test_auto_pooling_builds_the_pooled_head_and_explicit_pooler_the_native_one(
     assert cls.config.pooling == "cls"
 
 
+@pytest.mark.slow
 def test_pooled_run_reloads_with_pipeline_and_remote_code(text_recipe, tiny_bert_dir, tmp_path):
     """The saved run predicts the same through hftl predict, transformers.pipeline, and (in a process without
     hftl) pipeline(..., trust_remote_code=True)."""

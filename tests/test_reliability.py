@@ -68,13 +68,15 @@ def run_child(
     processes: int = 1,
     main_env: dict[str, str] | None = None,
     timeout: float = 300,
+    rank_argv: dict[int, list[str]] | None = None,
     **env: str,
 ) -> int:
     """Run ``hftl <argv>`` in ``processes`` forked children (a CPU DDP job when 2+); the job's exit code.
 
     Like ``accelerate launch``/``torchrun``: each rank gets RANK/WORLD_SIZE/MASTER_* and, once one rank fails,
-    the others are killed. ``main_env`` goes to rank 0 only. Returns -9 when a rank was SIGKILLed, else the
-    first non-zero exit code, else 0; a job still running after ``timeout`` seconds is killed and fails the test.
+    the others are killed. ``main_env`` goes to rank 0 only; ``rank_argv`` adds arguments to one rank's (a machine
+    that sees another ``output.dir``). Returns -9 when a rank was SIGKILLed, else the first non-zero exit code,
+    else 0; a job still running after ``timeout`` seconds is killed and fails the test.
     """
     port = _free_port()
     sys.stdout.flush()
@@ -83,7 +85,8 @@ def run_child(
     for rank in range(processes):
         pid = os.fork()
         if pid == 0:  # child: never return into pytest
-            _child(argv, log, {**env, **((main_env or {}) if rank == 0 else {}), **_rank_env(rank, processes, port)})
+            own = [*argv, *(rank_argv or {}).get(rank, [])]
+            _child(own, log, {**env, **((main_env or {}) if rank == 0 else {}), **_rank_env(rank, processes, port)})
         pids.append(pid)
     codes: dict[int, int] = {}
     deadline = time.monotonic() + timeout
@@ -220,6 +223,7 @@ def test_sigkill_at_each_point_then_resume_gives_the_same_model(tmp_path, tiny_b
     print(f"kill points tried {len(KILL_CHAIN)}, survived {survived}")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_state_exits_130_and_resume_finishes(tmp_path, tiny_bert_dir, reviews_csv, reference):
     """A real ``python -m hftl run`` gets SIGTERM during step 5: it finishes the step, saves, says how to resume."""
     recipe = write_recipe(tmp_path, tiny_bert_dir, reviews_csv)

@@ -116,6 +116,7 @@ def test_layer_groups_are_timms_then_the_linear_head(recipe):
     assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 def test_a_full_run_trains_saves_and_reloads_with_identical_logits(recipe, checkpoints, stripes_dir, tmp_path):
     """Full fine-tuning trains the body and the wide head; the run reloads through AutoModel, hftl predict,
     pipeline, and (in a process without hftl) pipeline / AutoModel with trust_remote_code, all alike."""

@@ -177,6 +177,7 @@ def completed_points(rows: list[dict[str, str]], axes=("strategy.name", "train.s
     return sorted(tuple(r[a] for a in axes) for r in rows if r["state"] == "COMPLETE")
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys, monkeypatch):
     path = write_study()
     monkeypatch.chdir(path.parent)  # run from the study's folder, as from a repository's root
@@ -240,6 +241,7 @@ def test_failed_trial_is_recorded_and_the_others_go_on(write_study, capsys):
     assert "## Failed trials" in (path.parent / path.stem / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_storage_without_training(write_study, capsys, monkeypatch):
     path = write_study(axes={"data.max_train_samples": [40, 80], "strategy.name": ["full"], "train.seed": [0, 1]})
     assert main(["study", str(path)]) == 0
@@ -264,6 +266,7 @@ def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None) -
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed  # launches processes (about 2 min)
 def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, capsys):
     axes = {"strategy.name": ["full"], "train.seed": [0, 1, 2]}  # three points: one done, one killed, one not begun
@@ -294,6 +297,7 @@ def test_sigkill_then_rerun_runs_only_unfinished_trials(write_study, tmp_path, c
     assert by_point == {(r["strategy.name"], r["train.seed"]): r["test.accuracy"] for r in expected}
 
 
+@pytest.mark.slow
 @pytest.mark.distributed  # launches worker processes (about 2 min)
 def test_two_workers_run_every_trial_exactly_once(write_study, capsys):
     path = write_study()  # 4 points for 2 workers

@@ -1,7 +1,8 @@
 """hftl's messages through Python ``logging``: one ``hftl`` logger, quiet or verbose on request.
 
 Progress lines (``[eval] ...``, ``[resume] ...``) are INFO, shown by default; ``hftl --quiet`` (or
-``HFTL_LOG_LEVEL=WARNING``) keeps only warnings, errors and the run's final summary, and hides progress bars;
+``HFTL_LOG_LEVEL=WARNING``) keeps only warnings, errors and the run's final summary, and hides progress bars
+and transformers' weight-loading table (its "LOAD REPORT" of the new head's missing keys, a warning per model);
 ``--verbose`` (``DEBUG``) adds detail. Messages are written as plain lines: INFO and the summary to stdout,
 warnings and errors to stderr. Like accelerate's multi-process ``get_logger`` (whose ``[RANK 0]`` prefix
 it leaves out), only the main process writes: rank 0 of a launch, as the launchers' environment says
@@ -24,6 +25,20 @@ SUMMARY = 35  # above WARNING: a run's final line is shown even with --quiet
 logging.addLevelName(SUMMARY, "SUMMARY")
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")  # torchrun / accelerate, MPI
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+# The loggers transformers 5.x hands to its weight-loading report (``utils/loading_report.log_state_dict_report``, the
+# "LOAD REPORT" table of missing / unexpected / mismatched keys, a WARNING on every checkpoint loaded under a new
+# head): the callers of that function in transformers' own code (tests/test_log.py keeps this list complete).
+LOAD_REPORT_LOGGERS = ("transformers.modeling_utils", "transformers.modeling_layers", "transformers.integrations.peft")
+
+
+class _NoLoadReport(logging.Filter):
+    """Drops transformers' weight-loading table (hftl loads a new head on purpose; --quiet asks not to hear it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.module != "loading_report"
+
+
+_NO_LOAD_REPORT = _NoLoadReport()
 
 
 class _ConsoleHandler(logging.Handler):
@@ -62,6 +77,12 @@ def configure(quiet: bool = False, verbose: bool = False) -> int:
     if level > logging.INFO:  # quiet: the libraries' progress bars go too
         for disable in _progress_bar_switches():
             disable()
+    for name in LOAD_REPORT_LOGGERS:  # quiet: and transformers' load report, a table per model loaded (study trials)
+        library = logging.getLogger(name)  # the same object transformers logs through, imported or not yet
+        if level > logging.INFO:
+            library.addFilter(_NO_LOAD_REPORT)
+        else:
+            library.removeFilter(_NO_LOAD_REPORT)
     return level
 
 
