@@ -194,28 +194,17 @@ def forked(command: list[str], argv: list[str], env: dict[str, str], timeout: fl
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: never return into this script
-        code = 70
-        try:
+
+        def setup() -> None:
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             os.chdir(ROOT)
             os.environ.clear()
             os.environ.update(env)
-            from accelerate.state import AcceleratorState, GradientState
 
-            AcceleratorState._reset_state(True)  # a fresh process's accelerate state
-            GradientState._reset_state()
-            from hftl.cli import main as cli
+        from hftl.cli.forked import exit_with_main
 
-            code = cli(argv)
-        except BaseException:  # noqa: BLE001 - report anything, then leave
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        exit_with_main(argv, setup)
     deadline = time.monotonic() + timeout
     while not (done := os.waitpid(pid, os.WNOHANG))[0]:
         if time.monotonic() > deadline:

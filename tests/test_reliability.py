@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hftl.cli.forked import exit_with_main
 from hftl.config.errors import CheckpointError, DataError, HftlError
 from hftl.config.recipe import load_recipe
 from hftl.config.run_folder import read_log, read_status
@@ -107,27 +108,13 @@ def run_child(
 
 
 def _child(argv: list[str], log: Path, env: dict[str, str]) -> None:
-    code = 70
-    try:
+    def setup() -> None:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.environ.update(env)
-        from accelerate.state import AcceleratorState, GradientState
 
-        AcceleratorState._reset_state(True)  # forget the test process's own single-process state
-        GradientState._reset_state()
-        from hftl.cli import main
-
-        code = main(argv)
-    except BaseException:  # noqa: BLE001 - report anything, then leave
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    exit_with_main(argv, setup)
 
 
 def _rank_env(rank: int, processes: int, port: int) -> dict[str, str]:
