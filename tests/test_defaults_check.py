@@ -96,7 +96,7 @@ def test_committed_results_give_one_row_per_measurement(capsys):
     assert all(r.scores.n >= 1 and r.best for r in rows)
     assert dc.main([]) == 0
     out = capsys.readouterr().out
-    assert out.count("| Rotten Tomatoes") == 4  # two measurements in table 1, two sizes in table 2
+    assert out.count("| Rotten Tomatoes") == 5  # three measurements in table 1, two sizes in table 2
 
 
 def test_write_replaces_only_the_marked_blocks(tmp_path):
