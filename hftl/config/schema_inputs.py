@@ -270,6 +270,10 @@ class DataSection(Section):
             raise ValueError("use either group_column (keep groups together) or stratify (keep label shares), not both")
         return self
 
+    def evaluation_seed(self, train_seed: int) -> int:
+        """The seed of the validation/test carve and of every evaluation sample: ``split_seed``, else ``train.seed``."""
+        return train_seed if self.split_seed is None else self.split_seed
+
     @property
     def where(self) -> str:
         """The data source as a user would name it in a message."""

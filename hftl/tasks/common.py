@@ -93,7 +93,7 @@ def load_splits(
             f"column '{d.group_column}' is not in the data",
             hint=f"Columns: {', '.join(renamed['train'].column_names)}.",
         )
-    split_seed = seed if d.split_seed is None else d.split_seed  # the carve and the capped evaluation samples
+    split_seed = d.evaluation_seed(seed)  # the carve and the capped evaluation samples
     splits = splits_of.ensure_splits(
         renamed,
         validation=d.validation_size,

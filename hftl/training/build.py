@@ -36,8 +36,7 @@ def load_data(recipe: Recipe, accelerator: Any) -> PreparedData:
     validation, cap = data.encoded.get("validation"), recipe.train.eval_sample
     if validation is not None and cap is not None and cap < len(validation):
         # the same rows for every seed when the split is fixed (data.split_seed), like the split itself
-        seed = recipe.train.seed if recipe.data.split_seed is None else recipe.data.split_seed
-        data.encoded[VALIDATION_SAMPLE] = subsample(validation, cap, seed)
+        data.encoded[VALIDATION_SAMPLE] = subsample(validation, cap, recipe.data.evaluation_seed(recipe.train.seed))
     from hftl.config.log import say
 
     for report in data.reports:
