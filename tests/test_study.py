@@ -158,9 +158,12 @@ def test_tpe_validates_each_value_and_range_end(write_study):
 def test_shipped_studies_validate():
     shipped = sorted((ROOT / "studies").glob("*.yaml"))
     assert len(shipped) >= 8
-    for path in shipped:  # every one: validates, chooses on validation, reports test
+    for path in shipped:  # every one: validates, chooses on validation, reports test (NER: entity F1)
         study = load_study(path)
-        assert study.points and (study.metric, study.report) == ("validation.accuracy", "test.accuracy"), path.name
+        expected = (
+            ("validation.f1", "test.f1") if path.stem.startswith("wnut") else ("validation.accuracy", "test.accuracy")
+        )
+        assert study.points and (study.metric, study.report) == expected, path.name
     # text: 6-7 strategies (LoRA, scratch; full+llrd on BBC News) x 4 sizes x 3 seeds, MNIST 6; Fashion-MNIST at
     # 1,000: 4 x 3; shift: 3 x 4 x 2
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
@@ -169,7 +172,13 @@ def test_shipped_studies_validate():
     assert len(load_study(ROOT / "studies" / "fashion-mnist-1k.yaml").points) == 6 * 3  # + feature_extraction+stages
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 3 * 4 * 2  # seeds x severities x arms
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
-    for name in ("domain-shift", "lr-multiplier", "mnist-strategies"):  # seeds outermost: a part stopped early
+    assert len(load_study(ROOT / "studies" / "wnut-strategies.yaml").points) == 3 * 6  # the full size only
+    for name in (
+        "domain-shift",
+        "lr-multiplier",
+        "mnist-strategies",
+        "wnut-strategies",
+    ):  # seeds outermost: a part stopped early
         assert load_study(ROOT / "studies" / f"{name}.yaml").axes[0].name == "train.seed", name  # leaves whole seeds
 
 
