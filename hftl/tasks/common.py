@@ -45,24 +45,19 @@ def column(data: DataSection, roles: dict[str, str | None], role: str) -> str | 
 
 
 def load_splits(
-    d: DataSection,
-    roles: dict[str, str | None],
-    required: tuple[str, ...],
-    *,
-    seed: int,
-    task: str,
-    recipe_file: str | None,
+    recipe: Recipe, roles: dict[str, str | None], required: tuple[str, ...], *, task: str
 ) -> datasets.DatasetDict:
-    """Load the ``data`` section's source, carve missing splits, subsample, and check every needed column exists.
+    """Load the ``data`` section's source, carve missing splits, subsample, and check the ``required`` roles' columns.
 
-    ``seed`` (``train.seed``) draws the training subsets and, without ``data.split_seed``, the carve and the capped
-    evaluation samples; ``task`` and ``recipe_file`` name what an error is about.
+    ``train.seed`` draws the training subsets and, without ``data.split_seed``, the carve and the capped
+    evaluation samples; ``task`` (the task's name) and the recipe's file name what an error is about.
     """
     import datasets
 
     from hftl.data import sources
     from hftl.data import splits as splits_of
 
+    d, seed, recipe_file = recipe.data, recipe.train.seed, recipe.source_file
     raw = sources.load_source(
         d.source, config_name=d.config_name, revision=d.revision, data_files=d.files, recipe_file=recipe_file
     )

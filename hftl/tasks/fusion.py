@@ -182,14 +182,7 @@ class Fusion:
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         register_catalog()
-        return load_splits(
-            recipe.data,
-            self.roles,
-            self.required_roles,
-            seed=recipe.train.seed,
-            task=self.name,
-            recipe_file=recipe.source_file,
-        )
+        return load_splits(recipe, self.roles, self.required_roles, task=self.name)
 
     def load_processor(self, recipe: Recipe) -> FusionProcessor:
         from transformers import AutoImageProcessor, AutoTokenizer

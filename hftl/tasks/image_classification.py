@@ -233,7 +233,7 @@ class ImageClassification:
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         data, file = recipe.data, recipe.source_file
         needed = ("image",) if data.label_columns else self.required_roles
-        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
+        splits = load_splits(recipe, self.roles, needed, task=self.name)
         return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:

@@ -71,7 +71,7 @@ class TextClassification:
         data, file = recipe.data, recipe.source_file
         needed = ("text",) if data.label_columns else self.required_roles
         needed += ("text_pair",) if column(data, self.roles, "text_pair") else ()
-        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
+        splits = load_splits(recipe, self.roles, needed, task=self.name)
         return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:

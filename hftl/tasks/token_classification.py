@@ -97,14 +97,7 @@ class TokenClassification:
         check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        return load_splits(
-            recipe.data,
-            self.roles,
-            self.required_roles,
-            seed=recipe.train.seed,
-            task=self.name,
-            recipe_file=recipe.source_file,
-        )
+        return load_splits(recipe, self.roles, self.required_roles, task=self.name)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoConfig, AutoTokenizer
