@@ -20,7 +20,7 @@ inside) and this file with an ``auto_map``, so ``pipeline("text-classification",
 model=RUN, trust_remote_code=True)`` loads a run anywhere, and after
 ``import hftl.models.pooled_model`` (which registers the classes with the Auto
 factories) without ``trust_remote_code``. This module imports only torch,
-transformers and its neighbour ``head_loss.py`` (relatively: ``save_pretrained``
+transformers and its neighbour ``head_common.py`` (relatively: ``save_pretrained``
 copies both), so the two files are the remote code itself.
 """
 
@@ -33,7 +33,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .head_loss import head_loss  # relative: transformers copies it into a saved run with this file
+from .head_common import head_loss, register_auto  # relative: save_pretrained copies it beside this file
 
 POOLINGS = ("mean", "max", "cls")
 
@@ -110,7 +110,4 @@ class PooledModelForSequenceClassification(PreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register(PooledClassifierConfig.model_type, PooledClassifierConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledModelForSequenceClassification, exist_ok=True)
-PooledClassifierConfig.register_for_auto_class()
-PooledModelForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+register_auto(PooledClassifierConfig, PooledModelForSequenceClassification, AutoModelForSequenceClassification)

@@ -22,7 +22,7 @@ to this file (``pipeline("image-classification", model=RUN, trust_remote_code=Tr
 ``import hftl``, which registers the classes, without ``trust_remote_code``). The config also carries the timm
 fields the image processor reads (``architecture``, ``pretrained_cfg``, ``image_processor_type``), so
 ``AutoImageProcessor`` loads the run's processor from ``config.json`` as it does for a timm checkpoint. This module
-imports only torch, transformers, (when a model is built) timm and its neighbour ``head_loss.py`` (relatively:
+imports only torch, transformers, (when a model is built) timm and its neighbour ``head_common.py`` (relatively:
 ``save_pretrained`` copies both): the two files are the remote code itself.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .head_loss import head_loss  # relative: transformers copies it into a saved run with this file
+from .head_common import head_loss, register_auto  # relative: save_pretrained copies it beside this file
 
 
 class StagesClassifierConfig(PretrainedConfig):
@@ -166,7 +166,4 @@ class StagesModelForImageClassification(PreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register(StagesClassifierConfig.model_type, StagesClassifierConfig, exist_ok=True)
-AutoModelForImageClassification.register(StagesClassifierConfig, StagesModelForImageClassification, exist_ok=True)
-StagesClassifierConfig.register_for_auto_class()
-StagesModelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+register_auto(StagesClassifierConfig, StagesModelForImageClassification, AutoModelForImageClassification)
