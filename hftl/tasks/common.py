@@ -27,6 +27,15 @@ def check_columns_section(recipe: Recipe, roles: dict[str, str | None]) -> None:
             )
 
 
+def require_checkpoint(recipe: Recipe, hint: str, *, init_from: bool) -> None:
+    """``model.checkpoint`` is set, or, for a task that can start from an earlier run (``init_from``),
+    ``model.init_from``; ``hint`` names example checkpoints."""
+    if recipe.model.checkpoint or (init_from and recipe.model.init_from):
+        return
+    earlier = " (or model.init_from, an earlier run)" if init_from else ""
+    raise RecipeError(recipe.source_file, "model.checkpoint", f"is required for {recipe.task}{earlier}", hint=hint)
+
+
 def refuse_pooling(recipe: Recipe, own: str) -> None:
     """For tasks whose head keeps the checkpoint's own pooling: ``model.pooling`` must stay ``auto``."""
     if recipe.model.pooling != "auto":
@@ -324,13 +333,6 @@ def argmax_predictions(outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
             return (logits > 0).long(), targets.long()
         return logits.reshape(-1).float(), targets.float()  # regression
     return logits.argmax(-1), targets
-
-
-def classification_metrics(predictions: Any, references: Any) -> dict[str, float]:
-    """The problem type's metrics (hftl's evaluate modules): accuracy + macro F1, micro/macro F1, or RMSE & co."""
-    from hftl.metrics import classification_scores
-
-    return classification_scores(predictions, references)
 
 
 def pipeline_predict(run_dir: Any, pipeline_tag: str, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
