@@ -19,8 +19,9 @@ config with ``model_type: hftl-pooled-classifier`` (the body's config nested
 inside) and this file with an ``auto_map``, so ``pipeline("text-classification",
 model=RUN, trust_remote_code=True)`` loads a run anywhere, and after
 ``import hftl.models.pooled_model`` (which registers the classes with the Auto
-factories) without ``trust_remote_code``. This module imports only torch and
-transformers, so it is the remote code itself.
+factories) without ``trust_remote_code``. This module imports only torch,
+transformers and its neighbour ``head_common.py`` (relatively: ``save_pretrained``
+copies both), so the two files are the remote code itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .head_common import head_loss, register_auto  # relative: save_pretrained copies it beside this file
 
 POOLINGS = ("mean", "max", "cls")
 
@@ -103,18 +106,8 @@ class PooledModelForSequenceClassification(PreTrainedModel):
         if getattr(self.config, "normalize", False):  # configs saved before the flag existed: not normalised
             pooled = nn.functional.normalize(pooled, dim=-1)
         logits = self.classifier(self.dropout(pooled))
-        return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss for the config's ``problem_type``, as transformers' own *ForSequenceClassification heads."""
-        if self.config.problem_type == "regression":
-            return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
-        if self.config.problem_type == "multi_label_classification":
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        loss = None if labels is None else head_loss(self.config.problem_type, logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register(PooledClassifierConfig.model_type, PooledClassifierConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledModelForSequenceClassification, exist_ok=True)
-PooledClassifierConfig.register_for_auto_class()
-PooledModelForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+register_auto(PooledClassifierConfig, PooledModelForSequenceClassification, AutoModelForSequenceClassification)

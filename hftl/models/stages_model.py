@@ -22,7 +22,8 @@ to this file (``pipeline("image-classification", model=RUN, trust_remote_code=Tr
 ``import hftl``, which registers the classes, without ``trust_remote_code``). The config also carries the timm
 fields the image processor reads (``architecture``, ``pretrained_cfg``, ``image_processor_type``), so
 ``AutoImageProcessor`` loads the run's processor from ``config.json`` as it does for a timm checkpoint. This module
-imports only torch, transformers and (when a model is built) timm: it is the remote code itself.
+imports only torch, transformers, (when a model is built) timm and its neighbour ``head_common.py`` (relatively:
+``save_pretrained`` copies both): the two files are the remote code itself.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
+
+from .head_common import head_loss, register_auto  # relative: save_pretrained copies it beside this file
 
 
 class StagesClassifierConfig(PretrainedConfig):
@@ -159,21 +162,8 @@ class StagesModelForImageClassification(PreTrainedModel):
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
     ) -> ImageClassifierOutput:
         logits = self.classifier(self.features(pixel_values.to(self.device, self.dtype)))
-        return ImageClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss for the config's ``problem_type``, as transformers' own classification heads.
-
-        The same lines as ``PooledModelForSequenceClassification.loss``, on purpose: each of these files is the
-        remote code a saved run carries (``auto_map``), so it imports nothing of hftl's."""
-        if self.config.problem_type == "regression":
-            return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
-        if self.config.problem_type == "multi_label_classification":
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        loss = None if labels is None else head_loss(self.config.problem_type, logits, labels)
+        return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register(StagesClassifierConfig.model_type, StagesClassifierConfig, exist_ok=True)
-AutoModelForImageClassification.register(StagesClassifierConfig, StagesModelForImageClassification, exist_ok=True)
-StagesClassifierConfig.register_for_auto_class()
-StagesModelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+register_auto(StagesClassifierConfig, StagesModelForImageClassification, AutoModelForImageClassification)

@@ -11,6 +11,8 @@ Adding a task: a module here with a class implementing every member of
 :class:`Task`, registered at its bottom (the registry, :data:`hftl.config.registry.TASKS`,
 imports every module of this package on its first lookup), plus its tests
 (``tests/test_extension_points.py`` checks every registered task against the protocol).
+A task that classifies whole examples can take the methods such tasks share from
+:mod:`hftl.tasks.classifier` (mixins of methods only; the class still declares its own attributes).
 """
 
 from __future__ import annotations

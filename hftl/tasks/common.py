@@ -27,6 +27,15 @@ def check_columns_section(recipe: Recipe, roles: dict[str, str | None]) -> None:
             )
 
 
+def require_checkpoint(recipe: Recipe, hint: str, *, init_from: bool) -> None:
+    """``model.checkpoint`` is set, or, for a task that can start from an earlier run (``init_from``),
+    ``model.init_from``; ``hint`` names example checkpoints."""
+    if recipe.model.checkpoint or (init_from and recipe.model.init_from):
+        return
+    earlier = " (or model.init_from, an earlier run)" if init_from else ""
+    raise RecipeError(recipe.source_file, "model.checkpoint", f"is required for {recipe.task}{earlier}", hint=hint)
+
+
 def refuse_pooling(recipe: Recipe, own: str) -> None:
     """For tasks whose head keeps the checkpoint's own pooling: ``model.pooling`` must stay ``auto``."""
     if recipe.model.pooling != "auto":
@@ -45,24 +54,19 @@ def column(data: DataSection, roles: dict[str, str | None], role: str) -> str | 
 
 
 def load_splits(
-    d: DataSection,
-    roles: dict[str, str | None],
-    required: tuple[str, ...],
-    *,
-    seed: int,
-    task: str,
-    recipe_file: str | None,
+    recipe: Recipe, roles: dict[str, str | None], required: tuple[str, ...], *, task: str
 ) -> datasets.DatasetDict:
-    """Load the ``data`` section's source, carve missing splits, subsample, and check every needed column exists.
+    """Load the ``data`` section's source, carve missing splits, subsample, and check the ``required`` roles' columns.
 
-    ``seed`` (``train.seed``) draws the training subsets and, without ``data.split_seed``, the carve and the capped
-    evaluation samples; ``task`` and ``recipe_file`` name what an error is about.
+    ``train.seed`` draws the training subsets and, without ``data.split_seed``, the carve and the capped
+    evaluation samples; ``task`` (the task's name) and the recipe's file name what an error is about.
     """
     import datasets
 
     from hftl.data import sources
     from hftl.data import splits as splits_of
 
+    d, seed, recipe_file = recipe.data, recipe.train.seed, recipe.source_file
     raw = sources.load_source(
         d.source, config_name=d.config_name, revision=d.revision, data_files=d.files, recipe_file=recipe_file
     )
@@ -329,13 +333,6 @@ def argmax_predictions(outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
             return (logits > 0).long(), targets.long()
         return logits.reshape(-1).float(), targets.float()  # regression
     return logits.argmax(-1), targets
-
-
-def classification_metrics(predictions: Any, references: Any) -> dict[str, float]:
-    """The problem type's metrics (hftl's evaluate modules): accuracy + macro F1, micro/macro F1, or RMSE & co."""
-    from hftl.metrics import classification_scores
-
-    return classification_scores(predictions, references)
 
 
 def pipeline_predict(run_dir: Any, pipeline_tag: str, inputs: list[Any], top_k: int) -> list[list[dict[str, Any]]]:

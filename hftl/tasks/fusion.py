@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from hftl.config.errors import DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
+from hftl.tasks.classifier import PerExampleEvaluation
 from hftl.tasks.common import (
     BadExamples,
-    argmax_predictions,
     check_columns_section,
-    classification_metrics,
     column,
     label_encoder,
     load_splits,
@@ -122,7 +121,7 @@ def pair_problem(image: Any, text: Any, image_col: str, text_col: str) -> str | 
     return text_problem(text, text_col)
 
 
-class Fusion:
+class Fusion(PerExampleEvaluation):
     name = "fusion"
     roles = {"image": "image", "text": "text", "label": "label"}
     required_roles = ("image", "text", "label")
@@ -182,14 +181,7 @@ class Fusion:
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
         register_catalog()
-        return load_splits(
-            recipe.data,
-            self.roles,
-            self.required_roles,
-            seed=recipe.train.seed,
-            task=self.name,
-            recipe_file=recipe.source_file,
-        )
+        return load_splits(recipe, self.roles, self.required_roles, task=self.name)
 
     def load_processor(self, recipe: Recipe) -> FusionProcessor:
         from transformers import AutoImageProcessor, AutoTokenizer
@@ -317,19 +309,6 @@ class Fusion:
             dropout=fusion.dropout,
         )
         return FusionModel(towers["vision"], towers["text"], config)
-
-    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        return argmax_predictions(outputs, batch)
-
-    def compute_metrics(
-        self, predictions: torch.Tensor, references: torch.Tensor, labels: list[str]
-    ) -> dict[str, float]:
-        return classification_metrics(predictions, references)
-
-    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
-        from hftl.metrics import class_report
-
-        return class_report(predictions, references, labels)
 
     def plan(self, model: FusionModel, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
         return plan_fusion(model, recipe, steps_per_epoch, total_steps)

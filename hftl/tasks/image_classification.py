@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from hftl.config.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
+from hftl.tasks.classifier import SingleCheckpointClassifier
 from hftl.tasks.common import (
     BadExamples,
-    argmax_predictions,
     check_columns_section,
-    classification_metrics,
     column,
-    load_splits,
     pipeline_predict,
+    require_checkpoint,
     select_valid,
 )
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from hftl.config.schema import AugmentSection, DataSection, Recipe
-    from hftl.strategies.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -200,7 +198,7 @@ class ImageCollator:
         return {"pixel_values": pixels, "labels": torch.tensor(labels)}
 
 
-class ImageClassification:
+class ImageClassification(SingleCheckpointClassifier):
     name = "image-classification"
     roles = {"image": "image", "label": "label"}
     required_roles = ("image", "label")
@@ -211,13 +209,8 @@ class ImageClassification:
     card = CardInfo("image-classification", "EXAMPLE_IMAGE", "AutoPeftModel")
 
     def check(self, recipe: Recipe) -> None:
-        if not (recipe.model.checkpoint or recipe.model.init_from):
-            raise RecipeError(
-                recipe.source_file,
-                "model.checkpoint",
-                "is required for image-classification (or model.init_from, an earlier run)",
-                hint="e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub).",
-            )
+        hint = "e.g. efficientnet-lite0 (offline) or google/vit-base-patch16-224-in21k (Hub)."
+        require_checkpoint(recipe, hint, init_from=True)
         if recipe.model.pooling not in ("auto", "stages"):
             raise RecipeError(
                 recipe.source_file,
@@ -229,12 +222,6 @@ class ImageClassification:
             )
         check_columns_section(recipe, self.roles)
         label_kinds.check_problem_type(recipe, self.problem_types)
-
-    def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        data, file = recipe.data, recipe.source_file
-        needed = ("image",) if data.label_columns else self.required_roles
-        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
-        return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
@@ -249,12 +236,6 @@ class ImageClassification:
             what="image processor",
         )
         return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
-
-    def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return label_kinds.label_names(splits, recipe.data, self.label_column(recipe.data), recipe.source_file)
-
-    def label_column(self, data: DataSection) -> str:
-        return label_kinds.label_column_of(data, column(data, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
@@ -303,22 +284,6 @@ class ImageClassification:
         if recipe.data.image_size:
             fit_image_size(model, recipe.data.image_size, recipe.source_file)
         return model
-
-    def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
-        from hftl.strategies.plan import plan_model
-
-        return plan_model(model, recipe, steps_per_epoch, total_steps)
-
-    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        return argmax_predictions(outputs, batch)
-
-    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
-        return classification_metrics(predictions, references)
-
-    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
-        from hftl.metrics import class_report
-
-        return class_report(predictions, references, labels)
 
     def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
         from transformers import AutoImageProcessor, AutoModelForImageClassification

@@ -12,15 +12,14 @@ from typing import TYPE_CHECKING, Any
 from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
+from hftl.tasks.classifier import SingleCheckpointClassifier
 from hftl.tasks.common import (
     BadExamples,
-    argmax_predictions,
     check_columns_section,
-    classification_metrics,
     column,
-    load_splits,
     pad_multiple,
     pipeline_predict,
+    require_checkpoint,
     select_valid,
     text_problem,
     without_length,
@@ -29,11 +28,10 @@ from hftl.tasks.common import (
 if TYPE_CHECKING:
     import datasets
 
-    from hftl.config.schema import DataSection, ModelSection, Recipe
-    from hftl.strategies.plan import Plan
+    from hftl.config.schema import ModelSection, Recipe
 
 
-class TextClassification:
+class TextClassification(SingleCheckpointClassifier):
     name = "text-classification"
     roles = {"text": "text", "text_pair": None, "label": "label"}
     required_roles = ("text", "label")
@@ -49,13 +47,7 @@ class TextClassification:
     )
 
     def check(self, recipe: Recipe) -> None:
-        if not (recipe.model.checkpoint or recipe.model.init_from):
-            raise RecipeError(
-                recipe.source_file,
-                "model.checkpoint",
-                "is required for text-classification (or model.init_from, an earlier run)",
-                hint="e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).",
-            )
+        require_checkpoint(recipe, "e.g. all-MiniLM-L6-v2 (offline) or bert-base-uncased (Hub).", init_from=True)
         if recipe.model.pooling == "stages":
             raise RecipeError(
                 recipe.source_file,
@@ -66,13 +58,6 @@ class TextClassification:
             )
         check_columns_section(recipe, self.roles)
         label_kinds.check_problem_type(recipe, self.problem_types)
-
-    def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        data, file = recipe.data, recipe.source_file
-        needed = ("text",) if data.label_columns else self.required_roles
-        needed += ("text_pair",) if column(data, self.roles, "text_pair") else ()
-        splits = load_splits(data, self.roles, needed, seed=recipe.train.seed, task=self.name, recipe_file=file)
-        return label_kinds.add_label_set(splits, data, file)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoTokenizer
@@ -86,12 +71,6 @@ class TextClassification:
             trust_remote_code=recipe.model.trust_remote_code,
             what="tokenizer",
         )
-
-    def label_names(self, splits: datasets.DatasetDict, recipe: Recipe) -> list[str]:
-        return label_kinds.label_names(splits, recipe.data, self.label_column(recipe.data), recipe.source_file)
-
-    def label_column(self, data: DataSection) -> str:
-        return label_kinds.label_column_of(data, column(data, self.roles, "label"))
 
     def encode(
         self, splits: datasets.DatasetDict, processor: Any, recipe: Recipe, labels: list[str]
@@ -168,22 +147,6 @@ class TextClassification:
             **label_config(labels, recipe.data.problem_type),
         )
         return PooledModelForSequenceClassification(config, body=body)
-
-    def plan(self, model: Any, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Plan:
-        from hftl.strategies.plan import plan_model
-
-        return plan_model(model, recipe, steps_per_epoch, total_steps)
-
-    def predictions(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        return argmax_predictions(outputs, batch)
-
-    def compute_metrics(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, float]:
-        return classification_metrics(predictions, references)
-
-    def class_report(self, predictions: Any, references: Any, labels: list[str]) -> dict[str, Any]:
-        from hftl.metrics import class_report
-
-        return class_report(predictions, references, labels)
 
     def load_trained(self, run_dir: Any) -> tuple[Any, Any]:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

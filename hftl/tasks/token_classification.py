@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hftl.config.errors import CheckpointError, DataError, RecipeError
+from hftl.config.errors import CheckpointError, DataError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.common import (
     BadExamples,
@@ -23,6 +23,7 @@ from hftl.tasks.common import (
     load_splits,
     pad_multiple,
     refuse_pooling,
+    require_checkpoint,
     without_length,
 )
 from hftl.tasks.labels import check_problem_type
@@ -85,26 +86,14 @@ class TokenClassification:
     )
 
     def check(self, recipe: Recipe) -> None:
-        if not recipe.model.checkpoint:
-            raise RecipeError(
-                recipe.source_file,
-                "model.checkpoint",
-                "is required for token-classification",
-                hint="e.g. all-MiniLM-L6-v2 (offline) or dmis-lab/biobert-base-cased-v1.2 (Hub).",
-            )
+        hint = "e.g. all-MiniLM-L6-v2 (offline) or dmis-lab/biobert-base-cased-v1.2 (Hub)."
+        require_checkpoint(recipe, hint, init_from=False)
         refuse_pooling(recipe, "every token's state (no pooling)")
         check_columns_section(recipe, self.roles)
         check_problem_type(recipe, self.problem_types)
 
     def load_splits(self, recipe: Recipe) -> datasets.DatasetDict:
-        return load_splits(
-            recipe.data,
-            self.roles,
-            self.required_roles,
-            seed=recipe.train.seed,
-            task=self.name,
-            recipe_file=recipe.source_file,
-        )
+        return load_splits(recipe, self.roles, self.required_roles, task=self.name)
 
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoConfig, AutoTokenizer
