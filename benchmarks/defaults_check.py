@@ -252,16 +252,15 @@ CHECKS: tuple[Check, ...] = (
         ),
     ),
     Check(
-        "8x8 digits at 64 px (1,257 digits; full vs scratch only)",
+        "8x8 digits at 64 px (1,257 digits; every strategy)",
         "the same vision recipe at 64 px",
         Grid("studies/digits-64/results.csv", None, None),
-        "digits-64: full vs scratch (LR 2e-3, BatchNorm updating) at 64 px, the budget and split of digits-strategies",
+        "digits-64: the 8 strategies of digits-strategies at 64 px, its budget and split",
         (
             Measurement(
                 "digits-64 `full`",
                 Source("studies/digits-64/results.csv", {"strategy.name": "full"}),
-                "the vision recipe's strategy, LR 3e-4/3e-3 and BatchNorm `eval` at 64 px; a 2-cell grid, not the "
-                "8 strategies of digits-strategies",
+                "the vision recipe's strategy, LR 3e-4/3e-3 and BatchNorm `eval` at 64 px",
             ),
         ),
     ),
