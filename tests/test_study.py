@@ -23,6 +23,7 @@ from hftl.analysis.study import load_study, point_key
 from hftl.cli import main
 from hftl.config.errors import HftlError
 from hftl.config.recipe import to_yaml_text
+from hftl.tasks import selection_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"train.max_steps": 2, "train.eval_steps": 2, "data.max_eval_samples": 32, "train.batch_size": 8}
@@ -158,12 +159,11 @@ def test_tpe_validates_each_value_and_range_end(write_study):
 def test_shipped_studies_validate():
     shipped = sorted((ROOT / "studies").glob("*.yaml"))
     assert len(shipped) >= 8
-    for path in shipped:  # every one: validates, chooses on validation, reports test (NER: entity F1)
+    for path in shipped:  # every one: validates, chooses on validation, reports test, on its task's metric
         study = load_study(path)
-        expected = (
-            ("validation.f1", "test.f1") if path.stem.startswith("wnut") else ("validation.accuracy", "test.accuracy")
-        )
-        assert study.points and (study.metric, study.report) == expected, path.name
+        metric = selection_metric(study.base)  # accuracy; entity F1 for NER (wnut-strategies)
+        assert study.points and (study.metric, study.report) == (f"validation.{metric}", f"test.{metric}"), path.name
+        assert metric in ("accuracy", "f1"), path.name
     # text: 6-7 strategies (LoRA, scratch; full+llrd on BBC News) x 4 sizes x 3 seeds, MNIST 6; Fashion-MNIST at
     # 1,000: 4 x 3; shift: 3 x 4 x 2
     assert len(load_study(ROOT / "studies" / "sentiment-strategies.yaml").points) == 6 * 4 * 3
@@ -173,13 +173,9 @@ def test_shipped_studies_validate():
     assert len(load_study(ROOT / "studies" / "domain-shift.yaml").points) == 3 * 4 * 2  # seeds x severities x arms
     assert len(load_study(ROOT / "studies" / "lr-multiplier.yaml").points) == 5 * 3
     assert len(load_study(ROOT / "studies" / "wnut-strategies.yaml").points) == 3 * 6  # the full size only
-    for name in (
-        "domain-shift",
-        "lr-multiplier",
-        "mnist-strategies",
-        "wnut-strategies",
-    ):  # seeds outermost: a part stopped early
-        assert load_study(ROOT / "studies" / f"{name}.yaml").axes[0].name == "train.seed", name  # leaves whole seeds
+    # seeds outermost: a part stopped early leaves whole seeds
+    for name in ("domain-shift", "lr-multiplier", "mnist-strategies", "wnut-strategies"):
+        assert load_study(ROOT / "studies" / f"{name}.yaml").axes[0].name == "train.seed", name
 
 
 # --------------------------------------------------------------------------- running
