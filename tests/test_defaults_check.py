@@ -85,6 +85,30 @@ def test_validation_tie_takes_the_gap_to_the_better_test_cell(tmp_path):
     assert row.gap_test == pytest.approx(0.35)
 
 
+def test_a_grid_reads_its_own_metric_columns(tmp_path):
+    """WNUT-16 is checked on entity F1: validation.f1 chooses, test.f1 is reported; accuracy columns are not read."""
+    path = tmp_path / "studies" / "ner" / "results.csv"
+    path.parent.mkdir(parents=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["trial", "state", "strategy.name", "validation.accuracy", "test.accuracy", "validation.f1", "test.f1"]
+        )
+        writer.writerow([0, "COMPLETE", "full", 0.99, 0.99, 0.50, 0.55])
+        writer.writerow([1, "COMPLETE", "lora", 0.10, 0.10, 0.60, 0.52])
+    ner = dc.Check(
+        "ner",
+        "recipes/ner.yaml",
+        dc.Grid("studies/ner/results.csv", None, None, metric="f1"),
+        "grid note",
+        (dc.Measurement("the recipe", dc.Source("studies/ner/results.csv", {"strategy.name": "full"}, "f1"), "how"),),
+    )
+    [row] = dc.grid_rows([ner], tmp_path)
+    assert row.best == ["lora"]  # on validation F1, where accuracy would pick full
+    assert row.gap_test == pytest.approx(0.52 - 0.55)
+    assert row.gap_validation == pytest.approx(0.60 - 0.50)
+
+
 def test_a_source_matching_no_row_names_the_file_and_the_filter(docs):
     with pytest.raises(SystemExit, match=r"no row of .*toy/results.csv matches \{'strategy.name': 'lora'\}"):
         dc.Source("studies/toy/results.csv", {"strategy.name": "lora"}).read(docs)
