@@ -56,6 +56,21 @@ def build_model(recipe: Recipe, task: Task, labels: list[str]) -> torch.nn.Modul
     return wrap_model(model, recipe)
 
 
+def use_channels_last(model: torch.nn.Module, accelerator: Any) -> None:
+    """A convolutional model on CPU trains in channels-last memory format, oneDNN's fast path: an EfficientNet-Lite0
+    training step at 64 px is 1.72x faster (``python benchmarks/channels_last.py``); the weights' values are
+    unchanged. Not on GPUs (not measured here) and not when FSDP / DeepSpeed shard the weights (they flatten them)."""
+    import torch
+    from torch import nn
+
+    from hftl.training.training_state import is_sharded
+
+    if accelerator.device.type != "cpu" or is_sharded(accelerator):
+        return
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module, recipe: Recipe) -> None:
     """transformers' activation checkpointing (non-reentrant: frozen inputs and LoRA work), or a clear refusal."""
     from hftl.config.errors import RecipeError

@@ -29,6 +29,7 @@ from hftl.training.build import (
     describe_model,
     load_data,
     set_step_lrs,
+    use_channels_last,
 )
 from hftl.training.context import LoopState, RunContext
 from hftl.training.evaluation import evaluate, is_better, score
@@ -161,8 +162,10 @@ def check_before_work(ctx: RunContext, hooks: Hooks) -> None:
 
 
 def prepare(ctx: RunContext) -> None:
-    """Wrap model, optimizer and loaders for the launch; create (or clear) the run folder; restore the state."""
+    """Lay out (channels-last for a CNN on CPU) and wrap model, optimizer and loaders for the launch; create (or
+    clear) the run folder; restore the state."""
     accelerator, run_dir, recipe = ctx.accelerator, ctx.run_dir, ctx.recipe
+    use_channels_last(ctx.model, accelerator)  # a CNN on CPU: oneDNN's fast layout (values unchanged)
     ctx.model, ctx.optimizer, ctx.train_dl, *eval_list = accelerator.prepare(
         ctx.model, ctx.optimizer, ctx.train_dl, *ctx.eval_dls.values()
     )
