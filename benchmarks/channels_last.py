@@ -27,7 +27,6 @@ def build(image_size: int):
             "task": "image-classification",
             "model": {"checkpoint": "efficientnet-lite0"},
             "data": {"source": "fashion-mnist", "image_size": image_size},
-            "output": {"dir": "/tmp/hftl-channels-last", "overwrite": True},
         },
         None,
     )

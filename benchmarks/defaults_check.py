@@ -57,10 +57,10 @@ class Source:
 
     path: str  # relative to docs/: "studies/NAME/results.csv" or "adaptation.json"
     where: dict[str, str] = field(default_factory=dict)  # column -> value (labels as the csv writes them)
-    metric: str = "accuracy"  # the csv's columns validation.<metric> / test.<metric>
 
-    def read(self, docs: Path = DOCS) -> Scores:
-        """The matching rows' scores; an error naming the file and the filter when nothing matches."""
+    def read(self, docs: Path = DOCS, metric: str = "accuracy") -> Scores:
+        """The matching rows' ``validation.<metric>`` / ``test.<metric>`` scores; an error naming the file and the
+        filter when nothing matches."""
         file = docs / self.path
         if file.suffix == ".json":
             rows = [{k: str(v) for k, v in r.items()} for r in json.loads(file.read_text(encoding="utf-8"))]
@@ -68,7 +68,7 @@ class Source:
         else:
             with open(file, newline="", encoding="utf-8") as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("state", "COMPLETE") == "COMPLETE"]
-            val_key, test_key = f"validation.{self.metric}", f"test.{self.metric}"
+            val_key, test_key = f"validation.{metric}", f"test.{metric}"
         picked = [r for r in rows if all(r.get(k) == v for k, v in self.where.items())]
         if not picked:
             raise SystemExit(
@@ -98,7 +98,7 @@ class Grid:
     size_column: str | None  # None: the study has no size axis (one size)
     size: str | None
     strategy_column: str = "strategy.name"
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # the csv's columns validation.<metric> / test.<metric>; its measurements' too
 
     def cells(self, docs: Path = DOCS) -> dict[str, Scores]:
         """Strategy label -> its scores at the full size, in the csv's order of first appearance."""
@@ -108,7 +108,7 @@ class Grid:
             rows = [r for r in rows if r[self.size_column] == self.size]
         names = list(dict.fromkeys(r[self.strategy_column] for r in rows))
         return {
-            name: Source(self.results, {self.strategy_column: name} | self._size(), self.metric).read(docs)
+            name: Source(self.results, {self.strategy_column: name} | self._size()).read(docs, self.metric)
             for name in names
         }
 
@@ -317,7 +317,7 @@ CHECKS: tuple[Check, ...] = (
         (
             Measurement(
                 "wnut-strategies `full`",
-                Source("studies/wnut-strategies/results.csv", {"strategy.name": "full"}, "f1"),
+                Source("studies/wnut-strategies/results.csv", {"strategy.name": "full"}),
                 "the recipe as shipped (full fine-tuning, LR 1e-4 / head 1e-2, 3 epochs) in bf16 (the recipe: fp32) "
                 "with split_seed 42 and seeds 0-2 (the recipe: seed 42)",
             ),
@@ -342,7 +342,7 @@ def grid_rows(checks: Sequence[Check] = CHECKS, docs: Path = DOCS) -> list[Row]:
         # On a validation tie the gap is taken to the tied cell with the better test mean (the stricter check).
         best_scores = max((cells[b] for b in best), key=lambda s: s.mean("test"))
         for m in check.measurements:
-            rows.append(Row(check.dataset, m, m.source.read(docs), best, best_scores))
+            rows.append(Row(check.dataset, m, m.source.read(docs, check.grid.metric), best, best_scores))
     return rows
 
 

@@ -101,7 +101,7 @@ def test_a_grid_reads_its_own_metric_columns(tmp_path):
         "recipes/ner.yaml",
         dc.Grid("studies/ner/results.csv", None, None, metric="f1"),
         "grid note",
-        (dc.Measurement("the recipe", dc.Source("studies/ner/results.csv", {"strategy.name": "full"}, "f1"), "how"),),
+        (dc.Measurement("the recipe", dc.Source("studies/ner/results.csv", {"strategy.name": "full"}), "how"),),
     )
     [row] = dc.grid_rows([ner], tmp_path)
     assert row.best == ["lora"]  # on validation F1, where accuracy would pick full
