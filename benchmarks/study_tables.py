@@ -4,8 +4,10 @@
     PYTHONPATH=. python benchmarks/study_tables.py --write README.md
 
 One table per study with a strategy axis and a data-size axis: a row per strategy, a column per size,
-each cell the test mean ± std over seeds (n seeds), the cell chosen on validation in bold. ``--write``
-replaces the text between ``<!-- study-table: NAME -->`` and ``<!-- /study-table -->`` in the file.
+each cell the test mean ± std over seeds (n seeds), the cell chosen on validation in bold. A study with a
+strategy axis and no data-size axis (WNUT-16's whole training split, Fashion-MNIST's 1,000 images) is one
+column; a strategy the study file dropped after it ran keeps its row, last. ``--write`` replaces the text
+between ``<!-- study-table: NAME -->`` and ``<!-- /study-table -->`` in the file.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class StrategySizeStudy:
 
     name: str
     study: Any  # hftl.analysis.study.Study
-    size_axis: Any  # its Axis of kind data_size
+    size_axis: Any  # its Axis of kind data_size; None: no size axis (the whole training split)
     strategy_axis: Any  # its Axis of kind strategy
     cells: list[dict[str, Any]]  # hftl.analysis.study_report.cell_stats, one per (strategy, size)
 
@@ -71,9 +73,9 @@ def strategy_size_study(name: str, studies: Path = ROOT / "studies", docs: Path 
     if set(cell_axes(study)) != {size_axis.name, strategy_axis.name}:
         return None  # a third axis would make several cells per (strategy, size)
     rows = read_rows(results)
-    for row in rows:  # labels back to the study's own (csv reads 100 as 100.0)
-        for axis in (size_axis, strategy_axis):
-            row[axis.name] = next((v.label for v in axis.values if str(v.label) == _label(row[axis.name])), None)
+    for row in rows:  # labels back to the study's own (csv reads 100 as 100.0); a value since removed from the
+        for axis in (size_axis, strategy_axis):  # study file keeps its measured cells, labelled as written
+            row[axis.name] = _own_label(axis, row[axis.name])
     return StrategySizeStudy(name, study, size_axis, strategy_axis, cell_stats(study, rows))
 
 
@@ -81,14 +83,25 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
     """The markdown table of study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/), or None."""
     from hftl.analysis.study_report import best_cells
 
-    read = strategy_size_study(name, studies, docs)
+    read = strategy_size_study(name, studies, docs) or strategy_only_study(name, studies, docs)
     if read is None:
         return None
     study, size_axis, strategy_axis, cells = read.study, read.size_axis, read.strategy_axis, read.cells
-    chosen = {id(c) for c in best_cells(study, cells, size_axis.name)}
-    sizes = [v.label for v in size_axis.values]
-    strategies = [v.label for v in strategy_axis.values]
-    by = {(str(c["labels"][strategy_axis.name]), str(c["labels"][size_axis.name])): c for c in cells}
+    if size_axis is None:  # one column: the base recipe's training size
+        fixed = study.base.data.max_train_samples
+        column = f"{fixed:,}" if fixed else "whole training split"
+        sizes, size_of, chosen_cells = [column], (lambda c: column), [_best(study, cells)]
+    else:
+        sizes, size_of = [v.label for v in size_axis.values], (lambda c: str(c["labels"][size_axis.name]))
+        chosen_cells = best_cells(study, cells, size_axis.name)
+    chosen = {id(c) for c in chosen_cells if c is not None}
+    strategies = [v.label for v in strategy_axis.values]  # then cells the study file has dropped since they ran
+    strategies += list(
+        dict.fromkeys(
+            c["labels"][strategy_axis.name] for c in cells if c["labels"][strategy_axis.name] not in strategies
+        )
+    )
+    by = {(str(c["labels"][strategy_axis.name]), size_of(c)): c for c in cells}
     seeds = max((c["n"] for c in cells), default=0)
     out = [
         "| strategy \\ training examples | "
@@ -108,12 +121,49 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
             line.append(f"**{text}**" if id(cell) in chosen else text)
         out.append(f"| {strategy} | " + " | ".join(line) + " |")
     out.append("")
+    where = "at that size" if size_axis is not None else ""
     out.append(
         f"`{study.report}`, mean ± std over {seeds} seeds (fewer in parentheses); bold: the strategy chosen on "
-        f"`{study.metric}` at that size. From `docs/studies/{name}/results.csv` "
+        f"`{study.metric}`{' ' + where if where else ''}. From `docs/studies/{name}/results.csv` "
         f"(`hftl study studies/{name}.yaml`); regenerate with `python benchmarks/study_tables.py --write README.md`."
     )
     return "\n".join(out)
+
+
+def strategy_only_study(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> StrategySizeStudy | None:
+    """Study ``name`` with a strategy axis and no data-size axis (one training size; besides seeds no other axis)
+    read into its cells, ``size_axis`` None; or None."""
+    from hftl.analysis.study import load_study
+    from hftl.analysis.study_report import cell_axes, cell_stats
+
+    results = docs / name / "results.csv"
+    if not results.exists() or not (studies / f"{name}.yaml").exists():
+        return None
+    study = load_study(studies / f"{name}.yaml", check=False)
+    kinds = {a.kind: a for a in study.axes if a.kind}
+    if "strategy" not in kinds or "data_size" in kinds or not study.report:
+        return None
+    strategy_axis = kinds["strategy"]
+    if cell_axes(study) != [strategy_axis.name]:
+        return None
+    rows = read_rows(results)
+    for row in rows:
+        row[strategy_axis.name] = _own_label(strategy_axis, row[strategy_axis.name])
+    return StrategySizeStudy(name, study, None, strategy_axis, cell_stats(study, rows))
+
+
+def _best(study: Any, cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell with the best validation mean (the study's direction), or None when none has a seed."""
+    measured = [c for c in cells if c["n"]]
+    if not measured:
+        return None
+    return (max if study.direction == "maximize" else min)(measured, key=lambda c: c["mean"])
+
+
+def _own_label(axis: Any, value: object) -> object:
+    """A results.csv value as the axis labels it; a value no longer on the axis (a cell the study file dropped
+    after it ran) as written."""
+    return next((v.label for v in axis.values if str(v.label) == _label(value)), _label(value))
 
 
 def _label(value: object) -> str:
