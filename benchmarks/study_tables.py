@@ -51,6 +51,14 @@ class StrategySizeStudy:
     strategy_axis: Any  # its Axis of kind strategy
     cells: list[dict[str, Any]]  # hftl.analysis.study_report.cell_stats, one per (strategy, size)
 
+    @property
+    def strategies(self) -> list[object]:
+        """The strategy axis's labels, then those of cells the study file has dropped since they ran."""
+        labels = [v.label for v in self.strategy_axis.values]
+        return labels + [
+            x for x in dict.fromkeys(c["labels"][self.strategy_axis.name] for c in self.cells) if x not in labels
+        ]
+
     def at_size(self, size: object) -> list[dict[str, Any]]:
         """The cells of one size, in the strategy axis's order."""
         return [c for c in self.cells if str(c["labels"][self.size_axis.name]) == str(size)]
@@ -95,12 +103,7 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
         sizes, size_of = [v.label for v in size_axis.values], (lambda c: str(c["labels"][size_axis.name]))
         chosen_cells = best_cells(study, cells, size_axis.name)
     chosen = {id(c) for c in chosen_cells if c is not None}
-    strategies = [v.label for v in strategy_axis.values]  # then cells the study file has dropped since they ran
-    strategies += list(
-        dict.fromkeys(
-            c["labels"][strategy_axis.name] for c in cells if c["labels"][strategy_axis.name] not in strategies
-        )
-    )
+    strategies = read.strategies
     by = {(str(c["labels"][strategy_axis.name]), size_of(c)): c for c in cells}
     seeds = max((c["n"] for c in cells), default=0)
     out = [
