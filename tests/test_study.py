@@ -211,10 +211,12 @@ def test_tiny_grid_runs_every_point_once_and_reports(write_study, capsys, monkey
     # the worker encodes each (data, seed) once: the feature_extraction trials reuse the full trials' data
     assert [r["strategy.name"] for r in rows] == ["full", "full", "feature_extraction", "feature_extraction"]
     assert [float(r["seconds.tokenize"]) == 0.0 for r in rows] == [False, False, True, True]
-    # a trial keeps what the report needs, not the weights
+    # a trial keeps what the report needs, not the weights; what it would delete it never wrote (no card, no states)
     kept = {p.name for p in (folder / "trials" / "0").iterdir()}
-    assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl", "README.md"} <= kept, kept
-    assert not kept & {"model.safetensors", "checkpoints", "best", "config.json"}, kept
+    assert {"metrics.json", "plan.json", "recipe.yaml", "metrics.jsonl"} <= kept, kept
+    assert not kept & {"model.safetensors", "checkpoints", "best", "config.json", "README.md"}, kept
+    trial_recipe = yaml.safe_load((folder / "trials" / "0" / "recipe.yaml").read_text())
+    assert trial_recipe["output"]["resumable"] is False and trial_recipe["output"]["card"] is False
     report = (folder / "report.md").read_text()
     assert "| full | " in report and "2/2" in report
     assert "| strategy.name | validation.accuracy | test.accuracy | n |" in report, report

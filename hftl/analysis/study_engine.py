@@ -53,6 +53,9 @@ KEEP = {
     "run_status.json",
     "error.txt",
 }
+# A trial that keeps no model writes no resumable state (a stopped trial runs again from its start) and no card
+# (the study's report sums its trials up): about 4 s of a 60 s MiniLM trial (benchmarks/trial_output.py).
+TRIAL_OUTPUT = ["output.resumable=false", "output.card=false", "output.keep_checkpoints=none"]
 HOST = socket.gethostname()
 
 
@@ -190,6 +193,8 @@ def run_trial(study: Study, storage: Any, ostudy: Any, trial: Any) -> bool:
     labels = _suggest(study, trial)
     run_dir = study.folder / "trials" / str(trial.number)
     overrides = study.trial_overrides(labels) + [f"output.dir={run_dir.resolve()}", "output.overwrite=true"]
+    if not study.spec.keep_models:  # what the trial folder loses anyway is not written (TRIAL_OUTPUT)
+        overrides += TRIAL_OUTPUT
     shown = ", ".join(f"{k}={v}" for k, v in labels.items())
     log.say(f"[study] trial {trial.number} ({shown}): running")
     beat = _Heartbeat(storage, trial._trial_id)

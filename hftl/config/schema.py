@@ -308,6 +308,25 @@ class OutputSection(Section):
         "the model and small files), the last one, or all that save_total_limit kept. best/ is always removed "
         "once its model is published to the folder's root.",
     )
+    resumable: bool = Field(
+        True,
+        description="Save a resumable state every train.save_steps; false: none is written (a stopped run starts "
+        "again from step 0). hftl study's trials set it: a stopped trial runs again from its start anyway.",
+    )
+    card: bool = Field(
+        True,
+        description="Write the model card (README.md) and its plots into the completed run folder (always when "
+        "hub.push). hftl study's trials set it false: the study's report is their summary.",
+    )
+
+    @model_validator(mode="after")
+    def _kept_states_are_saved(self) -> OutputSection:
+        if self.keep_checkpoints != "none" and not self.resumable:
+            raise ValueError(
+                f"keep_checkpoints: {self.keep_checkpoints} keeps resumable states, but resumable: false saves none; "
+                "set one of them back"
+            )
+        return self
 
 
 class HubSection(Section):

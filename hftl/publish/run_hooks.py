@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     from hftl.training.context import RunContext
 
 
-@run_hook("card", order=35, applies=lambda recipe: True, when="every run")
+@run_hook(
+    "card",
+    order=35,
+    applies=lambda recipe: recipe.output.card or recipe.hub.push,
+    when="output.card is true (the default), or hub.push",
+)
 class Card(RunHook):
     """The README.md model card and the PNG plots written into the completed run folder."""
 

@@ -223,7 +223,10 @@ def next_step(ctx: RunContext, bar: Any) -> None:
 
 
 def save(ctx: RunContext) -> None:
-    """A resumable state of this step: model, optimizer, RNG, loop state and the hooks' extra modules."""
+    """A resumable state of this step: model, optimizer, RNG, loop state and the hooks' extra modules (none when
+    ``output.resumable`` is false)."""
+    if not ctx.recipe.output.resumable:
+        return
     state = asdict(ctx.synced_state())
     args = (ctx.accelerator, ctx.model, ctx.optimizer, ctx.run_dir, state, ctx.recipe.train.save_total_limit)
     save_checkpoint(*args, ctx.extra_modules)
@@ -235,10 +238,12 @@ def interrupt(ctx: RunContext, stop: StopFlag) -> None:
         run_folder.set_status(ctx.run_dir, "interrupted", step=ctx.state.step)
     stop.restore()
     # The run folder's recipe.yaml is the recipe as resolved, command-line overrides included.
-    raise Interrupted(
-        f"Interrupted at step {ctx.state.step}; the state is saved. Resume with: "
-        f"hftl run {ctx.run_dir / run_folder.RECIPE_FILE} --resume"
-    )
+    again = f"hftl run {ctx.run_dir / run_folder.RECIPE_FILE}"
+    if not ctx.recipe.output.resumable:
+        raise Interrupted(
+            f"Interrupted at step {ctx.state.step} (output.resumable: false, no state saved). Start it again: {again}"
+        )
+    raise Interrupted(f"Interrupted at step {ctx.state.step}; the state is saved. Resume with: {again} --resume")
 
 
 def restore(ctx: RunContext) -> LoopState:
