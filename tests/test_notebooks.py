@@ -41,13 +41,17 @@ def test_there_are_notebooks():
 @pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_with_small_settings_like_its_committed_outputs(path, tmp_path):
-    """The smoke execution runs without error, trains (a run folder with its card), plots, and has the committed
-    notebook's shape: the same cells, and the committed outputs wherever the smoke run shows something."""
+    """The smoke execution runs without error, trains (a run folder, with its card unless a study's trial), plots,
+    and has the committed notebook's shape: the same cells, and the committed outputs wherever the smoke run shows
+    something."""
     executed = execute_notebooks.execute(path, smoke=True, runs=tmp_path, timeout=600)  # raises on any cell error
     committed = nbformat.read(path, as_version=4)
     assert [(c.cell_type, c.source) for c in executed.cells] == [(c.cell_type, c.source) for c in committed.cells]
     assert any("image/png" in shown(c) for c in executed.cells if c.cell_type == "code"), "no plot shown"
-    assert list(tmp_path.rglob("README.md")), "no run folder (with its model card) was written"
+    runs = [metrics.parent for metrics in tmp_path.rglob("metrics.json")]
+    assert runs, "no run folder was written"
+    # a run writes its model card; a study's trials do not (output.card: false, the study's report sums them up)
+    assert all((run / "README.md").exists() for run in runs if run.parent.name != "trials"), runs
     for number, (ran, kept) in enumerate(zip(executed.cells, committed.cells)):
         if ran.cell_type != "code" or not ran.outputs:
             continue
