@@ -227,7 +227,7 @@ def test_image_size_resizes_cnn_inputs_but_not_vit(image_recipe):
 
 
 def test_a_cnn_trains_in_channels_last_on_cpu_and_saves_the_same_values(image_recipe, monkeypatch):
-    """A CNN on CPU trains in oneDNN's channels-last layout (benchmarks/channels_last.py: a 1.72x faster step); the
+    """A CNN on CPU trains in oneDNN's channels-last layout (benchmarks/channels_last.py: about 1.7x faster a step); the
     model it publishes loads as an ordinary checkpoint, with the weights the last training step left."""
     from transformers import AutoModelForImageClassification
 
