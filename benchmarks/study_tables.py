@@ -67,6 +67,17 @@ class StrategySizeStudy:
 def strategy_size_study(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> StrategySizeStudy | None:
     """Study ``name`` (studies/NAME.yaml, results in docs/studies/NAME/results.csv) read into its cells, or None
     when it has no results, no strategy or data-size axis, another axis besides seeds, or no reported metric."""
+    return _strategy_study(name, studies, docs, sized=True)
+
+
+def strategy_only_study(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> StrategySizeStudy | None:
+    """The same for a study with a strategy axis and no data-size axis (one training size), ``size_axis`` None."""
+    return _strategy_study(name, studies, docs, sized=False)
+
+
+def _strategy_study(name: str, studies: Path, docs: Path, sized: bool) -> StrategySizeStudy | None:
+    """Study ``name`` read into its cells when its axes are a strategy axis, a data-size axis exactly when ``sized``,
+    and seeds; else None."""
     from hftl.analysis.study import load_study
     from hftl.analysis.study_report import cell_axes, cell_stats
 
@@ -75,14 +86,15 @@ def strategy_size_study(name: str, studies: Path = ROOT / "studies", docs: Path 
         return None
     study = load_study(studies / f"{name}.yaml", check=False)
     kinds = {a.kind: a for a in study.axes if a.kind}
-    if "strategy" not in kinds or "data_size" not in kinds or not study.report:
+    if "strategy" not in kinds or ("data_size" in kinds) != sized or not study.report:
         return None
-    size_axis, strategy_axis = kinds["data_size"], kinds["strategy"]
-    if set(cell_axes(study)) != {size_axis.name, strategy_axis.name}:
+    size_axis, strategy_axis = kinds.get("data_size"), kinds["strategy"]
+    axes = [a for a in (size_axis, strategy_axis) if a is not None]
+    if set(cell_axes(study)) != {a.name for a in axes}:
         return None  # a third axis would make several cells per (strategy, size)
     rows = read_rows(results)
     for row in rows:  # labels back to the study's own (csv reads 100 as 100.0); a value since removed from the
-        for axis in (size_axis, strategy_axis):  # study file keeps its measured cells, labelled as written
+        for axis in axes:  # study file keeps its measured cells, labelled as written
             row[axis.name] = _own_label(axis, row[axis.name])
     return StrategySizeStudy(name, study, size_axis, strategy_axis, cell_stats(study, rows))
 
@@ -98,11 +110,10 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
     if size_axis is None:  # one column: the base recipe's training size
         fixed = study.base.data.max_train_samples
         column = f"{fixed:,}" if fixed else "whole training split"
-        sizes, size_of, chosen_cells = [column], (lambda c: column), [_best(study, cells)]
+        sizes, size_of = [column], (lambda c: column)
     else:
         sizes, size_of = [v.label for v in size_axis.values], (lambda c: str(c["labels"][size_axis.name]))
-        chosen_cells = best_cells(study, cells, size_axis.name)
-    chosen = {id(c) for c in chosen_cells if c is not None}
+    chosen = {id(c) for c in best_cells(study, cells, size_axis.name if size_axis else None)}
     strategies = read.strategies
     by = {(str(c["labels"][strategy_axis.name]), size_of(c)): c for c in cells}
     seeds = max((c["n"] for c in cells), default=0)
@@ -124,43 +135,13 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
             line.append(f"**{text}**" if id(cell) in chosen else text)
         out.append(f"| {strategy} | " + " | ".join(line) + " |")
     out.append("")
-    where = "at that size" if size_axis is not None else ""
+    at_size = " at that size" if size_axis is not None else ""
     out.append(
         f"`{study.report}`, mean ± std over {seeds} seeds (fewer in parentheses); bold: the strategy chosen on "
-        f"`{study.metric}`{' ' + where if where else ''}. From `docs/studies/{name}/results.csv` "
+        f"`{study.metric}`{at_size}. From `docs/studies/{name}/results.csv` "
         f"(`hftl study studies/{name}.yaml`); regenerate with `python benchmarks/study_tables.py --write README.md`."
     )
     return "\n".join(out)
-
-
-def strategy_only_study(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> StrategySizeStudy | None:
-    """Study ``name`` with a strategy axis and no data-size axis (one training size; besides seeds no other axis)
-    read into its cells, ``size_axis`` None; or None."""
-    from hftl.analysis.study import load_study
-    from hftl.analysis.study_report import cell_axes, cell_stats
-
-    results = docs / name / "results.csv"
-    if not results.exists() or not (studies / f"{name}.yaml").exists():
-        return None
-    study = load_study(studies / f"{name}.yaml", check=False)
-    kinds = {a.kind: a for a in study.axes if a.kind}
-    if "strategy" not in kinds or "data_size" in kinds or not study.report:
-        return None
-    strategy_axis = kinds["strategy"]
-    if cell_axes(study) != [strategy_axis.name]:
-        return None
-    rows = read_rows(results)
-    for row in rows:
-        row[strategy_axis.name] = _own_label(strategy_axis, row[strategy_axis.name])
-    return StrategySizeStudy(name, study, None, strategy_axis, cell_stats(study, rows))
-
-
-def _best(study: Any, cells: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The cell with the best validation mean (the study's direction), or None when none has a seed."""
-    measured = [c for c in cells if c["n"]]
-    if not measured:
-        return None
-    return (max if study.direction == "maximize" else min)(measured, key=lambda c: c["mean"])
 
 
 def _own_label(axis: Any, value: object) -> object:

@@ -203,13 +203,14 @@ def _cost_breakdown(study: Study, rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def best_cells(study: Study, cells: list[dict[str, Any]], within: str) -> list[dict[str, Any]]:
-    """For each value of the ``within`` axis (e.g. the data size), the cell with the best mean on validation."""
+def best_cells(study: Study, cells: list[dict[str, Any]], within: str | None) -> list[dict[str, Any]]:
+    """For each value of the ``within`` axis (e.g. the data size), the cell with the best mean on validation; with
+    ``within`` None, the one best cell of them all."""
     pick = max if study.direction == "maximize" else min
     groups: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
         if cell["n"]:
-            groups.setdefault(str(cell["labels"][within]), []).append(cell)
+            groups.setdefault(str(cell["labels"][within]) if within else "", []).append(cell)
     return [pick(group, key=lambda c: c["mean"]) for group in groups.values()]
 
 
