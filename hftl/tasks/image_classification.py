@@ -226,14 +226,14 @@ class ImageClassification(SingleCheckpointClassifier):
     def load_processor(self, recipe: Recipe) -> Any:
         from transformers import AutoImageProcessor
 
-        from hftl.models.pretrained import load_pretrained, model_source
+        from hftl.models.pretrained import image_processor_backend, load_pretrained, model_source
 
-        processor = load_pretrained(
-            AutoImageProcessor,
+        source, common = (
             model_source(recipe.model, recipe.source_file),
-            revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code,
-            what="image processor",
+            {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code},
+        )
+        processor = load_pretrained(
+            AutoImageProcessor, source, what="image processor", **common, **image_processor_backend(source, **common)
         )
         return resize_processor(processor, recipe.data.image_size) if recipe.data.image_size else processor
 
