@@ -299,12 +299,27 @@ CHECKS: tuple[Check, ...] = (
         "Fashion-MNIST (1,000 images: the recipe's size)",
         "recipes/fashion-mnist-efficientnet.yaml",
         Grid("studies/fashion-mnist-1k/results.csv", None, None),
-        "one size only (1,000 of 57,000 images): no full-size grid",
+        "one size only (1,000 of 57,000 images); the full size: the next check (fashion-mnist-full, 64 px)",
         (
             Measurement(
                 "fashion-mnist-1k `full+bn-eval`",
                 Source("studies/fashion-mnist-1k/results.csv", {"strategy.name": "full+bn-eval"}),
                 "the recipe as shipped (112 px, 6 epochs, BatchNorm `eval`, fp32)",
+            ),
+        ),
+    ),
+    Check(
+        "Fashion-MNIST at the full size (57,000 images, 64 px)",
+        "the vision recipe at 64 px, one epoch",
+        Grid("studies/fashion-mnist-full/results.csv", None, None),
+        "fashion-mnist-full: the probe, full, LoRA and scratch at all 57,000 training images, 64 px, one epoch "
+        "(1,782 steps), fp32, split_seed 42 (validation 3,000, test 10,000)",
+        (
+            Measurement(
+                "fashion-mnist-full `full`",
+                Source("studies/fashion-mnist-full/results.csv", {"strategy.name": "full"}),
+                "the vision recipe's strategy, LR 3e-4/3e-3, BatchNorm `eval` and augmentation at 64 px for one epoch "
+                "(the recipe: 112 px, 6 epochs of 1,000 images)",
             ),
         ),
     ),
