@@ -355,6 +355,27 @@ def test_images_get_sizes_a_pixel_baseline_and_an_uncached_augmentation_free_pro
     assert 0.0 <= advice.features["constant_share"] < 0.9 and advice.measurements.constant_share is not None
 
 
+def test_step_times_train_what_each_rung_trains(text_recipe, cache, monkeypatch):
+    """The model is built on the probe's rung (body frozen): the full step must still time every weight, the partial
+    step the top half and the head (a head-only timing made full fine-tuning look 4-5x cheaper)."""
+    from hftl.analysis.advise import advise
+    from hftl.strategies import plan as plan_module
+
+    shares: dict[str, list[float]] = {}
+    real_apply = plan_module.apply_plan
+
+    def spy(model, plan, step):
+        real_apply(model, plan, step)
+        sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+        share = sum(n for n, trains in sizes if trains) / sum(n for n, _ in sizes)
+        shares.setdefault(plan.strategy, []).append(share)
+
+    monkeypatch.setattr(plan_module, "apply_plan", spy)
+    advise(load_recipe(text_recipe()))
+    assert shares["full"] and all(share == 1.0 for share in shares["full"]), shares
+    assert shares["partial"] and all(0.1 < share < 1.0 for share in shares["partial"]), shares
+
+
 def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ner_jsonl, tmp_path, cache):
     from hftl.analysis.advise import advise
 

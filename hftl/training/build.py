@@ -61,14 +61,21 @@ def use_channels_last(model: torch.nn.Module, accelerator: Any) -> None:
     training step at 64 px is 1.72x faster (``python benchmarks/channels_last.py``); the weights' values are
     unchanged. Not on GPUs (not measured here) and not when FSDP / DeepSpeed shard the weights (they flatten them)."""
     import torch
-    from torch import nn
 
     from hftl.training.training_state import is_sharded
 
     if accelerator.device.type != "cpu" or is_sharded(accelerator):
         return
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if is_convolutional(model):
         model.to(memory_format=torch.channels_last)
+
+
+def is_convolutional(model: torch.nn.Module) -> bool:
+    """Whether the model has 2-d convolutions (a CNN, or a transformer's patch embedding): trained in channels-last
+    on CPU (:func:`use_channels_last`)."""
+    from torch import nn
+
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module, recipe: Recipe) -> None:
