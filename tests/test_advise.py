@@ -376,6 +376,20 @@ def test_step_times_train_what_each_rung_trains(text_recipe, cache, monkeypatch)
     assert shares["partial"] and all(0.1 < share < 1.0 for share in shares["partial"]), shares
 
 
+def test_the_timed_step_is_a_batch_of_about_the_median_length():
+    """Training batches are length-grouped: the timed batch is the rows around the median length, not the first rows
+    padded to their longest (which made the sentiment estimate run high)."""
+    import datasets
+
+    from hftl.analysis.advise.measure import typical_batch
+
+    lengths = [50, 3, 40, 7, 20, 21, 19, 60, 22, 18]
+    rows = typical_batch(datasets.Dataset.from_dict({"length": lengths}), 4)
+    assert sorted(lengths[i] for i in rows) == [19, 20, 21, 22]
+    assert typical_batch(datasets.Dataset.from_dict({"length": lengths}), 32) == list(range(10))
+    assert typical_batch(datasets.Dataset.from_dict({"pixels": list(range(10))}), 4) == [0, 1, 2, 3]
+
+
 def test_token_tags_are_counted_per_entity_and_probed_per_token(ner_bert_dir, ner_jsonl, tmp_path, cache):
     from hftl.analysis.advise import advise
 

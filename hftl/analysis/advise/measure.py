@@ -270,7 +270,7 @@ def estimate_times(
     n_train = data.encoded["train"].num_rows
     n_val, n_test = (len(data.encoded[s]) if s in data.encoded else 0 for s in ("validation", "test"))
     batch = recipe.train.batch_size
-    rows = _rows(subset, range(min(batch, len(subset))))
+    rows = _rows(subset, typical_batch(subset, batch))
     inputs = task.collator(data.processor, recipe, train=True)(rows)
     # The model was built on the probe's rung: its body is frozen, and a plan keeps frozen weights frozen (as it
     # keeps peft's), so without this the full and partial steps would time the head alone (4-5x too fast: an
@@ -310,6 +310,19 @@ def estimate_times(
     estimates["step_seconds_full"], estimates["step_seconds_partial"] = step[FULL], step[PARTIAL]
     estimates["forward_seconds_per_example"] = forward_per_example
     return estimates
+
+
+def typical_batch(subset: Any, batch: int) -> list[int]:
+    """Rows for a timed step: a batch as training draws it. Training batches are grouped by length
+    (:class:`hftl.training.batching.LengthGroupedBatchSampler`), so a typical one holds rows of about the median
+    length, padded little: the ``batch`` rows around the median length. Rows without a length (images): the first."""
+    n = min(batch, len(subset))
+    if "length" not in subset.column_names:
+        return list(range(n))
+    lengths = subset["length"]
+    order = sorted(range(len(subset)), key=lambda i: lengths[i])
+    start = max(0, min(len(order) - n, len(order) // 2 - n // 2))
+    return sorted(order[start : start + n])
 
 
 @contextlib.contextmanager
