@@ -425,7 +425,7 @@ def test_multistage_recipes_run_a_few_steps(tmp_path):
 
 
 def test_a_timm_checkpoint_gets_its_pil_processor_without_the_torchvision_fallback_warning(
-    image_recipe, checkpoints, tmp_path
+    image_recipe, checkpoints, tmp_path, monkeypatch
 ):
     """transformers has only a PIL image processor for timm models: hftl asks for it by name, so transformers does not
     log "Requested torchvision backend is not available" (torchvision is installed); other models keep
@@ -439,12 +439,9 @@ def test_a_timm_checkpoint_gets_its_pil_processor_without_the_torchvision_fallba
     assert image_processor_backend(str(tmp_path / "no-such-folder")) == {}
 
     warned: list[str] = []
-    original = image_processing_auto.logger.warning_once
-    image_processing_auto.logger.warning_once = warned.append  # warning_once would stay silent after a first call
-    try:
-        recipe = load_recipe(image_recipe(model={"checkpoint": "efficientnet-lite0"}))
-        processor = TASKS.get("image-classification").load_processor(recipe)
-    finally:
-        image_processing_auto.logger.warning_once = original
+    # warning_once would stay silent after a first call: record every call instead
+    monkeypatch.setattr(image_processing_auto.logger, "warning_once", warned.append)
+    recipe = load_recipe(image_recipe(model={"checkpoint": "efficientnet-lite0"}))
+    processor = TASKS.get("image-classification").load_processor(recipe)
     assert type(processor).__name__ == "TimmWrapperImageProcessor"
     assert not [w for w in warned if "backend" in w], warned

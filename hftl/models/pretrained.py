@@ -50,12 +50,8 @@ def image_processor_backend(source: str, revision: str | None = None, trust_remo
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
     try:
-        path = resolve_checkpoint(source)
-        local = Path(path).expanduser()
-        config = AutoConfig.from_pretrained(
-            str(local) if local.exists() else path, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError):  # no config to read: the processor's own loading reports what is wrong
+        config = load_pretrained(AutoConfig, source, revision=revision, trust_remote_code=trust_remote_code)
+    except CheckpointError:  # no config to read: the processor's own loading reports what is wrong
         return {}
     backends = IMAGE_PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", None), {})
     return {"backend": "pil"} if backends.get("pil") and not backends.get("torchvision") else {}

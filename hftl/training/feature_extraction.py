@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hftl.training.build import is_convolutional
 from hftl.training.feature_store import read_rows, write_rows
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def extract(
     captured: list[torch.Tensor] = []
     handle = hooked.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     model.eval()
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    convolutional = is_convolutional(model)
     # the format to give the model back in (a CPU training run already uses channels-last: training/build.py)
     before = next(
         (torch.channels_last for p in model.parameters() if p.dim() == 4 and not p.is_contiguous()),
