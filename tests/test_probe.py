@@ -44,6 +44,35 @@ def test_probe_fits_the_chains_linear_layer_in_place_and_picks_l2_on_validation(
     assert accuracy > 0.9
 
 
+def test_a_fit_is_read_back_from_the_cache_for_the_same_inputs_only(tmp_path, monkeypatch):
+    import hftl.models.probe
+
+    x, y = blobs(400, 1)
+    args = (list(x[:300]), y[:300].tolist(), list(x[300:]), y[300:].tolist())
+    solved = [nn.Linear(5, 3)]
+    first = fit_probe(solved, *args, cache=tmp_path)
+    assert first is not None and not first.cached and len(list(tmp_path.glob("probe-*.safetensors"))) == 1
+
+    def no_solve(*_args, **_kwargs):
+        raise AssertionError("solved again")
+
+    monkeypatch.setattr(hftl.models.probe, "fit_logistic", no_solve)
+    read = [nn.Linear(5, 3)]
+    again = fit_probe(read, *args, cache=tmp_path)
+    assert again is not None and again.cached
+    assert (again.l2, again.validation_accuracy, again.scores) == (first.l2, first.validation_accuracy, first.scores)
+    assert torch.equal(read[0].weight, solved[0].weight) and torch.equal(read[0].bias, solved[0].bias)
+    other_labels = (args[0], [(label + 1) % 3 for label in args[1]], *args[2:])
+    with pytest.raises(AssertionError, match="solved again"):  # other labels: another fit
+        fit_probe([nn.Linear(5, 3)], *other_labels, cache=tmp_path)
+    with pytest.raises(AssertionError, match="solved again"):  # another grid: another fit
+        fit_probe([nn.Linear(5, 3)], *args, grid=(1.0,), cache=tmp_path)
+    (file,) = tmp_path.glob("probe-*.safetensors")
+    file.write_bytes(b"not a safetensors file")  # unreadable: solved again, not an error
+    with pytest.raises(AssertionError, match="solved again"):
+        fit_probe([nn.Linear(5, 3)], *args, cache=tmp_path)
+
+
 def test_heads_that_are_not_one_linear_layer_are_not_probed():
     assert linear_head([nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)]) is None
     assert linear_head([nn.LayerNorm(4), nn.Linear(4, 2)]) is None
@@ -56,7 +85,8 @@ def test_feature_extraction_run_fits_the_probe_first_and_keeps_it_when_best(text
     from hftl.training.train import run
 
     monkeypatch.setenv("HFTL_CACHE_DIR", str(tmp_path / "cache"))
-    result = run(load_recipe(text_recipe(strategy={"name": "feature_extraction"}, train={"epochs": 1})))
+    path = text_recipe(strategy={"name": "feature_extraction"}, train={"epochs": 1})
+    result = run(load_recipe(path))
     out = capsys.readouterr().out
     probe = re.search(r"\[probe\] head fitted by L-BFGS in .* \(validation accuracy ([\d.]+);", out)
     assert probe, out
@@ -68,3 +98,8 @@ def test_feature_extraction_run_fits_the_probe_first_and_keeps_it_when_best(text
     best = scores.index(max(scores))  # keep-best: the final model is the best evaluation's, ties to the first
     assert result.metrics["best_step"] == evals[best]["step"]
     assert result.metrics["validation"] == pytest.approx(evals[best]["validation"], abs=1e-6)
+
+    # The same rows again (another loop budget): the fit is read from the cache, the same head scored at step 0
+    again = run(load_recipe(path, [f"output.dir={tmp_path / 'again'}", "train.epochs=2"]))
+    assert "[probe] head fitted by L-BFGS (read from the cache) in" in capsys.readouterr().out
+    assert read_log(again.run_dir)[0]["validation"] == evals[0]["validation"]

@@ -584,6 +584,29 @@ def test_resume_mid_progressive_schedule_matches_an_uninterrupted_run(text_recip
     assert {g["name"]: g["lr"] for g in plan["groups"]}["layer.1"] == pytest.approx(2e-3 * 0.8**2)
 
 
+def test_groups_train_from_the_step_they_join(text_recipe, monkeypatch) -> None:
+    """A group that joins mid-epoch, away from an evaluation, trains (train mode: dropout on) from that very step,
+    and frozen groups stay in eval mode at every step (the plan is applied where a stage starts, not every step)."""
+    import hftl.training.train
+
+    seen: list[tuple[int, dict[str, bool], set[str]]] = []
+    step = hftl.training.train.optimizer_step
+
+    def record(ctx) -> None:
+        model = hftl.training.train.bare_model(ctx.accelerator, ctx.model)
+        modes = {g.name: all(model.get_submodule(m).training for m in g.modules) for g in ctx.plan.groups}
+        seen.append((ctx.state.step, modes, {g.name for g in ctx.plan.trainable_at(ctx.state.step)}))
+        step(ctx)
+
+    monkeypatch.setattr(hftl.training.train, "optimizer_step", record)
+    path = text_recipe(strategy=PROGRESSIVE, train={"epochs": 1, "eval_steps": 100})
+    hftl.training.train.run(load_recipe(path))
+    assert len(seen) == 24 and [s for s, _, _ in seen] == list(range(24))
+    for at, modes, trainable in seen:
+        assert {g for g, training in modes.items() if training} == trainable, at
+    assert len({frozenset(t) for _, _, t in seen}) == 4  # the stages at steps 0, 6, 12 and 18
+
+
 # --------------------------------------------------------------------------- the real loop: LoRA save and reload
 def test_lora_run_reloads_with_its_trained_head(text_recipe, monkeypatch) -> None:
     from peft import AutoPeftModelForSequenceClassification, PeftModel

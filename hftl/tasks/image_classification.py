@@ -114,7 +114,18 @@ def image_problem(value: dict[str, Any] | None) -> str | None:
 
 
 def train_transform(processor: Any, augment: AugmentSection) -> Any:
-    """The training images' torchvision pipeline (``data.augment``), or None when training uses the processor.
+    """The training images' torchvision pipeline (``data.augment``) for one image, or None when training uses the
+    processor: :func:`train_stages` in one."""
+    from torchvision.transforms import v2
+
+    stages = train_stages(processor, augment)
+    return None if stages is None else v2.Compose(list(stages))
+
+
+def train_stages(processor: Any, augment: AugmentSection) -> tuple[Any, Any] | None:
+    """The training pipeline in two parts: the random geometry for one image (uint8 out) and the normalisation, which
+    the collator applies to the stacked batch at once (the same values: it is per pixel and draws nothing); None
+    when training uses the processor.
 
     On the image at its own size: a random zoom about the centre (``zoom``), then, for a share of the images,
     a downscale to ``low_resolution.size`` (and fewer grey levels), which the next resize blows up again as the
@@ -146,17 +157,10 @@ def train_transform(processor: Any, augment: AugmentSection) -> Any:
         "trivialaugment": [v2.TrivialAugmentWide()],
         "randaugment": [v2.RandAugment(num_ops=2, magnitude=augment.randaugment_magnitude)],
     }[augment.auto]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            *zoom,
-            *shrink,
-            resize,
-            *policy,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(geometry.mean), list(geometry.std)),
-        ]
+    normalise = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(geometry.mean), list(geometry.std))]
     )
+    return v2.Compose([v2.ToImage(), *zoom, *shrink, resize, *policy]), normalise
 
 
 class ImageCollator:
@@ -172,7 +176,7 @@ class ImageCollator:
 
         augment = data.augment
         self.processor, self.on_error, self.file = processor, data.on_error, recipe_file
-        self.crop = train_transform(processor, augment) if train else None
+        self.crop, self.normalise = (train_stages(processor, augment) if train else None) or (None, None)
         self.flip = v2.RandomHorizontalFlip() if train and augment.hflip else None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -189,13 +193,18 @@ class ImageCollator:
                 warnings.warn(f"[data] {bad.report()}", stacklevel=2)  # ...unless data.on_error is skip
         if not images:
             raise DataError(f"{self.file}: no image of a batch could be decoded.")
-        if self.crop is not None:
-            pixels = torch.stack([self.crop(image) for image in images])
-        else:
+        if self.crop is None:
             pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+            if self.flip is not None:
+                pixels = torch.stack([self.flip(image) for image in pixels])
+            return {"pixel_values": pixels, "labels": torch.tensor(labels)}
+        # every crop, then every flip (the random draws in that order), on uint8; then the batch normalised at once:
+        # decoding included, 10 ms instead of 17 for 32 Fashion-MNIST images at 64 px, the same pixels
+        # (python benchmarks/collate.py, 2026-12-04, load 0.7-1.2)
+        pixels = [self.crop(image) for image in images]
         if self.flip is not None:
-            pixels = torch.stack([self.flip(image) for image in pixels])
-        return {"pixel_values": pixels, "labels": torch.tensor(labels)}
+            pixels = [self.flip(image) for image in pixels]
+        return {"pixel_values": self.normalise(torch.stack(pixels)), "labels": torch.tensor(labels)}
 
 
 class ImageClassification(SingleCheckpointClassifier):

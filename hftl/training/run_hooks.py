@@ -12,6 +12,7 @@ adaptation (30), the EMA of the weights (33), then the card (35) and the Hub pus
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from hftl.config import log
@@ -103,11 +104,14 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
     """Fit a linear head on the cached features by L-BFGS (L2 picked on validation), or by the
     strategy's own ``fitter``; False when the head is not one linear layer on per-example features."""
     from hftl.models.probe import ProbeFit, fit_probe
+    from hftl.training.feature_key import cache_dir
 
     started = time.time()
     train, val = ctx.train_dl.dataset, ctx.eval_dls["validation"].dataset
     rows, labels = train.every_view()  # both orientations of each image under data.augment.hflip
-    fit = (fitter or fit_probe)(ctx.head_chain, rows, labels, val.rows, val.labels)
+    # the fit itself beside the features it was fitted on: solved once for the same rows, labels and grid
+    fitter = fitter or partial(fit_probe, cache=cache_dir())
+    fit = fitter(ctx.head_chain, rows, labels, val.rows, val.labels)
     if fit is None:
         log.say("[probe] skipped: the head is not one linear layer on per-example features")
         return False
@@ -115,7 +119,8 @@ def fit_probe_head(ctx: RunContext, fitter: Any = None) -> bool:
         log.say(f"[probe] {fit} ({time.time() - started:.1f} s)")
         return True
     log.say(
-        f"[probe] head fitted by L-BFGS in {time.time() - started:.1f} s: L2 {fit.l2:g}"
+        f"[probe] head fitted by L-BFGS{' (read from the cache)' if fit.cached else ''} in "
+        f"{time.time() - started:.1f} s: L2 {fit.l2:g}"
         + (" (fixed) " if len(fit.scores) == 1 else " ")
         + f"(validation accuracy {fit.validation_accuracy:.4f}; tried "
         + ", ".join(f"{k:g}: {v:.3f}" for k, v in fit.scores.items())
