@@ -255,6 +255,16 @@ def test_progressive_unfreezing_trains_only_the_groups_due(model_type: str) -> N
         assert moved == updating_norms(model, due, recipe.strategy.batchnorm), step
 
 
+def test_lora_wrapping_shows_no_deprecation_warning_of_peft_s_making() -> None:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: hftl hides that one warning, no other."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrap_model(task_class("bert", "sequence")(tiny_config("bert")), make_recipe({"name": "lora"}, TASK["sequence"]))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_lora_on_weights_in_place_refuses_a_dropout_it_cannot_apply() -> None:
     """I-BERT's QuantLinear is adapted in place (peft's target_parameters), which has no dropout: a recipe
     that asks for one is refused, naming the key; the default runs without."""

@@ -30,6 +30,7 @@ adapter (peft's ``modules_to_save``), on every architecture.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from typing import Literal
 
@@ -121,7 +122,13 @@ def wrap_lora(model, recipe, options: LoraOptions):
         modules_to_save=head or None,
     )
     try:
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` alias (peft 0.21,
+            # transformers 5.x): a FutureWarning on stderr at every LoRA run that the user can do nothing about
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. a named module peft cannot adapt
         raise _target_error(model, recipe.source_file, str(exc).splitlines()[0]) from None
     expose_conv_geometry(wrapped)
