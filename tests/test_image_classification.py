@@ -445,3 +445,26 @@ def test_a_timm_checkpoint_gets_its_pil_processor_without_the_torchvision_fallba
     processor = TASKS.get("image-classification").load_processor(recipe)
     assert type(processor).__name__ == "TimmWrapperImageProcessor"
     assert not [w for w in warned if "backend" in w], warned
+
+
+def test_a_timm_model_is_saved_without_transformers_saying_its_processor_was_not(tmp_path, monkeypatch):
+    """A timm checkpoint's processor lives in the model's config.json: hftl does not call the wrapper processor's
+    save_pretrained (which writes nothing and logs so), and the saved folder loads its processor all the same."""
+    from accelerate import Accelerator
+    from transformers import AutoImageProcessor, TimmWrapperForImageClassification
+    from transformers.models.timm_wrapper import image_processing_timm_wrapper
+
+    from hftl.training.training_state import save_model_atomic
+    from tests.tiny_models import timm_config
+
+    model = TimmWrapperForImageClassification(timm_config())
+    cfg = {"input_size": [3, 40, 40], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    model.config.pretrained_cfg = cfg  # as fit_image_size records data.image_size
+    processor = image_processing_timm_wrapper.TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture="x")
+    warned: list[str] = []
+    monkeypatch.setattr(image_processing_timm_wrapper.logger, "warning_once", warned.append)
+    save_model_atomic(Accelerator(cpu=True), model, processor, tmp_path / "saved")
+    assert not warned
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path / "saved")
+    assert type(reloaded).__name__ == "TimmWrapperImageProcessor"
+    assert tuple(reloaded.data_config["input_size"]) == (3, 40, 40)

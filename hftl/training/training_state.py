@@ -192,7 +192,9 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
     shutil.rmtree(tmp, ignore_errors=True)
     bare_model(accelerator, model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     loadable_by_timm(tmp / "config.json")
-    if processor is not None:
+    # A timm checkpoint's processor lives in the model's config.json (pretrained_cfg, written above); transformers'
+    # TimmWrapperImageProcessor.save_pretrained writes nothing and logs that it does not
+    if processor is not None and type(processor).__name__ != "TimmWrapperImageProcessor":
         processor.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")
