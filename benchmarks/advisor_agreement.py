@@ -336,7 +336,7 @@ def evidence_table(studies: list[StrategySizeStudy], cache: dict[str, Any], rung
 
 def report(studies: list[StrategySizeStudy], cache: dict[str, Any]) -> tuple[str, str]:
     """(the README block, the whole report)."""
-    rungs = {st.name: thresholds.rung_of_values(st.study, st.strategy_axis) for st in studies}
+    rungs = {st.name: thresholds.study_rungs(st) for st in studies}
     rows = verdicts(studies, cache, rungs)
     old = stale(studies, cache)
     rows = [dataclasses.replace(r, branch=f"{r.branch}; stale") if (r.dataset, r.size) in old else r for r in rows]

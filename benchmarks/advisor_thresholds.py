@@ -45,6 +45,17 @@ def rung_of_values(study: Any, strategy_axis: Any) -> dict[str, str]:
     return found
 
 
+def study_rungs(st: Any) -> dict[str, str]:
+    """:func:`rung_of_values` of a StrategySizeStudy and of the studies that extend it (their strategy labels
+    are cells of its grid too); a rung already found keeps its first label."""
+    found: dict[str, str] = {}
+    for read in (st, *st.extensions):
+        for label, rung in rung_of_values(read.study, read.strategy_axis).items():
+            if rung not in found.values():
+                found[label] = rung
+    return found
+
+
 def _matching_rung(doc: dict[str, Any]) -> str | None:
     strategy = doc["strategy"]
     if strategy.get("llrd") is not None or strategy.get("discriminative") is not None:

@@ -50,6 +50,7 @@ class StrategySizeStudy:
     size_axis: Any  # its Axis of kind data_size; None: no size axis (the whole training split)
     strategy_axis: Any  # its Axis of kind strategy
     cells: list[dict[str, Any]]  # hftl.analysis.study_report.cell_stats, one per (strategy, size)
+    extensions: tuple[StrategySizeStudy, ...] = ()  # studies that add cells to this one (`extends:`); cells included
 
     @property
     def strategies(self) -> list[object]:
@@ -75,9 +76,12 @@ def strategy_only_study(name: str, studies: Path = ROOT / "studies", docs: Path 
     return _strategy_study(name, studies, docs, sized=False)
 
 
-def _strategy_study(name: str, studies: Path, docs: Path, sized: bool) -> StrategySizeStudy | None:
+def _strategy_study(
+    name: str, studies: Path, docs: Path, sized: bool, extension: bool = False
+) -> StrategySizeStudy | None:
     """Study ``name`` read into its cells when its axes are a strategy axis, a data-size axis exactly when ``sized``,
-    and seeds; else None."""
+    and seeds; else None. The cells of the studies that extend it (``extends:``) come with its own; a study that
+    extends another is read only with it (``extension``)."""
     from hftl.analysis.study import load_study
     from hftl.analysis.study_report import cell_axes, cell_stats
 
@@ -85,6 +89,8 @@ def _strategy_study(name: str, studies: Path, docs: Path, sized: bool) -> Strate
     if not results.exists() or not (studies / f"{name}.yaml").exists():
         return None
     study = load_study(studies / f"{name}.yaml", check=False)
+    if (study.spec.extends is not None) != extension:
+        return None
     kinds = {a.kind: a for a in study.axes if a.kind}
     if "strategy" not in kinds or ("data_size" in kinds) != sized or not study.report:
         return None
@@ -96,7 +102,28 @@ def _strategy_study(name: str, studies: Path, docs: Path, sized: bool) -> Strate
     for row in rows:  # labels back to the study's own (csv reads 100 as 100.0); a value since removed from the
         for axis in axes:  # study file keeps its measured cells, labelled as written
             row[axis.name] = _own_label(axis, row[axis.name])
-    return StrategySizeStudy(name, study, size_axis, strategy_axis, cell_stats(study, rows))
+    cells = cell_stats(study, rows)
+    extensions = () if extension else tuple(_extensions(study.file, studies, docs, sized))
+    cells += [c for e in extensions for c in e.cells]
+    if size_axis is not None:  # by size, as the study's axis orders them (a stable sort: each size's own order kept)
+        order = {str(v.label): i for i, v in enumerate(size_axis.values)}
+        cells.sort(key=lambda c: order.get(str(c["labels"][size_axis.name]), len(order)))
+    return StrategySizeStudy(name, study, size_axis, strategy_axis, cells, extensions)
+
+
+def _extensions(file: Path, studies: Path, docs: Path, sized: bool) -> list[StrategySizeStudy]:
+    """The studies of ``studies`` whose ``extends:`` names ``file`` and that have results (their own load checks
+    that their cells are comparable)."""
+    import yaml
+
+    found = []
+    for other in sorted(studies.glob("*.yaml")):
+        doc = yaml.safe_load(other.read_text(encoding="utf-8"))
+        extends = doc.get("extends") if isinstance(doc, dict) else None
+        if extends and (other.parent / extends).resolve() == file.resolve():
+            if read := _strategy_study(other.stem, studies, docs, sized, extension=True):
+                found.append(read)
+    return found
 
 
 def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str | None:

@@ -249,3 +249,44 @@ def test_cache_round_trip_and_stale_entries_are_measured_again(toy_study, tmp_pa
     assert calls == [10, 10, 20]
     assert agreement.read_cache(path)["toy"]["10"]["measurements"]["probe_accuracy"] == 0.75
     assert study_tables.strategy_size_study("missing", *toy_study) is None
+
+
+def test_a_study_that_extends_another_adds_its_cells_to_that_grid(toy_study):
+    """A strategy run at one size only (SetFit, whose pairs grow with the data) by a study that `extends:` the grid:
+    its cells join the grid's in the tables and the agreement check, and it is not read as a study of its own."""
+    studies, docs = toy_study
+    doc = yaml.safe_load((studies / "toy.yaml").read_text())
+    setfit = [{"label": "setfit", "set": {"strategy.name": "setfit"}}]
+    doc.update(extends="toy.yaml", axes={"data.max_train_samples": [10], "strategy.name": setfit, "train.seed": [0, 1]})
+    (studies / "toy-setfit.yaml").write_text(yaml.safe_dump(doc))
+    (docs / "toy-setfit").mkdir()
+    write_study_results(docs / "toy-setfit" / "results.csv", {("setfit", 10): (0.85, 0.85)}, test_spread=0.001)
+    (st,) = agreement.strategy_studies(studies, docs)
+    assert [e.name for e in st.extensions] == ["toy-setfit"] and st.strategies[-1] == "setfit"
+    assert [c["labels"]["strategy.name"] for c in st.at_size(10)][-1] == "setfit"
+    assert thresholds.study_rungs(st)["setfit"] == "setfit" and thresholds.study_rungs(st)["fe"] == "feature_extraction"
+    rows = study_tables.table("toy", studies, docs).splitlines()
+    assert next(r for r in rows if r.startswith("| setfit |")).endswith("| - |")  # not run at 20
+    assert "**0.85" in next(r for r in rows if r.startswith("| setfit |"))  # the best at 10 on validation
+
+
+@pytest.mark.parametrize(
+    "change, differs",
+    [
+        ({"overrides": {"train.epochs": 2}}, "overrides differs"),
+        ({"axes": {"data.max_train_samples": [{"label": 10, "set": {"data.max_train_samples": 12}}]}}, "value 10"),
+        ({"extends": "missing.yaml"}, "no study file"),
+    ],
+)
+def test_a_study_whose_cells_would_not_be_comparable_cannot_extend_another(toy_study, change, differs):
+    from hftl.analysis.study import load_study
+    from hftl.config.errors import HftlError
+
+    studies, _ = toy_study
+    doc = yaml.safe_load((studies / "toy.yaml").read_text())
+    doc["extends"] = "toy.yaml"
+    doc["axes"].update(change.pop("axes", {}))
+    doc.update(change)
+    (studies / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(HftlError, match=differs):
+        load_study(studies / "bad.yaml", check=False)

@@ -97,6 +97,14 @@ class StudySpec(_Model):
     )
     description: str = ""
     recipe: str = Field(description="Base recipe, relative to the study file.")
+    extends: str | None = Field(
+        None,
+        description="Another study file (relative to this one) whose grid this study adds cells to, e.g. a strategy "
+        "that study runs at no size because it would cost too much at the larger ones. Checked when loaded: the same "
+        "recipe, overrides, metric and report, the same axes, and a value labelled as one of that study's sets the "
+        "same keys (it is the same point); the reports that read that study's results (benchmarks/study_tables.py, "
+        "benchmarks/advisor_agreement.py) show these cells with its own.",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="key.path -> value, for every trial.")
     axes: dict[str, list[Any] | AxisSpec] = Field(min_length=1)
     metric: str | None = Field(
@@ -276,6 +284,8 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
             )
     direction = spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
     study = Study(file, spec, spec.name or file.stem, folder, recipe_file, base, axes, metric, direction, report)
+    if spec.extends is not None:
+        _check_extends(study, file.parent / spec.extends)
     if spec.search == "grid":
         study.points = [
             dict(zip([a.name for a in axes], combo))
@@ -292,6 +302,39 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
     if spec.search == "tpe":
         study.points = []
     return study
+
+
+def _check_extends(study: Study, other_file: Path) -> None:
+    """``extends``: this study's cells belong in the other's grid (same fixed settings, same points for the same
+    labels), or a clear error naming the first difference."""
+    if not other_file.is_file():
+        raise HftlError(f"{study.file}: key 'extends': no study file {other_file}; name the study this one adds to.")
+    other = load_study(other_file, check=False)
+    if other.spec.extends is not None:
+        raise HftlError(f"{study.file}: key 'extends': {other_file} extends another study itself; extend that one.")
+
+    def differs(what: str, mine: Any, theirs: Any) -> HftlError:
+        return HftlError(
+            f"{study.file}: key 'extends': its cells would not be comparable with {other_file}'s: {what} differs "
+            f"({mine!r} here, {theirs!r} there). A study that adds cells to another shares its recipe, overrides, "
+            "metric, report and axes; copy them from it."
+        )
+
+    for what, mine, theirs in (
+        ("recipe", study.recipe_file, other.recipe_file),
+        ("overrides", study.spec.overrides, other.spec.overrides),
+        ("metric", study.metric, other.metric),
+        ("report", study.report, other.report),
+        ("the axes", sorted(a.name for a in study.axes), sorted(a.name for a in other.axes)),
+    ):
+        if mine != theirs:
+            raise differs(what, mine, theirs)
+    theirs_by_name = {a.name: {str(v.label): v.sets for v in a.values} for a in other.axes}
+    for axis in study.axes:
+        for value in axis.values:
+            sets = theirs_by_name[axis.name].get(str(value.label))
+            if sets is not None and sets != value.sets:
+                raise differs(f"axis '{axis.name}' value {value.label!r}", value.sets, sets)
 
 
 def _axis(name: str, raw: list[Any] | AxisSpec, spec: StudySpec, file: Path) -> Axis:
