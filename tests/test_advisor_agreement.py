@@ -276,6 +276,7 @@ def test_a_study_that_extends_another_adds_its_cells_to_that_grid(toy_study):
         ({"overrides": {"train.epochs": 2}}, "overrides differs"),
         ({"axes": {"data.max_train_samples": [{"label": 10, "set": {"data.max_train_samples": 12}}]}}, "value 10"),
         ({"extends": "missing.yaml"}, "no study file"),
+        ({"extends": "bad.yaml"}, "extended by another"),  # itself: a cycle, refused rather than followed
     ],
 )
 def test_a_study_whose_cells_would_not_be_comparable_cannot_extend_another(toy_study, change, differs):

@@ -223,10 +223,11 @@ def point_key(labels: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def load_study(path: str | Path, storage: str | None = None, check: bool = True) -> Study:
+def load_study(path: str | Path, storage: str | None = None, check: bool = True, _extended: bool = False) -> Study:
     """Read and validate a study file, and build every trial's recipe (grid) or each value's (tpe).
 
-    ``check=False`` skips building the trials' recipes (workers: their parent has checked them).
+    ``check=False`` skips building the trials' recipes (workers: their parent has checked them). ``_extended``:
+    loaded as the study another extends (its own ``extends`` is refused, not followed: no chain, no cycle).
     """
     file = Path(path)
     try:
@@ -284,6 +285,8 @@ def load_study(path: str | Path, storage: str | None = None, check: bool = True)
             )
     direction = spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
     study = Study(file, spec, spec.name or file.stem, folder, recipe_file, base, axes, metric, direction, report)
+    if spec.extends is not None and _extended:
+        raise HftlError(f"{file}: key 'extends': this study is extended by another, so it cannot extend one itself.")
     if spec.extends is not None:
         _check_extends(study, file.parent / spec.extends)
     if spec.search == "grid":
@@ -309,9 +312,7 @@ def _check_extends(study: Study, other_file: Path) -> None:
     labels), or a clear error naming the first difference."""
     if not other_file.is_file():
         raise HftlError(f"{study.file}: key 'extends': no study file {other_file}; name the study this one adds to.")
-    other = load_study(other_file, check=False)
-    if other.spec.extends is not None:
-        raise HftlError(f"{study.file}: key 'extends': {other_file} extends another study itself; extend that one.")
+    other = load_study(other_file, check=False, _extended=True)
 
     def differs(what: str, mine: Any, theirs: Any) -> HftlError:
         return HftlError(
