@@ -116,13 +116,13 @@ def verdicts(
             if entry is None:
                 found = judge(st.at_size(value.label), st.strategy_axis.name, None)
                 found["why"] = "no advisor measurement cached (run with --measure)"
-                found["strategies"] = len(st.strategies)
+                found["strategies"] = len(st.strategies_at(value.label))
                 out.append(Verdict(st.name, size, "", **found))
                 continue
             decision = decision_of(entry)
             cell = cell_of.get(decision.rung.label)
             found = judge(st.at_size(value.label), st.strategy_axis.name, cell, st.study.direction == "maximize")
-            found["strategies"] = len(st.strategies)
+            found["strategies"] = len(st.strategies_at(value.label))
             out.append(Verdict(st.name, size, decision.rung.label, decision.branch, cell, **found))
     return out
 

@@ -60,6 +60,13 @@ class StrategySizeStudy:
             x for x in dict.fromkeys(c["labels"][self.strategy_axis.name] for c in self.cells) if x not in labels
         ]
 
+    def strategies_at(self, size: object) -> list[object]:
+        """The strategy axis's labels, then those of other cells of this size (dropped from the study file, or an
+        extension's): what the study runs at that size."""
+        labels = [v.label for v in self.strategy_axis.values]
+        cells = dict.fromkeys(c["labels"][self.strategy_axis.name] for c in self.at_size(size))
+        return labels + [x for x in cells if x not in labels]
+
     def at_size(self, size: object) -> list[dict[str, Any]]:
         """The cells of one size, in the strategy axis's order."""
         return [c for c in self.cells if str(c["labels"][self.size_axis.name]) == str(size)]

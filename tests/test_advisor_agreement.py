@@ -264,6 +264,7 @@ def test_a_study_that_extends_another_adds_its_cells_to_that_grid(toy_study):
     (st,) = agreement.strategy_studies(studies, docs)
     assert [e.name for e in st.extensions] == ["toy-setfit"] and st.strategies[-1] == "setfit"
     assert [c["labels"]["strategy.name"] for c in st.at_size(10)][-1] == "setfit"
+    assert len(st.strategies_at(10)) == 6 and len(st.strategies_at(20)) == 5  # setfit runs at 10 only
     assert thresholds.study_rungs(st)["setfit"] == "setfit" and thresholds.study_rungs(st)["fe"] == "feature_extraction"
     rows = study_tables.table("toy", studies, docs).splitlines()
     assert next(r for r in rows if r.startswith("| setfit |")).endswith("| - |")  # not run at 20
