@@ -6,7 +6,8 @@
 One table per study with a strategy axis and a data-size axis: a row per strategy, a column per size,
 each cell the test mean ± std over seeds (n seeds), the cell chosen on validation in bold. A study with a
 strategy axis and no data-size axis (WNUT-16's whole training split, Fashion-MNIST's 1,000 images) is one
-column; a strategy the study file dropped after it ran keeps its row, last. ``--write`` replaces the text
+column; a strategy the study file dropped after it ran keeps its row, last, as does one that a study extending it
+adds (``extends:``, e.g. SetFit at 100 examples). ``--write`` replaces the text
 between ``<!-- study-table: NAME -->`` and ``<!-- /study-table -->`` in the file.
 """
 
@@ -170,10 +171,12 @@ def table(name: str, studies: Path = ROOT / "studies", docs: Path = DOCS) -> str
         out.append(f"| {strategy} | " + " | ".join(line) + " |")
     out.append("")
     at_size = " at that size" if size_axis is not None else ""
+    sources = [name, *(e.name for e in read.extensions)]
     out.append(
         f"`{study.report}`, mean ± std over {seeds} seeds (fewer in parentheses); bold: the strategy chosen on "
-        f"`{study.metric}`{at_size}. From `docs/studies/{name}/results.csv` "
-        f"(`hftl study studies/{name}.yaml`); regenerate with `python benchmarks/study_tables.py --write README.md`."
+        f"`{study.metric}`{at_size}. From "
+        + " and ".join(f"`docs/studies/{n}/results.csv` (`hftl study studies/{n}.yaml`)" for n in sources)
+        + "; regenerate with `python benchmarks/study_tables.py --write README.md`."
     )
     return "\n".join(out)
 
