@@ -55,18 +55,18 @@ class StrategySizeStudy:
 
     @property
     def strategies(self) -> list[object]:
-        """The strategy axis's labels, then those of cells the study file has dropped since they ran."""
-        labels = [v.label for v in self.strategy_axis.values]
-        return labels + [
-            x for x in dict.fromkeys(c["labels"][self.strategy_axis.name] for c in self.cells) if x not in labels
-        ]
+        """The strategy axis's labels, then those of cells the study file has dropped since they ran (or that an
+        extension adds)."""
+        return self._labels_with(self.cells)
 
     def strategies_at(self, size: object) -> list[object]:
-        """The strategy axis's labels, then those of other cells of this size (dropped from the study file, or an
-        extension's): what the study runs at that size."""
+        """The same for one size: what the study runs at that size."""
+        return self._labels_with(self.at_size(size))
+
+    def _labels_with(self, cells: list[dict[str, Any]]) -> list[object]:
         labels = [v.label for v in self.strategy_axis.values]
-        cells = dict.fromkeys(c["labels"][self.strategy_axis.name] for c in self.at_size(size))
-        return labels + [x for x in cells if x not in labels]
+        found = dict.fromkeys(c["labels"][self.strategy_axis.name] for c in cells)
+        return labels + [x for x in found if x not in labels]
 
     def at_size(self, size: object) -> list[dict[str, Any]]:
         """The cells of one size, in the strategy axis's order."""

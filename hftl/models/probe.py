@@ -149,12 +149,13 @@ def _solve(
 
 def _digest(*parts: torch.Tensor | tuple[float, ...]) -> str:
     """What a fit depends on: the inputs' values, shapes and dtypes, and the grid."""
+    from hftl.models.random_state import tensor_bytes
+
     digest = hashlib.sha256(b"probe-fit v1")
     for part in parts:
         if isinstance(part, torch.Tensor):
-            array = part.contiguous().numpy()
-            digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
-            digest.update(memoryview(array).cast("B"))
+            digest.update(f"{str(part.dtype).removeprefix('torch.')}{tuple(part.shape)}".encode())
+            digest.update(tensor_bytes(part))
         else:
             digest.update(repr(part).encode())
     return digest.hexdigest()[:32]
