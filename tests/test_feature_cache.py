@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,29 @@ def test_frozen_prefix_builds_no_autograd_graph(text_recipe):
     model.requires_grad_(True)
     full, _ = saved_bytes(plan_for(model, load_recipe(text_recipe(strategy={"name": "full"})), 10, 30))
     assert frozen < 0.6 * full, (frozen, full)
+
+
+def test_cache_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """save_tensors_atomic (the feature rows, the probe fit and SetFit's tuned body all use it): a new file appears
+    whole with its metadata; a write that fails leaves the old file as it was and no temporary file beside it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from hftl.models import caching
+
+    path = tmp_path / "sub" / "entry.safetensors"
+    caching.save_tensors_atomic(path, {"w": torch.arange(6.0).reshape(2, 3).t()}, metadata={"version": "1"})
+    assert torch.equal(load_file(str(path))["w"], torch.arange(6.0).reshape(2, 3).t())
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"version": "1"}
+    before = path.read_bytes()
+
+    def killed(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("safetensors.torch.save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        caching.save_tensors_atomic(path, {"w": torch.zeros(2)})
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["entry.safetensors"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +148,7 @@ def _solve(
 
 def _digest(*parts: torch.Tensor | tuple[float, ...]) -> str:
     """What a fit depends on: the inputs' values, shapes and dtypes, and the grid."""
-    from hftl.models.random_state import tensor_bytes
+    from hftl.models.caching import tensor_bytes
 
     digest = hashlib.sha256(b"probe-fit v1")
     for part in parts:
@@ -163,14 +162,11 @@ def _digest(*parts: torch.Tensor | tuple[float, ...]) -> str:
 
 def _write_fit(file: Path, weight: torch.Tensor, bias: torch.Tensor, fit: ProbeFit) -> None:
     """Store a fit atomically (a concurrent reader sees the whole file or none)."""
-    from safetensors.torch import save_file
+    from hftl.models.caching import save_tensors_atomic
 
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".tmp-{os.getpid()}-{file.name}")
     scores = json.dumps([[l2, accuracy] for l2, accuracy in fit.scores.items()])
     metadata = {"l2": repr(fit.l2), "validation_accuracy": repr(fit.validation_accuracy), "scores": scores}
-    save_file({"weight": weight.contiguous(), "bias": bias.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, file)
+    save_tensors_atomic(file, {"weight": weight, "bias": bias}, metadata=metadata)
 
 
 def _read_fit(file: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], ProbeFit] | None:

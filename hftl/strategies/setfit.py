@@ -109,11 +109,11 @@ class SetFitOptions(Section):
 
 def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, accelerator: Any) -> dict[str, Any]:
     """Contrastive tuning of ``model.body`` in place with the setfit library (or from the cache); what was done."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from hftl.config import log
     from hftl.config.errors import RecipeError
-    from hftl.models.random_state import rng_untouched
+    from hftl.models.caching import rng_untouched, save_tensors_atomic
 
     body, pooling = getattr(model, "body", None), getattr(getattr(model, "config", None), "pooling", None)
     if body is None or pooling not in ("mean", "max", "cls"):
@@ -152,10 +152,8 @@ def tune_body(model: Any, recipe: Recipe, data: Any, options: SetFitOptions, acc
     summary["seconds"] = round(time.time() - started, 1)
     if accelerator.is_main_process:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in body.state_dict().items()}, str(tmp))
         file.with_suffix(".json").write_text(json.dumps({k: summary[k] for k in _DONE}), encoding="utf-8")
-        tmp.replace(file)
+        save_tensors_atomic(file, body.state_dict())  # last: the weights file marks the entry complete
     accelerator.wait_for_everyone()
     log.say(f"[setfit] body tuned in {summary['seconds']:.0f} s: {_describe(summary)}")
     return summary
@@ -264,7 +262,7 @@ def _cache_file(body: Any, recipe: Recipe, options: SetFitOptions, pooling: str,
     import transformers
 
     from hftl.data.cache import cache_dir
-    from hftl.models.random_state import tensor_bytes
+    from hftl.models.caching import tensor_bytes
 
     digest = hashlib.sha256()
     fields = {

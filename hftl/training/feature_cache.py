@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hftl.models.random_state import rng_untouched
+from hftl.models.caching import rng_untouched
 from hftl.training.feature_eligibility import augmentation_reason, skip_reason, trace_head
 from hftl.training.feature_extraction import load_or_build, rows_of, to_device
 from hftl.training.feature_key import cache_file, cache_key

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hftl.models.random_state import tensor_bytes
+from hftl.models.caching import tensor_bytes
 from hftl.training.feature_store import CACHE_VERSION
 
 if TYPE_CHECKING:

@@ -5,29 +5,25 @@ Split from :mod:`hftl.training.feature_cache` (which decides when to cache and w
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hftl.models.caching import save_tensors_atomic
+
 CACHE_VERSION = "1"
 
 
 def write_rows(path: Path, rows: Sequence[torch.Tensor]) -> None:
     """Save per-example tensors as one safetensors file (ragged rows are concatenated), atomically."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     same = all(r.shape == rows[0].shape for r in rows)
     tensors = {
         "features": torch.stack(list(rows)) if same else torch.cat(list(rows)),
         "sizes": torch.tensor([len(r) for r in rows], dtype=torch.int64),
     }
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file(tensors, str(tmp), metadata={"layout": "stacked" if same else "ragged", "version": CACHE_VERSION})
-    os.replace(tmp, path)
+    save_tensors_atomic(path, tensors, metadata={"layout": "stacked" if same else "ragged", "version": CACHE_VERSION})
 
 
 def read_rows(path: Path) -> Sequence[torch.Tensor] | None:

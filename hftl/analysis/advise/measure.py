@@ -196,8 +196,8 @@ def frozen_features(
     import numpy as np
     import torch
 
+    from hftl.models.caching import rng_untouched
     from hftl.models.probe import head_inputs
-    from hftl.models.random_state import rng_untouched
     from hftl.training.build import plan_for
     from hftl.training.feature_eligibility import skip_reason, trace_head
     from hftl.training.feature_extraction import extract
