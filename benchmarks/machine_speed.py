@@ -3,7 +3,7 @@
     python benchmarks/machine_speed.py [--steps 12] [--tokens 24 32 48]
 
 The machine's speed for this workload varies from day to day (docs/studies/README.md): the sentiment-strategies
-study took 58.2 / 77.4 / 64.5 minutes on three days, on the same code. This times what those trials are made of,
+study took 58.2 / 77.4 / 64.5 / 68.1 minutes on four runs, on the same code. This times what those trials are made of,
 all-MiniLM-L6-v2 forward + backward + fused AdamW under bf16 autocast on batches of 32 snippets, with nothing of
 hftl's around it, and prints the median seconds a step per length. Compare with the values of earlier runs in
 docs/studies/sentiment-strategies/STATUS.md: 0.34-0.43 s at 32 tokens on 2026-12-04, 14:40-15:05 UTC (five runs;
