@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,10 @@ def test_setfit_tunes_the_body_and_saves_a_pipeline_model(text_recipe, tiny_st_d
         )
     )
     capsys.readouterr()
-    result = run(load_recipe(_recipe(text_recipe, tiny_st_dir, SETFIT)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(load_recipe(_recipe(text_recipe, tiny_st_dir, SETFIT)))
+    assert not [w for w in caught if "pin_memory" in str(w.message)], "no memory pinning on the CPU, so no warning"
     out = capsys.readouterr().out
     assert "[setfit] body tuned in" in out and "640 pairs from 32 examples of 2 classes, 40 contrastive steps" in out
     assert "head fitted as setfit's: scikit-learn LogisticRegression(C=1 fixed) on 32 tuned-body features" in out

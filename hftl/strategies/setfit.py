@@ -233,6 +233,8 @@ def _train_embeddings(
             train_dataset=Dataset.from_dict({"text": texts, "label": labels}),
         )
         _quiet(trainer.st_trainer)
+        # the transformers Trainer pins batches by default; on the CPU that does nothing but warn at every run
+        trainer.st_trainer.args.dataloader_pin_memory = body.device.type == "cuda"
         trainer.train_embeddings(texts, labels, args=args)
         state = trainer.st_trainer.state
         losses = [r["embedding_loss"] for r in state.log_history if "embedding_loss" in r]
