@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,11 @@ def _next_trial(study: Study, storage: Any, ostudy: Any) -> Any:
     if study.spec.search == "tpe":
         started = [t for t in ostudy.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") is None]
         if len(started) < (study.spec.trials or 0):
-            return ostudy.ask()
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats belong to Study.optimize, which records them; this loop records them
+                # itself (_Heartbeat, for the same purpose), so the warning would only alarm the user at each trial
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+                return ostudy.ask()
     return None
 
 
