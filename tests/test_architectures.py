@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -173,7 +174,10 @@ def test_lora_default_adapts_the_body_and_trains_the_head(model_type: str, kind:
         with pytest.raises(RecipeError, match=r"'strategy\.lora\.target_modules': finds no layer peft's LoRA can"):
             wrap_model(model, recipe)
         return
-    wrapped = wrap_model(model, recipe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = wrap_model(model, recipe)
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]  # set for GPT-2's Conv1D layers, no warning
     plan = plan_for(wrapped, recipe, 1, 10)
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert plan.adapters["adapted_layers"] > 0 and plan.ever_trainable() == trainable

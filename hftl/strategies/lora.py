@@ -120,6 +120,7 @@ def wrap_lora(model, recipe, options: LoraOptions):
         target_modules=targets,
         target_parameters=weights or None,
         modules_to_save=head or None,
+        fan_in_fan_out=_conv1d_only(model, targets),
     )
     try:
         with warnings.catch_warnings():
@@ -138,6 +139,15 @@ def wrap_lora(model, recipe, options: LoraOptions):
         f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters train"
     )
     return wrapped
+
+
+def _conv1d_only(model, targets: list[str]) -> bool:
+    """Whether every layer ``targets`` names is transformers' Conv1D (GPT-2 and kin store weights (in, out)): peft's
+    ``fan_in_fan_out``, which peft would otherwise switch on itself with a warning at every run."""
+    from transformers.pytorch_utils import Conv1D
+
+    named = [m for n, m in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    return bool(named) and all(isinstance(m, Conv1D) for m in named)
 
 
 def lora_targets(model, head: list[str], choice: str | None) -> tuple[list[str], str]:
