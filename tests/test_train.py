@@ -84,3 +84,19 @@ def test_evaluation_batches_are_sorted_by_length_and_score_what_sequential_batch
         score(model, dl, task, data.labels, accelerator).metrics for dl in (eval_dls["validation"], sequential)
     )
     assert got["accuracy"] == want["accuracy"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_checkpoint_saves_draw_no_library_bar_inside_the_runs_own(text_recipe, capsys):
+    """transformers draws a "Writing model shards" bar at each save_pretrained; saved mid-epoch (the best model, a
+    checkpoint) it would cut the run's own progress bar. Its bars are off during the saves and on again after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()  # another test in this process may have run quiet (bars off)
+    hf_logging.enable_progress_bar()
+    try:
+        run(load_recipe(text_recipe(train={"eval_steps": 3, "save_steps": 3, "max_steps": 9})))
+        assert "Writing model shards" not in capsys.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()

@@ -155,6 +155,22 @@ def hushed() -> Iterator[None]:
         base.setLevel(level)
 
 
+@contextlib.contextmanager
+def no_library_bar() -> Iterator[None]:
+    """No transformers progress bar inside (its "Writing model shards" bar, drawn at every checkpoint save, would
+    break the run's own bar in the middle of an epoch); as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def shows(level: int = logging.INFO) -> bool:
     """Whether messages of ``level`` are shown (e.g. to hide a progress bar when quiet)."""
     base = logging.getLogger(LOGGER_NAME)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hftl.config import log
 from hftl.config.run_folder import write_json_atomic
 from hftl.training.launch import bare_model
 
@@ -190,7 +191,8 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
         return
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    bare_model(accelerator, model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    with log.no_library_bar():
+        bare_model(accelerator, model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     loadable_by_timm(tmp / "config.json")
     # A timm checkpoint's processor lives in the model's config.json (pretrained_cfg, written above); transformers'
     # TimmWrapperImageProcessor.save_pretrained writes nothing and logs that it does not
@@ -311,7 +313,8 @@ def publish_model(src: Path, run_dir: Path, model=None) -> None:
 
         _replace_folder(src, run_dir / "adapter")
         shutil.rmtree(merged, ignore_errors=True)
-        copy.deepcopy(model).merge_and_unload().save_pretrained(merged, safe_serialization=True)
+        with log.no_library_bar():
+            copy.deepcopy(model).merge_and_unload().save_pretrained(merged, safe_serialization=True)
         loadable_by_timm(merged / "config.json")
         files = [f for f in files if not f.name.startswith("adapter_") and f.name != "README.md"]
         files += sorted(merged.iterdir())
