@@ -156,19 +156,25 @@ def hushed() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def no_library_bar() -> Iterator[None]:
-    """No transformers progress bar inside (its "Writing model shards" bar, drawn at every checkpoint save, would
-    break the run's own bar in the middle of an epoch); as it was afterwards."""
+def no_library_bars() -> Iterator[None]:
+    """No transformers or datasets progress bar inside, as they were afterwards: for steps whose bars say nothing to
+    the user, e.g. transformers' "Writing model shards" at every checkpoint save (it would cut the run's own bar
+    mid-epoch) or datasets' "Flattening the indices" when a column is added to a subset."""
+    import datasets
     from transformers.utils import logging as hf_logging
 
-    if not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
+    restore = []
+    if hf_logging.is_progress_bar_enabled():
+        hf_logging.disable_progress_bar()
+        restore.append(hf_logging.enable_progress_bar)
+    if not datasets.are_progress_bars_disabled():
+        datasets.disable_progress_bars()
+        restore.append(datasets.enable_progress_bars)
     try:
         yield
     finally:
-        hf_logging.enable_progress_bar()
+        for switch in restore:
+            switch()
 
 
 def shows(level: int = logging.INFO) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hftl.config import log
 from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
@@ -91,11 +92,12 @@ class TextClassification(SingleCheckpointClassifier):
             bad = BadExamples(data.on_error, split, recipe.source_file)
             ds, _, ids, report = select_valid(ds, bad, rows, to_id, labels, data.problem_type)
             reports += [report] if report else []
-            ds = (
-                ds.add_column("labels", ids)
-                if "labels" not in ds.column_names
-                else ds.remove_columns("labels").add_column("labels", ids)
-            )
+            with log.no_library_bars():  # a subset's add_column rewrites it first ("Flattening the indices")
+                ds = (
+                    ds.add_column("labels", ids)
+                    if "labels" not in ds.column_names
+                    else ds.remove_columns("labels").add_column("labels", ids)
+                )
 
             def tokenize(batch: dict[str, list]) -> dict[str, list]:
                 args = (batch[text_col], batch[pair_col]) if pair_col else (batch[text_col],)

@@ -191,7 +191,7 @@ def save_model_atomic(accelerator, model, processor, dest: Path, extra_files: di
         return
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    with log.no_library_bar():
+    with log.no_library_bars():
         bare_model(accelerator, model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     loadable_by_timm(tmp / "config.json")
     # A timm checkpoint's processor lives in the model's config.json (pretrained_cfg, written above); transformers'
@@ -313,7 +313,7 @@ def publish_model(src: Path, run_dir: Path, model=None) -> None:
 
         _replace_folder(src, run_dir / "adapter")
         shutil.rmtree(merged, ignore_errors=True)
-        with log.no_library_bar():
+        with log.no_library_bars():
             copy.deepcopy(model).merge_and_unload().save_pretrained(merged, safe_serialization=True)
         loadable_by_timm(merged / "config.json")
         files = [f for f in files if not f.name.startswith("adapter_") and f.name != "README.md"]
