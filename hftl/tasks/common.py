@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from hftl.config import log
 from hftl.config.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
@@ -284,6 +285,18 @@ def select_valid(
             keep.append(index)
             ids.append(label)
     return (ds.select(keep) if len(keep) < len(ds) else ds), keep, ids, bad.report()
+
+
+def add_columns(ds: datasets.Dataset, columns: dict[str, list]) -> datasets.Dataset:
+    """``ds`` with ``columns`` added in order (replacing any column of the same name). On a subset (a carved split)
+    datasets first rewrites the rows ("Flattening the indices"), a step whose progress bar tells the user nothing:
+    it runs without one."""
+    with log.no_library_bars():
+        if present := [name for name in columns if name in ds.column_names]:
+            ds = ds.remove_columns(present)
+        for name, values in columns.items():
+            ds = ds.add_column(name, values)
+    return ds
 
 
 def pad_multiple(mixed_precision: str) -> int | None:

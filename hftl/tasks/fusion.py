@@ -21,6 +21,7 @@ from hftl.tasks import TASKS, CardInfo
 from hftl.tasks.classifier import PerExampleEvaluation
 from hftl.tasks.common import (
     BadExamples,
+    add_columns,
     check_columns_section,
     column,
     label_encoder,
@@ -236,11 +237,8 @@ class Fusion(PerExampleEvaluation):
             bad = BadExamples(recipe.data.on_error, split, recipe.source_file)
             ds, keep, ids, report = select_valid(ds, bad, rows, to_id, labels, recipe.data.problem_type)
             reports += [report] if report else []
-            ds = (
-                ds.select_columns([image_col, text_col])
-                .add_column("labels", ids)
-                .add_column("index", keep)
-                .add_column("split", [split] * len(keep))
+            ds = add_columns(
+                ds.select_columns([image_col, text_col]), {"labels": ids, "index": keep, "split": [split] * len(keep)}
             )
 
             def tokenize(batch: dict[str, list]) -> dict[str, list]:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from hftl.config import log
 from hftl.config.errors import CheckpointError, DataError, RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
 from hftl.tasks.classifier import SingleCheckpointClassifier
 from hftl.tasks.common import (
     BadExamples,
+    add_columns,
     check_columns_section,
     column,
     pipeline_predict,
@@ -271,10 +271,7 @@ class ImageClassification(SingleCheckpointClassifier):
             ds, keep, ids, report = select_valid(ds, bad, rows, to_id, labels, data.problem_type)
             reports += [report] if report else []
             ds = ds.select_columns([image_col]).rename_columns({image_col: "image"} if image_col != "image" else {})
-            with log.no_library_bars():  # a subset's add_column rewrites it first ("Flattening the indices")
-                splits[split] = (
-                    ds.add_column("labels", ids).add_column("split", [split] * len(keep)).add_column("index", keep)
-                )
+            splits[split] = add_columns(ds, {"labels": ids, "split": [split] * len(keep), "index": keep})
         return splits, reports
 
     def collator(self, processor: Any, recipe: Recipe, train: bool) -> ImageCollator:

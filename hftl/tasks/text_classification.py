@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hftl.config import log
 from hftl.config.errors import RecipeError
 from hftl.tasks import TASKS, CardInfo
 from hftl.tasks import labels as label_kinds
 from hftl.tasks.classifier import SingleCheckpointClassifier
 from hftl.tasks.common import (
     BadExamples,
+    add_columns,
     check_columns_section,
     column,
     pad_multiple,
@@ -92,12 +92,7 @@ class TextClassification(SingleCheckpointClassifier):
             bad = BadExamples(data.on_error, split, recipe.source_file)
             ds, _, ids, report = select_valid(ds, bad, rows, to_id, labels, data.problem_type)
             reports += [report] if report else []
-            with log.no_library_bars():  # a subset's add_column rewrites it first ("Flattening the indices")
-                ds = (
-                    ds.add_column("labels", ids)
-                    if "labels" not in ds.column_names
-                    else ds.remove_columns("labels").add_column("labels", ids)
-                )
+            ds = add_columns(ds, {"labels": ids})
 
             def tokenize(batch: dict[str, list]) -> dict[str, list]:
                 args = (batch[text_col], batch[pair_col]) if pair_col else (batch[text_col],)
